@@ -1,0 +1,74 @@
+"""The unified vocabulary layout shared by the encoder input, the decoder and every head.
+
+One id space serves text and speech::
+
+    [0, NUM_SPECIAL_TOKENS)                 special tokens (pad, bos, eos, unk, [MASK])
+    [NUM_SPECIAL_TOKENS, text_vocab_size)   text tokens of the text tokenizer
+    [text_vocab_size, vocab_size)           speech codes: code c has id text_vocab_size + c
+
+The text tokenizer owns ids ``[0, text_vocab_size)`` (specials included, at the ids below); the speech
+codebook owns the codes. This module is the single place that defines the layout: the config, the
+tokenizers, the processor and the data builders all derive their ids from :class:`VocabularyLayout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN = "<pad>", "<s>", "</s>", "<unk>", "[MASK]"
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
+
+SPEECH_MODALITY, TEXT_MODALITY = 0, 1
+MODALITIES = {"speech": SPEECH_MODALITY, "text": TEXT_MODALITY}
+
+# Languages of CoVoST 2 (xx-en and en-xx), VoxPopuli ASR and the Fish Fillets benchmark, as ISO 639-1 codes.
+DEFAULT_LANGUAGES = (
+    "en", "de", "fr", "es", "it", "nl", "ru", "cs", "pl", "sv", "pt", "ca", "zh", "ja", "ar", "fa",
+    "et", "mn", "tr", "lv", "sl", "ta", "id", "cy", "ro", "hu", "fi", "hr", "sk", "bg",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VocabularyLayout:
+    """Where specials, text tokens and speech codes live in the unified vocabulary.
+
+    Args:
+        text_vocab_size: size of the text tokenizer's vocabulary, its special tokens included.
+        codebook_size: number of speech codes of the frozen speech tokenizer.
+    """
+
+    text_vocab_size: int
+    codebook_size: int
+
+    def __post_init__(self):
+        if self.text_vocab_size <= NUM_SPECIAL_TOKENS:
+            raise ValueError(
+                f"text_vocab_size={self.text_vocab_size} leaves no room for text tokens after the "
+                f"{NUM_SPECIAL_TOKENS} special tokens {SPECIAL_TOKENS}; train a tokenizer with a larger vocabulary."
+            )
+        if self.codebook_size < 1:
+            raise ValueError(f"codebook_size must be positive, got {self.codebook_size}.")
+
+    @property
+    def speech_code_offset(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_vocab_size + self.codebook_size
+
+    def code_to_id(self, codes):
+        """Speech code(s) in ``[0, codebook_size)`` -> unified vocabulary id(s). Works on ints and tensors."""
+        return codes + self.speech_code_offset
+
+    def id_to_code(self, ids):
+        return ids - self.speech_code_offset
+
+    def text_token_ids(self) -> range:
+        """Ids a text decoder may emit besides eos: the text tokens proper."""
+        return range(NUM_SPECIAL_TOKENS, self.text_vocab_size)
+
+    def speech_code_ids(self) -> range:
+        return range(self.speech_code_offset, self.vocab_size)
