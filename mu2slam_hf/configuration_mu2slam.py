@@ -207,4 +207,6 @@ class Mu2SlamConfig(PreTrainedConfig):
         return receptive_field(2, self.frontend_kernel_size, self.frontend_stride)
 
 
+Mu2SlamConfig.register_for_auto_class()
+
 __all__ = ["Mu2SlamConfig", "subsampled_lengths", "receptive_field"]

@@ -1,0 +1,1138 @@
+"""Mu2SLAM: a speech front end, a Conformer encoder shared by speech and text, and a Transformer decoder.
+
+Shapes used in the docstrings: B batch, T log-mel frames, S encoder frames of the speech segment
+(``config.speech_output_lengths(T)``), L text tokens, E = S + L encoder positions, U decoder positions,
+D ``d_model``, V the unified vocabulary (see ``vocabulary.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto import modeling_auto
+
+from .configuration_mu2slam import Mu2SlamConfig
+from .vocabulary import EOS_ID, SPEECH_MODALITY, TEXT_MODALITY
+
+IGNORE_INDEX = -100
+
+# Every Auto class a saved folder answers to with trust_remote_code=True, wherever the package is not installed.
+# save_pretrained would only write the entry of the class it is called on (notes item 8).
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_mu2slam.Mu2SlamConfig",
+    "AutoModel": "modeling_mu2slam.Mu2SlamModel",
+    "AutoModelForSpeechSeq2Seq": "modeling_mu2slam.Mu2SlamForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_mu2slam.Mu2SlamForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_mu2slam.Mu2SlamForSequenceClassification",
+}
+
+# The ASR pipeline treats a model as seq2seq only when its class name is in this mapping (notes item 1).
+modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.setdefault("mu2slam", "Mu2SlamForConditionalGeneration")
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class Mu2SlamEncoderOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`(B, E, D)`): encoder output; speech positions first, then text positions.
+        hidden_states (`tuple` of `(B, E, D)`): the embeddings and every layer's output, when asked for.
+        attentions (`tuple` of `(B, heads, E, E)`): attention weights (eager attention only), when asked for.
+        attention_mask (`(B, E)`): 1 at real positions, 0 at padding.
+        speech_length (`int`): S, the number of (padded) speech positions at the front; None for text only.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    attention_mask: torch.LongTensor | None = None
+    speech_length: int | None = None
+
+
+@dataclass
+class Mu2SlamSeq2SeqOutput(ModelOutput):
+    """Decoder outputs plus the encoder's (see `Mu2SlamEncoderOutput`)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+    encoder_speech_length: int | None = None
+
+
+@dataclass
+class Mu2SlamSeq2SeqLMOutput(ModelOutput):
+    """
+    Args:
+        loss: weighted sum of the losses below that had labels (config `*_loss_weight`).
+        logits (`(B, U, V)`): decoder prediction scores over the unified vocabulary.
+        decoder_loss / mlm_loss / ctc_loss: the unweighted parts (None when their labels were not given).
+        encoder_attention_mask (`(B, E)`): the mask of `encoder_last_hidden_state`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    decoder_loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    ctc_loss: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+
+
+# ------------------------------------------------------------------------------------- building blocks
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal embeddings of integer `positions` (any shape) -> (*positions.shape, dim), float32."""
+    half = dim // 2
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class Mu2SlamScaledEmbedding(nn.Embedding):
+    """Token embedding multiplied by `embed_scale` (sqrt(D) when `config.scale_embedding`)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, embed_scale: float = 1.0):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
+
+
+class Mu2SlamSpeechFrontEnd(nn.Module):
+    """Two stride-2 Conv2d layers over (time, mel) and a linear projection: (B, T, F) -> S (B, S, D).
+
+    The convolutions are unpadded, so output frame t sees only input frames [4t, 4t + 7): the frames of its
+    own utterance. Padding in a batch therefore never changes a real output frame.
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        channels, kernel, stride = config.frontend_channels, config.frontend_kernel_size, config.frontend_stride
+        self.conv1 = nn.Conv2d(1, channels, kernel, stride)
+        self.conv2 = nn.Conv2d(channels, channels, kernel, stride)
+        self.config = config
+        self.proj = nn.Linear(channels * config.speech_output_lengths(config.num_mel_bins), config.d_model)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.conv1(input_features.unsqueeze(1)))  # (B, C, T', F')
+        hidden = F.relu(self.conv2(hidden))  # (B, C, S, F'')
+        batch, channels, frames, freq = hidden.shape
+        return self.proj(hidden.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq))
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention. query (B, H, Q, d), key/value (B, H, K, d) -> ((B, Q, H, d), (B, H, Q, K))."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class Mu2SlamAttention(nn.Module):
+    """Multi-head attention through transformers' attention interface (eager, sdpa, flash, flex).
+
+    Self-attention when `key_value_states` is None, cross-attention otherwise; with an `EncoderDecoderCache`
+    the decoder's keys/values are appended per step and the cross-attention keys/values computed once.
+    """
+
+    def __init__(self, config: Mu2SlamConfig, num_heads: int, is_causal: bool = False, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+        self.attention_dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def _heads(self, states: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return proj(states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_cross_attention = key_value_states is not None
+        query = self._heads(hidden_states, self.q_proj)
+
+        cache, reuse_cross = None, False
+        if past_key_values is not None:
+            if is_cross_attention:
+                reuse_cross = past_key_values.is_updated.get(self.layer_idx, False)
+                past_key_values.is_updated[self.layer_idx] = True
+                cache = past_key_values.cross_attention_cache
+            else:
+                cache = past_key_values.self_attention_cache
+
+        if reuse_cross:
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            key, value = self._heads(source, self.k_proj), self._heads(source, self.v_proj)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(*hidden_states.shape[:-1], -1)
+        return self.out_proj(output), weights
+
+
+class Mu2SlamFeedForward(nn.Module):
+    def __init__(self, config: Mu2SlamConfig, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.act = ACT2FN[config.hidden_act]
+        self.activation_dropout = config.activation_dropout
+        self.dropout = dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.dropout(self.act(self.fc1(hidden_states)), self.activation_dropout, self.training)
+        return F.dropout(self.fc2(hidden_states), self.dropout, self.training)
+
+
+class Mu2SlamConvolutionModule(nn.Module):
+    """Conformer convolution: pointwise + GLU, depthwise conv, LayerNorm, SiLU, pointwise.
+
+    Padded positions are zeroed before the depthwise convolution and each segment (speech, then text) is
+    convolved on its own, so no padding and no other segment ever leaks into a real position. LayerNorm
+    replaces the original BatchNorm: batch statistics would couple the utterances of a batch.
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        channels, kernel = config.d_model, config.conformer_conv_kernel_size
+        self.pointwise_in = nn.Linear(channels, 2 * channels)
+        self.depthwise = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.pointwise_out = nn.Linear(channels, channels)
+        self.dropout = config.encoder_dropout
+
+    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor, speech_length: int) -> torch.Tensor:
+        """hidden_states (B, E, D), padding_mask (B, E) with 1 at real positions -> (B, E, D)."""
+        hidden_states = F.glu(self.pointwise_in(hidden_states), dim=-1)
+        hidden_states = hidden_states.masked_fill(~padding_mask.bool().unsqueeze(-1), 0.0).transpose(1, 2)
+        segments = hidden_states.split([speech_length, hidden_states.shape[-1] - speech_length], dim=-1)
+        hidden_states = torch.cat([self.depthwise(seg) for seg in segments if seg.shape[-1] > 0], dim=-1)
+        hidden_states = F.silu(self.norm(hidden_states.transpose(1, 2)))
+        return F.dropout(self.pointwise_out(hidden_states), self.dropout, self.training)
+
+
+class Mu2SlamConformerLayer(GradientCheckpointingLayer):
+    """Macaron Conformer block: x + FFN/2, + MHSA, + Conv, + FFN/2, then LayerNorm (all sub-blocks pre-LN)."""
+
+    def __init__(self, config: Mu2SlamConfig, layer_idx: int):
+        super().__init__()
+        self.ffn1_norm, self.ffn1 = nn.LayerNorm(config.d_model), self._ffn(config)
+        self.attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Mu2SlamAttention(config, config.encoder_attention_heads, layer_idx=layer_idx)
+        self.conv_norm, self.conv = nn.LayerNorm(config.d_model), Mu2SlamConvolutionModule(config)
+        self.ffn2_norm, self.ffn2 = nn.LayerNorm(config.d_model), self._ffn(config)
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.dropout = config.encoder_dropout
+
+    @staticmethod
+    def _ffn(config: Mu2SlamConfig) -> Mu2SlamFeedForward:
+        return Mu2SlamFeedForward(config, config.encoder_ffn_dim, config.encoder_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        padding_mask: torch.Tensor,
+        speech_length: int,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states = hidden_states + 0.5 * self.ffn1(self.ffn1_norm(hidden_states))
+        attn_output, attn_weights = self.self_attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + F.dropout(attn_output, self.dropout, self.training)
+        hidden_states = hidden_states + self.conv(self.conv_norm(hidden_states), padding_mask, speech_length)
+        hidden_states = hidden_states + 0.5 * self.ffn2(self.ffn2_norm(hidden_states))
+        return self.final_norm(hidden_states), attn_weights
+
+
+class Mu2SlamDecoderLayer(GradientCheckpointingLayer):
+    """Pre-LN Transformer decoder block: causal self-attention, cross-attention, feed-forward."""
+
+    def __init__(self, config: Mu2SlamConfig, layer_idx: int):
+        super().__init__()
+        heads = config.decoder_attention_heads
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Mu2SlamAttention(config, heads, is_causal=True, layer_idx=layer_idx)
+        self.cross_attn_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = Mu2SlamAttention(config, heads, layer_idx=layer_idx)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = Mu2SlamFeedForward(config, config.decoder_ffn_dim, config.decoder_dropout)
+        self.dropout = config.decoder_dropout
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attn, self_weights = self.self_attn(
+            self.self_attn_norm(hidden_states), attention_mask, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = hidden_states + F.dropout(attn, self.dropout, self.training)
+        attn, cross_weights = self.cross_attn(
+            self.cross_attn_norm(hidden_states),
+            encoder_attention_mask,
+            key_value_states=encoder_hidden_states,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + F.dropout(attn, self.dropout, self.training)
+        hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
+        return hidden_states, self_weights, cross_weights
+
+
+class Mu2SlamMLMHead(nn.Module):
+    """Encoder MLM head: dense + activation + LayerNorm, then the (tied) token embedding as output layer."""
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.d_model)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden_states))))
+
+
+class Mu2SlamCTCHead(nn.Module):
+    """CTC over the text tokens, tied to the text rows of the shared token embedding (blank = <pad>) plus a bias.
+
+    Tying keeps the head free of a second vocabulary-sized matrix (64k x 1024 for the spm model).
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        self.text_vocab_size = config.text_vocab_size
+        self.bias = nn.Parameter(torch.zeros(config.text_vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) encoder states, (V, D) embedding -> (B, S, text_vocab_size) logits."""
+        return F.linear(hidden_states, token_embedding[: self.text_vocab_size], self.bias)
+
+
+# -------------------------------------------------------------------------------------------- models
+
+
+class Mu2SlamPreTrainedModel(PreTrainedModel):
+    config_class = Mu2SlamConfig
+    config: Mu2SlamConfig
+    base_model_prefix = "model"
+    main_input_name = "input_features"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Mu2SlamConformerLayer", "Mu2SlamDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (safetensors), config and the remote code, with a complete `auto_map`."""
+        self.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if isinstance(module, Mu2SlamMLMHead):
+            init.zeros_(module.decoder.bias)
+        elif isinstance(module, Mu2SlamCTCHead):
+            init.zeros_(module.bias)
+
+
+def _languages_and_modality(
+    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, batch: int, device: torch.device, role: str
+) -> torch.Tensor:
+    """(B,) language ids, defaulting to the only language of a one-language model; validated."""
+    if lang_ids is None:
+        if config.num_languages == 1:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        raise ValueError(
+            f"`{role}` is required: this model knows {config.num_languages} languages ({', '.join(config.languages)}). "
+            "Pass a (batch,) tensor of language ids (`config.language_id(code)`), or `src_lang=`/`tgt_lang=` codes "
+            "to `generate`."
+        )
+    lang_ids = torch.as_tensor(lang_ids, device=device).long().reshape(-1).expand(batch)
+    if bool(((lang_ids < 0) | (lang_ids >= config.num_languages)).any()):
+        raise ValueError(
+            f"`{role}` holds ids outside [0, {config.num_languages}): {lang_ids.tolist()}. "
+            f"Map language codes with `config.language_id(code)`."
+        )
+    return lang_ids
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str, allow_ignore: bool = False) -> None:
+    """Raise a ValueError if `ids` holds values outside [0, vocab_size) (or -100 where allowed)."""
+    valid = (ids >= 0) & (ids < vocab_size)
+    if allow_ignore:
+        valid |= ids == IGNORE_INDEX
+    if not bool(valid.all()):
+        bad = ids[~valid].unique()[:8].tolist()
+        raise ValueError(
+            f"`{name}` holds ids outside the model's vocabulary [0, {vocab_size}): {bad}. Was it made by a tokenizer "
+            "for another model? The tokenizer's vocabulary must match `config.text_vocab_size`."
+        )
+
+
+class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
+    """The shared encoder: speech, text, or [speech; text] in one sequence, through Conformer layers.
+
+    Each segment gets its own positions (counted from 0), language and modality embedding. Speech frames
+    listed in `speech_mlm_mask` are replaced by the [MASK] token's embedding (paper eq. 2).
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.embed_languages = nn.Embedding(config.num_languages, config.d_model)
+        self.embed_modalities = nn.Embedding(2, config.d_model)
+        self.speech_frontend = Mu2SlamSpeechFrontEnd(config)
+        self.layers = nn.ModuleList(Mu2SlamConformerLayer(config, i) for i in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = config.encoder_dropout
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _segment(self, embeds: torch.Tensor, lang_ids: torch.Tensor, modality: int) -> torch.Tensor:
+        positions = sinusoidal_positions(torch.arange(embeds.shape[1], device=embeds.device), embeds.shape[-1])
+        modality_ids = torch.full_like(lang_ids, modality)
+        extra = self.embed_languages(lang_ids) + self.embed_modalities(modality_ids)
+        return embeds + positions.to(embeds.dtype) + extra.unsqueeze(1)
+
+    def embed_speech(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        lang_ids: torch.Tensor,
+        speech_mlm_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) features -> (B, S, D) embedded speech segment and its (B, S) mask."""
+        check_speech_inputs(self.config, input_features, attention_mask)
+        speech = self.speech_frontend(input_features)
+        if attention_mask is None:
+            frame_mask = torch.ones(speech.shape[:2], dtype=torch.long, device=speech.device)
+        else:
+            lengths = self.config.speech_output_lengths(attention_mask.long().sum(-1))
+            frame_mask = (torch.arange(speech.shape[1], device=speech.device) < lengths.unsqueeze(-1)).long()
+        if speech_mlm_mask is not None:
+            if speech_mlm_mask.shape != speech.shape[:2]:
+                raise ValueError(
+                    f"`speech_mlm_mask` has shape {tuple(speech_mlm_mask.shape)} but the speech front end makes "
+                    f"{tuple(speech.shape[:2])} frames; build it with `config.speech_output_lengths`."
+                )
+            mask_embedding = self.embed_tokens.weight[self.config.mask_token_id] * self.embed_tokens.embed_scale
+            speech = torch.where(speech_mlm_mask.bool().unsqueeze(-1), mask_embedding.to(speech.dtype), speech)
+        return self._segment(speech, lang_ids, SPEECH_MODALITY), frame_mask
+
+    def embed_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lang_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) token ids -> (B, L, D) embedded text segment and its (B, L) mask."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        return self._segment(self.embed_tokens(input_ids), lang_ids, TEXT_MODALITY), mask
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        text_attention_mask: torch.LongTensor | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        text_lang_ids: torch.LongTensor | None = None,
+        speech_mlm_mask: torch.BoolTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Mu2SlamEncoderOutput:
+        r"""
+        Args:
+            input_features (`(B, T, num_mel_bins)`): log-mel features of the speech segment.
+            attention_mask (`(B, T)` or `(B, L)`): mask of `input_features` when given, else of `input_ids`.
+            input_ids (`(B, L)`): token ids of the text segment (text only, or after the speech segment).
+            text_attention_mask (`(B, L)`): mask of `input_ids` when both segments are given.
+            src_lang_ids (`(B,)`): language of the first segment.
+            text_lang_ids (`(B,)`): language of the text segment when both are given (default `src_lang_ids`).
+            speech_mlm_mask (`(B, S)` bool): speech frames replaced by the [MASK] embedding.
+        """
+        has_speech, has_text = input_features is not None, input_ids is not None
+        if not (has_speech or has_text):
+            raise ValueError(
+                "No encoder input: pass `input_features` (speech, from the feature extractor) and/or `input_ids` (text)."
+            )
+        reference = input_features if has_speech else input_ids
+        batch, device = reference.shape[0], reference.device
+        src_lang_ids = _languages_and_modality(self.config, src_lang_ids, batch, device, "src_lang_ids")
+
+        segments, masks = [], []
+        if has_speech:
+            embeds, mask = self.embed_speech(input_features, attention_mask, src_lang_ids, speech_mlm_mask)
+            segments.append(embeds), masks.append(mask)
+        if has_text:
+            text_mask = text_attention_mask if has_speech else attention_mask
+            text_lang = src_lang_ids if text_lang_ids is None or not has_speech else text_lang_ids
+            text_lang = _languages_and_modality(self.config, text_lang, batch, device, "text_lang_ids")
+            embeds, mask = self.embed_text(input_ids, text_mask, text_lang)
+            segments.append(embeds), masks.append(mask)
+        speech_length = segments[0].shape[1] if has_speech else 0
+
+        hidden_states = F.dropout(torch.cat(segments, dim=1), self.dropout, self.training)
+        padding_mask = torch.cat(masks, dim=1)
+        attention_bias = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
+        )
+        all_hidden, all_attentions = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, weights = layer(hidden_states, attention_bias, padding_mask, speech_length)
+            if output_attentions:
+                all_attentions.append(weights)
+        hidden_states = self.layer_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return Mu2SlamEncoderOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            attention_mask=padding_mask,
+            speech_length=speech_length or None,
+        )
+
+
+def check_speech_inputs(config: Mu2SlamConfig, input_features: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Clear errors for features of the wrong shape, mismatched masks and audio too short for the front end."""
+    if input_features.ndim != 3 or input_features.shape[-1] != config.num_mel_bins:
+        hint = ""
+        if input_features.ndim == 3 and input_features.shape[1] == config.num_mel_bins:
+            hint = " It looks transposed (batch, mel, frames): use `input_features.transpose(1, 2)`."
+        raise ValueError(
+            f"`input_features` must have shape (batch, frames, {config.num_mel_bins}) log-mel features, got "
+            f"{tuple(input_features.shape)}.{hint} Use the model's Mu2SlamFeatureExtractor."
+        )
+    lengths = (
+        attention_mask.long().sum(-1)
+        if attention_mask is not None
+        else torch.full(input_features.shape[:1], input_features.shape[1], device=input_features.device)
+    )
+    if attention_mask is not None and attention_mask.shape != input_features.shape[:2]:
+        raise ValueError(
+            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_features` has "
+            f"{tuple(input_features.shape[:2])} (batch, frames)."
+        )
+    if bool((lengths < config.min_input_frames).any()):
+        shortest = int(lengths.min())
+        raise ValueError(
+            f"Audio too short: an utterance has {shortest} log-mel frames, fewer than the {config.min_input_frames} "
+            f"the speech front end needs (about {(config.min_input_frames - 1) * 10 + 25} ms at a 10 ms hop). "
+            "Drop or pad such clips before batching."
+        )
+
+
+class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
+    """Transformer decoder over the unified vocabulary; each position gets position, language and modality."""
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.embed_languages = nn.Embedding(config.num_languages, config.d_model)
+        self.embed_modalities = nn.Embedding(2, config.d_model)
+        self.layers = nn.ModuleList(Mu2SlamDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.dropout = config.decoder_dropout
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.FloatTensor,
+        tgt_lang_ids: torch.LongTensor,
+        tgt_modality_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        encoder_attention_mask: torch.LongTensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> Mu2SlamSeq2SeqOutput:
+        """input_ids (B, U), encoder_hidden_states (B, E, D), tgt_lang_ids / tgt_modality_ids (B,) -> (B, U, D)."""
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        embeds = self.embed_tokens(input_ids)
+        positions = sinusoidal_positions(
+            torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device), embeds.shape[-1]
+        )
+        extra = self.embed_languages(tgt_lang_ids) + self.embed_modalities(tgt_modality_ids)
+        hidden_states = embeds + positions.to(embeds.dtype) + extra.unsqueeze(1)
+        hidden_states = F.dropout(hidden_states, self.dropout, self.training)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)[None],
+        )
+        cross_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        all_hidden, self_attns, cross_attns = [], [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, causal_mask, encoder_hidden_states, cross_mask, past_key_values=past_key_values
+            )
+            if output_attentions:
+                self_attns.append(self_weights), cross_attns.append(cross_weights)
+        hidden_states = self.layer_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return Mu2SlamSeq2SeqOutput(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            decoder_hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            decoder_attentions=tuple(self_attns) if output_attentions else None,
+            cross_attentions=tuple(cross_attns) if output_attentions else None,
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels (B, U): start token, then labels[:, :-1], with -100 replaced by pad."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
+
+
+class Mu2SlamModel(Mu2SlamPreTrainedModel):
+    """The bare encoder-decoder: token embedding shared by encoder input, decoder input and (in the LM) output."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.shared = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.encoder = Mu2SlamEncoder(config)
+        self.decoder = Mu2SlamDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> Mu2SlamEncoder:
+        return self.encoder
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        text_attention_mask: torch.LongTensor | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        text_lang_ids: torch.LongTensor | None = None,
+        speech_mlm_mask: torch.BoolTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        tgt_lang_ids: torch.LongTensor | None = None,
+        tgt_modality_ids: torch.LongTensor | None = None,
+        encoder_outputs: Mu2SlamEncoderOutput | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> Mu2SlamSeq2SeqOutput:
+        """Encoder arguments as in `Mu2SlamEncoder.forward`; decoder_input_ids (B, U); tgt ids (B,).
+
+        `tgt_lang_ids` defaults to `src_lang_ids` (recognition), `tgt_modality_ids` to text.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_features=input_features,
+                attention_mask=attention_mask,
+                input_ids=input_ids,
+                text_attention_mask=text_attention_mask,
+                src_lang_ids=src_lang_ids,
+                text_lang_ids=text_lang_ids,
+                speech_mlm_mask=speech_mlm_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        if decoder_input_ids is None:
+            raise ValueError("`decoder_input_ids` (or `labels` for the LM model) are required to run the decoder.")
+        check_token_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")
+        batch, device = decoder_input_ids.shape[0], decoder_input_ids.device
+        if tgt_lang_ids is None:
+            tgt_lang_ids = src_lang_ids
+        tgt_lang_ids = _languages_and_modality(self.config, tgt_lang_ids, batch, device, "tgt_lang_ids")
+        if tgt_modality_ids is None:
+            tgt_modality_ids = torch.full((batch,), TEXT_MODALITY, dtype=torch.long, device=device)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            tgt_lang_ids=tgt_lang_ids,
+            tgt_modality_ids=torch.as_tensor(tgt_modality_ids, device=device).long().reshape(-1).expand(batch),
+            attention_mask=decoder_attention_mask,
+            encoder_attention_mask=encoder_outputs.attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache if use_cache is not None else self.config.use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return Mu2SlamSeq2SeqOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.decoder_hidden_states,
+            decoder_attentions=decoder_outputs.decoder_attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            encoder_attention_mask=encoder_outputs.attention_mask,
+            encoder_speech_length=encoder_outputs.speech_length,
+        )
+
+
+class Mu2SlamModalityLogitsProcessor(LogitsProcessor):
+    """Keeps generation inside one modality: text tokens (+ eos) or speech codes (+ eos), never the other."""
+
+    def __init__(self, allowed_ids: range, vocab_size: int, eos_token_id: int = EOS_ID):
+        self.allowed = torch.zeros(vocab_size, dtype=torch.bool)
+        self.allowed[allowed_ids.start : allowed_ids.stop] = True
+        self.allowed[eos_token_id] = True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        allowed = self.allowed.to(scores.device)[: scores.shape[-1]]
+        return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, example_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean token cross-entropy over labels != -100; logits (B, N, V), labels (B, N), weights (B,)."""
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    counted = (labels != IGNORE_INDEX).float()
+    if example_weights is not None:
+        losses = losses * example_weights.float().unsqueeze(-1)
+    return losses.sum() / counted.sum().clamp(min=1.0)
+
+
+class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
+    """Mu2SLAM with the decoder LM head, the encoder MLM head and the encoder CTC head.
+
+    One forward serves every objective of the paper: decoder loss from `labels`, encoder MLM loss from
+    `mlm_labels` and CTC from `ctc_labels`, summed with the config's loss weights.
+    """
+
+    _tied_weights_keys = {
+        "lm_head.weight": "model.shared.weight",
+        "mlm_head.decoder.weight": "model.shared.weight",
+    }
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        self.model = Mu2SlamModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.mlm_head = Mu2SlamMLMHead(config)
+        self.ctc_head = Mu2SlamCTCHead(config)
+        self.post_init()
+        self.generation_config.max_length = config.max_target_positions
+        self.generation_config.num_beams = 1
+
+    def get_encoder(self, modality: str | None = None) -> Mu2SlamEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> Mu2SlamDecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        text_attention_mask: torch.LongTensor | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        text_lang_ids: torch.LongTensor | None = None,
+        speech_mlm_mask: torch.BoolTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        tgt_lang_ids: torch.LongTensor | None = None,
+        tgt_modality_ids: torch.LongTensor | None = None,
+        encoder_outputs: Mu2SlamEncoderOutput | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        labels: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        ctc_labels: torch.LongTensor | None = None,
+        example_weights: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Mu2SlamSeq2SeqLMOutput:
+        r"""
+        Args (besides the encoder's, see `Mu2SlamEncoder.forward`):
+            labels (`(B, U)`): decoder targets (text ids or speech-code ids), -100 where not counted.
+                `decoder_input_ids` default to the labels shifted right after the start token.
+            mlm_labels (`(B, E)`): encoder MLM targets at masked positions of [speech; text], -100 elsewhere.
+            ctc_labels (`(B, L_ctc)`): transcript text ids for CTC on the speech positions, -100 padded;
+                a row of only -100 does not count (mixed batches).
+            example_weights (`(B,)`): per-example weight of the decoder and MLM losses (objective weights).
+            tgt_lang_ids (`(B,)`) / tgt_modality_ids (`(B,)`): language and modality of the decoder output.
+        """
+        if labels is not None:
+            check_token_ids(labels, self.config.vocab_size, "labels", allow_ignore=True)
+            if decoder_input_ids is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+            use_cache = False
+        outputs = self.model(
+            input_features=input_features,
+            attention_mask=attention_mask,
+            input_ids=input_ids,
+            text_attention_mask=text_attention_mask,
+            src_lang_ids=src_lang_ids,
+            text_lang_ids=text_lang_ids,
+            speech_mlm_mask=speech_mlm_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            tgt_lang_ids=tgt_lang_ids,
+            tgt_modality_ids=tgt_modality_ids,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        encoder_states, encoder_mask = outputs.encoder_last_hidden_state, outputs.encoder_attention_mask
+
+        decoder_loss = masked_cross_entropy(logits, labels, example_weights) if labels is not None else None
+        mlm_loss = self._mlm_loss(encoder_states, mlm_labels, example_weights) if mlm_labels is not None else None
+        ctc_loss = None
+        if ctc_labels is not None:
+            speech_length = outputs.encoder_speech_length or 0
+            if speech_length == 0:
+                raise ValueError("`ctc_labels` were given without speech input: CTC runs on the speech positions.")
+            ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], encoder_mask[:, :speech_length], ctc_labels)
+
+        weighted = [
+            (decoder_loss, self.config.decoder_loss_weight),
+            (mlm_loss, self.config.mlm_loss_weight),
+            (ctc_loss, self.config.ctc_loss_weight),
+        ]
+        present = [part * weight for part, weight in weighted if part is not None]
+        loss = torch.stack(present).sum() if present else None
+
+        return Mu2SlamSeq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_loss=decoder_loss,
+            mlm_loss=mlm_loss,
+            ctc_loss=ctc_loss,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_states,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            encoder_attention_mask=encoder_mask,
+        )
+
+    def _mlm_loss(
+        self, encoder_states: torch.Tensor, mlm_labels: torch.Tensor, example_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Encoder MLM cross-entropy, computing logits only at the counted positions."""
+        if mlm_labels.shape != encoder_states.shape[:2]:
+            raise ValueError(
+                f"`mlm_labels` must cover the encoder positions {tuple(encoder_states.shape[:2])} "
+                f"([speech; text]), got {tuple(mlm_labels.shape)}."
+            )
+        check_token_ids(mlm_labels, self.config.vocab_size, "mlm_labels", allow_ignore=True)
+        counted = mlm_labels != IGNORE_INDEX
+        if not bool(counted.any()):
+            return encoder_states.sum() * 0.0
+        logits = self.mlm_head(encoder_states[counted]).float()
+        losses = F.cross_entropy(logits, mlm_labels[counted], reduction="none")
+        if example_weights is not None:
+            losses = losses * example_weights.float().unsqueeze(-1).expand_as(mlm_labels)[counted]
+        return losses.sum() / counted.sum()
+
+    def _ctc_loss(
+        self, speech_states: torch.Tensor, speech_mask: torch.Tensor, ctc_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """CTC over text tokens (blank = pad id) on the speech positions; rows without targets are skipped."""
+        check_token_ids(ctc_labels, self.config.text_vocab_size, "ctc_labels", allow_ignore=True)
+        target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
+        rows = target_lengths > 0
+        if not bool(rows.any()):
+            return speech_states.sum() * 0.0
+        logits = self.ctc_head(speech_states[rows], self.model.shared.weight)
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        targets = ctc_labels[rows]
+        flat_targets = targets[targets != IGNORE_INDEX]
+        with torch.backends.cudnn.flags(enabled=False):
+            return F.ctc_loss(
+                log_probs,
+                flat_targets,
+                speech_mask[rows].sum(-1),
+                target_lengths[rows],
+                blank=self.config.pad_token_id,
+                reduction="mean",
+                zero_infinity=True,
+            )
+
+    # ---------------------------------------------------------------------------------------- generation
+
+    def _language_ids(self, code: str | list[str] | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        if code is None:
+            return None
+        codes = [code] * batch if isinstance(code, str) else list(code)
+        if len(codes) != batch:
+            raise ValueError(f"Got {len(codes)} language codes for a batch of {batch}.")
+        return torch.tensor([self.config.language_id(c) for c in codes], device=device)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        src_lang: str | list[str] | None = None,
+        tgt_lang: str | list[str] | None = None,
+        tgt_modality: str = "text",
+        src_lang_ids: torch.LongTensor | None = None,
+        tgt_lang_ids: torch.LongTensor | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        r"""
+        Generate text (ASR: `tgt_lang == src_lang`, the default; AST: another `tgt_lang`; MT from `input_ids`)
+        or speech codes (`tgt_modality="speech"`). Tokens of the other modality can never be produced.
+
+        Args:
+            input_features (`(B, T, num_mel_bins)`) + attention_mask (`(B, T)`): speech input; or
+            input_ids (`(B, L)`) + attention_mask (`(B, L)`): text input.
+            src_lang / tgt_lang: language codes (one for the batch, or one per example), or the
+                `*_lang_ids` tensors directly.
+            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, ...).
+        Returns:
+            `(B, U)` generated ids, starting with the decoder start token (or what `generate` returns with
+            `return_dict_in_generate=True`).
+        """
+        if input_features is not None and input_ids is not None:
+            raise ValueError("Pass either `input_features` (speech) or `input_ids` (text) to `generate`, not both.")
+        reference = input_features if input_features is not None else input_ids
+        if reference is None:
+            raise ValueError("No input: pass `input_features` (speech) or `input_ids` (text) to `generate`.")
+        batch, device = reference.shape[0], reference.device
+        if src_lang_ids is None:
+            src_lang_ids = self._language_ids(src_lang, batch, device)
+        if tgt_lang_ids is None:
+            tgt_lang_ids = self._language_ids(tgt_lang, batch, device)
+        if tgt_lang_ids is None:
+            tgt_lang_ids = src_lang_ids
+        modality = self.config.modality_id(tgt_modality)
+
+        encoder_outputs = self.model.encoder(
+            input_features=input_features,
+            attention_mask=attention_mask,
+            input_ids=input_ids,
+            src_lang_ids=src_lang_ids,
+            output_attentions=kwargs.get("output_attentions"),
+            output_hidden_states=kwargs.get("output_hidden_states"),
+        )
+        batch_lang = _languages_and_modality(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
+        vocab = self.config.vocabulary
+        allowed = vocab.speech_code_ids() if modality == 0 else vocab.text_token_ids()
+        processors = LogitsProcessorList(logits_processor or [])
+        processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
+        return super().generate(
+            encoder_outputs=encoder_outputs,
+            tgt_lang_ids=batch_lang,
+            tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
+            logits_processor=processors,
+            **kwargs,
+        )
+
+
+class Mu2SlamEncoderOnlyModel(Mu2SlamPreTrainedModel):
+    """The encoder with the shared embedding, laid out like `Mu2SlamModel` so seq2seq checkpoints load."""
+
+    _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight"}
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.shared = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.encoder = Mu2SlamEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.shared = value
+        self.encoder.embed_tokens = value
+
+    def forward(self, **encoder_kwargs) -> Mu2SlamEncoderOutput:
+        return self.encoder(**encoder_kwargs)
+
+
+class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
+    """Masked mean of the encoder output -> dense + tanh -> classifier (XNLI-style premise/hypothesis tasks)."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = Mu2SlamEncoderOnlyModel(config)
+        self.pooler = nn.Linear(config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.classifier_dropout if hasattr(config, "classifier_dropout") else 0.1)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        """input_ids (B, L) or input_features (B, T, F); labels (B,) -> logits (B, num_labels)."""
+        encoder_outputs = self.model(
+            input_features=input_features,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            src_lang_ids=src_lang_ids,
+        )
+        mask = encoder_outputs.attention_mask.unsqueeze(-1).to(encoder_outputs.last_hidden_state.dtype)
+        pooled = (encoder_outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(torch.tanh(self.pooler(self.dropout(pooled)))))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+Mu2SlamModel.register_for_auto_class("AutoModel")
+Mu2SlamForConditionalGeneration.register_for_auto_class("AutoModelForSpeechSeq2Seq")
+Mu2SlamForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "Mu2SlamPreTrainedModel",
+    "Mu2SlamEncoder",
+    "Mu2SlamDecoder",
+    "Mu2SlamModel",
+    "Mu2SlamForConditionalGeneration",
+    "Mu2SlamForSequenceClassification",
+    "Mu2SlamEncoderOutput",
+    "Mu2SlamSeq2SeqLMOutput",
+]

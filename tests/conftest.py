@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)  # tests run under xdist with one worker per core
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESETS = REPO_ROOT / "configuration" / "models"
+
+
+@pytest.fixture
+def tiny_config():
+    from mu2slam_hf import Mu2SlamConfig
+
+    return Mu2SlamConfig.from_pretrained(PRESETS / "tiny")
+
+
+def make_model(config, attn_implementation: str = "sdpa", seed: int = 0):
+    from mu2slam_hf import Mu2SlamForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return Mu2SlamForConditionalGeneration._from_config(config, attn_implementation=attn_implementation).eval()
+
+
+def random_batch(config, lengths=(120, 87), seed: int = 0):
+    """Random log-mel features (B, T, F) with a padded mask for the given frame counts."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(len(lengths), max(lengths), config.num_mel_bins, generator=generator)
+    mask = (torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(-1)).long()
+    return features * mask.unsqueeze(-1), mask

@@ -1,0 +1,354 @@
+"""Model core: equivalences, round trips, objectives' inputs, and clear errors on bad input."""
+
+import pytest
+import torch
+from conftest import PRESETS, make_model, random_batch
+
+import mu2slam_hf  # noqa: F401  (registers the Auto classes)
+from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
+from mu2slam_hf.vocabulary import MASK_ID, NUM_SPECIAL_TOKENS
+
+ATOL = 1e-5
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+
+@pytest.mark.parametrize("name,low,high", [("tiny", 0, 1_000_000), ("small", 5_000_000, 20_000_000)])
+def test_small_preset_sizes(name, low, high):
+    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
+
+    config = AutoConfig.from_pretrained(PRESETS / name)
+    with torch.device("meta"):
+        model = AutoModelForSpeechSeq2Seq.from_config(config)
+    assert low <= count_parameters(model) <= high
+
+
+@pytest.mark.parametrize("name", ["base-char", "base-spm"])
+def test_base_presets_match_paper_sizes(name):
+    """Paper (A.2): 24 Conformer + 6 decoder layers, d 1024, FFN 4096, 8 heads, kernel 5; encoder ~0.6B, total ~0.7B."""
+    config = Mu2SlamConfig.from_pretrained(PRESETS / name)
+    assert (config.encoder_layers, config.decoder_layers, config.d_model) == (24, 6, 1024)
+    assert (config.encoder_ffn_dim, config.encoder_attention_heads, config.conformer_conv_kernel_size) == (4096, 8, 5)
+    with torch.device("meta"):
+        model = Mu2SlamForConditionalGeneration(config)
+    encoder = model.model.encoder
+    encoder_params = count_parameters(encoder) - encoder.embed_tokens.weight.numel()  # embedding counted once below
+    total = count_parameters(model)  # tied weights are counted once by parameters()
+    assert abs(encoder_params - 0.6e9) / 0.6e9 < 0.10, encoder_params
+    assert abs(total - 0.7e9) / 0.7e9 < 0.10, total
+
+
+# ------------------------------------------------------------------------------------- equivalences
+
+
+def test_eager_and_sdpa_agree(tiny_config):
+    eager, sdpa = make_model(tiny_config, "eager"), make_model(tiny_config, "sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    features, mask = random_batch(tiny_config)
+    labels = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 9))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 3]), labels=labels)
+    out_eager, out_sdpa = eager(**kwargs), sdpa(**kwargs)
+    torch.testing.assert_close(out_eager.logits, out_sdpa.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out_eager.encoder_last_hidden_state, out_sdpa.encoder_last_hidden_state, atol=ATOL, rtol=0
+    )
+
+
+def test_cached_and_uncached_greedy_decoding_identical(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang="fr", tgt_lang="en")
+    kwargs.update(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    cached = model.generate(**kwargs, use_cache=True)
+    uncached = model.generate(**kwargs, use_cache=False)
+    assert cached.shape == (2, 13)
+    assert torch.equal(cached, uncached)
+
+
+def test_padding_changes_nothing_on_real_frames(tiny_config):
+    """One utterance alone vs padded in a batch with a longer one: same encoder output and same text."""
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config, lengths=(141, 60))
+    alone_features = features[1:, :60]
+    lang = dict(src_lang="de", tgt_lang="de")
+
+    encoder = model.get_encoder()
+    batched = encoder(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([1, 1]))
+    alone = encoder(input_features=alone_features, src_lang_ids=torch.tensor([1]))
+    real = int(alone.attention_mask.sum())
+    assert real == tiny_config.speech_output_lengths(60)
+    assert batched.attention_mask[1].sum() == real
+    torch.testing.assert_close(batched.last_hidden_state[1, :real], alone.last_hidden_state[0], atol=ATOL, rtol=0)
+
+    generate = dict(max_new_tokens=10, min_new_tokens=10, **lang)
+    batched_ids = model.generate(input_features=features, attention_mask=mask, **generate)
+    alone_ids = model.generate(input_features=alone_features, **generate)
+    assert torch.equal(batched_ids[1], alone_ids[0])
+
+
+def test_speech_and_text_segments_are_masked_per_segment(tiny_config):
+    """[speech; text] input: the padding of either segment never changes the other example's outputs."""
+    model = make_model(tiny_config)
+    encoder = model.get_encoder()
+    features, mask = random_batch(tiny_config, lengths=(100, 64))
+    text = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 11))
+    text_mask = torch.ones_like(text)
+    text_mask[1, 7:] = 0
+    src, tgt = torch.tensor([2, 2]), torch.tensor([0, 0])
+    joint = encoder(
+        input_features=features,
+        attention_mask=mask,
+        input_ids=text,
+        text_attention_mask=text_mask,
+        src_lang_ids=src,
+        text_lang_ids=tgt,
+    )
+    speech_len = joint.speech_length
+    alone = encoder(
+        input_features=features[1:, :64], input_ids=text[1:, :7], src_lang_ids=src[:1], text_lang_ids=tgt[:1]
+    )
+    real_speech = tiny_config.speech_output_lengths(64)
+    assert alone.speech_length == real_speech
+    assert joint.attention_mask.shape == (2, speech_len + 11)
+    assert joint.attention_mask[1].sum() == real_speech + 7
+    torch.testing.assert_close(
+        joint.last_hidden_state[1, :real_speech], alone.last_hidden_state[0, :real_speech], atol=ATOL, rtol=0
+    )
+    torch.testing.assert_close(
+        joint.last_hidden_state[1, speech_len : speech_len + 7],
+        alone.last_hidden_state[0, real_speech:],
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_speech_mask_embedding_replaces_frames(tiny_config):
+    model = make_model(tiny_config)
+    encoder = model.get_encoder()
+    features, mask = random_batch(tiny_config, lengths=(80, 80))
+    frames = tiny_config.speech_output_lengths(80)
+    speech_mask = torch.zeros(2, frames, dtype=torch.bool)
+    speech_mask[:, 3:9] = True
+    lang = torch.tensor([0, 0])
+    embedded, _ = encoder.embed_speech(features, mask, lang, speech_mask)
+    plain, _ = encoder.embed_speech(features, mask, lang)
+    mask_embedding = encoder.embed_tokens(torch.tensor([MASK_ID]))[0]
+    # masked frames: [MASK] embedding + the same position/language/modality terms as the plain frames
+    torch.testing.assert_close(
+        embedded[:, 3:9] - mask_embedding, plain[:, 3:9] - encoder.speech_frontend(features)[:, 3:9], atol=ATOL, rtol=0
+    )
+    torch.testing.assert_close(embedded[:, 9:], plain[:, 9:])
+    # a speech frame fully replaced by [MASK] tells the encoder nothing about the original frame
+    features_changed = features.clone()
+    features_changed[:, 4 * 3 + 6 : 4 * 8] += 5.0  # only inputs seen by masked frames 4..7
+    changed, _ = encoder.embed_speech(features_changed, mask, lang, speech_mask)
+    torch.testing.assert_close(changed[:, 4:8], embedded[:, 4:8])
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def test_losses_count_only_labelled_positions(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config, lengths=(100, 100))
+    frames = tiny_config.speech_output_lengths(100)
+    codes = torch.randint(0, tiny_config.codebook_size, (2, frames)) + tiny_config.vocabulary.speech_code_offset
+    mlm_labels = torch.full((2, frames), -100)
+    mlm_labels[:, 5:15] = codes[:, 5:15]
+    transcript = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 6))
+    ctc_labels = transcript.clone()
+    ctc_labels[1] = -100  # a row without CTC targets (e.g. an AST example in a mixed batch)
+    out = model(
+        input_features=features,
+        attention_mask=mask,
+        src_lang_ids=torch.tensor([0, 1]),
+        labels=transcript,
+        mlm_labels=mlm_labels,
+        ctc_labels=ctc_labels,
+        speech_mlm_mask=mlm_labels != -100,
+    )
+    c = tiny_config
+    expected = c.decoder_loss_weight * out.decoder_loss + c.mlm_loss_weight * out.mlm_loss
+    torch.testing.assert_close(out.loss, expected + c.ctc_loss_weight * out.ctc_loss)
+    # the MLM loss is the cross-entropy at the labelled positions only
+    states = out.encoder_last_hidden_state[:, 5:15]
+    manual = torch.nn.functional.cross_entropy(model.mlm_head(states).flatten(0, 1), codes[:, 5:15].flatten())
+    torch.testing.assert_close(out.mlm_loss, manual)
+    # CTC on row 0 alone equals CTC on the batch whose row 1 has no targets
+    alone = model(
+        input_features=features[:1],
+        src_lang_ids=torch.tensor([0]),
+        labels=transcript[:1],
+        ctc_labels=ctc_labels[:1],
+        speech_mlm_mask=mlm_labels[:1] != -100,
+    )
+    torch.testing.assert_close(out.ctc_loss, alone.ctc_loss, atol=ATOL, rtol=0)
+
+
+def test_example_weights_scale_losses(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config, lengths=(90, 90))
+    labels = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 5))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 0]), labels=labels)
+    plain = model(**kwargs).decoder_loss
+    weighted = model(**kwargs, example_weights=torch.tensor([0.1, 0.1])).decoder_loss
+    torch.testing.assert_close(weighted, 0.1 * plain)
+
+
+def test_tiny_model_overfits_and_decodes_the_texts(tiny_config):
+    """A handful of (features, text) pairs: loss below 0.1 and greedy decoding returns the texts."""
+    torch.manual_seed(0)
+    model = make_model(tiny_config).train()
+    features, mask = random_batch(tiny_config, lengths=(90, 70, 110, 64), seed=1)
+    texts = [[10, 11, 12, 13], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41]]
+    labels = torch.full((4, 6), -100)
+    for row, text in enumerate(texts):
+        labels[row, : len(text) + 1] = torch.tensor(text + [tiny_config.eos_token_id])
+    lang = torch.tensor([0, 1, 2, 3])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model(input_features=features, attention_mask=mask, src_lang_ids=lang, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    assert loss.item() < 0.1
+    model.eval()
+    generated = model.generate(input_features=features, attention_mask=mask, src_lang_ids=lang, max_new_tokens=8)
+    for row, text in enumerate(texts):
+        tokens = generated[row, 1:].tolist()
+        assert tokens[: tokens.index(tiny_config.eos_token_id)] == text
+
+
+# ------------------------------------------------------------------------------------- generation
+
+
+def test_generation_stays_in_the_target_modality(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    vocab = tiny_config.vocabulary
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang="en", max_new_tokens=20, min_new_tokens=20)
+    text = model.generate(**kwargs, do_sample=True, top_k=0)[:, 1:]
+    speech = model.generate(**kwargs, tgt_modality="speech", do_sample=True, top_k=0)[:, 1:]
+    in_text = (text >= NUM_SPECIAL_TOKENS) & (text < vocab.speech_code_offset)
+    assert bool(in_text.all())
+    assert bool((speech >= vocab.speech_code_offset).all())
+
+
+def test_text_input_translation_and_beam_search(tiny_config):
+    model = make_model(tiny_config)
+    ids = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    greedy = model.generate(input_ids=ids, attention_mask=mask, src_lang="de", tgt_lang="en", max_new_tokens=6)
+    beams = model.generate(
+        input_ids=ids, attention_mask=mask, src_lang="de", tgt_lang="en", max_new_tokens=6, num_beams=3
+    )
+    assert greedy.shape[0] == beams.shape[0] == 2
+
+
+# ----------------------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip_is_bit_exact_and_pickle_free(tiny_config, tmp_path):
+    from transformers import AutoModelForSpeechSeq2Seq
+
+    model = make_model(tiny_config)
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert {"modeling_mu2slam.py", "configuration_mu2slam.py", "vocabulary.py"} <= set(files)
+    loaded = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path).eval()
+    assert type(loaded) is Mu2SlamForConditionalGeneration
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for key in original:
+        assert torch.equal(original[key], reloaded[key]), key
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.shared.weight.data_ptr()  # still tied
+    features, mask = random_batch(tiny_config)
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang="en", max_new_tokens=6)
+    assert torch.equal(model.generate(**kwargs), loaded.generate(**kwargs))
+
+
+def test_sequence_classification_loads_a_seq2seq_checkpoint(tiny_config, tmp_path):
+    seq2seq = make_model(tiny_config)
+    seq2seq.save_pretrained(tmp_path)
+    classifier = Mu2SlamForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+    torch.testing.assert_close(classifier.model.shared.weight, seq2seq.model.shared.weight)
+    torch.testing.assert_close(
+        classifier.model.encoder.layers[0].conv.depthwise.weight, seq2seq.model.encoder.layers[0].conv.depthwise.weight
+    )
+    ids = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (4, 12))
+    out = classifier(input_ids=ids, src_lang_ids=torch.tensor([0, 1, 2, 3]), labels=torch.tensor([0, 1, 2, 1]))
+    assert out.logits.shape == (4, 3)
+    out.loss.backward()
+    assert classifier.classifier.weight.grad is not None
+
+
+# --------------------------------------------------------------------------------- training modes
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    features, mask = random_batch(tiny_config)
+    labels = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 7))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 0]), labels=labels)
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model(tiny_config).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**kwargs).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], atol=ATOL, rtol=0)
+
+
+def test_bf16_autocast_on_cpu(tiny_config):
+    model = make_model(tiny_config).train()
+    features, mask = random_batch(tiny_config)
+    labels = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 0]), labels=labels)
+    assert out.logits.dtype == torch.bfloat16
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    lang = torch.tensor([0, 0])
+
+    with pytest.raises(ValueError, match="input_features.*80"):
+        model.generate(input_features=torch.randn(1, 100, 40), src_lang="en")
+    with pytest.raises(ValueError, match="transposed"):
+        model.generate(input_features=features.transpose(1, 2), src_lang="en")
+    with pytest.raises(ValueError, match="too short"):
+        model.generate(input_features=torch.randn(1, 6, 80), src_lang="en")
+    short_mask = mask.clone()
+    short_mask[1, 5:] = 0
+    with pytest.raises(ValueError, match="too short"):
+        model(input_features=features, attention_mask=short_mask, src_lang_ids=lang, labels=torch.ones(2, 3).long())
+    with pytest.raises(ValueError, match="No input"):
+        model.generate(src_lang="en")
+    with pytest.raises(ValueError, match="No encoder input"):
+        model(src_lang_ids=lang, labels=torch.ones(2, 3).long())
+    with pytest.raises(ValueError, match="Unknown language code 'xx'.*en, de"):
+        model.generate(input_features=features, attention_mask=mask, src_lang="xx")
+    with pytest.raises(ValueError, match="src_lang_ids.*required"):
+        model(input_features=features, attention_mask=mask, labels=torch.ones(2, 3).long())
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        model.generate(input_ids=torch.tensor([[5, 6, tiny_config.vocab_size + 3]]), src_lang="en")
+    with pytest.raises(ValueError, match="labels.*outside"):
+        model(input_features=features, attention_mask=mask, src_lang_ids=lang, labels=torch.tensor([[5, -7]] * 2))
+    with pytest.raises(ValueError, match="Unknown modality"):
+        model.generate(input_features=features, attention_mask=mask, src_lang="en", tgt_modality="video")
