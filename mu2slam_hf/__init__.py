@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from .configuration_mu2slam import Mu2SlamConfig
+from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from .modeling_mu2slam import (
     Mu2SlamEncoderOutput,
     Mu2SlamForConditionalGeneration,
@@ -20,6 +21,8 @@ from .modeling_mu2slam import (
     Mu2SlamPreTrainedModel,
     Mu2SlamSeq2SeqLMOutput,
 )
+from .speech_codebook import CODE_PAD_VALUE, CodebookUsage, Mu2SlamSpeechCodebook, build_best_rq, fit_kmeans
+from .tokenization_mu2slam import Mu2SlamTokenizer, train_char_tokenizer, train_unigram_tokenizer
 from .vocabulary import VocabularyLayout
 
 AutoConfig.register("mu2slam", Mu2SlamConfig, exist_ok=True)
@@ -30,6 +33,15 @@ AutoModelForSequenceClassification.register(Mu2SlamConfig, Mu2SlamForSequenceCla
 
 __version__ = "0.1.0"
 __all__ = [
+    "CODE_PAD_VALUE",
+    "CodebookUsage",
+    "Mu2SlamFeatureExtractor",
+    "Mu2SlamSpeechCodebook",
+    "Mu2SlamTokenizer",
+    "build_best_rq",
+    "fit_kmeans",
+    "train_char_tokenizer",
+    "train_unigram_tokenizer",
     "Mu2SlamConfig",
     "Mu2SlamEncoderOutput",
     "Mu2SlamForConditionalGeneration",

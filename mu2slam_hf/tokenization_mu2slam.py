@@ -1,0 +1,187 @@
+"""Text tokenizers of Mu2SLAM: character level ("Mu2SLAM-char", 4,096) and Unigram word pieces ("Mu2SLAM-spm", 64k).
+
+Both are trained with the Hugging Face ``tokenizers`` library and wrapped as :class:`Mu2SlamTokenizer`, a
+``PreTrainedTokenizerFast``, so ``save_pretrained`` / ``from_pretrained`` / ``AutoTokenizer`` work. Shared layout:
+
+* the special tokens of :mod:`mu2slam_hf.vocabulary` at ids 0-4: ``<pad>`` ``<s>`` ``</s>`` ``<unk>`` ``[MASK]``;
+* normalisation: NFKC, every whitespace run collapsed to one space, leading/trailing whitespace stripped;
+* spaces are the piece ``▁`` (U+2581), so decoding gives the normalised text back (a literal ``▁`` in the input
+  also decodes to a space);
+* characters never seen in training become ``<unk>`` (id 3); decoding with ``skip_special_tokens=True`` drops them;
+* encoding appends ``</s>`` (id 2) through the backend's ``TemplateProcessing`` post-processor, stored in
+  ``tokenizer.json`` (transformers takes the post-processor from there, not from ``add_eos_token``): the decoder
+  targets end with eos. ``add_special_tokens=False`` leaves it out; no ``<s>`` is ever added.
+
+``len(tokenizer)`` is the text vocabulary size, specials included: it is what ``Mu2SlamConfig.text_vocab_size``
+must equal. Training can give fewer ids than asked when the corpus is small (a character corpus with fewer distinct
+characters, a Unigram corpus with too few pieces): the trainers log a warning and the tokenizer has the actual size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging
+
+from .configuration_mu2slam import Mu2SlamConfig
+from .vocabulary import BOS_TOKEN, EOS_ID, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_ID, UNK_TOKEN
+
+logger = logging.get_logger(__name__)
+
+SPACE_PIECE = "\u2581"  # ▁, as in SentencePiece
+
+
+class Mu2SlamTokenizer(PreTrainedTokenizerFast):
+    """A ``PreTrainedTokenizerFast`` over a Mu2SLAM text tokenizer (see the module docstring for its layout).
+
+    Build one with :func:`train_char_tokenizer` / :func:`train_unigram_tokenizer`, or load one with
+    ``Mu2SlamTokenizer.from_pretrained(dir)`` / ``AutoTokenizer.from_pretrained(dir)``.
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+
+    @classmethod
+    def from_backend(cls, backend: Tokenizer) -> Mu2SlamTokenizer:
+        """Wrap a ``tokenizers.Tokenizer`` that has the specials at ids 0-4 (its post-processor is kept as is)."""
+        for expected_id, token in enumerate(SPECIAL_TOKENS):
+            if backend.token_to_id(token) != expected_id:
+                raise ValueError(f"{token!r} must have id {expected_id}, got {backend.token_to_id(token)}.")
+        return cls(
+            tokenizer_object=backend,
+            pad_token=PAD_TOKEN,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            unk_token=UNK_TOKEN,
+            mask_token=MASK_TOKEN,
+        )
+
+    def normalize_text(self, text: str) -> str:
+        """``text`` as the tokenizer sees it (NFKC, whitespace collapsed and stripped): what decoding gives back."""
+        return self.backend_tokenizer.normalizer.normalize_str(text)
+
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+
+
+def _eos_post_processor() -> processors.TemplateProcessing:
+    return processors.TemplateProcessing(
+        single=f"$A:0 {EOS_TOKEN}:0",
+        pair=f"$A:0 {EOS_TOKEN}:0 $B:1 {EOS_TOKEN}:1",
+        special_tokens=[(EOS_TOKEN, EOS_ID)],
+    )
+
+
+def _check_vocab_size(vocab_size: int) -> None:
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size={vocab_size} leaves no room for text tokens after the {len(SPECIAL_TOKENS)} specials."
+        )
+
+
+def _report_size(kind: str, requested: int, tokenizer: Mu2SlamTokenizer) -> Mu2SlamTokenizer:
+    if len(tokenizer) < requested:
+        logger.warning(
+            f"The {kind} corpus supports only {len(tokenizer)} of the {requested} requested ids; the tokenizer has "
+            f"{len(tokenizer)}: set Mu2SlamConfig(text_vocab_size={len(tokenizer)})."
+        )
+    else:
+        logger.info(f"Trained a {kind} tokenizer of {len(tokenizer)} ids (Mu2SlamConfig.text_vocab_size).")
+    return tokenizer
+
+
+def train_char_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Mu2SlamTokenizer:
+    """Train a character-level tokenizer: the specials, then the ``vocab_size - 5`` most frequent characters
+    (after normalisation; the space is the piece ``▁``).
+
+    Args:
+        texts: the training corpus, one string per item (read once).
+        vocab_size: ids wanted, specials included (paper: 4,096). A corpus with fewer distinct characters gives a
+            smaller vocabulary (a warning says so); ``len(tokenizer)`` is the actual size.
+
+    Returns:
+        The trained :class:`Mu2SlamTokenizer`.
+    """
+    _check_vocab_size(vocab_size)
+    backend = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    backend.normalizer = _normalizer()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=SPACE_PIECE, prepend_scheme="never", split=False),
+            pre_tokenizers.Split(Regex("."), behavior="isolated"),
+        ]
+    )
+    backend.decoder = decoders.Sequence([decoders.Replace(SPACE_PIECE, " "), decoders.Fuse()])
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=0, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    backend.post_processor = _eos_post_processor()
+    return _report_size("character", vocab_size, Mu2SlamTokenizer.from_backend(backend))
+
+
+def train_unigram_tokenizer(
+    texts: Iterable[str], vocab_size: int = 64000, *, max_piece_length: int = 16
+) -> Mu2SlamTokenizer:
+    """Train a SentencePiece-style Unigram tokenizer (Metaspace pre-tokenisation, ``▁`` marks word starts).
+
+    Args:
+        texts: the training corpus, one string per item (read once).
+        vocab_size: ids wanted, specials included (paper: 64k). A small corpus may give fewer (a warning says so);
+            ``len(tokenizer)`` is the actual size.
+        max_piece_length: longest piece, in characters.
+
+    Returns:
+        The trained :class:`Mu2SlamTokenizer`.
+    """
+    _check_vocab_size(vocab_size)
+    backend = Tokenizer(models.Unigram())
+    backend.normalizer = _normalizer()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_PIECE, prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement=SPACE_PIECE, prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        unk_token=UNK_TOKEN,
+        max_piece_length=max_piece_length,
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    backend.model = _canonical_unigram(backend)
+    backend.post_processor = _eos_post_processor()
+    return _report_size("unigram", vocab_size, Mu2SlamTokenizer.from_backend(backend))
+
+
+def _canonical_unigram(backend: Tokenizer, decimals: int = 8) -> models.Unigram:
+    """The trained Unigram model with scores rounded and pieces ordered by (score desc, piece), specials first.
+
+    The trainer's parallel EM sums floats in a varying order, so scores differ in the last bits from run to run and
+    equal-score pieces swap ids; rounding and sorting removes that. What remains: characters the trainer appends
+    at the end with small decreasing penalty scores come in hash-set order, so their ids (and scores) may be
+    permuted between two trainings on the same corpus. Keep the saved tokenizer, not the corpus, as the reference.
+    """
+    pieces = json.loads(backend.to_str())["model"]["vocab"]
+    specials = [(piece, 0.0) for piece in SPECIAL_TOKENS]
+    scored = sorted(
+        ((piece, round(score, decimals)) for piece, score in pieces if piece not in SPECIAL_TOKENS),
+        key=lambda item: (-item[1], item[0]),
+    )
+    return models.Unigram(specials + scored, unk_id=UNK_ID, byte_fallback=False)
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Mu2SlamTokenizer:
+    """Dispatch to :func:`train_char_tokenizer` (``kind="char"``) or :func:`train_unigram_tokenizer` (``"unigram"``)."""
+    if kind == "char":
+        return train_char_tokenizer(texts, vocab_size)
+    if kind == "unigram":
+        return train_unigram_tokenizer(texts, vocab_size)
+    raise ValueError(f"kind must be 'char' or 'unigram', got {kind!r}.")
+
+
+AutoTokenizer.register(Mu2SlamConfig, tokenizer_class=Mu2SlamTokenizer, exist_ok=True)
+
+__all__ = ["Mu2SlamTokenizer", "train_char_tokenizer", "train_tokenizer", "train_unigram_tokenizer"]
