@@ -1,0 +1,29 @@
+"""Multilingual speech and text data for Mu2SLAM: one example schema, corpus builders, public-corpus
+loaders, task mixing and length-bucketed batching.
+
+Schema: :mod:`mu2slam_hf.data.schema` (fields ``id, task, audio, source_text, target_text, source_lang,
+target_lang, duration, speaker``). Corpora built here are stored as JSONL manifests plus 16 kHz mono FLAC
+(:mod:`mu2slam_hf.data.manifest`); audio is decoded with soundfile and resampled with soxr
+(:mod:`mu2slam_hf.data.audio`), never through torchcodec/FFmpeg.
+"""
+
+from .audio import decode_example, decode_examples, read_audio, to_mono_16k, write_flac
+from .manifest import load_manifest, read_manifest, summarize, write_manifest
+from .schema import (
+    FEATURES,
+    FIELDS,
+    SAMPLING_RATE,
+    TASKS,
+    DataError,
+    check_example,
+    example_language,
+    filter_valid,
+    make_example,
+    to_dataset,
+)
+
+__all__ = [
+    "FEATURES", "FIELDS", "SAMPLING_RATE", "TASKS", "DataError", "check_example", "decode_example",
+    "decode_examples", "example_language", "filter_valid", "load_manifest", "make_example", "read_audio",
+    "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
+]  # fmt: skip

@@ -1,0 +1,83 @@
+"""Audio decoding without torchcodec/FFmpeg: ``soundfile`` (libsndfile: FLAC, WAV, OGG Vorbis/Opus, MP3)
+to read, ``soxr`` to resample to 16 kHz, channels averaged to mono."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .schema import SAMPLING_RATE, DataError, OnError, handle_error
+
+
+def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Float32 mono at ``target_rate``: channels (last axis of a 2-D array) averaged, then soxr resampling."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array.mean(axis=1)
+    if sampling_rate != target_rate:
+        array = soxr.resample(array, sampling_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+    return array
+
+
+def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Reads a file path or encoded bytes into float32 mono at ``target_rate``. Raises soundfile/OS errors."""
+    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    array, rate = sf.read(handle, dtype="float32", always_2d=False)
+    return to_mono_16k(array, rate, target_rate)
+
+
+def write_flac(path: str | os.PathLike, array: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> float:
+    """Writes 16-bit FLAC (parent folders created) and returns the duration in seconds."""
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    sf.write(path, np.clip(array, -1.0, 1.0), sampling_rate, format="FLAC", subtype="PCM_16")
+    return len(array) / sampling_rate
+
+
+def decode_example(example: dict[str, Any], target_rate: int = SAMPLING_RATE) -> dict[str, Any]:
+    """A copy of ``example`` whose ``audio`` is ``{"array", "sampling_rate", "path"}``.
+
+    Raises :class:`DataError` (with the example's id) for a missing or unreadable file. Examples without
+    audio, or already decoded at ``target_rate``, come back unchanged.
+    """
+    audio = example.get("audio")
+    if not audio or (audio.get("array") is not None and audio.get("sampling_rate") == target_rate):
+        return example
+    eid, path = example.get("id", "<no id>"), audio.get("path")
+    try:
+        if audio.get("array") is not None:
+            array = to_mono_16k(audio["array"], audio["sampling_rate"], target_rate)
+        elif audio.get("bytes") is not None:
+            array = read_audio(audio["bytes"], target_rate)
+        elif path and not os.path.exists(path):
+            raise DataError(eid, f"audio file not found: {path}")
+        elif path:
+            array = read_audio(path, target_rate)
+        else:
+            raise DataError(eid, "no audio to decode")
+    except DataError:
+        raise
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise DataError(eid, f"unreadable audio {path or '<bytes>'}: {type(error).__name__}: {error}") from error
+    if array.size == 0:
+        raise DataError(eid, f"empty audio {path or '<bytes>'}")
+    return {**example, "audio": {"array": array, "sampling_rate": target_rate, "path": path}}
+
+
+def decode_examples(
+    examples: Iterable[dict[str, Any]],
+    on_error: OnError = "skip",
+    report: Callable[[DataError], None] | None = None,
+    target_rate: int = SAMPLING_RATE,
+) -> Iterator[dict[str, Any]]:
+    """Decodes each example's audio; bad examples are reported with their id and skipped, or raised."""
+    for example in examples:
+        try:
+            yield decode_example(example, target_rate)
+        except DataError as error:
+            handle_error(error, on_error, report)

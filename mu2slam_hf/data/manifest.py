@@ -1,0 +1,96 @@
+"""On-disk corpus format written by the builders: JSONL manifests next to 16 kHz mono FLAC files.
+
+A corpus directory holds ``<split>.jsonl`` (one example a line, in the schema of
+:mod:`mu2slam_hf.data.schema`, audio paths relative to the directory), ``audio/...flac`` and
+``summary.json`` (counts per split, task and language; hours of audio). :func:`load_manifest` turns a
+manifest into a ``datasets.Dataset`` with absolute audio paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import datasets
+
+from .schema import FIELDS, to_dataset
+
+
+def write_manifest(path: str | os.PathLike, examples: Iterable[dict[str, Any]]) -> int:
+    """Writes examples as JSONL (texts kept as UTF-8) and returns how many were written."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps({k: example.get(k) for k in FIELDS}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The examples of a JSONL manifest, audio paths made absolute (relative to the manifest's folder)."""
+    root = os.path.dirname(os.path.abspath(path))
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                audio = row.get("audio")
+                if audio and audio.get("path") and not os.path.isabs(audio["path"]):
+                    audio["path"] = os.path.join(root, audio["path"])
+                rows.append(row)
+    return rows
+
+
+def load_manifest(data_dir: str | os.PathLike, split: str, task: str | None = None) -> datasets.Dataset:
+    """``<data_dir>/<split>.jsonl`` as a ``datasets.Dataset``, optionally only one task's examples."""
+    path = os.path.join(data_dir, f"{split}.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no manifest {path}; build the corpus first (mu2slam-build-synthetic / -fillets)")
+    return to_dataset(row for row in read_manifest(path) if task is None or row["task"] == task)
+
+
+def summarize(splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Counts per split, task and language, and hours of distinct audio per split."""
+    summary: dict[str, Any] = {"splits": {}}
+    for split, rows in splits.items():
+        by_task: dict[str, Counter] = defaultdict(Counter)
+        seconds: dict[str, float] = {}
+        for row in rows:
+            lang = (
+                row["source_lang"]
+                if row["task"] in ("speech", "text", "asr")
+                else (f"{row['source_lang']}-{row['target_lang']}")
+            )
+            by_task[row["task"]][lang] += 1
+            if row.get("audio") and row.get("duration"):
+                seconds[row["audio"]["path"]] = row["duration"]
+        summary["splits"][split] = {
+            "examples": len(rows),
+            "audio_files": len(seconds),
+            "hours": round(sum(seconds.values()) / 3600, 3),
+            "tasks": {
+                task: dict(sorted(c.items())) | {"total": sum(c.values())} for task, c in sorted(by_task.items())
+            },
+        }
+    summary["total_hours"] = round(sum(s["hours"] for s in summary["splits"].values()), 3)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A readable table of :func:`summarize`'s output."""
+    lines = []
+    for split, info in summary["splits"].items():
+        lines.append(
+            f"[{split}] {info['examples']} examples, {info['audio_files']} audio files, {info['hours']:.2f} h"
+        )
+        for task, counts in info["tasks"].items():
+            per_lang = " ".join(f"{k}={v}" for k, v in counts.items() if k != "total")
+            lines.append(f"  {task:<6} {counts['total']:>7}  {per_lang}")
+    lines.append(f"total audio: {summary['total_hours']:.2f} h")
+    for key in ("build_seconds", "languages"):
+        if key in summary:
+            lines.append(f"{key}: {summary[key]}")
+    return "\n".join(lines)

@@ -1,0 +1,299 @@
+"""Synthetic multilingual speech corpus: n-way parallel text spoken by espeak-ng with varied voices.
+
+Text groups (one sentence and its translations) come from the Fish Fillets NG dialogues (real 10-way
+parallel text, :mod:`mu2slam_hf.data.fillets`) and from number words (``num2words``). Every line of a
+real-speech test level (:func:`~mu2slam_hf.data.fillets.level_split`) is excluded, as is any group sharing
+a normalised text with one; groups from real-speech dev levels go to the synthetic dev split. Groups that
+share any normalised text are joined, and a joined component goes to one split only, so no sentence crosses
+splits.
+
+Each (group, language) is synthesised once (voice variant +m1..m7/+f1..f5, speed 120-200, pitch 20-80,
+amplitude and word gap, all seeded per line), resampled to 16 kHz mono FLAC. From a group in languages L:
+speech-only and ASR (same audio) and text-only per language, AST xx-en and en-xx, MT xx-en and en-xx.
+Output: the manifest format of :mod:`mu2slam_hf.data.manifest` (``<split>.jsonl``, ``audio/<lang>/*.flac``,
+``summary.json``).
+
+CLI: ``mu2slam-build-synthetic --langs en,de,fr,es,it,nl,ru,cs --out data/synth [--small]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from .audio import to_mono_16k, write_flac
+from .fillets import PARALLEL_LANGUAGES, fetch_fillets, level_split, read_dialogs
+from .manifest import format_summary, summarize, write_manifest
+from .schema import make_example
+
+DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
+ESPEAK_VOICES = {"en": "en-us", "fr": "fr-fr"}  # others: the ISO code is the espeak-ng voice name
+VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
+SPLIT_FRACTIONS = {"train": 0.88, "dev": 0.02, "test": 0.10}
+SMALL = {"max_groups": 48, "num_numbers": 16}
+FULL = {"max_groups": None, "num_numbers": 600}
+
+
+@dataclass
+class TextGroup:
+    """One sentence and its translations: ``texts[lang]``; ``level`` for Fish Fillets lines."""
+
+    key: str
+    texts: dict[str, str]
+    level: str | None = None
+    split: str = field(default="train")
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed: what "the same sentence" means for splits."""
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def fillets_groups(game_dir: str, languages: tuple[str, ...]) -> list[TextGroup]:
+    """Fish Fillets lines translated into every language, minus any sharing a text with a test level."""
+    dialogs = read_dialogs(game_dir, tuple(dict.fromkeys(("en", *PARALLEL_LANGUAGES, *languages))))
+    test_texts = {
+        normalize(text)
+        for (level, _), entry in dialogs.items()
+        if level_split(level) == "test"
+        for lang, text in entry.items()
+        if lang != "font"
+    }
+    groups = []
+    for (level, dialog_id), entry in sorted(dialogs.items()):
+        if level_split(level) == "test" or not all(entry.get(lang) for lang in languages):
+            continue
+        texts = {lang: entry[lang] for lang in languages}
+        if not any(normalize(text) in test_texts for text in texts.values()):
+            groups.append(TextGroup(f"ff-{level}-{dialog_id}", texts, level))
+    return groups
+
+
+def number_groups(count: int, languages: tuple[str, ...], seed: int) -> list[TextGroup]:
+    """``count`` distinct numbers (log-uniform up to a million) as words in every language (num2words)."""
+    from num2words import num2words
+
+    rng = np.random.default_rng([seed, 7])
+    numbers: list[int] = []
+    while len(numbers) < count:
+        value = int(10 ** rng.uniform(0, 6))
+        if value not in numbers:
+            numbers.append(value)
+    return [TextGroup(f"num-{n}", {lang: num2words(n, lang=lang) for lang in languages}) for n in numbers]
+
+
+def assign_splits(groups: list[TextGroup], seed: int = 0) -> None:
+    """Sets ``group.split``: groups sharing a normalised text form one component with a single split.
+
+    A component with a line from a real-speech dev level is dev; the others are hashed into train/dev/test
+    by :data:`SPLIT_FRACTIONS`.
+    """
+    parent = list(range(len(groups)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        for text in group.texts.values():
+            j = first_seen.setdefault(normalize(text), i)
+            parent[find(i)] = find(j)
+    components: dict[int, list[TextGroup]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        components[find(i)].append(group)
+    for members in components.values():
+        if any(g.level is not None and level_split(g.level) == "dev" for g in members):
+            split = "dev"
+        else:
+            key = min(g.key for g in members)
+            bucket = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest(), 16) % 1000 / 1000
+            split = (
+                "train"
+                if bucket < SPLIT_FRACTIONS["train"]
+                else ("dev" if bucket < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["dev"] else "test")
+            )
+        for group in members:
+            group.split = split
+
+
+def subsample(groups: list[TextGroup], max_groups: int | None, seed: int) -> list[TextGroup]:
+    """At most ``max_groups`` groups, keeping the split proportions and at least 4 groups per split."""
+    if max_groups is None or len(groups) <= max_groups:
+        return groups
+    rng = np.random.default_rng([seed, 11])
+    chosen = []
+    for split, fraction in SPLIT_FRACTIONS.items():
+        members = [g for g in groups if g.split == split]
+        take = min(len(members), max(4, round(max_groups * fraction)))
+        chosen += [members[i] for i in sorted(rng.choice(len(members), take, replace=False))]
+    return chosen
+
+
+def voice_settings(seed: int, key: str, lang: str) -> dict[str, Any]:
+    """The seeded voice of one line: espeak-ng voice+variant, speed, pitch, amplitude, word gap."""
+    digest = int(hashlib.sha256(f"{seed}:{key}:{lang}".encode()).hexdigest(), 16)
+    rng = np.random.default_rng(digest % 2**63)
+    variant = VARIANTS[rng.integers(len(VARIANTS))]
+    return {
+        "voice": f"{ESPEAK_VOICES.get(lang, lang)}+{variant}",
+        "speed": int(rng.integers(120, 201)),
+        "pitch": int(rng.integers(20, 81)),
+        "amplitude": int(rng.integers(70, 131)),
+        "gap": int(rng.integers(0, 4)),
+    }
+
+
+def synthesize(text: str, settings: dict[str, Any]) -> np.ndarray:
+    """espeak-ng speech of ``text`` (text on stdin, so no text is read as an option), 16 kHz mono float32."""
+    command = [
+        "espeak-ng", "-v", settings["voice"], "-s", str(settings["speed"]), "-p", str(settings["pitch"]),
+        "-a", str(settings["amplitude"]), "-g", str(settings["gap"]), "--stdout", "--stdin",
+    ]  # fmt: skip
+    result = subprocess.run(command, input=text.encode(), capture_output=True, check=True)
+    array, rate = sf.read(io.BytesIO(result.stdout), dtype="float32")
+    return to_mono_16k(array, rate)
+
+
+def _synthesize_job(job: tuple[str, dict[str, Any], str]) -> float | str:
+    text, settings, path = job
+    try:
+        array = synthesize(text, settings)
+        if array.size == 0:
+            return "espeak-ng produced no audio"
+        return write_flac(path, array)
+    except Exception as error:  # reported per line in the summary; one bad line must not stop the build
+        return f"{type(error).__name__}: {error}"
+
+
+def group_examples(group: TextGroup, audio: dict[str, tuple[str, float, str]]) -> list[dict[str, Any]]:
+    """The five data types from one group; ``audio[lang] = (relative path, seconds, speaker)``."""
+    examples, key, texts = [], group.key, group.texts
+    for lang, text in texts.items():
+        examples.append(make_example(f"synth-text-{lang}-{key}", "text", lang, source_text=text))
+        if lang in audio:
+            path, seconds, speaker = audio[lang]
+            speech = dict(audio=path, duration=seconds, speaker=speaker)
+            examples.append(make_example(f"synth-speech-{lang}-{key}", "speech", lang, **speech))
+            examples.append(
+                make_example(f"synth-asr-{lang}-{key}", "asr", lang, source_text=text, target_text=text, **speech)
+            )
+        if lang == "en" or "en" not in texts:
+            continue
+        for src, tgt in ((lang, "en"), ("en", lang)):
+            pair = dict(source_text=texts[src], target_text=texts[tgt], target_lang=tgt)
+            examples.append(make_example(f"synth-mt-{src}-{tgt}-{key}", "mt", src, **pair))
+            if src in audio:
+                path, seconds, speaker = audio[src]
+                examples.append(
+                    make_example(
+                        f"synth-ast-{src}-{tgt}-{key}",
+                        "ast",
+                        src,
+                        audio=path,
+                        duration=seconds,
+                        speaker=speaker,
+                        **pair,
+                    )
+                )
+    return examples
+
+
+def build_synthetic(
+    out: str,
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES,
+    max_groups: int | None = None,
+    num_numbers: int = FULL["num_numbers"],
+    seed: int = 0,
+    num_workers: int = 2,
+    game_dir: str | None = None,
+    cache_dir: str | None = None,
+    use_fillets: bool = True,
+) -> dict[str, Any]:
+    """Builds the synthetic corpus into ``out`` and returns its summary (also in ``summary.json``).
+
+    Args:
+        max_groups: cap on Fish Fillets text groups (None: all, about 1,300 for the 8 default languages).
+        num_numbers: number-word groups added (num2words).
+        use_fillets: False builds from number words only (no apt-get needed).
+    """
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed: `apt-get install -y --no-install-recommends espeak-ng`")
+    start = time.time()
+    fillets = fillets_groups(game_dir or fetch_fillets(cache_dir), languages) if use_fillets else []
+    numbers = number_groups(num_numbers, languages, seed)
+    assign_splits(fillets + numbers, seed)  # over every candidate, so subsampling cannot move a group
+    groups = subsample(fillets, max_groups, seed) + numbers
+    jobs, owners = [], []
+    for group in groups:
+        for lang, text in group.texts.items():
+            settings = voice_settings(seed, group.key, lang)
+            rel = os.path.join("audio", lang, f"{group.key}.flac")
+            jobs.append((text, settings, os.path.join(out, rel)))
+            owners.append((group.key, lang, rel, f"espeak-{settings['voice']}"))
+    with ProcessPoolExecutor(max(1, num_workers)) as pool:
+        results = list(pool.map(_synthesize_job, jobs, chunksize=8))
+    audio: dict[str, dict[str, tuple[str, float, str]]] = defaultdict(dict)
+    failures = {}
+    for (key, lang, rel, speaker), result in zip(owners, results, strict=True):
+        if isinstance(result, str):
+            failures[f"{key}/{lang}"] = result
+        else:
+            audio[key][lang] = (rel, result, speaker)
+    synth_seconds = time.time() - start
+    splits = {split: [] for split in SPLIT_FRACTIONS}
+    for group in groups:
+        splits[group.split] += group_examples(group, audio[group.key])
+    for split, examples in splits.items():
+        write_manifest(os.path.join(out, f"{split}.jsonl"), examples)
+    summary = summarize(splits)
+    summary.update(
+        build_seconds=round(time.time() - start, 1), synthesis_seconds=round(synth_seconds, 1),
+        languages=list(languages), groups={s: sum(g.split == s for g in groups) for s in SPLIT_FRACTIONS},
+        failures=failures, seed=seed,
+    )  # fmt: skip
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2, ensure_ascii=False)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``mu2slam-build-synthetic``: the espeak-ng n-way parallel corpus (speech, text, ASR, AST, MT)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="output corpus directory")
+    parser.add_argument("--langs", default=",".join(DEFAULT_LANGUAGES), help="comma-separated ISO 639-1 codes")
+    parser.add_argument("--small", action="store_true", help=f"a quick build for tests and CI: {SMALL}")
+    parser.add_argument("--max-groups", type=int, help="cap on Fish Fillets text groups (default: all)")
+    parser.add_argument("--numbers", type=int, help=f"number-word groups (default {FULL['num_numbers']})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fillets-dir", help="an extracted Fish Fillets NG game folder (fetched with apt if absent)")
+    parser.add_argument("--cache-dir", help="where the Fish Fillets packages are extracted")
+    parser.add_argument("--no-fillets", action="store_true", help="number words only (no apt-get download)")
+    args = parser.parse_args(argv)
+    preset = SMALL if args.small else FULL
+    summary = build_synthetic(
+        args.out, tuple(args.langs.split(",")),
+        max_groups=args.max_groups if args.max_groups is not None else preset["max_groups"],
+        num_numbers=args.numbers if args.numbers is not None else preset["num_numbers"],
+        seed=args.seed, num_workers=args.workers, game_dir=args.fillets_dir, cache_dir=args.cache_dir,
+        use_fillets=not args.no_fillets,
+    )  # fmt: skip
+    print(format_summary(summary))
+    print(f"groups per split: {summary['groups']}; synthesis failures: {len(summary['failures'])}")

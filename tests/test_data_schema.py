@@ -1,0 +1,119 @@
+"""The example schema, audio decoding (soundfile + soxr) and bad-data handling."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mu2slam_hf.data import (
+    FIELDS,
+    DataError,
+    check_example,
+    decode_example,
+    decode_examples,
+    filter_valid,
+    load_manifest,
+    make_example,
+    to_dataset,
+    write_manifest,
+)
+
+
+def _tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def test_make_example_has_every_field_and_asr_target_lang():
+    example = make_example("a1", "asr", "de", audio="x.flac", source_text="hallo", target_text="hallo")
+    assert tuple(example) == FIELDS
+    assert example["audio"] == {"path": "x.flac", "bytes": None}
+    assert example["target_lang"] == "de"
+    check_example(example)
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(task="asr", source_lang="de", audio="x.flac", target_text="  "), "empty target text"),
+        (dict(task="mt", source_lang="de", source_text="", target_text="hi", target_lang="en"), "empty source"),
+        (dict(task="asr", source_lang="xx", audio="x.flac", target_text="hi"), "unknown language"),
+        (
+            dict(task="ast", source_lang="de", audio="x.flac", target_text="hi", target_lang="klingon"),
+            "unknown language",
+        ),
+        (dict(task="speech", source_lang="de"), "no audio"),
+        (dict(task="dance", source_lang="de"), "unknown task"),
+    ],
+)
+def test_check_example_reports_the_id(kwargs, reason):
+    with pytest.raises(DataError, match=reason) as info:
+        check_example(make_example(id="bad-7", **kwargs))
+    assert info.value.example_id == "bad-7" and "bad-7" in str(info.value)
+
+
+def test_decode_resamples_stereo_44k_ogg_to_16k_mono(tmp_path):
+    path = tmp_path / "a.ogg"
+    sf.write(path, _tone(1.0, 44_100, channels=2), 44_100, format="OGG", subtype="VORBIS")
+    decoded = decode_example(make_example("o", "speech", "cs", audio=str(path)))
+    assert decoded["audio"]["sampling_rate"] == 16_000
+    assert decoded["audio"]["array"].ndim == 1 and decoded["audio"]["array"].dtype == np.float32
+    assert abs(len(decoded["audio"]["array"]) - 16_000) <= 1
+
+
+def test_decode_from_bytes_and_array():
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(0.5, 22_050), 22_050, format="WAV")
+    from_bytes = decode_example(make_example("b", "speech", "en", audio={"path": None, "bytes": buffer.getvalue()}))
+    assert abs(len(from_bytes["audio"]["array"]) - 8_000) <= 1
+    example = make_example("c", "speech", "en")
+    example["audio"] = {"array": _tone(0.5, 8_000), "sampling_rate": 8_000}
+    assert abs(len(decode_example(example)["audio"]["array"]) - 8_000) <= 1
+
+
+def test_bad_audio_is_reported_with_id_and_skipped_or_raised(tmp_path):
+    good = tmp_path / "good.flac"
+    sf.write(good, _tone(0.2, 16_000), 16_000)
+    garbage = tmp_path / "garbage.flac"
+    garbage.write_bytes(b"not audio at all")
+    examples = [
+        make_example("missing-1", "speech", "en", audio=str(tmp_path / "nope.flac")),
+        make_example("garbage-2", "speech", "en", audio=str(garbage)),
+        make_example("good-3", "speech", "en", audio=str(good)),
+    ]
+    reported = []
+    kept = list(decode_examples(examples, on_error="skip", report=reported.append))
+    assert [e["id"] for e in kept] == ["good-3"]
+    assert [e.example_id for e in reported] == ["missing-1", "garbage-2"]
+    assert "not found" in reported[0].reason and "unreadable" in reported[1].reason
+    with pytest.raises(DataError, match="missing-1"):
+        list(decode_examples(examples, on_error="raise"))
+
+
+def test_filter_valid_skips_bad_text_and_language():
+    examples = [
+        make_example("ok", "text", "fr", source_text="bonjour"),
+        make_example("empty", "text", "fr", source_text=""),
+        make_example("lang", "text", "tlh", source_text="Qapla'"),
+    ]
+    reported = []
+    assert [e["id"] for e in filter_valid(examples, report=reported.append)] == ["ok"]
+    assert [e.example_id for e in reported] == ["empty", "lang"]
+    with pytest.raises(DataError, match="empty"):
+        list(filter_valid(examples, on_error="raise"))
+
+
+def test_manifest_round_trip_resolves_relative_paths(tmp_path):
+    examples = [
+        make_example("s", "asr", "nl", audio="audio/nl/s.flac", source_text="hoi", target_text="hoi", duration=1.5),
+        make_example("t", "mt", "nl", source_text="hoi", target_text="hi", target_lang="en"),
+    ]
+    write_manifest(tmp_path / "train.jsonl", examples)
+    dataset = load_manifest(tmp_path, "train")
+    assert dataset.column_names == list(FIELDS) and len(dataset) == 2
+    assert dataset[0]["audio"]["path"] == str(tmp_path / "audio/nl/s.flac")
+    assert dataset[1]["audio"] is None
+    assert len(load_manifest(tmp_path, "train", task="mt")) == 1
+    assert len(to_dataset([])) == 0
