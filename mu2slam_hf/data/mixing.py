@@ -1,0 +1,131 @@
+"""Per-step task mixing with temperature-based language sampling (Mu2SLAM 3.1, after mSLAM).
+
+Every step draws ``examples_per_step[task]`` examples of each task (the paper: speech-only 4, text-only 8,
+ASR 1, AST 1, MT 1). Within a task the language (``"src-tgt"`` for AST/MT pairs, see
+:func:`~mu2slam_hf.data.schema.example_language`) is drawn with ``p_l ∝ n_l ** (1 / T)`` (T=3 text-only,
+T=2 MT, T=1 elsewhere: proportional to size), then the next example of a seeded per-language permutation
+is taken (a new permutation every pass). Deterministic given the seed, and resumable: ``state_dict()``
+stores the step, the generator state and the per-language cursors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .schema import TASKS, example_language
+
+PAPER_EXAMPLES_PER_STEP = {"speech": 4, "text": 8, "asr": 1, "ast": 1, "mt": 1}
+PAPER_LANGUAGE_TEMPERATURE = {"text": 3.0, "mt": 2.0}
+
+
+def temperature_probabilities(counts: Mapping[str, int], temperature: float) -> dict[str, float]:
+    """``p_l = n_l^(1/T) / sum_k n_k^(1/T)`` over the languages with examples."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    weights = {lang: n ** (1.0 / temperature) for lang, n in counts.items() if n > 0}
+    total = sum(weights.values())
+    return {lang: w / total for lang, w in weights.items()}
+
+
+def _language_keys(source: Any) -> list[str]:
+    """Per-example language keys, read column-wise from a ``datasets.Dataset`` when possible."""
+    if hasattr(source, "column_names"):
+        rows = zip(source["task"], source["source_lang"], source["target_lang"], strict=True)
+        return [example_language({"task": t, "source_lang": s, "target_lang": g}) for t, s, g in rows]
+    return [example_language(example) for example in source]
+
+
+class TaskMixture:
+    """An endless, resumable stream of mixed-task steps.
+
+    Args:
+        sources: task -> examples (a ``datasets.Dataset`` or a sequence of dicts in the canonical schema).
+        examples_per_step: task -> examples drawn per step (default: the paper's 4/8/1/1/1).
+        language_temperature: task -> sampling temperature T (default: text 3, MT 2; others 1).
+        seed: seeds every draw.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Sequence[dict] | Any],
+        examples_per_step: Mapping[str, int] | None = None,
+        language_temperature: Mapping[str, float] | None = None,
+        seed: int = 0,
+    ):
+        unknown = set(sources) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; expected a subset of {TASKS}")
+        per_step = dict(PAPER_EXAMPLES_PER_STEP if examples_per_step is None else examples_per_step)
+        self.sources = {task: source for task, source in sources.items() if per_step.get(task, 0) > 0}
+        self.examples_per_step = {task: int(per_step[task]) for task in self.sources}
+        temperatures = PAPER_LANGUAGE_TEMPERATURE if language_temperature is None else language_temperature
+        self.seed = seed
+        self.indices: dict[str, dict[str, np.ndarray]] = {}
+        self.probabilities: dict[str, dict[str, float]] = {}
+        for task, source in self.sources.items():
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i, key in enumerate(_language_keys(source)):
+                groups[key].append(i)
+            if not groups:
+                raise ValueError(f"task {task!r} has no examples")
+            self.indices[task] = {key: np.asarray(idx) for key, idx in sorted(groups.items())}
+            counts = {key: len(idx) for key, idx in self.indices[task].items()}
+            self.probabilities[task] = temperature_probabilities(counts, temperatures.get(task, 1.0))
+        self._permutations: dict[tuple[str, str, int], np.ndarray] = {}
+        self.load_state_dict({"step": 0, "rng": np.random.default_rng(seed).bit_generator.state, "cursors": {}})
+
+    def _permutation(self, task: str, lang: str, epoch: int) -> np.ndarray:
+        key = (task, lang, epoch)
+        if key not in self._permutations:
+            digest = int(hashlib.sha256(f"{self.seed}:{task}:{lang}:{epoch}".encode()).hexdigest(), 16) % 2**63
+            self._permutations = {k: v for k, v in self._permutations.items() if k[:2] != (task, lang)}
+            self._permutations[key] = np.random.default_rng(digest).permutation(self.indices[task][lang])
+        return self._permutations[key]
+
+    def _next_index(self, task: str, lang: str) -> int:
+        epoch, position = self.cursors[task].get(lang, (0, 0))
+        permutation = self._permutation(task, lang, epoch)
+        index = int(permutation[position])
+        position += 1
+        self.cursors[task][lang] = (epoch + 1, 0) if position == len(permutation) else (epoch, position)
+        return index
+
+    def next_indices(self) -> dict[str, list[int]]:
+        """The next step as task -> indices into ``sources[task]``."""
+        step = {}
+        for task, count in self.examples_per_step.items():
+            langs = list(self.probabilities[task])
+            draws = self.rng.choice(len(langs), size=count, p=[self.probabilities[task][lang] for lang in langs])
+            step[task] = [self._next_index(task, langs[d]) for d in draws]
+        self.step += 1
+        return step
+
+    def next_batch(self) -> dict[str, list[dict]]:
+        """The next step as task -> examples."""
+        return {task: [self.sources[task][i] for i in idx] for task, idx in self.next_indices().items()}
+
+    def __iter__(self) -> Iterator[dict[str, list[dict]]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue with the same next steps (JSON-serialisable)."""
+        return {
+            "step": self.step,
+            "rng": self.rng.bit_generator.state,
+            "cursors": {
+                task: {lang: list(c) for lang, c in cursors.items()} for task, cursors in self.cursors.items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.rng = np.random.default_rng(self.seed)
+        self.rng.bit_generator.state = state["rng"]
+        cursors = state.get("cursors", {})
+        self.cursors = {task: {lang: tuple(c) for lang, c in cursors.get(task, {}).items()} for task in self.sources}

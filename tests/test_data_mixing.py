@@ -1,0 +1,80 @@
+"""TaskMixture: per-task counts, temperature language sampling, determinism and resumption."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from mu2slam_hf.data import make_example, to_dataset
+from mu2slam_hf.data.mixing import TaskMixture, temperature_probabilities
+
+SIZES = {"en": 2000, "de": 200, "cs": 20}
+
+
+def _text(sizes):
+    return [
+        make_example(f"t-{lang}-{i}", "text", lang, source_text="x") for lang, n in sizes.items() for i in range(n)
+    ]
+
+
+def _mt(sizes):
+    return [make_example(f"m-{lang}-{i}", "mt", lang, source_text="x", target_text="y", target_lang="en")
+            for lang, n in sizes.items() for i in range(n)]  # fmt: skip
+
+
+def _speech(n):
+    return [make_example(f"s-{i}", "speech", "fr", audio=f"{i}.flac") for i in range(n)]
+
+
+def test_temperature_probabilities():
+    p = temperature_probabilities({"a": 1000, "b": 10}, 1.0)
+    assert p["a"] == pytest.approx(1000 / 1010)
+    p = temperature_probabilities({"a": 1000, "b": 10}, 2.0)
+    assert p["a"] / p["b"] == pytest.approx(10.0)
+
+
+def test_language_sampling_matches_temperature_distribution():
+    mixture = TaskMixture(
+        {"text": to_dataset(_text(SIZES))}, examples_per_step={"text": 8}, language_temperature={"text": 3}
+    )
+    langs = Counter()
+    for _ in range(2500):
+        langs.update(example["source_lang"] for example in mixture.next_batch()["text"])
+    expected = temperature_probabilities(SIZES, 3.0)
+    observed = [langs[lang] for lang in SIZES]
+    total = sum(observed)
+    assert total == 20_000
+    assert chisquare(observed, [expected[lang] * total for lang in SIZES]).pvalue > 1e-3
+    assert expected["cs"] > 0.1  # T=3 lifts the 1% language to over 10%
+
+
+def test_examples_per_step_and_pair_keys():
+    mixture = TaskMixture({"speech": _speech(50), "text": _text(SIZES), "mt": _mt({"de": 30, "cs": 3})}, seed=1)
+    step = mixture.next_batch()
+    assert {task: len(v) for task, v in step.items()} == {"speech": 4, "text": 8, "mt": 1}
+    assert set(mixture.probabilities["mt"]) == {"cs-en", "de-en"}
+    ratio = mixture.probabilities["mt"]["de-en"] / mixture.probabilities["mt"]["cs-en"]
+    assert ratio == pytest.approx(np.sqrt(10))
+
+
+def test_each_pass_covers_every_example_once():
+    mixture = TaskMixture({"speech": _speech(12)}, examples_per_step={"speech": 4})
+    seen = [e["id"] for _ in range(3) for e in mixture.next_batch()["speech"]]
+    assert sorted(seen) == sorted(f"s-{i}" for i in range(12))
+
+
+def test_deterministic_and_resumable():
+    sources = {"speech": _speech(30), "text": _text(SIZES), "mt": _mt({"de": 30, "cs": 3})}
+    a, b = TaskMixture(sources, seed=7), TaskMixture(sources, seed=7)
+    assert [a.next_indices() for _ in range(20)] == [b.next_indices() for _ in range(20)]
+    assert TaskMixture(sources, seed=8).next_indices() != TaskMixture(sources, seed=7).next_indices()
+    for _ in range(37):
+        a.next_indices()
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [a.next_indices() for _ in range(50)]
+    resumed = TaskMixture(sources, seed=7)
+    resumed.load_state_dict(state)
+    assert resumed.step == 57
+    assert [resumed.next_indices() for _ in range(50)] == expected
