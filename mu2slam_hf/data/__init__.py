@@ -8,6 +8,7 @@ target_lang, duration, speaker``). Corpora built here are stored as JSONL manife
 """
 
 from .audio import decode_example, decode_examples, read_audio, to_mono_16k, write_flac
+from .batching import LengthBucketBatchSampler, ShardedStream, dataset_lengths, example_length, padded_fraction
 from .corpora import load_corpus
 from .manifest import load_manifest, read_manifest, summarize, write_manifest
 from .mixing import TaskMixture, temperature_probabilities
@@ -25,7 +26,8 @@ from .schema import (
 )
 
 __all__ = [
-    "FEATURES", "FIELDS", "TaskMixture", "temperature_probabilities", "SAMPLING_RATE", "TASKS", "DataError", "check_example", "decode_example",
+    "FEATURES", "FIELDS", "LengthBucketBatchSampler", "ShardedStream", "dataset_lengths", "example_length",
+    "padded_fraction", "TaskMixture", "temperature_probabilities", "SAMPLING_RATE", "TASKS", "DataError", "check_example", "decode_example",
     "decode_examples", "example_language", "filter_valid", "load_corpus", "load_manifest", "make_example", "read_audio",
     "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
 ]  # fmt: skip
