@@ -308,23 +308,23 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         """Log-mel of a zero-padded batch: returns ``(batch, frames, feature_size)`` and the real frame counts."""
         device = torch.device("cpu" if device is None else device)
         lengths = [self.num_frames(len(clip)) for clip in clips]
-        waveforms = torch.zeros(len(clips), max(len(clip) for clip in clips), dtype=torch.float32)
-        for row, clip in zip(waveforms, clips, strict=True):
-            row[: len(clip)] = torch.from_numpy(clip)
-        waveforms = waveforms.to(device)
+        padded = np.zeros((len(clips), max(len(clip) for clip in clips)), dtype=np.float32)
+        for row, clip in zip(padded, clips, strict=True):
+            row[: len(clip)] = clip  # numpy row copies: ~100x faster than assigning into torch row views
+        waveforms = torch.from_numpy(padded).to(device)
         window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=device)
-        spectrum = torch.stft(
-            waveforms, self.n_fft, self.hop_length, window=window, center=False, return_complex=True
-        )  # (batch, n_fft // 2 + 1, frames)
-        power = torch.view_as_real(spectrum).square().sum(-1)
+        # rfft of unfolded frames == torch.stft(center=False), and much faster for the non-power-of-two n_fft 400.
+        frames = waveforms.unfold(-1, self.n_fft, self.hop_length)  # (batch, frames, n_fft), a view
+        spectrum = torch.fft.rfft(frames * window, dim=-1)  # (batch, frames, n_fft // 2 + 1)
+        power = spectrum.real.square() + spectrum.imag.square()
         mel_filters = torch.from_numpy(self.mel_filters).to(device)
-        features = torch.log(torch.matmul(power.transpose(1, 2), mel_filters).clamp_min(self.mel_floor))
+        features = torch.matmul(power, mel_filters).clamp_min_(self.mel_floor).log_()
         if do_normalize:
             mean = torch.tensor(self.feature_mean, dtype=torch.float32, device=device)
             std = torch.tensor(self.feature_std, dtype=torch.float32, device=device)
-            features = (features - mean) / std
+            features.sub_(mean).div_(std)
         real = torch.arange(features.shape[1], device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-        return features.masked_fill(~real[..., None], self.padding_value), lengths
+        return features.masked_fill_(~real[..., None], self.padding_value), lengths
 
     def _extract_numpy(self, clips: list[np.ndarray], do_normalize: bool) -> tuple[np.ndarray, list[int]]:
         """Numpy twin of `_extract_torch` (float64 internally): ``(batch, frames, feature_size)`` float32."""
