@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -195,8 +196,6 @@ def build_fillets(
 
 
 def _write_json(path: str, obj: Any) -> None:
-    import json
-
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(obj, handle, indent=2, ensure_ascii=False)
 
