@@ -5,7 +5,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from scipy.stats import chisquare
 
 from mu2slam_hf.data import make_example, to_dataset
 from mu2slam_hf.data.mixing import TaskMixture, temperature_probabilities
@@ -46,7 +45,9 @@ def test_language_sampling_matches_temperature_distribution():
     observed = [langs[lang] for lang in SIZES]
     total = sum(observed)
     assert total == 20_000
-    assert chisquare(observed, [expected[lang] * total for lang in SIZES]).pvalue > 1e-3
+    expected_counts = [expected[lang] * total for lang in SIZES]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(observed, expected_counts, strict=True))
+    assert chi2 < 13.82  # chi-square, 2 degrees of freedom, p = 0.001
     assert expected["cs"] > 0.1  # T=3 lifts the 1% language to over 10%
 
 
