@@ -21,6 +21,7 @@ from .modeling_mu2slam import (
     Mu2SlamPreTrainedModel,
     Mu2SlamSeq2SeqLMOutput,
 )
+from .processing_mu2slam import Mu2SlamProcessor
 from .speech_codebook import CODE_PAD_VALUE, CodebookUsage, Mu2SlamSpeechCodebook, build_best_rq, fit_kmeans
 from .tokenization_mu2slam import Mu2SlamTokenizer, train_char_tokenizer, train_unigram_tokenizer
 from .vocabulary import VocabularyLayout
@@ -48,6 +49,7 @@ __all__ = [
     "Mu2SlamForSequenceClassification",
     "Mu2SlamModel",
     "Mu2SlamPreTrainedModel",
+    "Mu2SlamProcessor",
     "Mu2SlamSeq2SeqLMOutput",
     "VocabularyLayout",
 ]

@@ -169,8 +169,19 @@ class Mu2SlamConfig(PreTrainedConfig):
             is_encoder_decoder=is_encoder_decoder,
             **kwargs,
         )
-        # vocab_size is derived from the layout, never stored on its own
-        self.vocab_size = self.vocabulary.vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Derived from the layout (text tokens + speech codes), so it can never disagree with it."""
+        return self.vocabulary.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        if value != self.vocab_size:
+            raise ValueError(
+                f"vocab_size={value} disagrees with text_vocab_size + codebook_size = {self.vocab_size}. "
+                "Set text_vocab_size (the tokenizer's size) and codebook_size instead."
+            )
 
     @property
     def vocabulary(self) -> VocabularyLayout:

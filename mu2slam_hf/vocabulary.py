@@ -72,3 +72,38 @@ class VocabularyLayout:
 
     def speech_code_ids(self) -> range:
         return range(self.speech_code_offset, self.vocab_size)
+
+
+def check_vocabulary_matches(
+    config,
+    text_vocab_size: int | None = None,
+    codebook_size: int | None = None,
+    languages: list[str] | None = None,
+    num_mel_bins: int | None = None,
+) -> None:
+    """Raise a ValueError listing every way a tokenizer / codebook / processor disagrees with a model config.
+
+    `config` is a `Mu2SlamConfig` or its dict; arguments left at None are not checked.
+    """
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    expected = {
+        "text_vocab_size (len(tokenizer))": (text_vocab_size, get("text_vocab_size")),
+        "codebook_size": (codebook_size, get("codebook_size")),
+        "languages": (languages, get("languages")),
+        "num_mel_bins": (num_mel_bins, get("num_mel_bins")),
+    }
+    mismatches = [
+        f"{name}: {ours!r} here vs {theirs!r} in the model config"
+        for name, (ours, theirs) in expected.items()
+        if ours is not None and theirs is not None and list_or_value(ours) != list_or_value(theirs)
+    ]
+    if mismatches:
+        raise ValueError(
+            "The tokenizer/processor does not belong to this model: "
+            + "; ".join(mismatches)
+            + ". Load the processor saved with the model, or retrain/resize so that they match."
+        )
+
+
+def list_or_value(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
