@@ -1,0 +1,179 @@
+"""Training step and greedy decoding of Mu2SLAM `small` vs Speech2Text and Whisper at the same size.
+
+All three models run in one process on the same random 10-second batch (log-mel, 4x subsampling for each),
+in fp32 and under bf16 autocast. Peers are transformers' own classes, configured to the same width and FFN
+size with layer counts chosen to match our parameter count within 10%. Prints figures and ratios; asserts
+nothing.
+
+    python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from transformers import (
+    Speech2TextConfig,
+    Speech2TextForConditionalGeneration,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
+
+from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration
+
+PRESET = "configuration/models/small"
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def closest_peer(build: Callable[[int, int], torch.nn.Module], target: int) -> tuple[torch.nn.Module, int, int]:
+    """The (encoder_layers, decoder_layers) whose model size is closest to `target` parameters."""
+    best = None
+    for enc in range(1, 16):
+        for dec in range(1, 8):
+            with torch.device("meta"):
+                size = count(build(enc, dec))
+            if best is None or abs(size - target) < abs(best[0] - target):
+                best = (size, enc, dec)
+    _, enc, dec = best
+    return build(enc, dec), enc, dec
+
+
+def speech2text(config: Mu2SlamConfig, frames: int) -> Callable[[int, int], torch.nn.Module]:
+    def build(enc: int, dec: int):
+        peer = Speech2TextConfig(
+            vocab_size=config.vocab_size,
+            d_model=config.d_model,
+            encoder_layers=enc,
+            decoder_layers=dec,
+            encoder_attention_heads=config.encoder_attention_heads,
+            decoder_attention_heads=config.decoder_attention_heads,
+            encoder_ffn_dim=config.encoder_ffn_dim,
+            decoder_ffn_dim=config.decoder_ffn_dim,
+            max_source_positions=frames,
+            max_target_positions=config.max_target_positions,
+            num_conv_layers=2,
+            input_feat_per_channel=config.num_mel_bins,
+            dropout=0.0,
+        )
+        return Speech2TextForConditionalGeneration(peer)
+
+    return build
+
+
+def whisper(config: Mu2SlamConfig, frames: int) -> Callable[[int, int], torch.nn.Module]:
+    def build(enc: int, dec: int):
+        peer = WhisperConfig(
+            vocab_size=config.vocab_size,
+            num_mel_bins=config.num_mel_bins,
+            d_model=config.d_model,
+            encoder_layers=enc,
+            decoder_layers=dec,
+            encoder_attention_heads=config.encoder_attention_heads,
+            decoder_attention_heads=config.decoder_attention_heads,
+            encoder_ffn_dim=config.encoder_ffn_dim,
+            decoder_ffn_dim=config.decoder_ffn_dim,
+            max_source_positions=frames // 2,  # Whisper's conv stack halves the frames once
+            max_target_positions=config.max_target_positions,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+            suppress_tokens=[],
+            begin_suppress_tokens=[],
+        )
+        return WhisperForConditionalGeneration(peer)
+
+    return build
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--tokens", type=int, default=40, help="label length and greedy decoding length")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    config = Mu2SlamConfig.from_pretrained(PRESET)
+    frames = int(args.seconds * 100)
+    ours = Mu2SlamForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+    s2t, s2t_enc, s2t_dec = closest_peer(speech2text(config, frames), count(ours))
+    wsp, w_enc, w_dec = closest_peer(whisper(config, frames), count(ours))
+
+    features = torch.randn(args.batch, frames, config.num_mel_bins)
+    mask = torch.ones(args.batch, frames, dtype=torch.long)
+    labels = torch.randint(5, config.text_vocab_size, (args.batch, args.tokens))
+    lang = torch.zeros(args.batch, dtype=torch.long)
+    models = {
+        f"mu2slam small ({config.encoder_layers}+{config.decoder_layers} layers)": (
+            ours,
+            dict(input_features=features, attention_mask=mask, src_lang_ids=lang),
+            dict(input_features=features, attention_mask=mask, src_lang_ids=lang),
+        ),
+        f"Speech2Text ({s2t_enc}+{s2t_dec} layers)": (
+            s2t,
+            dict(input_features=features, attention_mask=mask),
+            dict(input_features=features, attention_mask=mask),
+        ),
+        f"Whisper ({w_enc}+{w_dec} layers)": (
+            wsp,
+            dict(input_features=features.transpose(1, 2).contiguous()),
+            dict(input_features=features.transpose(1, 2).contiguous()),
+        ),
+    }
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {args.seconds:.0f} s")
+    print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9}")
+    results = {}
+    for name, (model, train_inputs, gen_inputs) in models.items():
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        for dtype in ("fp32", "bf16"):
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+            def train_step():
+                with autocast:
+                    loss = model(**train_inputs, labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            def decode():
+                model.eval()
+                with torch.no_grad(), autocast:
+                    model.generate(**gen_inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=1)
+                model.train()
+
+            results[name, dtype] = (timed(train_step, args.repeats), timed(decode, args.repeats))
+            train_s, decode_s = results[name, dtype]
+            print(f"{name:34} {count(model) / 1e6:7.2f}M {dtype:>5} {train_s:13.3f} {decode_s:9.3f}")
+
+    ours_name = next(iter(models))
+    print("\nratios (peer time / mu2slam time; > 1 means mu2slam is faster)")
+    for name in list(models)[1:]:
+        for dtype in ("fp32", "bf16"):
+            train = results[name, dtype][0] / results[ours_name, dtype][0]
+            decode = results[name, dtype][1] / results[ours_name, dtype][1]
+            print(f"  vs {name:32} {dtype}: train step x{train:.2f}, greedy decoding x{decode:.2f}")
+
+
+if __name__ == "__main__":
+    main()
