@@ -829,7 +829,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         self.mlm_head = Mu2SlamMLMHead(config)
         self.ctc_head = Mu2SlamCTCHead(config)
         self.post_init()
-        self.generation_config.max_length = config.max_target_positions
+        # The ASR pipeline would otherwise default to num_beams=5, max_new_tokens=256 (notes item 2).
+        self.generation_config.max_new_tokens = config.max_target_positions
         self.generation_config.num_beams = 1
 
     def get_encoder(self, modality: str | None = None) -> Mu2SlamEncoder:

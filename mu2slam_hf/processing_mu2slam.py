@@ -1,0 +1,216 @@
+"""Mu2SlamProcessor: feature extractor + text tokenizer + frozen speech codebook, with language handling."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.utils import cached_file
+
+from .configuration_mu2slam import Mu2SlamConfig
+from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
+from .speech_codebook import CODEBOOK_CONFIG_NAME, Mu2SlamSpeechCodebook
+from .tokenization_mu2slam import Mu2SlamTokenizer
+from .vocabulary import DEFAULT_LANGUAGES, VocabularyLayout, check_vocabulary_matches
+
+
+class Mu2SlamProcessor(ProcessorMixin):
+    r"""
+    One object for everything a Mu2SLAM model reads and writes:
+
+    - `feature_extractor` ([`Mu2SlamFeatureExtractor`]): audio -> log-mel `input_features` + `attention_mask`;
+    - `tokenizer` ([`Mu2SlamTokenizer`]): text <-> token ids (ids `[0, text_vocab_size)` of the vocabulary);
+    - `speech_codebook` ([`Mu2SlamSpeechCodebook`], optional): log-mel -> one speech code per encoder frame,
+      the targets of the speech objectives (saved as `speech_codebook.safetensors` + `.json`);
+    - `languages`: the model's language codes, in language-embedding order.
+
+    Example:
+        ```python
+        batch = processor(audio=[wav1, wav2], sampling_rate=16000, src_lang="fr", return_tensors="pt")
+        ids = model.generate(**batch, tgt_lang="en")
+        processor.batch_decode(ids, skip_special_tokens=True)
+        ```
+    """
+
+    def __init__(
+        self,
+        feature_extractor: Mu2SlamFeatureExtractor,
+        tokenizer: Mu2SlamTokenizer,
+        speech_codebook: Mu2SlamSpeechCodebook | None = None,
+        languages: list[str] | tuple[str, ...] = DEFAULT_LANGUAGES,
+    ):
+        self.speech_codebook = speech_codebook
+        self.languages = list(languages)
+        super().__init__(feature_extractor, tokenizer)
+
+    # ------------------------------------------------------------------------------------ languages
+
+    def language_id(self, code: str) -> int:
+        """Language-embedding index of `code`, or a ValueError listing the known codes."""
+        if code not in self.languages:
+            raise ValueError(
+                f"Unknown language code {code!r}. This processor knows {len(self.languages)} languages: "
+                f"{', '.join(self.languages)}."
+            )
+        return self.languages.index(code)
+
+    def language_ids(self, codes: str | list[str], batch_size: int) -> torch.Tensor:
+        """(B,) language ids from one code for the batch or one code per example."""
+        codes = [codes] * batch_size if isinstance(codes, str) else list(codes)
+        if len(codes) != batch_size:
+            raise ValueError(f"Got {len(codes)} language codes for a batch of {batch_size}.")
+        return torch.tensor([self.language_id(code) for code in codes])
+
+    @property
+    def vocabulary(self) -> VocabularyLayout:
+        if self.speech_codebook is None:
+            raise ValueError("This processor has no speech codebook, so its vocabulary layout is incomplete.")
+        return VocabularyLayout(len(self.tokenizer), self.speech_codebook.codebook_size)
+
+    # ----------------------------------------------------------------------------------- processing
+
+    def __call__(
+        self,
+        audio: Any = None,
+        text: str | list[str] | None = None,
+        sampling_rate: int | None = None,
+        src_lang: str | list[str] | None = None,
+        tgt_lang: str | list[str] | None = None,
+        text_target: str | list[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Featurise audio and/or tokenize text for the model.
+
+        Args:
+            audio: one clip or a list of clips (16 kHz unless `resample=True` is passed on to the extractor).
+            text: the encoder's text input (MT, text understanding) when no audio is given.
+            src_lang / tgt_lang: language codes -> `src_lang_ids` / `tgt_lang_ids` (B,).
+            text_target: target text -> `labels` (B, U), padded with -100 (the decoder loss ignores it).
+            kwargs: passed to the feature extractor (audio) or the tokenizer (text).
+        Returns:
+            `BatchFeature` with `input_features` (B, T, 80) + `attention_mask` (B, T), or `input_ids` (B, L) +
+            `attention_mask` (B, L); plus `src_lang_ids`, `tgt_lang_ids`, `labels` when asked for.
+        """
+        if audio is None and text is None:
+            raise ValueError("Nothing to process: pass `audio=` (speech) and/or `text=`.")
+        if audio is not None and text is not None:
+            raise ValueError(
+                "Pass either `audio` or `text` as the model input; a transcript or translation of the audio goes "
+                "in `text_target=` (it becomes `labels`)."
+            )
+        if audio is not None:
+            batch = self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors, **kwargs)
+        else:
+            batch = BatchFeature(dict(self.tokenizer(text, padding=True, return_tensors=return_tensors, **kwargs)))
+        size = len(batch["attention_mask"])
+        if src_lang is not None:
+            batch["src_lang_ids"] = self.language_ids(src_lang, size)
+        if tgt_lang is not None:
+            batch["tgt_lang_ids"] = self.language_ids(tgt_lang, size)
+        if text_target is not None:
+            batch["labels"] = self.encode_targets(text_target)
+        return batch
+
+    def encode_targets(self, texts: str | list[str]) -> torch.Tensor:
+        """Target texts -> (B, U) label ids ending with eos, padded with -100."""
+        encoded = self.tokenizer(texts if isinstance(texts, list) else [texts], padding=True, return_tensors="pt")
+        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+
+    def speech_codes(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 80) log-mel -> (B, S) speech codes in [0, codebook_size), -100 at padding; S = front-end length."""
+        if self.speech_codebook is None:
+            raise ValueError(
+                "This processor has no speech codebook. Build one with `build_best_rq(...)` or `fit_kmeans(...)` "
+                "and pass it as `Mu2SlamProcessor(..., speech_codebook=codebook)`."
+            )
+        return self.speech_codebook(input_features, attention_mask)
+
+    speech_codebook_codes = speech_codes
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        """Token ids -> texts (see `PreTrainedTokenizerFast.batch_decode`); speech codes are dropped."""
+        return self.tokenizer.batch_decode(*self._text_only(args), **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*self._text_only(args), **kwargs)
+
+    def _text_only(self, args: tuple) -> tuple:
+        """Replace speech-code ids (>= text_vocab_size) by pad so the text tokenizer never sees them."""
+        if not args:
+            return args
+        ids = torch.as_tensor(args[0]) if not isinstance(args[0], torch.Tensor) else args[0]
+        ids = ids.masked_fill(ids >= len(self.tokenizer), self.tokenizer.pad_token_id)
+        return (ids, *args[1:])
+
+    def check_model_config(self, config) -> None:
+        """Raise a ValueError naming every way this processor and a model config disagree."""
+        check_vocabulary_matches(
+            config,
+            text_vocab_size=len(self.tokenizer),
+            codebook_size=None if self.speech_codebook is None else self.speech_codebook.codebook_size,
+            languages=self.languages,
+            num_mel_bins=self.feature_extractor.feature_size,
+        )
+        if self.speech_codebook is not None:
+            self.speech_codebook.check_compatible(SimpleNamespace(**config) if isinstance(config, dict) else config)
+
+    # ----------------------------------------------------------------------------------- save / load
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("speech_codebook", None)  # saved in its own safetensors + json files
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        files = super().save_pretrained(save_directory, push_to_hub=False)
+        if self.speech_codebook is not None:
+            files += self.speech_codebook.save_pretrained(save_directory)
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1])
+            self._upload_folder(save_directory, repo_id, **kwargs)
+        return files
+
+    @staticmethod
+    def _upload_folder(folder: str | os.PathLike, repo_id: str, **kwargs) -> None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=kwargs.pop("token", None))
+        repo_id = api.create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None)).repo_id
+        api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=kwargs.pop("commit_message", "Upload processor")
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamProcessor:
+        """Load the processor, its speech codebook when saved, and check it against the model config beside it."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        codebook_json = cached_file(
+            pretrained_model_name_or_path,
+            CODEBOOK_CONFIG_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            **hub_kwargs,
+        )
+        if codebook_json is not None:
+            cached_file(pretrained_model_name_or_path, "speech_codebook.safetensors", **hub_kwargs)
+            processor.speech_codebook = Mu2SlamSpeechCodebook.from_pretrained(os.path.dirname(codebook_json))
+        config_file = cached_file(
+            pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
+        )
+        if config_file is not None:
+            with open(config_file, encoding="utf-8") as handle:
+                model_config = json.load(handle)
+            if model_config.get("model_type") == "mu2slam":
+                processor.check_model_config(model_config)
+        return processor
+
+
+Mu2SlamProcessor.register_for_auto_class("AutoProcessor")
+AutoProcessor.register(Mu2SlamConfig, Mu2SlamProcessor, exist_ok=True)
+
+__all__ = ["Mu2SlamProcessor"]
