@@ -1,0 +1,387 @@
+"""Evaluation of Mu2SLAM models: WER/CER (ASR), detokenized BLEU/chrF (AST, MT), accuracy (classification).
+
+Every metric is a percentage in [0, 100] (WER/CER can exceed 100 with many insertions).
+
+Normalisation for WER/CER (:func:`normalize_text`): Unicode NFKC, lower case (``str.casefold``), typographic
+apostrophes mapped to ``'``, punctuation (Unicode categories P*) replaced by a space except apostrophes between
+two letters or digits ("don't", "l'homme" stay one word), whitespace collapsed and stripped. BLEU and chrF are
+computed on the raw (detokenized) strings, as sacreBLEU intends.
+
+Evaluation JSON (shared with ``mu2slam_hf.hub`` / model cards)::
+
+    {"model": str, "data": str, "split": str,
+     "metrics": [{"task": "asr"|"ast"|"mt"|"classification", "source_lang": str, "target_lang": str,
+                  "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy", "value": float, "num_examples": int}, ...]}
+
+plus, only when asked for, ``"predictions": [{"id", "task", "source_lang", "target_lang", "reference",
+"hypothesis"}, ...]``. :func:`results_to_markdown` renders one table per (task, metric) as in the paper's
+appendix: one row per language (ASR, classification) or direction (AST, MT), then an unweighted average row.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jiwer
+import sacrebleu
+import torch
+
+from .data.audio import decode_example
+
+METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
+GENERATION_TASKS = ("asr", "ast", "mt")
+TASK_ORDER = ("asr", "ast", "mt", "classification")
+METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy")
+# sacreBLEU tokenizers for target languages whose text has no spaces between words; others use "13a".
+BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2018": "'", "\uff07": "'"})
+_WHITESPACE = re.compile(r"\s+")
+
+
+# --------------------------------------------------------------------------------------- normalisation
+
+
+def normalize_text(text: str) -> str:
+    """Text as WER/CER compare it: NFKC, casefolded, punctuation removed (word-internal apostrophes kept).
+
+    Examples: ``"Hello,  World!"`` -> ``"hello world"``; ``"Don’t stop"`` -> ``"don't stop"``;
+    ``"'quoted'"`` -> ``"quoted"``; ``"well-known"`` -> ``"well known"``; ``"Ｆｕｌｌ"`` -> ``"full"``.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES)
+    chars = []
+    for index, char in enumerate(text):
+        if unicodedata.category(char).startswith("P"):
+            if char == "'" and _is_word_char(text, index - 1) and _is_word_char(text, index + 1):
+                chars.append(char)
+            else:
+                chars.append(" ")
+        else:
+            chars.append(char)
+    return _WHITESPACE.sub(" ", "".join(chars)).strip()
+
+
+def _is_word_char(text: str, index: int) -> bool:
+    return 0 <= index < len(text) and text[index].isalnum()
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def _check_pairs(references: Sequence[Any], hypotheses: Sequence[Any]) -> None:
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses.")
+    if not references:
+        raise ValueError("No examples to score.")
+
+
+def _error_rate(output: Any, num_hypothesis_units: int) -> float:
+    """100 * (S + D + I) / N; with no reference units at all: 0 if the hypotheses are empty too, else 100."""
+    errors = output.substitutions + output.deletions + output.insertions
+    reference_units = output.substitutions + output.deletions + output.hits
+    if reference_units == 0:
+        return 0.0 if num_hypothesis_units == 0 else 100.0
+    return 100.0 * errors / reference_units
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER in percent on normalised text (jiwer): total word errors / total reference words.
+
+    Empty references (after normalisation) are allowed: their hypothesis words count as insertions. If every
+    reference is empty the WER is 0 when every hypothesis is empty too, else 100.
+    """
+    _check_pairs(references, hypotheses)
+    refs, hyps = [normalize_text(t) for t in references], [normalize_text(t) for t in hypotheses]
+    output = jiwer.process_words(refs, hyps)
+    return _error_rate(output, sum(len(h.split()) for h in hyps))
+
+
+def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus CER in percent on normalised text (jiwer; the single spaces between words count as characters).
+
+    Empty references are handled as in :func:`word_error_rate`.
+    """
+    _check_pairs(references, hypotheses)
+    refs, hyps = [normalize_text(t) for t in references], [normalize_text(t) for t in hypotheses]
+    output = jiwer.process_characters(refs, hyps)
+    return _error_rate(output, sum(len(h) for h in hyps))
+
+
+@functools.cache
+def bleu_tokenizer(target_lang: str | None) -> str:
+    """sacreBLEU tokenizer for a target language: "zh" for Chinese, "ja-mecab"/"ko-mecab" for Japanese/Korean
+    when their extra dependencies are installed (``sacrebleu[ja]``/``[ko]``), otherwise "13a" (the default)."""
+    name = BLEU_TOKENIZERS.get((target_lang or "").split("-")[0].lower())
+    if name is None:
+        return "13a"
+    try:
+        sacrebleu.BLEU(tokenize=name).corpus_score(["a"], [["a"]])
+    except (ImportError, RuntimeError):
+        return "13a"
+    return name
+
+
+def corpus_bleu(references: list[str], hypotheses: list[str], target_lang: str | None = None) -> float:
+    """Detokenized corpus BLEU (sacreBLEU defaults: 4-grams, exponential smoothing) with the tokenizer of
+    :func:`bleu_tokenizer`; one reference per hypothesis, raw (not normalised) strings."""
+    _check_pairs(references, hypotheses)
+    metric = sacrebleu.BLEU(tokenize=bleu_tokenizer(target_lang))
+    return float(metric.corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def corpus_chrf(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus chrF (sacreBLEU defaults: character 6-grams, beta 2, no word n-grams) on raw strings."""
+    _check_pairs(references, hypotheses)
+    return float(sacrebleu.CHRF().corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def accuracy(labels: Sequence[Any], predictions: Sequence[Any]) -> float:
+    """Percentage of predictions equal to their label."""
+    _check_pairs(labels, predictions)
+    return 100.0 * sum(int(label == pred) for label, pred in zip(labels, predictions, strict=True)) / len(labels)
+
+
+def score(name: str, references: list[str], hypotheses: list[str], target_lang: str | None = None) -> float:
+    """One metric by name ("wer", "cer", "bleu", "chrf", "accuracy")."""
+    if name == "wer":
+        return word_error_rate(references, hypotheses)
+    if name == "cer":
+        return char_error_rate(references, hypotheses)
+    if name == "bleu":
+        return corpus_bleu(references, hypotheses, target_lang)
+    if name == "chrf":
+        return corpus_chrf(references, hypotheses)
+    if name == "accuracy":
+        return accuracy(references, hypotheses)
+    raise ValueError(f"Unknown metric {name!r}: use one of {METRIC_ORDER}.")
+
+
+# ------------------------------------------------------------------------------------- results format
+
+
+def metric_entry(
+    task: str, source_lang: str, target_lang: str, name: str, value: float, num_examples: int
+) -> dict[str, Any]:
+    """One item of the evaluation JSON's ``metrics`` list."""
+    if task not in TASK_ORDER:
+        raise ValueError(f"Unknown task {task!r}: use one of {TASK_ORDER}.")
+    if name not in METRIC_ORDER:
+        raise ValueError(f"Unknown metric {name!r}: use one of {METRIC_ORDER}.")
+    return {
+        "task": task,
+        "source_lang": source_lang,
+        "target_lang": target_lang,
+        "name": name,
+        "value": round(float(value), 4),
+        "num_examples": int(num_examples),
+    }
+
+
+def score_predictions(predictions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-(task, source_lang, target_lang) metric entries of prediction records.
+
+    Args:
+        predictions: dicts with ``task`` ("asr", "ast", "mt"), ``source_lang``, ``target_lang``, ``reference``
+            and ``hypothesis``.
+    Returns:
+        Metric entries (see the module docstring): WER and CER for ASR, BLEU and chrF for AST and MT.
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in predictions:
+        groups[(record["task"], record["source_lang"], record["target_lang"])].append(record)
+    entries = []
+    for (task, src, tgt), records in sorted(groups.items(), key=lambda item: _group_key(item[0])):
+        refs, hyps = [r["reference"] for r in records], [r["hypothesis"] for r in records]
+        for name in METRICS_BY_TASK[task]:
+            entries.append(metric_entry(task, src, tgt, name, score(name, refs, hyps, tgt), len(records)))
+    return entries
+
+
+def _group_key(key: tuple[str, str, str]) -> tuple[int, str, str]:
+    task, src, tgt = key
+    return TASK_ORDER.index(task), src, tgt
+
+
+def make_results(
+    model: str, data: str, split: str, metrics: list[dict[str, Any]], predictions: list[dict] | None = None
+) -> dict[str, Any]:
+    """The evaluation JSON dict; ``predictions`` only when given."""
+    results: dict[str, Any] = {"model": str(model), "data": str(data), "split": str(split), "metrics": metrics}
+    if predictions is not None:
+        results["predictions"] = predictions
+    return results
+
+
+def row_label(task: str, source_lang: str, target_lang: str) -> str:
+    """A table row's name: the language for ASR/classification, ``"src-tgt"`` for AST/MT."""
+    return source_lang if task in ("asr", "classification") else f"{source_lang}-{target_lang}"
+
+
+def results_tables(results: dict[str, Any]) -> dict[tuple[str, str], list[tuple[str, float, int]]]:
+    """Per (task, metric): rows ``(language or direction, value, num_examples)`` sorted by name, then
+    ``("average", unweighted mean over the rows, total examples)``."""
+    tables: dict[tuple[str, str], list[tuple[str, float, int]]] = defaultdict(list)
+    for entry in results["metrics"]:
+        label = row_label(entry["task"], entry["source_lang"], entry["target_lang"])
+        tables[(entry["task"], entry["name"])].append((label, float(entry["value"]), int(entry["num_examples"])))
+    ordered = {}
+    for key in sorted(tables, key=lambda k: (TASK_ORDER.index(k[0]), METRIC_ORDER.index(k[1]))):
+        rows = sorted(tables[key])
+        average = sum(value for _, value, _ in rows) / len(rows)
+        ordered[key] = rows + [("average", average, sum(count for _, _, count in rows))]
+    return ordered
+
+
+def results_to_markdown(results: dict[str, Any]) -> str:
+    """Markdown: a header naming model, data and split, then one table per task and metric."""
+    lines = [f"# Evaluation of `{results['model']}` on `{results['data']}` ({results['split']})", ""]
+    for (task, name), rows in results_tables(results).items():
+        column = "Language" if task in ("asr", "classification") else "Direction"
+        lines += [f"## {task.upper()} {name.upper() if name != 'chrf' else 'chrF'}", ""]
+        lines += [f"| {column} | {name} | examples |", "|---|---:|---:|"]
+        for label, value, count in rows:
+            shown = f"**{label}**" if label == "average" else label
+            lines.append(f"| {shown} | {_format(value)} | {count} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _format(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+
+def _task_of(example: dict[str, Any]) -> str:
+    task = example["task"]
+    if task not in GENERATION_TASKS:
+        raise ValueError(f"example {example.get('id')!r}: task {task!r} has no generation metric.")
+    return task
+
+
+def _length(example: dict[str, Any]) -> int:
+    """Sort key for batching: audio samples (speech) or characters of the source text (MT)."""
+    audio = example.get("audio") or {}
+    if audio.get("array") is not None:
+        return len(audio["array"])
+    return len(example.get("source_text") or "")
+
+
+def _batches(examples: list[dict[str, Any]], batch_size: int) -> Iterable[list[dict[str, Any]]]:
+    """Examples sorted by length (longest first, less padding), cut into batches."""
+    ordered = sorted(examples, key=_length, reverse=True)
+    for start in range(0, len(ordered), batch_size):
+        yield ordered[start : start + batch_size]
+
+
+def _model_inputs(processor: Any, batch: list[dict[str, Any]], speech: bool, device: torch.device) -> dict:
+    """Encoder inputs (features or ids + mask) and per-example source/target language ids."""
+    src = [example["source_lang"] for example in batch]
+    tgt = [example["target_lang"] or example["source_lang"] for example in batch]
+    if speech:
+        audio = [example["audio"]["array"] for example in batch]
+        inputs = processor(audio=audio, sampling_rate=batch[0]["audio"]["sampling_rate"], src_lang=src, tgt_lang=tgt)
+    else:
+        inputs = processor(text=[example["source_text"] for example in batch], src_lang=src, tgt_lang=tgt)
+    return {key: value.to(device) for key, value in inputs.items()}
+
+
+@torch.no_grad()
+def generate_predictions(
+    model: Any,
+    processor: Any,
+    examples: Iterable[dict[str, Any]],
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+) -> list[dict[str, Any]]:
+    """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
+
+    Speech and text examples are batched separately, each sorted by length. Returns records with ``id``,
+    ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's ``target_text``) and ``hypothesis``.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    examples = [decode_example(dict(example)) for example in examples]
+    records = []
+    for speech in (True, False):
+        group = [e for e in examples if (_task_of(e) != "mt") == speech]
+        for batch in _batches(group, batch_size):
+            inputs = _model_inputs(processor, batch, speech, device)
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+            texts = processor.batch_decode(ids, skip_special_tokens=True)
+            records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
+    model.train(was_training)
+    return records
+
+
+def _record(example: dict[str, Any], hypothesis: str) -> dict[str, Any]:
+    return {
+        "id": example["id"],
+        "task": example["task"],
+        "source_lang": example["source_lang"],
+        "target_lang": example["target_lang"] or example["source_lang"],
+        "reference": example["target_text"],
+        "hypothesis": hypothesis.strip(),
+    }
+
+
+def evaluate_model(
+    model: Any,
+    processor: Any,
+    examples: Iterable[dict[str, Any]],
+    tasks: Sequence[str] = GENERATION_TASKS,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    return_predictions: bool = False,
+    model_name: str = "",
+    data_name: str = "",
+    split: str = "",
+) -> dict[str, Any]:
+    """Run generation over data-schema examples and score them per task and language (direction).
+
+    ASR: speech -> transcript in the source language (WER, CER); AST: speech -> ``target_text`` in
+    ``target_lang`` (BLEU, chrF); MT: ``source_text`` -> ``target_text`` (BLEU, chrF). Examples of other tasks
+    (or not in ``tasks``) are skipped. Greedy decoding with ``num_beams=1``, beam search otherwise.
+
+    Returns:
+        The evaluation JSON dict (module docstring), with ``predictions`` when ``return_predictions``.
+    """
+    unknown = set(tasks) - set(GENERATION_TASKS)
+    if unknown:
+        raise ValueError(f"Unknown tasks {sorted(unknown)}: evaluate_model handles {GENERATION_TASKS}.")
+    selected = [example for example in examples if example["task"] in tasks]
+    if not selected:
+        raise ValueError(f"No examples of the tasks {list(tasks)} to evaluate.")
+    predictions = generate_predictions(model, processor, selected, batch_size, max_new_tokens, num_beams)
+    metrics = score_predictions(predictions)
+    return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
+
+
+__all__ = [
+    "accuracy",
+    "bleu_tokenizer",
+    "char_error_rate",
+    "corpus_bleu",
+    "corpus_chrf",
+    "evaluate_model",
+    "generate_predictions",
+    "make_results",
+    "metric_entry",
+    "normalize_text",
+    "results_tables",
+    "results_to_markdown",
+    "row_label",
+    "score",
+    "score_predictions",
+    "word_error_rate",
+]

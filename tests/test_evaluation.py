@@ -1,0 +1,236 @@
+"""Metrics against jiwer/sacrebleu and hand-computed values, normalisation, tables, and evaluate_model end to end."""
+
+import json
+
+import jiwer
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+from conftest import PRESETS
+
+import mu2slam_hf  # noqa: F401
+from mu2slam_hf import (
+    Mu2SlamConfig,
+    Mu2SlamFeatureExtractor,
+    Mu2SlamForConditionalGeneration,
+    Mu2SlamProcessor,
+    build_best_rq,
+    train_char_tokenizer,
+)
+from mu2slam_hf.evaluation import (
+    accuracy,
+    bleu_tokenizer,
+    char_error_rate,
+    corpus_bleu,
+    corpus_chrf,
+    evaluate_model,
+    make_results,
+    metric_entry,
+    normalize_text,
+    results_tables,
+    results_to_markdown,
+    score_predictions,
+    word_error_rate,
+)
+
+RATE = 16000
+LANGUAGES = ["en", "de", "fr"]
+CORPUS = ["the cat sat on the mat", "die katze sitzt", "le chat est assis", "hello world", "don't stop"]
+
+
+def tiny_processor(languages=LANGUAGES, texts=CORPUS, codebook_size: int = 64) -> Mu2SlamProcessor:
+    tokenizer = train_char_tokenizer(texts, vocab_size=64)
+    codebook = build_best_rq(seed=0, codebook_size=codebook_size)
+    return Mu2SlamProcessor(Mu2SlamFeatureExtractor(), tokenizer, codebook, languages=languages)
+
+
+def tiny_model(processor: Mu2SlamProcessor, seed: int = 0, **overrides) -> Mu2SlamForConditionalGeneration:
+    config = Mu2SlamConfig.from_pretrained(
+        PRESETS / "tiny", languages=processor.languages, text_vocab_size=len(processor.tokenizer), **overrides
+    )
+    torch.manual_seed(seed)
+    return Mu2SlamForConditionalGeneration(config).eval()
+
+
+def audio_example(eid: str, task: str, src: str, tgt: str, text: str, seconds: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    array = (0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+    return {
+        "id": eid,
+        "task": task,
+        "audio": {"array": array, "sampling_rate": RATE, "path": None},
+        "source_text": text if task == "asr" else None,
+        "target_text": text,
+        "source_lang": src,
+        "target_lang": tgt,
+    }
+
+
+# ------------------------------------------------------------------------------------------ normalisation
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Hello,  World!", "hello world"),
+        ("Don\u2019t stop", "don't stop"),
+        ("'quoted' text", "quoted text"),
+        ("l'homme, c'est ça.", "l'homme c'est ça"),
+        ("well-known  \t fact", "well known fact"),
+        ("\uff26\uff55\uff4c\uff4c width", "full width"),  # NFKC
+        ("STRASSE Straße", "strasse strasse"),  # casefold
+        ("¿Qué? ¡Sí!", "qué sí"),
+        ("«guillemets» — dash", "guillemets dash"),
+        ("$5 + 3%", "$5 + 3"),  # symbols (S*) stay, punctuation (P*) goes
+        ("", ""),
+    ],
+)
+def test_normalize_text(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_wer_matches_jiwer_and_hand_count():
+    refs = ["the cat sat on the mat", "hello world"]
+    hyps = ["the cat sit on mat", "hello big world"]
+    # 1 substitution + 1 deletion in 6 words, 1 insertion in 2 words: 3 / 8
+    assert word_error_rate(refs, hyps) == pytest.approx(100 * 3 / 8)
+    assert word_error_rate(refs, hyps) == pytest.approx(100 * jiwer.wer(refs, hyps))
+
+
+def test_wer_normalises_case_and_punctuation():
+    assert word_error_rate(["Hello, World!"], ["hello world"]) == 0.0
+    assert word_error_rate(["Don't stop."], ["dont stop"]) == pytest.approx(50.0)
+
+
+def test_cer_matches_jiwer_and_hand_count():
+    refs, hyps = ["abcd ef"], ["abxd e"]
+    # 1 substitution (c->x) + 1 deletion (f) over 7 characters (the space counts)
+    assert char_error_rate(refs, hyps) == pytest.approx(100 * 2 / 7)
+    assert char_error_rate(refs, hyps) == pytest.approx(100 * jiwer.cer(refs, hyps))
+
+
+def test_empty_references():
+    # insertions of an empty reference count against the corpus total
+    assert word_error_rate(["", "a b"], ["x", "a b"]) == pytest.approx(50.0)
+    assert word_error_rate(["", "!!"], ["", ""]) == 0.0
+    assert word_error_rate([""], ["something"]) == 100.0
+    assert char_error_rate([""], [""]) == 0.0
+    with pytest.raises(ValueError, match="2 references but 1"):
+        word_error_rate(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="No examples"):
+        word_error_rate([], [])
+
+
+def test_bleu_and_chrf_match_sacrebleu():
+    refs = ["The cat is on the mat.", "There is a dog in the garden today."]
+    hyps = ["The cat sat on the mat.", "A dog is in the garden today."]
+    expected = sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score
+    assert corpus_bleu(refs, hyps) == pytest.approx(expected)
+    assert corpus_bleu(refs, hyps, "de") == pytest.approx(expected)
+    assert corpus_chrf(refs, hyps) == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    assert corpus_chrf(refs, refs) == pytest.approx(100.0)
+    assert corpus_bleu(refs, ["x y z", "q r s"]) == pytest.approx(0.0)
+
+
+def test_bleu_tokenizer_by_target_language():
+    assert bleu_tokenizer("zh") == "zh"
+    assert bleu_tokenizer("en") == bleu_tokenizer(None) == "13a"
+    assert bleu_tokenizer("ja") in ("ja-mecab", "13a")  # mecab only where sacrebleu[ja] is installed
+    refs, hyps = ["我喜欢猫。"], ["我喜欢狗。"]
+    assert corpus_bleu(refs, hyps, "zh") == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score)
+
+
+def test_accuracy():
+    assert accuracy([0, 1, 2, 1], [0, 2, 2, 1]) == pytest.approx(75.0)
+    assert accuracy(["a"], ["b"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def test_tables_list_every_language_with_an_average():
+    records = [
+        {"task": "asr", "source_lang": lang, "target_lang": lang, "reference": "a b c d", "hypothesis": hyp}
+        for lang, hyp in [("fr", "a b c d"), ("de", "a b c x"), ("en", "a x c x")]
+    ]
+    records += [
+        {"task": "ast", "source_lang": src, "target_lang": "en", "reference": "the cat", "hypothesis": "the cat"}
+        for src in ("fr", "de")
+    ]
+    metrics = score_predictions(records)
+    results = make_results(
+        "runs/x", "data/y", "test", metrics + [metric_entry("classification", "en", "en", "accuracy", 50.0, 4)]
+    )
+    tables = results_tables(results)
+    assert set(tables) == {
+        ("asr", "wer"),
+        ("asr", "cer"),
+        ("ast", "bleu"),
+        ("ast", "chrf"),
+        ("classification", "accuracy"),
+    }
+    wer_rows = {label: value for label, value, _ in tables[("asr", "wer")]}
+    assert wer_rows == {"de": 25.0, "en": 50.0, "fr": 0.0, "average": 25.0}
+    assert [label for label, _, _ in tables[("ast", "bleu")]] == ["de-en", "fr-en", "average"]
+    assert tables[("asr", "wer")][-1][2] == 3  # examples summed in the average row
+    markdown = results_to_markdown(results)
+    for label in ("| de |", "| en |", "| fr |", "| de-en |", "| fr-en |", "**average**", "## ASR WER", "## AST chrF"):
+        assert label in markdown
+    assert json.loads(json.dumps(results)) == results
+
+
+def test_metric_entry_rejects_unknown_names():
+    with pytest.raises(ValueError, match="Unknown metric"):
+        metric_entry("asr", "en", "en", "f1", 1.0, 1)
+    with pytest.raises(ValueError, match="Unknown task"):
+        metric_entry("qa", "en", "en", "wer", 1.0, 1)
+
+
+# -------------------------------------------------------------------------------------------- end to end
+
+
+def test_evaluate_model_runs_every_task_and_language():
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    examples = [
+        audio_example("a1", "asr", "fr", "fr", "le chat", 0.6, 1),
+        audio_example("a2", "asr", "fr", "fr", "est assis", 1.1, 2),
+        audio_example("a3", "asr", "de", "de", "die katze", 0.8, 3),
+        audio_example("t1", "ast", "fr", "en", "the cat", 0.9, 4),
+        {"id": "m1", "task": "mt", "audio": None, "source_text": "hello world", "target_text": "die katze",
+         "source_lang": "en", "target_lang": "de"},
+        {"id": "s1", "task": "speech", "audio": None, "source_text": None, "target_text": None,
+         "source_lang": "en", "target_lang": None},
+    ]  # fmt: skip
+    results = evaluate_model(
+        model, processor, examples, batch_size=2, max_new_tokens=5, return_predictions=True,
+        model_name="tiny", data_name="toy", split="test",
+    )  # fmt: skip
+    assert (results["model"], results["data"], results["split"]) == ("tiny", "toy", "test")
+    keys = {(m["task"], m["source_lang"], m["target_lang"], m["name"]) for m in results["metrics"]}
+    assert keys == {
+        ("asr", "fr", "fr", "wer"), ("asr", "fr", "fr", "cer"), ("asr", "de", "de", "wer"), ("asr", "de", "de", "cer"),
+        ("ast", "fr", "en", "bleu"), ("ast", "fr", "en", "chrf"), ("mt", "en", "de", "bleu"), ("mt", "en", "de", "chrf"),
+    }  # fmt: skip
+    counts = {(m["task"], m["source_lang"]): m["num_examples"] for m in results["metrics"]}
+    assert counts[("asr", "fr")] == 2
+    assert sorted(p["id"] for p in results["predictions"]) == ["a1", "a2", "a3", "m1", "t1"]
+    # the metric is recomputed from the predictions: nothing is made up
+    fr = [p for p in results["predictions"] if p["task"] == "asr" and p["source_lang"] == "fr"]
+    wer_fr = next(m["value"] for m in results["metrics"] if m["name"] == "wer" and m["source_lang"] == "fr")
+    assert wer_fr == pytest.approx(
+        word_error_rate([p["reference"] for p in fr], [p["hypothesis"] for p in fr]), abs=1e-4
+    )
+    # batching by length gives the same hypotheses as one example at a time
+    alone = evaluate_model(model, processor, examples[:1], batch_size=1, max_new_tokens=5, return_predictions=True)
+    assert (
+        alone["predictions"][0]["hypothesis"]
+        == next(p for p in results["predictions"] if p["id"] == "a1")["hypothesis"]
+    )
+    only_mt = evaluate_model(model, processor, examples, tasks=("mt",), max_new_tokens=5)
+    assert {m["task"] for m in only_mt["metrics"]} == {"mt"} and "predictions" not in only_mt
