@@ -21,7 +21,9 @@ appendix: one row per language (ASR, classification) or direction (AST, MT), the
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -33,6 +35,7 @@ import sacrebleu
 import torch
 
 from .data.audio import decode_example
+from .data.manifest import load_manifest
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
@@ -367,6 +370,34 @@ def evaluate_model(
     return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
 
 
+# ------------------------------------------------------------------------------------------- files
+
+
+def load_examples(
+    data_dir: str | os.PathLike, split: str, tasks: Sequence[str] = GENERATION_TASKS, max_examples: int | None = None
+) -> list[dict[str, Any]]:
+    """Examples of ``tasks`` from ``<data_dir>/<split>.jsonl``, at most ``max_examples`` per task (first in file)."""
+    kept: dict[str, list[dict[str, Any]]] = {task: [] for task in tasks}
+    for example in load_manifest(data_dir, split):
+        rows = kept.get(example["task"])
+        if rows is not None and (max_examples is None or len(rows) < max_examples):
+            rows.append(example)
+    return [example for task in tasks for example in kept[task]]
+
+
+def write_results(results: dict[str, Any], output: str | os.PathLike) -> tuple[str, str]:
+    """Write the evaluation JSON to ``output`` and its Markdown beside it (``.md``); return both paths."""
+    json_path = os.fspath(output)
+    markdown_path = os.path.splitext(json_path)[0] + ".md"
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
+    with open(markdown_path, "w", encoding="utf-8") as handle:
+        handle.write(results_to_markdown(results))
+    return json_path, markdown_path
+
+
 __all__ = [
     "accuracy",
     "bleu_tokenizer",
@@ -375,6 +406,7 @@ __all__ = [
     "corpus_chrf",
     "evaluate_model",
     "generate_predictions",
+    "load_examples",
     "make_results",
     "metric_entry",
     "normalize_text",
@@ -384,4 +416,5 @@ __all__ = [
     "score",
     "score_predictions",
     "word_error_rate",
+    "write_results",
 ]

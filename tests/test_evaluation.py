@@ -234,3 +234,38 @@ def test_evaluate_model_runs_every_task_and_language():
     )
     only_mt = evaluate_model(model, processor, examples, tasks=("mt",), max_new_tokens=5)
     assert {m["task"] for m in only_mt["metrics"]} == {"mt"} and "predictions" not in only_mt
+
+
+def test_evaluate_script_writes_json_and_markdown(tmp_path):
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    from mu2slam_hf.data import write_flac, write_manifest
+
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    rows = []
+    for index, (lang, text) in enumerate([("fr", "le chat"), ("de", "die katze"), ("fr", "est assis")]):
+        write_flac(data / "audio" / f"{index}.flac", np.zeros(RATE // 2, dtype=np.float32) + 0.01 * index)
+        rows.append({"id": f"a{index}", "task": "asr", "audio": {"path": f"audio/{index}.flac", "bytes": None},
+                     "source_text": text, "target_text": text, "source_lang": lang, "target_lang": lang})  # fmt: skip
+    rows.append({"id": "m0", "task": "mt", "audio": None, "source_text": "hello world", "target_text": "le chat",
+                 "source_lang": "en", "target_lang": "fr"})  # fmt: skip
+    write_manifest(data / "test.jsonl", rows)
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    output = tmp_path / "out" / "eval.json"
+    argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--split", "test", "--tasks", "asr,mt"]
+    assert script.main([*argv, "--max_examples", "2", "--max_new_tokens", "4", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    asr = {(m["source_lang"], m["name"]): m["num_examples"] for m in results["metrics"] if m["task"] == "asr"}
+    assert asr == {("fr", "wer"): 1, ("fr", "cer"): 1, ("de", "wer"): 1, ("de", "cer"): 1}  # 2 ASR examples at most
+    assert {m["task"] for m in results["metrics"]} == {"asr", "mt"} and results["split"] == "test"
+    assert "## MT BLEU" in (tmp_path / "out" / "eval.md").read_text()

@@ -1,0 +1,71 @@
+"""Evaluate a Mu2SLAM model on a corpus manifest: WER/CER (ASR), BLEU/chrF (AST, MT) per language or direction.
+
+Example::
+
+    python training_scripts/evaluate.py --model runs/ft2 --data data/fillets --split test --tasks asr,ast,mt \\
+        --max_examples 200 --output runs/ft2/eval_test.json
+
+Writes the evaluation JSON (format in ``mu2slam_hf.evaluation``) and a Markdown rendering next to it (``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+import torch
+
+from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf.evaluation import GENERATION_TASKS, evaluate_model, load_examples, results_to_markdown, write_results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="folder (or Hub id) with the model and its processor")
+    parser.add_argument("--data", required=True, help="corpus folder holding <split>.jsonl")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--tasks", default=",".join(GENERATION_TASKS), help="comma-separated subset of asr,ast,mt")
+    parser.add_argument("--max_examples", type=int, default=None, help="at most this many examples per task")
+    parser.add_argument("--output", default=None, help="JSON path (default <model>/eval_<split>.json)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy decoding")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    unknown = sorted(set(tasks) - set(GENERATION_TASKS))
+    if unknown:
+        raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)}.")
+    processor = Mu2SlamProcessor.from_pretrained(args.model)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(args.model).to(args.device).eval()
+    examples = load_examples(args.data, args.split, tasks, args.max_examples)
+    if not examples:
+        raise SystemExit(f"No {','.join(tasks)} examples in {args.data}/{args.split}.jsonl.")
+    results = evaluate_model(
+        model,
+        processor,
+        examples,
+        tasks=tasks,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        return_predictions=args.save_predictions,
+        model_name=str(args.model),
+        data_name=str(args.data),
+        split=args.split,
+    )
+    output = args.output or os.path.join(args.model, f"eval_{args.split}.json")
+    json_path, markdown_path = write_results(results, output)
+    print(results_to_markdown(results))
+    print(f"Wrote {json_path} and {markdown_path}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
