@@ -73,6 +73,13 @@ class Mu2SlamConfig(PreTrainedConfig):
         objective_loss_weights (`dict[str, float]`): weight of each pre-training objective.
         decoder_loss_weight / mlm_loss_weight / ctc_loss_weight (`float`): how the model's own forward sums
             the decoder, encoder-MLM and CTC losses it is given labels for.
+        decoder_noise_ratio (`float`): noisy fine-tuning (paper 2.4, 0.06 there): in training only, this fraction
+            of the decoder's input tokens (never the labels, never special tokens) is replaced by its nearest
+            neighbour in the current token-embedding space within the same modality. 0 disables it.
+        apply_spec_augment (`bool`): SpecAugment on `input_features` in training only (real frames only).
+        mask_time_prob / mask_time_length / mask_time_min_masks: time masking as in Whisper/wav2vec 2.0
+            (`mask_time_prob * frames / mask_time_length` spans of `mask_time_length` frames, at least the minimum).
+        mask_feature_prob / mask_feature_length / mask_feature_min_masks: the same over the mel bins.
     """
 
     model_type = "mu2slam"
@@ -112,6 +119,14 @@ class Mu2SlamConfig(PreTrainedConfig):
         decoder_loss_weight: float = 1.0,
         mlm_loss_weight: float = 1.0,
         ctc_loss_weight: float = 1.0,
+        decoder_noise_ratio: float = 0.0,
+        apply_spec_augment: bool = False,
+        mask_time_prob: float = 0.05,
+        mask_time_length: int = 10,
+        mask_time_min_masks: int = 2,
+        mask_feature_prob: float = 0.0,
+        mask_feature_length: int = 10,
+        mask_feature_min_masks: int = 0,
         pad_token_id: int = PAD_ID,
         bos_token_id: int = BOS_ID,
         eos_token_id: int = EOS_ID,
@@ -152,6 +167,16 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.decoder_loss_weight = decoder_loss_weight
         self.mlm_loss_weight = mlm_loss_weight
         self.ctc_loss_weight = ctc_loss_weight
+        if not 0.0 <= decoder_noise_ratio <= 1.0:
+            raise ValueError(f"decoder_noise_ratio must be in [0, 1], got {decoder_noise_ratio}.")
+        self.decoder_noise_ratio = decoder_noise_ratio
+        self.apply_spec_augment = apply_spec_augment
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.mask_time_min_masks = mask_time_min_masks
+        self.mask_feature_prob = mask_feature_prob
+        self.mask_feature_length = mask_feature_length
+        self.mask_feature_min_masks = mask_feature_min_masks
         self.unk_token_id = unk_token_id
         self.mask_token_id = mask_token_id
         self.use_cache = use_cache

@@ -24,9 +24,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto import modeling_auto
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration_mu2slam import Mu2SlamConfig
-from .vocabulary import EOS_ID, SPEECH_MODALITY, TEXT_MODALITY
+from .vocabulary import EOS_ID, NUM_SPECIAL_TOKENS, SPEECH_MODALITY, TEXT_MODALITY
 
 IGNORE_INDEX = -100
 
@@ -382,6 +383,86 @@ class Mu2SlamCTCHead(nn.Module):
         return F.linear(hidden_states, token_embedding[: self.text_vocab_size], self.bias)
 
 
+# ------------------------------------------------------------------------------ fine-tuning augmentation
+
+
+def _span_mask(batch: int, length: int, prob: float, span: int, min_masks: int, lengths=None) -> torch.Tensor | None:
+    """(batch, length) bool SpecAugment spans from transformers' `_compute_mask_indices`; None if nothing fits."""
+    if prob <= 0 or span > length:
+        return None
+    attention = None if lengths is None else (torch.arange(length) < lengths.cpu().unsqueeze(-1)).long()
+    return torch.from_numpy(_compute_mask_indices((batch, length), prob, span, attention, min_masks))
+
+
+def spec_augment(
+    input_features: torch.Tensor, attention_mask: torch.Tensor | None, config: Mu2SlamConfig
+) -> torch.Tensor:
+    """SpecAugment time and frequency masking of (B, T, F) log-mel features, on real frames only -> (B, T, F).
+
+    Masked values become the utterance's mean over its real frames and bins (0 for normalised features, as in
+    Whisper; the mean keeps unnormalised log-mels in range). Padded frames are left as they are.
+    """
+    batch, frames, bins = input_features.shape
+    real = (
+        torch.ones(batch, frames, dtype=torch.bool, device=input_features.device)
+        if attention_mask is None
+        else attention_mask.bool()
+    )
+    masked = torch.zeros_like(input_features, dtype=torch.bool)
+    time = _span_mask(
+        batch, frames, config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks, real.sum(-1)
+    )
+    if time is not None:
+        masked |= time.to(masked.device).unsqueeze(-1)
+    freq = _span_mask(batch, bins, config.mask_feature_prob, config.mask_feature_length, config.mask_feature_min_masks)
+    if freq is not None:
+        masked |= freq.to(masked.device).unsqueeze(1)
+    masked &= real.unsqueeze(-1)
+    weights = real.unsqueeze(-1).to(input_features.dtype)
+    mean = (input_features * weights).sum((1, 2)) / (weights.sum((1, 2)) * bins).clamp(min=1.0)
+    return torch.where(masked, mean[:, None, None].to(input_features.dtype), input_features)
+
+
+@torch.no_grad()
+def nearest_neighbour_tokens(token_ids: torch.Tensor, embedding: torch.Tensor, candidates: range) -> torch.Tensor:
+    """For each id (N,) in `candidates`, the other candidate with the highest cosine similarity in `embedding`
+    (V, D) -> (N,). Only the N given rows are compared with the candidate rows: (N, |candidates|) similarities."""
+    weight = embedding[candidates.start : candidates.stop].float()
+    weight = F.normalize(weight, dim=-1)
+    similarity = weight[token_ids - candidates.start] @ weight.T
+    similarity[torch.arange(len(token_ids), device=token_ids.device), token_ids - candidates.start] = -float("inf")
+    return similarity.argmax(-1) + candidates.start
+
+
+@torch.no_grad()
+def add_decoder_noise(
+    decoder_input_ids: torch.Tensor,
+    embedding: torch.Tensor,
+    ratio: float,
+    text_vocab_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Noisy fine-tuning (paper 2.4): replace each non-special token of (B, U) decoder inputs with probability
+    `ratio` by its nearest neighbour (cosine) among the tokens of its own modality -> (B, U) new ids.
+
+    Text tokens ([NUM_SPECIAL_TOKENS, text_vocab_size)) map to text tokens, speech codes ([text_vocab_size, V))
+    to speech codes; the special tokens (pad, bos, eos, unk, [MASK]) are never replaced nor produced.
+    """
+    eligible = decoder_input_ids >= NUM_SPECIAL_TOKENS
+    draws = torch.rand(decoder_input_ids.shape, generator=generator, device=generator.device if generator else None)
+    chosen = eligible & (draws.to(decoder_input_ids.device) < ratio)
+    if not bool(chosen.any()):
+        return decoder_input_ids
+    noisy = decoder_input_ids.clone()
+    for candidates in (range(NUM_SPECIAL_TOKENS, text_vocab_size), range(text_vocab_size, embedding.shape[0])):
+        in_range = chosen & (decoder_input_ids >= candidates.start) & (decoder_input_ids < candidates.stop)
+        if len(candidates) < 2 or not bool(in_range.any()):
+            continue
+        unique, inverse = decoder_input_ids[in_range].unique(return_inverse=True)
+        noisy[in_range] = nearest_neighbour_tokens(unique, embedding.detach(), candidates)[inverse]
+    return noisy
+
+
 # -------------------------------------------------------------------------------------------- models
 
 
@@ -480,6 +561,8 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features -> (B, S, D) embedded speech segment and its (B, S) mask."""
         check_speech_inputs(self.config, input_features, attention_mask)
+        if self.training and self.config.apply_spec_augment:
+            input_features = spec_augment(input_features, attention_mask, self.config)
         speech = self.speech_frontend(input_features)
         if attention_mask is None:
             frame_mask = torch.ones(speech.shape[:2], dtype=torch.long, device=speech.device)
@@ -887,6 +970,13 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id
                 )
             use_cache = False
+        if self.training and self.config.decoder_noise_ratio > 0 and decoder_input_ids is not None:
+            decoder_input_ids = add_decoder_noise(
+                decoder_input_ids,
+                self.model.shared.weight,
+                self.config.decoder_noise_ratio,
+                self.config.text_vocab_size,
+            )
         outputs = self.model(
             input_features=input_features,
             attention_mask=attention_mask,
