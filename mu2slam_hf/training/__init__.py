@@ -1,0 +1,41 @@
+"""The Accelerate loop shared by Mu2SLAM pre-training and fine-tuning.
+
+    recipe = load_recipe("configuration/recipes/pretrain-small.yaml")
+    result = train(recipe, data_dir="data/synth", output_dir="runs/pt", resume=True)
+
+Recipes (`recipe`), the Transformer schedule (`schedule`), processor/model setup (`assets`), mixture steps to
+instances (`instances`), loss accounting (`losses`), dev evaluation (`dev`), atomic checkpoints (`checkpointing`)
+and the loop (`loop`).
+"""
+
+from .checkpointing import checkpoint_steps, latest_checkpoint, save_checkpoint
+from .dev import DevEvaluator, dev_subset
+from .instances import InstanceBuilder, step_generator
+from .loop import Mu2SlamTrainer, TrainingResult, make_accelerator, train
+from .losses import LossTracker, row_losses
+from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
+from .schedule import inverse_sqrt_factor, peak_lr, transformer_lr, transformer_schedule
+
+__all__ = [
+    "DevEvaluator",
+    "InstanceBuilder",
+    "LossTracker",
+    "Mu2SlamTrainer",
+    "Recipe",
+    "RecipeError",
+    "TrainingResult",
+    "checkpoint_steps",
+    "dev_subset",
+    "inverse_sqrt_factor",
+    "latest_checkpoint",
+    "load_recipe",
+    "make_accelerator",
+    "peak_lr",
+    "recipe_from_dict",
+    "row_losses",
+    "save_checkpoint",
+    "step_generator",
+    "train",
+    "transformer_lr",
+    "transformer_schedule",
+]

@@ -1,0 +1,130 @@
+"""What a run trains and reads: the processor (tokenizer, feature extractor, speech codebook) and the model.
+
+From a preset: a char/Unigram tokenizer trained on the corpus's train texts (unless one is given), per-bin log-mel
+statistics and a BEST-RQ codebook from a train subset, and a model config from the preset with ``text_vocab_size
+= len(tokenizer)``, ``codebook_size`` of the codebook, the recipe's loss weights and ``model_overrides``. From a
+checkpoint (``init_checkpoint`` / ``--init``): the saved model and processor, with the overrides applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..configuration_mu2slam import Mu2SlamConfig
+from ..data.audio import decode_example
+from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
+from ..modeling_mu2slam import Mu2SlamForConditionalGeneration
+from ..processing_mu2slam import Mu2SlamProcessor
+from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
+from ..tokenization_mu2slam import Mu2SlamTokenizer, train_tokenizer
+from .recipe import Recipe
+
+
+def corpus_texts(examples: Sequence[dict[str, Any]]) -> Iterator[str]:
+    """Every source and target text of the examples (the tokenizer's training corpus)."""
+    for example in examples:
+        for key in ("source_text", "target_text"):
+            if example.get(key):
+                yield example[key]
+
+
+def _audio_subset(examples: Sequence[dict[str, Any]], count: int) -> Iterator[Any]:
+    """Decoded arrays of the first ``count`` distinct audio files of the examples."""
+    seen = set()
+    for example in examples:
+        audio = example.get("audio")
+        if not audio or audio.get("path") in seen:
+            continue
+        seen.add(audio.get("path"))
+        yield decode_example(example)["audio"]["array"]
+        if len(seen) >= count:
+            return
+
+
+def build_processor(
+    recipe: Recipe, config: Mu2SlamConfig, train_examples: Sequence[dict[str, Any]]
+) -> tuple[Mu2SlamProcessor, Mu2SlamConfig]:
+    """Tokenizer + normalised feature extractor + codebook for a run from a preset; the config they imply."""
+    if recipe.tokenizer.path:
+        tokenizer = Mu2SlamTokenizer.from_pretrained(recipe.tokenizer.path)
+    else:
+        tokenizer = train_tokenizer(recipe.tokenizer.kind, corpus_texts(train_examples), recipe.tokenizer.vocab_size)
+    overrides = {"text_vocab_size": len(tokenizer), **recipe.model_overrides}
+    if recipe.loss_weights:
+        overrides["objective_loss_weights"] = {**config.objective_loss_weights, **recipe.loss_weights}
+    config = config_with_overrides(config, overrides)
+    feature_extractor = Mu2SlamFeatureExtractor(feature_size=config.num_mel_bins, min_frames=config.min_input_frames)
+    if recipe.speech_codebook.path:
+        codebook = Mu2SlamSpeechCodebook.from_pretrained(recipe.speech_codebook.path)
+        config = config_with_overrides(config, {"codebook_size": codebook.codebook_size})
+    else:
+        codebook = None
+    clips = list(_audio_subset(train_examples, recipe.speech_codebook.normalization_examples))
+    if clips:
+        feature_extractor.compute_normalization_stats(clips)
+    if codebook is None:
+        features = [feature_extractor(clip, sampling_rate=16_000, return_tensors="pt") for clip in clips]
+        codebook = build_best_rq(
+            recipe.speech_codebook.seed,
+            config.codebook_size,
+            code_dim=recipe.speech_codebook.code_dim,
+            num_mel_bins=config.num_mel_bins,
+            frontend_kernel_size=config.frontend_kernel_size,
+            frontend_stride=config.frontend_stride,
+            normalization_data=[{k: f[k] for k in ("input_features", "attention_mask")} for f in features] or None,
+        )
+    processor = Mu2SlamProcessor(feature_extractor, tokenizer, speech_codebook=codebook, languages=config.languages)
+    processor.check_model_config(config)
+    return processor, config
+
+
+def config_with_overrides(config: Mu2SlamConfig, overrides: dict[str, Any]) -> Mu2SlamConfig:
+    """A new config: ``config`` with ``overrides`` applied (unknown names become config attributes)."""
+    return Mu2SlamConfig.from_dict({**config.to_dict(), **overrides})
+
+
+def load_preset(recipe: Recipe) -> Mu2SlamConfig:
+    """The recipe's model preset (a folder or a config.json)."""
+    return Mu2SlamConfig.from_pretrained(recipe.model)
+
+
+def init_from_checkpoint(
+    folder: str, overrides: dict[str, Any], loss_weights: dict[str, float] | None = None
+) -> tuple[Mu2SlamForConditionalGeneration, Mu2SlamProcessor]:
+    """Model + processor of a trained folder; ``overrides`` (and loss weights) are set on the model config."""
+    processor = Mu2SlamProcessor.from_pretrained(folder)
+    config = Mu2SlamConfig.from_pretrained(folder)
+    extra = dict(overrides)
+    if loss_weights:
+        extra["objective_loss_weights"] = {**config.objective_loss_weights, **loss_weights}
+    config = config_with_overrides(config, extra)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(folder, config=config)
+    processor.check_model_config(model.config)
+    return model, processor
+
+
+def new_model(config: Mu2SlamConfig, seed: int) -> Mu2SlamForConditionalGeneration:
+    """A randomly initialised model (weights drawn from ``seed``, independent of anything drawn before)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Mu2SlamForConditionalGeneration(config)
+
+
+def apply_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]):
+    """Wrap ``model`` with PEFT LoRA adapters on ``target_modules`` (only the adapters train)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    return get_peft_model(model, config)
+
+
+def merged_copy(model: torch.nn.Module) -> Mu2SlamForConditionalGeneration:
+    """A plain model to save: a PEFT model is copied and merged (``merge_and_unload``), others returned as is."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()

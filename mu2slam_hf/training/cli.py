@@ -1,0 +1,97 @@
+"""Command lines of ``training_scripts/pretrain.py`` and ``training_scripts/finetune.py`` (run them with
+``accelerate launch --config_file configuration/accelerate/<cpu|single_gpu|multi_gpu_ddp|fsdp|...>.yaml``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from accelerate import PartialState
+
+from .loop import train
+from .recipe import load_recipe
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe YAML (configuration/recipes/*.yaml)")
+    parser.add_argument("--data", required=True, help="corpus folder with train.jsonl (and dev.jsonl)")
+    parser.add_argument("--output_dir", required=True, help="checkpoints, logs, dev results, final model")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--max_steps", type=int, help="override the recipe's max_steps")
+    parser.add_argument(
+        "--mixed_precision", choices=("no", "bf16", "fp16", "launcher"), help="'launcher': accelerate's"
+    )
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute layer activations")
+    parser.add_argument("--seed", type=int, help="override the recipe's seed")
+    parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any recipe key, dotted, value in YAML: --set optimizer.warmup_steps=500 --set examples_per_step.mt=2",
+    )  # fmt: skip
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    for name in ("max_steps", "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.mixed_precision is not None:
+        overrides["mixed_precision"] = None if args.mixed_precision == "launcher" else args.mixed_precision
+    if args.gradient_checkpointing:
+        overrides["gradient_checkpointing"] = True
+    return overrides
+
+
+def _run(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    recipe = load_recipe(args.recipe, overrides)
+    result = train(
+        recipe,
+        args.data,
+        args.output_dir,
+        resume=args.resume,
+        log_with=None if args.no_tensorboard else "tensorboard",
+        progress=not args.no_progress,
+    )
+    if result.log and PartialState().is_main_process:
+        last = {k: round(v, 4) for k, v in result.log[-1].items() if k == "loss" or k.startswith("loss/")}
+        print(f"Finished at step {result.step}; last losses {last}; model + processor in {args.output_dir}")
+
+
+def pretrain_main(argv: Sequence[str] | None = None) -> None:
+    """Mu2SLAM pre-training (the masked objectives of the paper) with Accelerate."""
+    parser = argparse.ArgumentParser(description=pretrain_main.__doc__)
+    _common_arguments(parser)
+    args = parser.parse_args(argv)
+    _run(args, _overrides(args))
+
+
+def finetune_main(argv: Sequence[str] | None = None) -> None:
+    """Mu2SLAM fine-tuning (plain P(y|x) on ASR/AST/MT; gradual stages are recipes) with Accelerate."""
+    parser = argparse.ArgumentParser(description=finetune_main.__doc__)
+    _common_arguments(parser)
+    parser.add_argument("--init", help="trained folder (model + processor) to start from; overrides init_checkpoint")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters only (saved merged)")
+    parser.add_argument("--lora_r", type=int, help="LoRA rank (recipe lora.r)")
+    parser.add_argument("--decoder_noise_ratio", type=float, help="model config decoder_noise_ratio (paper: 0.06)")
+    parser.add_argument("--spec_augment", action="store_true", help="model config apply_spec_augment=True")
+    args = parser.parse_args(argv)
+    overrides = _overrides(args)
+    if args.init:
+        overrides["init_checkpoint"] = args.init
+    if args.lora:
+        overrides["lora.enabled"] = True
+    if args.lora_r is not None:
+        overrides["lora.r"] = args.lora_r
+    if args.decoder_noise_ratio is not None:
+        overrides["model_overrides.decoder_noise_ratio"] = args.decoder_noise_ratio
+    if args.spec_augment:
+        overrides["model_overrides.apply_spec_augment"] = True
+    _run(args, overrides)

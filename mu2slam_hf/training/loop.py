@@ -1,0 +1,375 @@
+"""The Accelerate training loop shared by pre-training and fine-tuning.
+
+Each optimizer step, for each of ``gradient_accumulation_steps`` micro-steps: draw every task's examples from the
+`TaskMixture`, build the instances (`InstanceBuilder`), group them by encoder layout (`split_by_layout`), and run
+one forward + backward per group (gradients synchronised across processes only on the last backward of the step).
+Then clip, step Adam(W) and the Transformer schedule, log, evaluate on dev and checkpoint at their intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..data.manifest import load_manifest
+from ..data.mixing import TaskMixture
+from ..pretraining import Mu2SlamCollator, split_by_layout
+from ..processing_mu2slam import Mu2SlamProcessor
+from .assets import (
+    apply_lora,
+    build_processor,
+    init_from_checkpoint,
+    load_preset,
+    merged_copy,
+    new_model,
+)
+from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .dev import DevEvaluator, dev_subset, write_dev_results
+from .instances import InstanceBuilder, step_generator
+from .losses import LossTracker, row_losses
+from .recipe import Recipe
+from .schedule import peak_lr, transformer_schedule
+
+logger = logging.getLogger(__name__)
+SAMPLING_RATE = 16_000
+
+
+@dataclass
+class TrainingResult:
+    """What `train` did: the last step, the per-step log and the dev evaluations (main process)."""
+
+    step: int
+    log: list[dict[str, float]] = field(default_factory=list)
+    dev: list[dict[str, float]] = field(default_factory=list)
+    output_dir: str = ""
+
+
+def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | None = "tensorboard") -> Accelerator:
+    """Accelerator with the recipe's precision (None: the launcher's), TensorBoard logging under output_dir/logs."""
+    # A multi-process launch (torchrun) on a machine without CUDA: gloo on the CPU (see configuration/accelerate/cpu_ddp.yaml).
+    cpu_only = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(
+        cpu=cpu_only,
+        mixed_precision=recipe.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
+        # Text-only or speech-only groups leave parts of the model (front end, CTC head) without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def load_train_sources(recipe: Recipe, data_dir: str) -> dict[str, Any]:
+    """task -> train `datasets.Dataset` of every task with examples per step (long clips dropped)."""
+    sources = {}
+    limit = recipe.dataloader.max_audio_seconds
+    for task, count in recipe.examples_per_step.items():
+        if count <= 0:
+            continue
+        dataset = load_manifest(data_dir, "train", task)
+        if limit and task in ("speech", "asr", "ast"):
+            dataset = dataset.filter(lambda d: d is None or d <= limit, input_columns="duration")
+        if len(dataset) == 0:
+            raise ValueError(f"{data_dir}: no train examples of task {task!r} (it has {count} examples per step).")
+        sources[task] = dataset
+    return sources
+
+
+def load_dev_examples(recipe: Recipe, data_dir: str) -> dict[str, list[dict[str, Any]]]:
+    """task -> the fixed dev subset (empty when the corpus has no dev split)."""
+    try:
+        rows = list(load_manifest(data_dir, "dev"))
+    except FileNotFoundError:
+        return {}
+    output = {}
+    for task, count in recipe.examples_per_step.items():
+        if count > 0:
+            output[task] = dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
+    return output
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> torch.optim.Optimizer:
+    """Adam / AdamW at the schedule's peak rate; weight decay on matrices only (not biases, norms, embeddings' 1-D)."""
+    opt = recipe.optimizer
+    lr = opt.lr if opt.lr is not None else peak_lr(d_model, opt.warmup_steps, opt.lr_scale)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, betas=tuple(opt.betas), eps=opt.eps)
+
+
+def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_from: Path | None):
+    """(model, processor) of a new run, a fine-tuning run, or (architecture only) a resumed run."""
+    if resume_from is not None:
+        processor = Mu2SlamProcessor.from_pretrained(resume_from)
+        model = new_model(load_preset_from(resume_from), recipe.seed)
+    elif recipe.init_checkpoint:
+        model, processor = init_from_checkpoint(recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights)
+    else:
+        examples = [row for source in sources.values() for row in source]
+        processor, config = build_processor(recipe, load_preset(recipe), examples)
+        model = new_model(config, recipe.seed)
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if recipe.lora.enabled:
+        lora = recipe.lora
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    return model, processor
+
+
+def load_preset_from(folder: Path):
+    from ..configuration_mu2slam import Mu2SlamConfig
+
+    return Mu2SlamConfig.from_pretrained(folder)
+
+
+class Mu2SlamTrainer:
+    """One training run: ``Mu2SlamTrainer(recipe, data_dir, output_dir).train(resume=...)``.
+
+    Args:
+        recipe: the validated recipe.
+        data_dir: a corpus folder of ``train.jsonl`` (and ``dev.jsonl``) manifests.
+        output_dir: checkpoints, logs, dev results and the final model + processor.
+        log_with: Accelerate tracker ("tensorboard", or None for none).
+        progress: show a tqdm bar with the per-task losses (main process).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        data_dir: str,
+        output_dir: str,
+        log_with: str | None = "tensorboard",
+        progress: bool = True,
+    ):
+        self.recipe, self.data_dir, self.output_dir = recipe, data_dir, Path(output_dir)
+        self.accelerator = make_accelerator(recipe, output_dir, log_with)
+        self.log_with, self.progress = log_with, progress
+
+    # ------------------------------------------------------------------------------------------------ setup
+
+    def setup(self, resume: bool) -> int:
+        """Build or restore everything; returns the step to continue after (0 for a new run)."""
+        recipe, accelerator = self.recipe, self.accelerator
+        set_seed(recipe.seed)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            remove_stale_temporaries(self.output_dir)
+        accelerator.wait_for_everyone()
+        resume_from = latest_checkpoint(self.output_dir) if resume else None
+        if resume and resume_from is None:
+            logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
+        sources = load_train_sources(recipe, self.data_dir)
+        model, self.processor = prepare_model_and_processor(recipe, sources, resume_from)
+        self.config = (model.get_base_model() if recipe.lora.enabled else model).config
+        self.builder = InstanceBuilder(
+            self.processor,
+            self.config,
+            recipe.stage,
+            recipe.dataloader.cache_features,
+            recipe.dataloader.decode_workers,
+        )
+        self.collator = Mu2SlamCollator(self.config)
+        self.mixture = TaskMixture(
+            sources,
+            recipe.examples_per_step,
+            recipe.language_temperature,
+            seed=recipe.seed + 1000 * accelerator.process_index,
+        )
+        dev_examples = load_dev_examples(recipe, self.data_dir)
+        self.dev = DevEvaluator(
+            self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed
+        ) if any(dev_examples.values()) else None  # fmt: skip
+        model.train()
+        optimizer = build_optimizer(recipe, model, self.config.d_model)
+        # Not passed to prepare(): Accelerate would step it once per process each step.
+        self.scheduler = transformer_schedule(optimizer, recipe.optimizer.warmup_steps)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.dev_history: list[dict[str, float]] = []
+        step = 0
+        if resume_from is not None:
+            trainer_state, process_state = load_checkpoint(accelerator, resume_from)
+            self.mixture.load_state_dict(process_state["mixture"])
+            self.dev_history = trainer_state.get("dev", [])
+            step = int(trainer_state["step"])
+            accelerator.print(f"Resumed from {resume_from} at step {step}.")
+        if self.log_with:
+            accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
+        return step
+
+    # ------------------------------------------------------------------------------------------------- step
+
+    def train_step(self, step: int, tracker: LossTracker) -> None:
+        """One optimizer step (all micro-steps, all layout groups)."""
+        recipe, accelerator, model = self.recipe, self.accelerator, self.model
+        accumulation = recipe.gradient_accumulation_steps
+        for micro in range(accumulation):
+            draw = self.mixture.next_batch()
+            generator = step_generator(recipe.seed, accelerator.process_index, (step - 1) * accumulation + micro)
+            instances = self.builder.build(draw, generator)
+            groups = split_by_layout(instances)
+            micro_loss = 0.0
+            for index, group in enumerate(groups):
+                last = micro == accumulation - 1 and index == len(groups) - 1
+                batch = {k: v.to(accelerator.device) for k, v in self.collator(group).items()}
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    outputs = model(**batch)
+                    accelerator.backward(outputs.loss / accumulation)
+                micro_loss += outputs.loss.item()
+                tracker.add_rows(group, row_losses(accelerator.unwrap_model(model), outputs, batch))
+                if outputs.ctc_loss is not None:
+                    tracker.add_total("ctc_loss", outputs.ctc_loss.item())
+                    tracker.add_total("ctc_batches", 1)
+                self._count_inputs(group, tracker)
+            tracker.add_total("loss", micro_loss)
+            tracker.add_total("micro_batches", 1)
+        max_norm = recipe.optimizer.max_grad_norm
+        self.grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm) if max_norm else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _count_inputs(self, group, tracker: LossTracker) -> None:
+        """Speech seconds and text tokens fed to the encoder (throughput)."""
+        for instance in group:
+            if instance.input_features is not None:
+                tracker.add_total("speech_seconds", instance.input_features.shape[0] / 100.0)
+            if instance.input_ids is not None:
+                tracker.add_total("text_tokens", instance.input_ids.shape[0])
+
+    # ------------------------------------------------------------------------------------------------- loop
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> TrainingResult:
+        """Run to ``recipe.max_steps`` (or to ``stop_after`` steps, a test hook); returns the result."""
+        recipe, accelerator = self.recipe, self.accelerator
+        start = self.setup(resume)
+        result = TrainingResult(step=start, dev=list(self.dev_history), output_dir=str(self.output_dir))
+        log_path = self.output_dir / "train_log.jsonl"
+        if accelerator.is_main_process:
+            _truncate_log(log_path, start)
+        end = recipe.max_steps if stop_after is None else min(recipe.max_steps, start + stop_after)
+        bar = tqdm(total=recipe.max_steps, initial=start, disable=not (self.progress and accelerator.is_main_process))
+        tracker, clock = LossTracker(), time.perf_counter()
+        for step in range(start + 1, end + 1):
+            self.train_step(step, tracker)
+            if step % recipe.log_interval == 0 or step == end:
+                entry = self._log(step, tracker, time.perf_counter() - clock, log_path)
+                clock = time.perf_counter()
+                result.log.append(entry)
+                bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in entry.items() if k.startswith("loss/")})
+            bar.update(1)
+            if self.dev is not None and (step % recipe.eval_interval == 0 or step == recipe.max_steps):
+                result.dev.append(self.evaluate(step))
+            if step % recipe.checkpoint_interval == 0 or step == recipe.max_steps:
+                self.save(step, result.dev)
+            result.step = step
+        bar.close()
+        if result.step == recipe.max_steps:
+            self.save_final()
+        if self.log_with:
+            accelerator.end_training()
+        return result
+
+    def _log(self, step: int, tracker: LossTracker, seconds: float, log_path: Path) -> dict[str, float]:
+        summary = tracker.summary(self.accelerator)
+        entry = {"step": step, "lr": self.scheduler.get_last_lr()[0], **summary}
+        if self.grad_norm is not None:
+            entry["grad_norm"] = float(self.grad_norm)
+        entry["speech_seconds_per_second"] = summary.pop("speech_seconds") / seconds
+        entry["text_tokens_per_second"] = summary.pop("text_tokens") / seconds
+        entry.pop("speech_seconds"), entry.pop("text_tokens")
+        if self.accelerator.is_main_process:
+            with log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        if self.log_with:
+            self.accelerator.log({k: v for k, v in entry.items() if k != "step" and math.isfinite(v)}, step=step)
+        return entry
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Dev losses and generation metrics at ``step``: logged, printed and appended to dev_results.json."""
+        metrics = {"step": step, **self.dev.evaluate(self.model, self.accelerator)}
+        self.dev_history.append(metrics)
+        if self.accelerator.is_main_process:
+            write_dev_results(self.output_dir / "dev_results.json", self.dev_history)
+            shown = {k: round(v, 3) for k, v in metrics.items() if k.startswith("dev/") and "_loss/" not in k}
+            self.accelerator.print(f"step {step} dev: {shown}")
+        if self.log_with:
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+        return metrics
+
+    # -------------------------------------------------------------------------------------------- saving
+
+    def save_model_and_processor(self, folder: Path) -> None:
+        """The loadable folder: model (safetensors; LoRA merged) + processor. Collective (sharded models)."""
+        accelerator = self.accelerator
+        state_dict = None if self.recipe.lora.enabled else accelerator.get_state_dict(self.model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(self.model)
+            if self.recipe.lora.enabled:
+                merged_copy(unwrapped).save_pretrained(folder)
+            else:
+                unwrapped.save_pretrained(folder, state_dict=state_dict)
+            self.processor.save_pretrained(folder)
+
+    def save(self, step: int, dev: list[dict[str, float]]) -> Path | None:
+        trainer_state = {"step": step, "recipe": self.recipe.to_dict(), "dev": dev}
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            step,
+            self.save_model_and_processor,
+            {"mixture": self.mixture.state_dict()},
+            trainer_state,
+            self.recipe.keep_checkpoints,
+        )
+
+    def save_final(self) -> None:
+        """Model + processor at the top of output_dir (``from_pretrained(output_dir)``)."""
+        self.save_model_and_processor(self.output_dir)
+        self.accelerator.wait_for_everyone()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (steps a resumed run will redo)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _flat_hparams(recipe: Recipe) -> dict[str, Any]:
+    """TensorBoard hparams: scalars and strings only, nested keys joined with dots."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, bool | int | float | str):
+            flat[prefix] = value
+        elif value is not None:
+            flat[prefix] = str(value)
+
+    visit("", recipe.to_dict())
+    return flat
+
+
+def train(recipe: Recipe, data_dir: str, output_dir: str, resume: bool = False, **kwargs) -> TrainingResult:
+    """Train with ``recipe`` on ``data_dir`` into ``output_dir`` (see `Mu2SlamTrainer`)."""
+    return Mu2SlamTrainer(recipe, data_dir, output_dir, **kwargs).train(resume=resume)

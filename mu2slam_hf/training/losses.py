@@ -1,0 +1,92 @@
+"""Per-task and per-objective loss accounting (for logging; the optimised loss is the model's own weighted sum).
+
+For every batch row the decoder and encoder-MLM cross-entropies are summed (unweighted) with their token counts;
+``loss/<task>`` is then the token mean of the decoder loss plus that of the MLM loss over the rows made from that
+task's data, and ``decoder_loss/<objective>`` / ``mlm_loss/<objective>`` split it by objective. Sums are reduced
+over processes before the division, so every process logs the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+
+from ..data.schema import TASKS
+from ..pretraining import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
+
+IGNORE_INDEX = -100
+OBJECTIVES = (*OBJECTIVE_WEIGHT_KEYS, "finetune")
+KEYS = tuple(f"task/{task}" for task in TASKS) + tuple(f"objective/{name}" for name in OBJECTIVES)
+TOTALS = ("loss", "ctc_loss", "ctc_batches", "micro_batches", "speech_seconds", "text_tokens")
+
+
+@torch.no_grad()
+def row_losses(model, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 4): decoder CE sum, decoder tokens, MLM CE sum, MLM tokens of each row (unweighted)."""
+    labels = batch["labels"]
+    decoder = F.cross_entropy(
+        outputs.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    stats = torch.zeros(labels.shape[0], 4, device=labels.device)
+    stats[:, 0] = decoder.sum(-1)
+    stats[:, 1] = (labels != IGNORE_INDEX).sum(-1)
+    mlm_labels = batch.get("mlm_labels")
+    if mlm_labels is not None:
+        counted = mlm_labels != IGNORE_INDEX
+        if counted.any():
+            logits = model.mlm_head(outputs.encoder_last_hidden_state.detach()[counted]).float()
+            losses = F.cross_entropy(logits, mlm_labels[counted], reduction="none")
+            rows = counted.nonzero()[:, 0]
+            stats[:, 2].index_add_(0, rows, losses)
+            stats[:, 3] = counted.sum(-1)
+    return stats
+
+
+class LossTracker:
+    """Accumulates row statistics by task and objective, and running totals, until `summary` is called."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows = torch.zeros(len(KEYS), 4, dtype=torch.float64, device=self.device)
+        self.totals = torch.zeros(len(TOTALS), dtype=torch.float64, device=self.device)
+
+    def add_rows(self, instances: Sequence[Mu2SlamInstance], stats: torch.Tensor) -> None:
+        stats = stats.to(self.rows)
+        for instance, row in zip(instances, stats, strict=True):
+            self.rows[KEYS.index(f"task/{instance.task}")] += row
+            self.rows[KEYS.index(f"objective/{instance.objective}")] += row
+
+    def add_total(self, name: str, value: float | torch.Tensor) -> None:
+        self.totals[TOTALS.index(name)] += float(value)
+
+    def summary(self, accelerator=None) -> dict[str, float]:
+        """Reduced (summed over processes) means; resets the tracker."""
+        rows, totals = self.rows, self.totals
+        if accelerator is not None and accelerator.num_processes > 1:
+            rows, totals = accelerator.reduce(rows.clone(), "sum"), accelerator.reduce(totals.clone(), "sum")
+        summary: dict[str, float] = {}
+        micro = max(totals[TOTALS.index("micro_batches")].item(), 1.0)
+        summary["loss"] = totals[TOTALS.index("loss")].item() / micro
+        ctc_batches = totals[TOTALS.index("ctc_batches")].item()
+        if ctc_batches:
+            summary["ctc_loss"] = totals[TOTALS.index("ctc_loss")].item() / ctc_batches
+        for key, (dec_sum, dec_count, mlm_sum, mlm_count) in zip(KEYS, rows.tolist(), strict=True):
+            kind, name = key.split("/")
+            decoder = dec_sum / dec_count if dec_count else None
+            mlm = mlm_sum / mlm_count if mlm_count else None
+            if kind == "task" and decoder is not None:
+                summary[f"loss/{name}"] = decoder + (mlm or 0.0)
+            if kind == "objective":
+                if decoder is not None:
+                    summary[f"decoder_loss/{name}"] = decoder
+                if mlm is not None:
+                    summary[f"mlm_loss/{name}"] = mlm
+        summary["speech_seconds"] = totals[TOTALS.index("speech_seconds")].item()
+        summary["text_tokens"] = totals[TOTALS.index("text_tokens")].item()
+        self.reset()
+        return summary

@@ -1,0 +1,256 @@
+"""Training recipes: one YAML file, validated into dataclasses (an unknown key is an error that names it).
+
+A recipe holds everything a run needs besides the data and output folders: the model preset (or a checkpoint to
+start from), the tokenizer and speech codebook to build, the task mixture, the loss weights, the optimizer and
+its schedule, and the intervals of evaluation and checkpointing. See ``docs/training.md`` for the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
+from ..data.schema import TASKS
+
+STAGES = ("pretrain", "finetune")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class TokenizerRecipe:
+    """``path``: a saved tokenizer folder; without it a tokenizer of ``kind`` is trained on the train texts."""
+
+    path: str | None = None
+    kind: str = "char"
+    vocab_size: int = 4096
+
+
+@dataclass
+class CodebookRecipe:
+    """BEST-RQ codebook (size = the model's ``codebook_size``); ``path``: a saved codebook folder instead.
+
+    ``normalization_examples``: train clips for the feature extractor's per-bin statistics.
+    """
+
+    path: str | None = None
+    seed: int = 0
+    code_dim: int = 16
+    normalization_examples: int = 256
+
+
+@dataclass
+class OptimizerRecipe:
+    """Adam(W) with the Transformer schedule ``lr = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``.
+
+    ``lr`` (optional) sets the peak learning rate (reached at ``warmup_steps``) instead of ``lr_scale``; the shape
+    (linear warmup, then inverse square root decay) is the same. ``name``: "adam" (pre-training) or "adamw"
+    (fine-tuning, with ``weight_decay``).
+    """
+
+    name: str = "adam"
+    lr_scale: float = 3.0
+    lr: float | None = None
+    warmup_steps: int = 40_000
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class DataloaderRecipe:
+    """``decode_workers``: threads decoding audio; ``cache_features``: keep each clip's log-mel and codes in memory
+    (fine for small corpora); ``max_audio_seconds``: longer training clips are skipped."""
+
+    decode_workers: int = 0
+    cache_features: bool = True
+    max_audio_seconds: float | None = 30.0
+
+
+@dataclass
+class LoraRecipe:
+    """PEFT LoRA on the attention and feed-forward linear layers (``--lora``)."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+
+
+@dataclass
+class Recipe:
+    """A pre-training or fine-tuning run (``stage``: "pretrain" = the masked objectives, "finetune" = plain P(y|x)).
+
+    Model: ``model`` is a preset folder (``configuration/models/small``) or ``init_checkpoint`` a trained folder
+    (model + processor); ``model_overrides`` are set on the model config at init (dropout, noise, ...).
+    """
+
+    stage: str = "pretrain"
+    model: str | None = None
+    init_checkpoint: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    speech_codebook: CodebookRecipe = field(default_factory=CodebookRecipe)
+    examples_per_step: dict[str, int] = field(default_factory=lambda: dict(PAPER_EXAMPLES_PER_STEP))
+    language_temperature: dict[str, float] = field(default_factory=lambda: dict(PAPER_LANGUAGE_TEMPERATURE))
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str | None = "no"
+    gradient_checkpointing: bool = False
+    max_steps: int = 1000
+    eval_interval: int = 500
+    dev_examples_per_task: int = 16
+    eval_batch_size: int = 8
+    eval_max_new_tokens: int = 64
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    log_interval: int = 1
+    seed: int = 0
+    dataloader: DataloaderRecipe = field(default_factory=DataloaderRecipe)
+    lora: LoraRecipe = field(default_factory=LoraRecipe)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a RecipeError naming the first key with a value the loop cannot use."""
+        _choice("stage", self.stage, STAGES)
+        _choice("mixed_precision", self.mixed_precision, (*MIXED_PRECISION, None))
+        _choice("tokenizer.kind", self.tokenizer.kind, ("char", "unigram"))
+        _choice("optimizer.name", self.optimizer.name, ("adam", "adamw"))
+        if (self.model is None) == (self.init_checkpoint is None):
+            raise RecipeError("Set exactly one of `model` (a preset folder) and `init_checkpoint` (a trained folder).")
+        unknown = set(self.examples_per_step) - set(TASKS)
+        if unknown:
+            raise RecipeError(f"examples_per_step: unknown task(s) {sorted(unknown)}; tasks are {list(TASKS)}.")
+        if not any(count > 0 for count in self.examples_per_step.values()):
+            raise RecipeError("examples_per_step: every task has 0 examples per step.")
+        if self.stage == "finetune" and any(self.examples_per_step.get(task, 0) > 0 for task in ("speech", "text")):
+            raise RecipeError("examples_per_step: fine-tuning uses labelled tasks only (asr, ast, mt).")
+        for name in (
+            "max_steps",
+            "eval_interval",
+            "checkpoint_interval",
+            "gradient_accumulation_steps",
+            "log_interval",
+        ):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.keep_checkpoints < 1:
+            raise RecipeError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}.")
+        if self.optimizer.warmup_steps < 1:
+            raise RecipeError(f"optimizer.warmup_steps must be at least 1, got {self.optimizer.warmup_steps}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise RecipeError(f"{key}: {value!r} is not one of {list(allowed)}.")
+
+
+def _convert(cls: type, data: Any, path: str) -> Any:
+    """``data`` (parsed YAML) as an instance of dataclass ``cls``, every key checked against its fields."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise RecipeError(f"Unknown recipe key `{where}{unknown[0]}`; known keys here: {sorted(names)}.")
+    values = {key: _value(hints[key], value, f"{path}.{key}" if path else key) for key, value in data.items()}
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, path: str) -> Any:
+    """Check and convert one value against its type hint (dataclasses, optionals, containers, scalars)."""
+    if dataclasses.is_dataclass(hint):
+        return _convert(hint, value, path)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _value(option, value, path)
+            except RecipeError as error:
+                errors.append(str(error))
+        raise RecipeError(errors[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: expected a mapping, got {value!r}.")
+        key_type, value_type = args
+        return {_value(key_type, k, path): _value(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{path}: expected a list, got {value!r}.")
+        items = [_value(args[0], v, path) for v in value]
+        if origin is tuple and len(items) != len(args):
+            raise RecipeError(f"{path}: expected {len(args)} values, got {len(items)}.")
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise RecipeError(f"{path}: expected {hint.__name__}, got {value!r}.")
+    return value
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """A validated `Recipe` from a mapping (the parsed YAML)."""
+    return _convert(Recipe, data, "")
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a recipe YAML, apply ``overrides`` (dotted keys, e.g. ``{"optimizer.lr": 1e-4}``) and validate it.
+
+    A relative ``model`` / ``init_checkpoint`` / tokenizer / codebook path is first tried as given (from the
+    working directory), then relative to the repository root above ``configuration/``.
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}.")
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    recipe = recipe_from_dict(data)
+    if recipe.model is not None:
+        recipe.model = _resolve(recipe.model, path)
+    return recipe
+
+
+def _resolve(location: str, recipe_path: Path) -> str:
+    """A preset path as given if it exists, else relative to the folder holding ``configuration/``."""
+    if Path(location).exists():
+        return location
+    for parent in recipe_path.resolve().parents:
+        if parent.name == "configuration" and (parent.parent / location).exists():
+            return str(parent.parent / location)
+    return location
