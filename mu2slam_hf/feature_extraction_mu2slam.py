@@ -468,5 +468,6 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
 
 
 AutoFeatureExtractor.register(Mu2SlamConfig, Mu2SlamFeatureExtractor, exist_ok=True)
+Mu2SlamFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 __all__ = ["Mu2SlamFeatureExtractor", "num_frames"]

@@ -168,6 +168,8 @@ class Mu2SlamProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         files = super().save_pretrained(save_directory, push_to_hub=False)
+        # AutoFeatureExtractor (the ASR pipeline, remote code) reads preprocessor_config.json, not processor_config.json
+        files += self.feature_extractor.save_pretrained(save_directory)
         if self.speech_codebook is not None:
             files += self.speech_codebook.save_pretrained(save_directory)
         if push_to_hub:

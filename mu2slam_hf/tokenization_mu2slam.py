@@ -183,5 +183,6 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Mu2Slam
 
 
 AutoTokenizer.register(Mu2SlamConfig, tokenizer_class=Mu2SlamTokenizer, exist_ok=True)
+Mu2SlamTokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = ["Mu2SlamTokenizer", "train_char_tokenizer", "train_tokenizer", "train_unigram_tokenizer"]

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the package with its test and training extras.
-# torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the
-# CPU build (never several GB of CUDA wheels); with torch already installed, nothing is replaced.
+# - System packages (as root with apt-get): espeak-ng + sox build the synthetic corpus, libsndfile1 decodes audio,
+#   ffmpeg lets pipeline("automatic-speech-recognition") read audio files (transformers' ffmpeg_read).
+# - torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the CPU build
+#   (never several GB of CUDA wheels); with torch already installed in .venv, nothing is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg"
+missing=$(for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    echo "Please install the system packages: $missing (e.g. sudo apt-get install $missing)" >&2
+  fi
+fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
