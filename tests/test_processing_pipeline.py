@@ -53,17 +53,21 @@ def train_tone_model(folder) -> tuple[Mu2SlamForConditionalGeneration, Mu2SlamPr
     rng = np.random.default_rng(0)
     base = Mu2SlamConfig.from_pretrained(PRESETS / "tiny")
     processor = make_processor(["fr", "en"], base.codebook_size)
-    config = Mu2SlamConfig.from_pretrained(PRESETS / "tiny", languages=["fr", "en"], text_vocab_size=len(processor.tokenizer))
+    config = Mu2SlamConfig.from_pretrained(
+        PRESETS / "tiny", languages=["fr", "en"], text_vocab_size=len(processor.tokenizer)
+    )
     model = Mu2SlamForConditionalGeneration(config).train()
 
     words = [["la", "mi", ""][i % 3] for i in range(96)]
     clips = [tone_clip(word, rng.uniform(1.0, 10.0), rng) for word in words]
     features = [processor(audio=clip, sampling_rate=RATE)["input_features"][0] for clip in clips]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(STEPS):
+    for _ in range(STEPS):
         rows = rng.choice(len(clips), size=8, replace=False)
         target_langs = ["fr", "en"] * 4
-        texts = [words[r] if lang == "fr" else TRANSLATIONS[words[r]] for r, lang in zip(rows, target_langs)]
+        texts = [
+            words[r] if lang == "fr" else TRANSLATIONS[words[r]] for r, lang in zip(rows, target_langs, strict=True)
+        ]
         batch = processor.feature_extractor.pad([{"input_features": features[r]} for r in rows], return_tensors="pt")
         loss = model(
             input_features=batch["input_features"],
