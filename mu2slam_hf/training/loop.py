@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -59,6 +60,8 @@ class TrainingResult:
 def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | None = "tensorboard") -> Accelerator:
     """Accelerator with the recipe's precision (None: the launcher's), TensorBoard logging under output_dir/logs."""
     # A multi-process launch (torchrun) on a machine without CUDA: gloo on the CPU (see configuration/accelerate/cpu_ddp.yaml).
+    # Each run sets its own precision; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     cpu_only = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
         cpu=cpu_only,

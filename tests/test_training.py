@@ -1,0 +1,253 @@
+"""The training loop: recipes, mixture -> instances -> forward wiring, loss going down, exact resumption,
+interrupted saves, a 2-process CPU run, fine-tuning with LoRA and noise overrides, bf16 and checkpointing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from filelock import FileLock
+
+from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf.data import TaskMixture, load_manifest
+from mu2slam_hf.pretraining import Mu2SlamCollator, split_by_layout
+from mu2slam_hf.training import (
+    InstanceBuilder,
+    Mu2SlamTrainer,
+    RecipeError,
+    latest_checkpoint,
+    load_recipe,
+    recipe_from_dict,
+    step_generator,
+    transformer_lr,
+)
+from mu2slam_hf.training.assets import build_processor, load_preset
+from mu2slam_hf.training.cli import finetune_main
+
+TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
+FAST = {
+    "log_interval": 1,
+    "eval_interval": 1000,
+    "checkpoint_interval": 1000,
+    "dev_examples_per_task": 2,
+    "eval_max_new_tokens": 4,
+    "speech_codebook": {"normalization_examples": 16},
+    "examples_per_step": {"speech": 2, "text": 4, "asr": 1, "ast": 1, "mt": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A tiny espeak-ng corpus (number words in en/fr), built once and shared by the xdist workers."""
+    from mu2slam_hf.data.synthetic import build_synthetic
+
+    shared = tmp_path_factory.getbasetemp().parent
+    out = shared / "training-corpus"
+    with FileLock(str(shared / "training-corpus.lock")):
+        if not (out / "summary.json").exists():
+            build_synthetic(str(out), ("en", "fr"), num_numbers=24, use_fillets=False, num_workers=2)
+    return str(out)
+
+
+def tiny_recipe(**overrides):
+    return load_recipe(TINY_RECIPE, {**FAST, **overrides})
+
+
+def run(recipe, corpus, output_dir, resume=False, stop_after=None):
+    trainer = Mu2SlamTrainer(recipe, corpus, str(output_dir), log_with=None, progress=False)
+    return trainer.train(resume=resume, stop_after=stop_after)
+
+
+@pytest.fixture(scope="session")
+def pretrained(corpus, tmp_path_factory):
+    """A 30-step pre-training run of the tiny preset: (result, output_dir)."""
+    output_dir = tmp_path_factory.mktemp("pretrained")
+    recipe = tiny_recipe(max_steps=30, optimizer={"name": "adam", "lr": 3e-3, "warmup_steps": 5})
+    return run(recipe, corpus, output_dir), output_dir
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+
+def test_recipe_rejects_unknown_keys_by_name():
+    with pytest.raises(RecipeError, match=r"Unknown recipe key `optimizer.warmup`"):
+        recipe_from_dict({"model": "configuration/models/tiny", "optimizer": {"warmup": 10}})
+    with pytest.raises(RecipeError, match=r"Unknown recipe key `max_step`"):
+        recipe_from_dict({"model": "configuration/models/tiny", "max_step": 10})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"model": "m", "max_steps": "ten"}, r"max_steps: expected int, got 'ten'"),
+        ({"model": "m", "mixed_precision": "fp8"}, r"mixed_precision: 'fp8' is not one of"),
+        ({}, r"Set exactly one of `model`"),
+        ({"model": "m", "examples_per_step": {"video": 1}}, r"unknown task\(s\) \['video'\]"),
+        ({"model": "m", "stage": "finetune", "examples_per_step": {"speech": 4}}, r"labelled tasks only"),
+        ({"model": "m", "optimizer": {"betas": [0.9]}}, r"optimizer.betas: expected 2 values"),
+        ({"model": "m", "loss_weights": {"mt": "high"}}, r"loss_weights.mt: expected float"),
+    ],
+)
+def test_recipe_validation_errors_are_clear(data, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(data)
+
+
+def test_shipped_recipes_load():
+    for path in (REPO_ROOT / "configuration" / "recipes").glob("*.yaml"):
+        recipe = load_recipe(path)
+        assert recipe.max_steps > 0, path
+
+
+def test_transformer_schedule():
+    assert transformer_lr(4000, 512, 4000, scale=1.0) == pytest.approx(512**-0.5 * 4000**-0.5)
+    assert transformer_lr(100, 1024, 40_000, scale=3.0) == pytest.approx(3 * 1024**-0.5 * 100 * 40_000**-1.5)
+    assert transformer_lr(160_000, 1024, 40_000, scale=3.0) == pytest.approx(3 * 1024**-0.5 * 160_000**-0.5)
+
+
+# --------------------------------------------------------------------------------------------- wiring
+
+
+def test_mixture_step_to_instances_to_model_losses(corpus):
+    recipe = tiny_recipe()
+    sources = {task: load_manifest(corpus, "train", task) for task in recipe.examples_per_step}
+    processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
+    assert config.text_vocab_size == len(processor.tokenizer)
+    assert processor.feature_extractor.do_normalize and processor.speech_codebook.codebook_size == config.codebook_size
+    mixture = TaskMixture(sources, recipe.examples_per_step, recipe.language_temperature, seed=0)
+    builder = InstanceBuilder(processor, config)
+    instances = builder.build(mixture.next_batch(), step_generator(0, 0, 1))
+    objectives = [i.objective for i in instances]
+    assert objectives.count("speech_only") == 2 and objectives.count("text_only") == 4
+    for task in ("asr", "ast", "mt"):  # forward, backward and two alignment rows per labelled example
+        assert sum(i.task == task for i in instances) == 4
+    assert sum(i.ctc_labels is not None for i in instances) == 1  # ASR forward only
+    model = Mu2SlamForConditionalGeneration(config)
+    groups = split_by_layout(instances)
+    assert {g[0].layout for g in groups} == {(True, False), (False, True), (True, True)}
+    for group in groups:
+        loss = model(**Mu2SlamCollator(config)(group)).loss
+        assert torch.isfinite(loss) and loss > 0
+    again = builder.build({"speech": [sources["speech"][0]]}, step_generator(0, 0, 1))
+    assert torch.equal(
+        again[0].speech_mlm_mask,
+        builder.build({"speech": [sources["speech"][0]]}, step_generator(0, 0, 1))[0].speech_mlm_mask,
+    )
+
+
+def test_finetuning_instances_have_no_mask(corpus):
+    recipe = tiny_recipe()
+    sources = {task: load_manifest(corpus, "train", task) for task in ("asr", "ast", "mt")}
+    processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
+    builder = InstanceBuilder(processor, config, stage="finetune")
+    step = {task: [sources[task][0], sources[task][1]] for task in sources}
+    instances = builder.build(step, step_generator(0, 0, 0))
+    assert len(instances) == 6 and {i.objective for i in instances} == {"finetune"}
+    for instance in instances:
+        assert instance.speech_mlm_mask is None and instance.text_mlm_labels is None and instance.ctc_labels is None
+        assert instance.input_ids is None or not bool((instance.input_ids == config.mask_token_id).any())
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def test_short_run_lowers_every_task_loss_and_saves_loadable_folders(pretrained):
+    result, output_dir = pretrained
+    assert result.step == 30
+    for task in ("speech", "text", "asr", "ast", "mt"):
+        losses = [entry[f"loss/{task}"] for entry in result.log]
+        first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+        assert last < first - 0.5, (task, first, last)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(output_dir)
+    processor = Mu2SlamProcessor.from_pretrained(output_dir)
+    processor.check_model_config(model.config)
+    dev = json.loads((output_dir / "dev_results.json").read_text())
+    assert dev[-1]["step"] == 30 and {"dev/asr_cer", "dev/ast_bleu", "dev/loss/speech"} <= set(dev[-1])
+    assert latest_checkpoint(output_dir).name == "checkpoint-30"
+
+
+def test_resume_gives_the_same_next_losses(corpus, tmp_path):
+    recipe = tiny_recipe(max_steps=8, checkpoint_interval=4, model_overrides={"decoder_dropout": 0.1})
+    straight = run(recipe, corpus, tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    run(recipe, corpus, interrupted, stop_after=6)  # "killed" after step 6: the last checkpoint is step 4
+    resumed = run(recipe, corpus, interrupted, resume=True)
+    expected = {e["step"]: e for e in straight.log}
+    assert [e["step"] for e in resumed.log] == [5, 6, 7, 8]
+    for entry in resumed.log:
+        for key in ("loss", "loss/speech", "loss/text", "loss/asr", "loss/ast", "loss/mt", "grad_norm", "lr"):
+            assert entry[key] == pytest.approx(expected[entry["step"]][key], abs=1e-6), (entry["step"], key)
+    log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 9))
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(corpus, tmp_path):
+    recipe = tiny_recipe(max_steps=4, checkpoint_interval=2, keep_checkpoints=1)
+
+    class Crashing(Mu2SlamTrainer):
+        def save_model_and_processor(self, folder):
+            super().save_model_and_processor(folder)
+            if "checkpoint-4" in str(folder):
+                raise KeyboardInterrupt("killed while saving")
+
+    with pytest.raises(KeyboardInterrupt):
+        Crashing(recipe, corpus, str(tmp_path), log_with=None, progress=False).train()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    assert not (tmp_path / "checkpoint-4").exists()
+    Mu2SlamForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-2")
+    Mu2SlamProcessor.from_pretrained(tmp_path / "checkpoint-2")
+    resumed = run(recipe, corpus, tmp_path, resume=True)
+    assert [e["step"] for e in resumed.log] == [3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir() if "checkpoint" in p.name) == ["checkpoint-4"]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_completes_and_its_checkpoint_loads(corpus, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    command = [
+        str(Path(sys.executable).with_name("accelerate")), "launch",
+        "--config_file", str(REPO_ROOT / "configuration" / "accelerate" / "cpu_ddp.yaml"),
+        "--main_process_port", "29533",
+        str(REPO_ROOT / "training_scripts" / "pretrain.py"),
+        "--recipe", str(TINY_RECIPE), "--data", corpus, "--output_dir", str(tmp_path),
+        "--max_steps", "3", "--no_progress", "--no_tensorboard",
+        "--set", "checkpoint_interval=2", "--set", "dev_examples_per_task=2", "--set", "eval_max_new_tokens=4",
+        "--set", "speech_codebook.normalization_examples=16",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = tmp_path / "checkpoint-3" / "training_state"
+    assert {"process_state_0.json", "process_state_1.json"} <= {p.name for p in state.iterdir()}
+    assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["num_processes"] == 2
+    Mu2SlamForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-3")
+    Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_finetune_with_lora_and_noise_overrides_saves_a_merged_model(pretrained, corpus, tmp_path):
+    _, init = pretrained
+    finetune_main([
+        "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "gradual-stage1.yaml"), "--init", str(init),
+        "--data", corpus, "--output_dir", str(tmp_path), "--max_steps", "2", "--lora", "--lora_r", "4",
+        "--decoder_noise_ratio", "0.06", "--spec_augment", "--no_progress", "--no_tensorboard",
+        "--set", "dev_examples_per_task=2", "--set", "eval_max_new_tokens=4",
+    ])  # fmt: skip
+    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+    assert model.config.decoder_noise_ratio == 0.06 and model.config.apply_spec_augment is True
+    assert not any("lora" in name for name in model.state_dict())
+    base = Mu2SlamForConditionalGeneration.from_pretrained(init)
+    changed = [n for n, p in model.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all(n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight",
+                                       "fc1.weight", "fc2.weight")) for n in changed)  # fmt: skip
+
+
+def test_bf16_autocast_and_gradient_checkpointing(corpus, tmp_path):
+    reference = run(tiny_recipe(max_steps=2), corpus, tmp_path / "fp32").log
+    checkpointed = run(tiny_recipe(max_steps=2, gradient_checkpointing=True), corpus, tmp_path / "gc").log
+    bf16 = run(tiny_recipe(max_steps=2, mixed_precision="bf16"), corpus, tmp_path / "bf16").log
+    for step in range(2):
+        assert checkpointed[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-5)
+        assert bf16[step]["loss"] == pytest.approx(reference[step]["loss"], rel=0.02)
