@@ -1,0 +1,539 @@
+"""Publishing: model card, dry run, one-commit upload to a local stand-in for the Hub, and loading back.
+
+The stand-in (`HubStandIn`) is an in-process HTTP server on 127.0.0.1 that speaks the endpoints huggingface_hub 2.4
+calls for `create_repo` + `create_commit` (create repo, validate-yaml, preupload, LFS batch + basic PUT upload,
+NDJSON commit) and for downloads (`model_info`, HEAD/GET `resolve`). It stores every repository in a temp dir.
+The pushing process gets `HF_ENDPOINT` pointing at it (set before huggingface_hub is imported: a subprocess) and
+`HF_HUB_DISABLE_XET=1` (the stand-in speaks the classic LFS protocol, not Xet).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from conftest import PRESETS, REPO_ROOT
+from test_remote_code import fresh_python  # noqa: F401  (module fixture: a venv without mu2slam_hf)
+
+from mu2slam_hf import (
+    Mu2SlamConfig,
+    Mu2SlamFeatureExtractor,
+    Mu2SlamForConditionalGeneration,
+    Mu2SlamProcessor,
+    build_best_rq,
+    train_char_tokenizer,
+)
+from mu2slam_hf.hub import (
+    CardInputs,
+    PublishError,
+    folder_digest,
+    load_recipes,
+    load_results,
+    publish,
+    render_model_card,
+)
+
+WORDS = ["hello", "good day", "thanks"]
+TONES_HZ = (300, 900, 2500)
+RATE = 16000
+REPO_ID = "me/mu2slam-tiny-synth"
+TOKEN = "hf_dummy_token_for_the_stand_in"
+PUSH_SCRIPT = REPO_ROOT / "training_scripts" / "push_to_hub.py"
+
+# ------------------------------------------------------------------------------------- Hub stand-in
+
+
+@dataclass
+class StoredRepo:
+    files: dict[str, bytes]
+    lfs: set[str]
+    commits: list[str]
+    private: bool
+
+
+class HubStandIn(ThreadingHTTPServer):
+    """State of the stand-in Hub: repositories, LFS objects and a log of every request."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path):
+        super().__init__(("127.0.0.1", 0), HubHandler)
+        self.root = root
+        self.repos: dict[str, StoredRepo] = {}
+        self.lfs_objects: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.unknown: list[tuple[str, str]] = []
+        self.routes_hit: set[str] = set()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def write_out(self, repo_id: str) -> Path:
+        """The repository's files under `root/repo_id`, as the Hub would serve them."""
+        folder = self.root / repo_id
+        shutil.rmtree(folder, ignore_errors=True)
+        for path, content in self.repos[repo_id].files.items():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(content)
+        return folder
+
+
+ROUTES = [
+    ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
+    ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
+    ("POST", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$"), "preupload"),
+    ("POST", re.compile(r"^/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$"), "lfs_batch"),
+    ("PUT", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$"), "lfs_upload"),
+    ("POST", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$"), "commit"),
+    ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(/revision/(?P<rev>[^/]+))?$"), "model_info"),
+    ("GET", re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("HEAD", re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+]
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HubStandIn
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?")[0]
+        self.server.requests.append((method, path))
+        for route_method, pattern, name in ROUTES:
+            match = pattern.match(path)
+            if route_method == method and match:
+                self.server.routes_hit.add(f"{method} {name}")
+                with self.server.lock:
+                    getattr(self, name)(**{k: v for k, v in match.groupdict().items() if v is not None})
+                return
+        self.server.unknown.append((method, path))
+        self._send(404, {"error": f"stand-in Hub: no route for {method} {path}"})
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def _send(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode() if payload is not None else b""
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if raw is None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+            return True
+        self._body()
+        self._send(401, {"error": "Invalid credentials in Authorization header"})
+        return False
+
+    def _repo(self, repo: str) -> StoredRepo | None:
+        if repo not in self.server.repos:
+            self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return None
+        return self.server.repos[repo]
+
+    # --------------------------------------------------------------------------------------- endpoints
+
+    def create_repo(self) -> None:
+        if not self._authorized():
+            return
+        payload = json.loads(self._body())
+        repo_id = f"{payload.get('organization') or 'me'}/{payload['name']}"
+        if repo_id in self.server.repos:
+            self._send(409, {"error": "You already created this model repo", "url": f"{self.server.url}/{repo_id}"})
+            return
+        private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        self.server.repos[repo_id] = StoredRepo({}, set(), [], private)
+        self._send(200, {"url": f"{self.server.url}/{repo_id}", "name": repo_id})
+
+    def validate_yaml(self) -> None:
+        content = json.loads(self._body())["content"]
+        try:
+            yaml.safe_load(content.split("---")[1])
+        except (yaml.YAMLError, IndexError) as error:
+            self._send(400, {"error": f"Invalid YAML metadata: {error}"})
+            return
+        self._send(200, {"errors": [], "warnings": []})
+
+    def preupload(self, repo: str, rev: str) -> None:
+        if not self._authorized() or self._repo(repo) is None:
+            return
+        files = json.loads(self._body())["files"]
+        # Like the Hub's default .gitattributes: weights go through LFS, small text files are committed inline.
+        modes = [
+            {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular"}
+            for f in files
+        ]
+        self._send(200, {"files": [{**m, "shouldIgnore": False, "oid": None} for m in modes]})
+
+    def lfs_batch(self, repo: str) -> None:
+        if not self._authorized() or self._repo(repo) is None:
+            return
+        payload = json.loads(self._body())
+        assert payload["operation"] == "upload" and "basic" in payload["transfers"], payload
+        objects = []
+        for obj in payload["objects"]:
+            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.server.lfs_objects:
+                entry["actions"] = {"upload": {"href": f"{self.server.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        self._send(200, {"transfer": "basic", "objects": objects})
+
+    def lfs_upload(self, oid: str) -> None:
+        content = self._body()
+        if hashlib.sha256(content).hexdigest() != oid:
+            self._send(400, {"error": "sha256 mismatch"})
+            return
+        self.server.lfs_objects[oid] = content
+        self._send(200, raw=b"")
+
+    def commit(self, repo: str, rev: str) -> None:
+        if not self._authorized() or (stored := self._repo(repo)) is None:
+            return
+        lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+        assert lines[0]["key"] == "header", lines[0]
+        for item in lines[1:]:
+            value = item["value"]
+            if item["key"] == "file":
+                stored.files[value["path"]] = base64.b64decode(value["content"])
+                stored.lfs.discard(value["path"])
+            elif item["key"] == "lfsFile":
+                if value["oid"] not in self.server.lfs_objects:
+                    self._send(422, {"error": f"LFS object {value['oid']} was never uploaded"})
+                    return
+                stored.files[value["path"]] = self.server.lfs_objects[value["oid"]]
+                stored.lfs.add(value["path"])
+            else:
+                self._send(400, {"error": f"stand-in Hub: unsupported commit operation {item['key']}"})
+                return
+        sha = hashlib.sha1(json.dumps([lines[0], sorted(stored.files)]).encode() + os.urandom(8)).hexdigest()
+        stored.commits.append(sha)
+        self._send(200, {"commitUrl": f"{self.server.url}/{repo}/commit/{sha}", "commitOid": sha})
+
+    def model_info(self, repo: str, rev: str = "main") -> None:
+        if (stored := self._repo(repo)) is None:
+            return
+        sha = stored.commits[-1] if stored.commits else None
+        siblings = [{"rfilename": path} for path in sorted(stored.files)]
+        self._send(200, {"id": repo, "modelId": repo, "sha": sha, "private": stored.private, "siblings": siblings})
+
+    def resolve(self, repo: str, rev: str, path: str) -> None:
+        if (stored := self._repo(repo)) is None:
+            return
+        if path not in stored.files:
+            self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            return
+        content = stored.files[path]
+        headers = {"X-Repo-Commit": stored.commits[-1], "ETag": f'"{_git_blob_sha1(content)}"'}
+        if path in stored.lfs:
+            headers.update(
+                {"X-Linked-Etag": f'"{hashlib.sha256(content).hexdigest()}"', "X-Linked-Size": str(len(content))}
+            )
+        self._send(200, headers=headers, raw=content)
+
+
+def _git_blob_sha1(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    server = HubStandIn(tmp_path / "hub")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def hub_env(server: HubStandIn, home: Path, token: str | None = TOKEN) -> dict[str, str]:
+    """Environment of a process that talks to the stand-in (and to no real Hub)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+# ---------------------------------------------------------------------------------------- trained model
+
+
+def clips() -> list[np.ndarray]:
+    time = np.arange(RATE) / RATE
+    return [(0.5 * np.sin(2 * np.pi * hz * time)).astype(np.float32) for hz in TONES_HZ]
+
+
+def train_tiny_model(max_steps: int = 400):
+    """A tiny model that says WORDS[i] for tone i: AdamW until greedy decoding returns the words."""
+    tokenizer = train_char_tokenizer(WORDS, vocab_size=64)
+    config = Mu2SlamConfig.from_pretrained(PRESETS / "tiny", text_vocab_size=len(tokenizer))
+    codebook = build_best_rq(seed=0, codebook_size=config.codebook_size)
+    processor = Mu2SlamProcessor(Mu2SlamFeatureExtractor(), tokenizer, codebook, languages=config.languages)
+    batch = processor(audio=clips(), sampling_rate=RATE, src_lang="en", tgt_lang="en", text_target=WORDS)
+    torch.manual_seed(0)
+    model = Mu2SlamForConditionalGeneration(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(max_steps):
+        model.train()
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 24 and decode(model.eval(), processor, batch) == WORDS:
+            return model, processor
+    raise AssertionError(
+        f"the tiny model did not learn {WORDS} in {max_steps} steps: {decode(model, processor, batch)}"
+    )
+
+
+def decode(model, processor, batch) -> list[str]:
+    ids = model.generate(input_features=batch["input_features"], attention_mask=batch["attention_mask"], src_lang="en")
+    return processor.batch_decode(ids, skip_special_tokens=True)
+
+
+EVAL = {
+    "model": "runs/tiny-synth",
+    "data": "data/synthetic/test",
+    "split": "test",
+    "metrics": [
+        {"task": "asr", "source_lang": "en", "target_lang": "en", "name": "wer", "value": 0.0, "num_examples": 3},
+        {"task": "asr", "source_lang": "en", "target_lang": "en", "name": "cer", "value": 1.25, "num_examples": 3},
+        {"task": "asr", "source_lang": "de", "target_lang": "de", "name": "wer", "value": 37.5, "num_examples": 2},
+    ],
+}
+RECIPE = {"model": "configuration/models/tiny", "data": {"train": "data/synthetic/train"}, "max_steps": 400}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The trained tiny model saved with its processor, an eval JSON and a recipe; WORDS[0]'s clip as a wav."""
+    root = tmp_path_factory.mktemp("trained")
+    model, processor = train_tiny_model()
+    folder = root / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    for leftover in ("training_args.bin", "optimizer.pt"):  # what a Trainer leaves beside the model
+        torch.save({}, folder / leftover)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 50, "epoch": 50.0, "log_history": []}))
+    (root / "eval.json").write_text(json.dumps(EVAL))
+    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    soundfile.write(root / "speech.wav", clips()[0], RATE)
+    return SimpleNamespace(root=root, folder=folder, results=root / "eval.json", recipe=root / "recipe.yaml")
+
+
+def run_push(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PUSH_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slow
+def test_push_is_the_dry_run_folder_and_loads_back_with_the_pipeline(trained, hub, tmp_path, fresh_python):  # noqa: F811
+    common = ["--model", str(trained.folder), "--repo_id", REPO_ID, "--results", str(trained.results)]
+    common += ["--recipe", str(trained.recipe), "--audio", str(trained.root / "speech.wav")]
+    env = hub_env(hub, tmp_path / "home")
+
+    dry = run_push(*common, "--dry_run", str(tmp_path / "dry"), env=env)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"smoke transcription {WORDS[0]!r}" in dry.stdout
+    assert hub.requests == [], "a dry run must not talk to the Hub"
+
+    pushed = run_push(*common, "--private", env=env)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert f"{hub.url}/{REPO_ID}" in pushed.stdout.splitlines()[-1]
+    assert hub.unknown == [], f"requests the stand-in does not implement: {hub.unknown}"
+    upload_routes = {"create_repo", "validate_yaml", "preupload", "lfs_batch", "commit"}
+    assert {f"POST {name}" for name in upload_routes} | {"PUT lfs_upload"} == hub.routes_hit
+    stored = hub.repos[REPO_ID]
+    assert len(stored.commits) == 1 and stored.private
+    assert stored.lfs == {"model.safetensors", "speech_codebook.safetensors"}
+    assert ("PUT", f"/lfs-upload/{hashlib.sha256(stored.files['model.safetensors']).hexdigest()}") in hub.requests
+
+    uploaded = hub.write_out(REPO_ID)
+    assert folder_digest(uploaded) == folder_digest(tmp_path / "dry")
+    names = set(stored.files)
+    assert {"config.json", "generation_config.json", "model.safetensors", "processor_config.json"} <= names
+    assert {"tokenizer.json", "speech_codebook.json", "speech_codebook.safetensors", "README.md"} <= names
+    assert {"modeling_mu2slam.py", "processing_mu2slam.py", "feature_extraction_mu2slam.py"} <= names
+    assert not {"training_args.bin", "optimizer.pt", "trainer_state.json"} & names
+
+    check_card(uploaded / "README.md")
+    check_usage_snippet(uploaded / "README.md", fresh_python, hub, tmp_path, trained)
+
+
+def check_card(readme: Path) -> None:
+    from huggingface_hub import EvalResult, ModelCard
+
+    card = ModelCard.load(readme)
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "automatic-speech-recognition" and data["library_name"] == "transformers"
+    assert data["language"] == ["en", "de"] and data["license"] == "apache-2.0"
+    assert "synthetic-data" in data["tags"] and "Trained on synthetic data" in card.text
+    measured = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert measured == {("en", "wer"): 0.0, ("en", "cer"): 1.25, ("de", "wer"): 37.5}
+    assert all(
+        isinstance(r, EvalResult) and r.task_type == "automatic-speech-recognition" for r in card.data.eval_results
+    )
+    assert "| en | 0 | 1.25 | 3 |" in card.text and "| de | 37.5 | – | 2 |" in card.text
+    assert "data/synthetic/train" in card.text  # the recipe is rendered
+    assert "Trainer state (`trainer_state.json`): 50 steps, 50.00 epochs." in card.text
+
+
+def check_usage_snippet(readme: Path, python: Path, hub: HubStandIn, tmp_path: Path, trained) -> None:
+    """The card's first code block, run as written in a venv without mu2slam_hf, against the stand-in Hub."""
+    snippet = re.search(r"```python\n(.*?)```", readme.read_text(), re.DOTALL).group(1)
+    assert f'model="{REPO_ID}"' in snippet and '"src_lang": "en"' in snippet
+    workdir = tmp_path / "user"
+    workdir.mkdir()
+    shutil.copyfile(trained.root / "speech.wav", workdir / "speech.wav")
+    env = hub_env(hub, tmp_path / "user-home")
+    env.update(HF_MODULES_CACHE=str(tmp_path / "user-modules"), PATH="/usr/bin:/bin")
+    result = subprocess.run(
+        [python, "-c", "import sys\n" + snippet + "\nassert 'mu2slam_hf' not in sys.modules"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == WORDS[0]  # what the local model says for this clip
+    commit = hub.repos[REPO_ID].commits[-1]
+    assert ("GET", f"/{REPO_ID}/resolve/{commit}/model.safetensors") in hub.requests, hub.requests
+    assert {"GET model_info", "HEAD resolve", "GET resolve"} <= hub.routes_hit
+
+
+def test_missing_token_is_a_clear_error(trained, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    push_to_hub = _load_script()
+    argv = ["--model", str(trained.folder), "--repo_id", REPO_ID, "--results", str(trained.results)]
+    with pytest.raises(SystemExit, match=r"No Hugging Face token found: run `hf auth login` \(or set the HF_TOKEN"):
+        push_to_hub.main(argv)
+
+
+def test_missing_results_is_a_clear_error(trained, tmp_path):
+    with pytest.raises(
+        PublishError, match=r"Results file .*missing\.json' not found\. Run `python training_scripts/ev"
+    ):
+        publish(trained.folder, REPO_ID, tmp_path / "missing.json", dry_run=tmp_path / "out")
+    (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "metrics": []}))
+    with pytest.raises(PublishError, match="is not an evaluation JSON"):
+        load_results(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("no_weights", r"has no safetensors weights \(model\.safetensors\)"),
+        ("pickle", r"no safetensors weights \(model\.safetensors\) \(only pickle files \[.*'pytorch_model\.bin'"),
+        ("bad_config", r"does not load: its config \(config\.json\) failed"),
+        ("bad_codebook", r"its processor \(processor_config\.json, tokenizer, speech codebook\) failed"),
+    ],
+)
+def test_broken_folder_names_the_part_that_failed(trained, tmp_path, breakage, message):
+    folder = _broken_copy(trained.folder, tmp_path / "broken", breakage)
+    with pytest.raises(PublishError, match=message):
+        publish(folder, REPO_ID, trained.results, [], dry_run=tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_broken_remote_code_names_the_part_that_failed(trained, tmp_path):
+    folder = _broken_copy(trained.folder, tmp_path / "broken", "bad_remote_code")
+    with pytest.raises(PublishError, match=r"without mu2slam_hf: model \(auto_map -> modeling_mu2slam\.py"):
+        publish(folder, REPO_ID, trained.results, [], dry_run=tmp_path / "out")
+
+
+def _broken_copy(source: Path, target: Path, breakage: str) -> Path:
+    shutil.copytree(source, target)
+    if breakage == "no_weights":
+        (target / "model.safetensors").unlink()
+    elif breakage == "pickle":
+        (target / "model.safetensors").unlink()
+        torch.save({}, target / "pytorch_model.bin")
+    elif breakage == "bad_config":
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, "text_vocab_size": 3}))
+    elif breakage == "bad_codebook":
+        (target / "speech_codebook.safetensors").write_bytes(b"not safetensors")
+    elif breakage == "bad_remote_code":
+        code = (target / "modeling_mu2slam.py").read_text()
+        (target / "modeling_mu2slam.py").write_text(
+            code.replace("class Mu2SlamForConditionalGeneration", "class _Gone")
+        )
+    return target
+
+
+def test_card_from_recipe_real_data_and_base_model(trained, tmp_path):
+    recipe = tmp_path / "finetune.yaml"
+    recipe.write_text(yaml.safe_dump({"init_from": "someone/mu2slam-base", "data": {"dataset": "facebook/covost2"}}))
+    inputs = CardInputs("me/mu2slam-ft", load_results(trained.results), load_recipes([recipe]))
+    card = render_model_card(trained.folder, inputs)
+    data = card.data.to_dict()
+    assert data["base_model"] == "someone/mu2slam-base" and data["base_model_relation"] == "finetune"
+    assert data["datasets"] == ["facebook/covost2"]
+    assert "synthetic-data" in data["tags"]  # the evaluation data path says synthetic
+    inputs.synthetic_data = False
+    card = render_model_card(trained.folder, inputs)
+    assert "synthetic-data" not in card.data.tags and "Trained on synthetic data" not in card.text
+    assert "fine-tuned from `someone/mu2slam-base`" in card.text
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("push_to_hub", PUSH_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
