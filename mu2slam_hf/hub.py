@@ -406,11 +406,11 @@ def complete_pipeline_auto_map(folder: str | os.PathLike) -> None:
     if "feature_extractor" in processor_config:
         processor_config["feature_extractor"].setdefault("auto_map", {})[auto_class] = reference
         _write_json(processor_file, processor_config)
-    for name in ("preprocessor_config.json",):
-        if (folder / name).is_file():
-            config = json.loads((folder / name).read_text(encoding="utf-8"))
-            config.setdefault("auto_map", {})[auto_class] = reference
-            _write_json(folder / name, config)
+    legacy_file = folder / "preprocessor_config.json"
+    if legacy_file.is_file():
+        legacy_config = json.loads(legacy_file.read_text(encoding="utf-8"))
+        legacy_config.setdefault("auto_map", {})[auto_class] = reference
+        _write_json(legacy_file, legacy_config)
     tokenizer_file = folder / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_file.read_text(encoding="utf-8"))
     auto_class, reference = PIPELINE_AUTO_MAP["tokenizer"]
@@ -547,7 +547,7 @@ def card_languages(inputs: CardInputs, config: dict) -> list[str]:
     return list(dict.fromkeys(c for c in evaluated if c in config["languages"])) or list(config["languages"])
 
 
-def eval_results(inputs: CardInputs, model_name: str) -> list:
+def eval_results(inputs: CardInputs) -> list:
     """One huggingface_hub EvalResult per measured value (the card's `model-index`)."""
     from huggingface_hub import EvalResult
 
@@ -656,7 +656,7 @@ def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template
         base_model=base_model if base_model and HUB_ID.match(base_model) else None,
         base_model_relation="finetune" if base_model and HUB_ID.match(base_model) else None,
         model_name=model_name,
-        eval_results=eval_results(inputs, model_name),
+        eval_results=eval_results(inputs),
     )
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
