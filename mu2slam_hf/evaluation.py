@@ -284,8 +284,10 @@ def _batches(examples: list[dict[str, Any]], batch_size: int) -> Iterable[list[d
         yield ordered[start : start + batch_size]
 
 
-def _model_inputs(processor: Any, batch: list[dict[str, Any]], speech: bool, device: torch.device) -> dict:
-    """Encoder inputs (features or ids + mask) and per-example source/target language ids."""
+def _model_inputs(
+    processor: Any, batch: list[dict[str, Any]], speech: bool, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """Encoder inputs (features in the model's dtype, or ids; + mask) and per-example source/target language ids."""
     src = [example["source_lang"] for example in batch]
     tgt = [example["target_lang"] or example["source_lang"] for example in batch]
     if speech:
@@ -293,7 +295,10 @@ def _model_inputs(processor: Any, batch: list[dict[str, Any]], speech: bool, dev
         inputs = processor(audio=audio, sampling_rate=batch[0]["audio"]["sampling_rate"], src_lang=src, tgt_lang=tgt)
     else:
         inputs = processor(text=[example["source_text"] for example in batch], src_lang=src, tgt_lang=tgt)
-    return {key: value.to(device) for key, value in inputs.items()}
+    return {
+        key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        for key, value in inputs.items()
+    }
 
 
 @torch.no_grad()
@@ -312,13 +317,13 @@ def generate_predictions(
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     examples = [decode_example(dict(example)) for example in examples]
     records = []
     for speech in (True, False):
         group = [e for e in examples if (_task_of(e) != "mt") == speech]
         for batch in _batches(group, batch_size):
-            inputs = _model_inputs(processor, batch, speech, device)
+            inputs = _model_inputs(processor, batch, speech, device, dtype)
             ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
             texts = processor.batch_decode(ids, skip_special_tokens=True)
             records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
