@@ -56,13 +56,6 @@ REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer.json", "tok
 RECIPE_IN_FOLDER = "training_recipe.yaml"
 TRAINER_STATE_FILES = ("trainer_state.json", "training_state.json")
 
-# The ASR pipeline builds its tokenizer and feature extractor with AutoTokenizer / AutoFeatureExtractor; a folder
-# saved by the processor only maps AutoProcessor, so these entries are completed in the uploaded copy.
-PIPELINE_AUTO_MAP = {
-    "feature_extractor": ("AutoFeatureExtractor", "feature_extraction_mu2slam.Mu2SlamFeatureExtractor"),
-    "tokenizer": ("AutoTokenizer", ["tokenization_mu2slam.Mu2SlamTokenizer", None]),
-}
-
 HUB_TASKS = {
     "asr": ("automatic-speech-recognition", "Automatic Speech Recognition"),
     "ast": ("automatic-speech-recognition", "Speech Translation"),
@@ -397,27 +390,6 @@ def _auto_map_modules(config: dict) -> Iterable[str]:
             yield from _auto_map_modules(value)
 
 
-def complete_pipeline_auto_map(folder: str | os.PathLike) -> None:
-    """Add the AutoFeatureExtractor / AutoTokenizer entries that `pipeline(..., trust_remote_code=True)` reads."""
-    folder = Path(folder)
-    processor_file = folder / "processor_config.json"
-    processor_config = json.loads(processor_file.read_text(encoding="utf-8"))
-    auto_class, reference = PIPELINE_AUTO_MAP["feature_extractor"]
-    if "feature_extractor" in processor_config:
-        processor_config["feature_extractor"].setdefault("auto_map", {})[auto_class] = reference
-        _write_json(processor_file, processor_config)
-    legacy_file = folder / "preprocessor_config.json"
-    if legacy_file.is_file():
-        legacy_config = json.loads(legacy_file.read_text(encoding="utf-8"))
-        legacy_config.setdefault("auto_map", {})[auto_class] = reference
-        _write_json(legacy_file, legacy_config)
-    tokenizer_file = folder / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    auto_class, reference = PIPELINE_AUTO_MAP["tokenizer"]
-    tokenizer_config.setdefault("auto_map", {})[auto_class] = reference
-    _write_json(tokenizer_file, tokenizer_config)
-
-
 def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -436,7 +408,6 @@ def assemble_upload_folder(model_dir: str | os.PathLike, out_dir: str | os.PathL
     names |= set(remote_code_files(source))
     for name in sorted(names):
         shutil.copyfile(source / name, target / name)
-    complete_pipeline_auto_map(target)
     (target / "README.md").write_text(card_text, encoding="utf-8")
     return sorted(names | {"README.md"})
 
