@@ -8,10 +8,13 @@ D ``d_model``, V the unified vocabulary (see ``vocabulary.py``).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
+from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
@@ -27,7 +30,7 @@ from transformers.models.auto import modeling_auto
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration_mu2slam import Mu2SlamConfig
-from .vocabulary import EOS_ID, NUM_SPECIAL_TOKENS, SPEECH_MODALITY, TEXT_MODALITY
+from .vocabulary import EOS_ID, NUM_SPECIAL_TOKENS, SPEECH_MODALITY, TEXT_MODALITY, check_vocabulary_matches
 
 IGNORE_INDEX = -100
 
@@ -478,6 +481,20 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with clear errors for corrupt weights and for a tokenizer saved beside
+        the model that does not fit its vocabulary."""
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path!s} are corrupt or truncated ({error}). Re-download "
+                "or re-save them; the training loop's previous checkpoint-<step> folder is left intact by design."
+            ) from error
+        check_tokenizer_beside(model.config, pretrained_model_name_or_path)
+        return model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config and the remote code, with a complete `auto_map`."""
         self.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
@@ -490,6 +507,14 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
             init.zeros_(module.decoder.bias)
         elif isinstance(module, Mu2SlamCTCHead):
             init.zeros_(module.bias)
+
+
+def check_tokenizer_beside(config: Mu2SlamConfig, folder) -> None:
+    """If `folder` holds a tokenizer.json, its size must be `config.text_vocab_size` (else a clear ValueError)."""
+    tokenizer_file = os.path.join(os.fspath(folder), "tokenizer.json")
+    if os.path.isfile(tokenizer_file):
+        text_vocab_size = Tokenizer.from_file(tokenizer_file).get_vocab_size(with_added_tokens=True)
+        check_vocabulary_matches(config, text_vocab_size=text_vocab_size)
 
 
 def _languages_and_modality(

@@ -352,3 +352,21 @@ def test_bad_inputs_raise_clear_errors(tiny_config):
         model(input_features=features, attention_mask=mask, src_lang_ids=lang, labels=torch.tensor([[5, -7]] * 2))
     with pytest.raises(ValueError, match="Unknown modality"):
         model.generate(input_features=features, attention_mask=mask, src_lang="en", tgt_modality="video")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_config, tmp_path):
+    make_model(tiny_config).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_tokenizer_beside_the_model_must_fit_its_vocabulary(tiny_config, tmp_path):
+    from mu2slam_hf import train_char_tokenizer
+
+    make_model(tiny_config).save_pretrained(tmp_path)
+    tokenizer = train_char_tokenizer(["abc def"], vocab_size=64)  # far fewer ids than text_vocab_size=128
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="text_vocab_size.*does not belong|does not belong.*text_vocab_size"):
+        Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
