@@ -128,6 +128,12 @@ class Mu2SlamScaledEmbedding(nn.Embedding):
         super().__init__(num_embeddings, embedding_dim, padding_idx)
         self.embed_scale = embed_scale
 
+    @classmethod
+    def for_config(cls, config: Mu2SlamConfig) -> Mu2SlamScaledEmbedding:
+        """The unified-vocabulary token embedding, scaled by sqrt(d_model) when `config.scale_embedding`."""
+        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        return cls(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return super().forward(input_ids) * self.embed_scale
 
@@ -560,8 +566,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
-        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.embed_tokens = Mu2SlamScaledEmbedding.for_config(config)
         self.embed_languages = nn.Embedding(config.num_languages, config.d_model)
         self.embed_modalities = nn.Embedding(2, config.d_model)
         self.speech_frontend = Mu2SlamSpeechFrontEnd(config)
@@ -716,8 +721,7 @@ class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
-        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_tokens = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.embed_tokens = Mu2SlamScaledEmbedding.for_config(config)
         self.embed_languages = nn.Embedding(config.num_languages, config.d_model)
         self.embed_modalities = nn.Embedding(2, config.d_model)
         self.layers = nn.ModuleList(Mu2SlamDecoderLayer(config, i) for i in range(config.decoder_layers))
@@ -805,8 +809,7 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
-        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.shared = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.shared = Mu2SlamScaledEmbedding.for_config(config)
         self.encoder = Mu2SlamEncoder(config)
         self.decoder = Mu2SlamDecoder(config)
         self.post_init()
@@ -1180,8 +1183,7 @@ class Mu2SlamEncoderOnlyModel(Mu2SlamPreTrainedModel):
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
-        embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.shared = Mu2SlamScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, embed_scale)
+        self.shared = Mu2SlamScaledEmbedding.for_config(config)
         self.encoder = Mu2SlamEncoder(config)
         self.post_init()
 
