@@ -24,6 +24,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.manifest import load_manifest
 from ..data.mixing import TaskMixture
 from ..pretraining import Mu2SlamCollator, split_by_layout
@@ -118,7 +119,7 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
     """(model, processor) of a new run, a fine-tuning run, or (architecture only) a resumed run."""
     if resume_from is not None:
         processor = Mu2SlamProcessor.from_pretrained(resume_from)
-        model = new_model(load_preset_from(resume_from), recipe.seed)
+        model = new_model(Mu2SlamConfig.from_pretrained(resume_from), recipe.seed)  # weights: from the state
     elif recipe.init_checkpoint:
         model, processor = init_from_checkpoint(recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights)
     else:
@@ -132,12 +133,6 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         lora = recipe.lora
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     return model, processor
-
-
-def load_preset_from(folder: Path):
-    from ..configuration_mu2slam import Mu2SlamConfig
-
-    return Mu2SlamConfig.from_pretrained(folder)
 
 
 class Mu2SlamTrainer:
