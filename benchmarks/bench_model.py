@@ -103,6 +103,27 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def measure(model, train_inputs: dict, gen_inputs: dict, labels, dtype: str, args) -> tuple[float, float]:
+    """(seconds per training step with Adam, seconds per greedy decoding of `args.tokens` tokens)."""
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        model.train()
+        with autocast():
+            loss = model(**train_inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def decode():
+        model.eval()
+        with torch.no_grad(), autocast():
+            model.generate(**gen_inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=1)
+
+    return timed(train_step, args.repeats), timed(decode, args.repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -144,25 +165,8 @@ def main() -> None:
     print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9}")
     results = {}
     for name, (model, train_inputs, gen_inputs) in models.items():
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         for dtype in ("fp32", "bf16"):
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-
-            def train_step():
-                with autocast:
-                    loss = model(**train_inputs, labels=labels).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            def decode():
-                model.eval()
-                with torch.no_grad(), autocast:
-                    model.generate(**gen_inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=1)
-                model.train()
-
-            results[name, dtype] = (timed(train_step, args.repeats), timed(decode, args.repeats))
+            results[name, dtype] = measure(model, train_inputs, gen_inputs, labels, dtype, args)
             train_s, decode_s = results[name, dtype]
             print(f"{name:34} {count(model) / 1e6:7.2f}M {dtype:>5} {train_s:13.3f} {decode_s:9.3f}")
 
