@@ -5,7 +5,7 @@ in fp32 and under bf16 autocast. Peers are transformers' own classes, configured
 size with layer counts chosen to match our parameter count within 10%. Prints figures and ratios; asserts
 nothing.
 
-    python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3]
+    python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3] [--dtypes fp32,bf16]
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=40, help="label length and greedy decoding length")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 is very slow on CPUs without AVX512-BF16/AMX")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -165,7 +166,7 @@ def main() -> None:
     print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9}")
     results = {}
     for name, (model, train_inputs, gen_inputs) in models.items():
-        for dtype in ("fp32", "bf16"):
+        for dtype in args.dtypes.split(","):
             results[name, dtype] = measure(model, train_inputs, gen_inputs, labels, dtype, args)
             train_s, decode_s = results[name, dtype]
             print(f"{name:34} {count(model) / 1e6:7.2f}M {dtype:>5} {train_s:13.3f} {decode_s:9.3f}")
@@ -173,7 +174,7 @@ def main() -> None:
     ours_name = next(iter(models))
     print("\nratios (peer time / mu2slam time; > 1 means mu2slam is faster)")
     for name in list(models)[1:]:
-        for dtype in ("fp32", "bf16"):
+        for dtype in args.dtypes.split(","):
             train = results[name, dtype][0] / results[ours_name, dtype][0]
             decode = results[name, dtype][1] / results[ours_name, dtype][1]
             print(f"  vs {name:32} {dtype}: train step x{train:.2f}, greedy decoding x{decode:.2f}")
