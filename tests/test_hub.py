@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -537,3 +538,32 @@ def _load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_processor_push_to_hub_round_trip(hub, tmp_path):
+    """Mu2SlamProcessor.push_to_hub, then from_pretrained(repo id): the same features, codes and token ids."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, torch
+        from mu2slam_hf import Mu2SlamFeatureExtractor, Mu2SlamProcessor, build_best_rq, train_char_tokenizer
+        tokenizer = train_char_tokenizer(["la mi the my", "Добрый день"], vocab_size=64)
+        local = Mu2SlamProcessor(Mu2SlamFeatureExtractor(), tokenizer, build_best_rq(seed=3, codebook_size=32),
+                                 languages=["fr", "ru"])
+        local.push_to_hub("me/processor")
+        remote = Mu2SlamProcessor.from_pretrained("me/processor")
+        audio = [np.sin(np.arange(16000) / 7.0).astype(np.float32), np.zeros(9000, dtype=np.float32)]
+        a, b = local(audio=audio, sampling_rate=16000), remote(audio=audio, sampling_rate=16000)
+        assert torch.equal(a["input_features"], b["input_features"])
+        assert torch.equal(local.speech_codes(**a), remote.speech_codes(**b))
+        assert torch.equal(local(text=["Добрый день"])["input_ids"], remote(text=["Добрый день"])["input_ids"])
+        assert remote.languages == ["fr", "ru"]
+        print("ROUND TRIP OK")
+        """
+    )
+    env = hub_env(hub, tmp_path / "home")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ROUND TRIP OK" in result.stdout
+    assert {"speech_codebook.safetensors", "tokenizer.json", "processor_config.json"} <= set(
+        hub.repos["me/processor"].files
+    )

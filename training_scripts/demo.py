@@ -41,7 +41,7 @@ RECIPES = REPO / "configuration" / "recipes"
 LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 
 # (steps, warmup, eval interval) per stage; `--quick` scales everything down for a smoke run.
-FULL_PLAN = {"pretrain": (500, 100, 250), "stage1": (300, 60, 150), "stage2": (150, 30, 150)}
+FULL_PLAN = {"pretrain": (400, 80, 200), "stage1": (250, 50, 125), "stage2": (120, 25, 120)}
 QUICK_PLAN = {"pretrain": (12, 4, 12), "stage1": (8, 2, 8), "stage2": (6, 2, 6)}
 
 
@@ -211,7 +211,7 @@ def compare(root: Path, synth: Path, fillets: Path, plan: dict, quick: bool, sta
     for name, (folder, recipe, steps, extra) in runs.items():
         overrides = stage_overrides(steps, quick, **{"model": None, **extra})
         folders[name] = run_stage(name, recipe, synth, root / "compare" / folder, overrides)
-    count = 8 if quick else 96
+    count = 8 if quick else 64
     rows = []
     for name, folder in sorted(folders.items()):
         tasks = ("asr", "ast") if name.startswith("(a)") else (("ast",) if "AST" in name else ("asr",))
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                  root / "ft2-noisy", stage_overrides(plan["stage2"], args.quick, **noisy))  # fmt: skip
 
     log("evaluating")
-    count = 8 if args.quick else 96
+    count = 8 if args.quick else 64
     results = {
         "Stage 1 model (AST, ASR, MT), synthetic test": (ft1, synth, ("asr", "ast", "mt")),
         "Stage 2 ASR, synthetic test": (ft2, synth, ("asr",)),
