@@ -16,6 +16,7 @@ import torch
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example
 from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
+from ..finetuning import merge_lora
 from ..modeling_mu2slam import Mu2SlamForConditionalGeneration
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
@@ -113,18 +114,10 @@ def new_model(config: Mu2SlamConfig, seed: int) -> Mu2SlamForConditionalGenerati
         return Mu2SlamForConditionalGeneration(config)
 
 
-def apply_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]):
-    """Wrap ``model`` with PEFT LoRA adapters on ``target_modules`` (only the adapters train)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
-    return get_peft_model(model, config)
-
-
 def merged_copy(model: torch.nn.Module) -> Mu2SlamForConditionalGeneration:
     """A plain model to save: a PEFT model is copied and merged (``merge_and_unload``), others returned as is."""
     if not hasattr(model, "merge_and_unload"):
         return model
     import copy
 
-    return copy.deepcopy(model).merge_and_unload()
+    return merge_lora(copy.deepcopy(model))

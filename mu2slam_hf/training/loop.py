@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.manifest import load_manifest
 from ..data.mixing import TaskMixture
+from ..finetuning import add_lora
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from ..processing_mu2slam import Mu2SlamProcessor
 from .assets import (
-    apply_lora,
     build_processor,
     init_from_checkpoint,
     load_preset,
@@ -131,7 +131,7 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         model.config.use_cache = False
     if recipe.lora.enabled:
         lora = recipe.lora
-        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        model = add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     return model, processor
 
 
