@@ -130,8 +130,6 @@ class Mu2SlamProcessor(ProcessorMixin):
             )
         return self.speech_codebook(input_features, attention_mask)
 
-    speech_codebook_codes = speech_codes
-
     def batch_decode(self, *args, **kwargs) -> list[str]:
         """Token ids -> texts (see `PreTrainedTokenizerFast.batch_decode`); speech codes are dropped."""
         return self.tokenizer.batch_decode(*self._text_only(args), **kwargs)
@@ -172,20 +170,9 @@ class Mu2SlamProcessor(ProcessorMixin):
         files += self.feature_extractor.save_pretrained(save_directory)
         if self.speech_codebook is not None:
             files += self.speech_codebook.save_pretrained(save_directory)
-        if push_to_hub:
-            repo_id = kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1])
-            self._upload_folder(save_directory, repo_id, **kwargs)
+        if push_to_hub:  # transformers' mechanism: saves again into a temporary folder and uploads it
+            self.push_to_hub(kwargs.pop("repo_id", str(save_directory).split(os.path.sep)[-1]), **kwargs)
         return files
-
-    @staticmethod
-    def _upload_folder(folder: str | os.PathLike, repo_id: str, **kwargs) -> None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=kwargs.pop("token", None))
-        repo_id = api.create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None)).repo_id
-        api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=kwargs.pop("commit_message", "Upload processor")
-        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamProcessor:

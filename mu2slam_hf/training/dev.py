@@ -16,36 +16,12 @@ import torch
 from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
+from ..evaluation import char_error_rate, corpus_bleu, normalize_text, word_error_rate
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker, row_losses
 
 GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
-
-
-def _metrics():
-    """The metric functions of `mu2slam_hf.evaluation`, or the same computations with jiwer/sacrebleu."""
-    try:
-        from ..evaluation import char_error_rate, corpus_bleu, normalize_text, word_error_rate
-
-        return normalize_text, word_error_rate, char_error_rate, corpus_bleu
-    except ImportError:  # the metrics module is missing: equivalent library calls
-        import jiwer
-        import sacrebleu
-
-        def normalize(text: str) -> str:
-            return " ".join(text.lower().split())
-
-        def wer(references, hypotheses):
-            return 100.0 * jiwer.wer(references, hypotheses)
-
-        def cer(references, hypotheses):
-            return 100.0 * jiwer.cer(references, hypotheses)
-
-        def bleu(references, hypotheses, target_lang=None):
-            return sacrebleu.corpus_bleu(hypotheses, [references]).score
-
-        return normalize, wer, cer, bleu
 
 
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -119,7 +95,6 @@ class DevEvaluator:
         return {key: value for key, value in summary.items() if "/" in key}
 
     def _generation(self, model, accelerator) -> dict[str, float]:
-        normalize, wer, cer, bleu = _metrics()
         metrics = {}
         for task in ("asr", "ast", "mt"):
             if task not in self.examples:
@@ -128,11 +103,11 @@ class DevEvaluator:
             references = [reference for reference, _, _ in pairs]
             hypotheses = [hypothesis for _, hypothesis, _ in pairs]
             if task == "asr":
-                refs, hyps = [normalize(r) for r in references], [normalize(h) for h in hypotheses]
-                metrics["asr_cer"], metrics["asr_wer"] = cer(refs, hyps), wer(refs, hyps)
+                refs, hyps = [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
+                metrics["asr_cer"], metrics["asr_wer"] = char_error_rate(refs, hyps), word_error_rate(refs, hyps)
             else:
                 languages = {lang for _, _, lang in pairs}
-                metrics[f"{task}_bleu"] = bleu(
+                metrics[f"{task}_bleu"] = corpus_bleu(
                     references, hypotheses, languages.pop() if len(languages) == 1 else None
                 )
         return metrics
