@@ -523,7 +523,7 @@ def check_tokenizer_beside(config: Mu2SlamConfig, folder) -> None:
         check_vocabulary_matches(config, text_vocab_size=text_vocab_size)
 
 
-def _languages_and_modality(
+def checked_language_ids(
     config: Mu2SlamConfig, lang_ids: torch.Tensor | None, batch: int, device: torch.device, role: str
 ) -> torch.Tensor:
     """(B,) language ids, defaulting to the only language of a one-language model; validated."""
@@ -649,7 +649,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             )
         reference = input_features if has_speech else input_ids
         batch, device = reference.shape[0], reference.device
-        src_lang_ids = _languages_and_modality(self.config, src_lang_ids, batch, device, "src_lang_ids")
+        src_lang_ids = checked_language_ids(self.config, src_lang_ids, batch, device, "src_lang_ids")
 
         segments, masks = [], []
         if has_speech:
@@ -658,7 +658,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         if has_text:
             text_mask = text_attention_mask if has_speech else attention_mask
             text_lang = src_lang_ids if text_lang_ids is None or not has_speech else text_lang_ids
-            text_lang = _languages_and_modality(self.config, text_lang, batch, device, "text_lang_ids")
+            text_lang = checked_language_ids(self.config, text_lang, batch, device, "text_lang_ids")
             embeds, mask = self.embed_text(input_ids, text_mask, text_lang)
             segments.append(embeds), masks.append(mask)
         speech_length = segments[0].shape[1] if has_speech else 0
@@ -867,7 +867,7 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
         batch, device = decoder_input_ids.shape[0], decoder_input_ids.device
         if tgt_lang_ids is None:
             tgt_lang_ids = src_lang_ids
-        tgt_lang_ids = _languages_and_modality(self.config, tgt_lang_ids, batch, device, "tgt_lang_ids")
+        tgt_lang_ids = checked_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang_ids")
         if tgt_modality_ids is None:
             tgt_modality_ids = torch.full((batch,), TEXT_MODALITY, dtype=torch.long, device=device)
         decoder_outputs = self.decoder(
@@ -1162,7 +1162,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             output_attentions=kwargs.get("output_attentions"),
             output_hidden_states=kwargs.get("output_hidden_states"),
         )
-        batch_lang = _languages_and_modality(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
+        batch_lang = checked_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
         vocab = self.config.vocabulary
         allowed = vocab.speech_code_ids() if modality == 0 else vocab.text_token_ids()
         processors = LogitsProcessorList(logits_processor or [])
