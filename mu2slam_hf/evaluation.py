@@ -1,6 +1,6 @@
 """Evaluation of Mu2SLAM models: WER/CER (ASR), detokenized BLEU/chrF (AST, MT), accuracy (classification).
 
-Every metric is a percentage in [0, 100] (WER/CER can exceed 100 with many insertions).
+Every metric but ``nll`` is a percentage in [0, 100] (WER/CER can exceed 100 with many insertions).
 
 Normalisation for WER/CER (:func:`normalize_text`): Unicode NFKC, lower case (``str.casefold``), typographic
 apostrophes mapped to ``'``, punctuation (Unicode categories P*) replaced by a space except apostrophes between
@@ -11,10 +11,12 @@ Evaluation JSON (shared with ``mu2slam_hf.hub`` / model cards)::
 
     {"model": str, "data": str, "split": str,
      "metrics": [{"task": "asr"|"ast"|"mt"|"classification", "source_lang": str, "target_lang": str,
-                  "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy", "value": float, "num_examples": int}, ...]}
+                  "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy"|"nll", "value": float, "num_examples": int}, ...]}
 
 plus, only when asked for, ``"predictions": [{"id", "task", "source_lang", "target_lang", "reference",
-"hypothesis"}, ...]``. :func:`results_to_markdown` renders one table per (task, metric) as in the paper's
+"hypothesis"}, ...]``. ``nll`` (only with ``evaluate_model(..., with_loss=True)``) is the teacher-forced
+cross-entropy of the reference in nats per target token (eos included), in eval mode: unlike WER or BLEU it
+separates models that do not decode well yet. :func:`results_to_markdown` renders one table per (task, metric) as in the paper's
 appendix: one row per language (ASR, classification) or direction (AST, MT), then an unweighted average row.
 """
 
@@ -40,7 +42,7 @@ from .data.manifest import load_manifest
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
 TASK_ORDER = ("asr", "ast", "mt", "classification")
-METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy")
+METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy", "nll")
 # sacreBLEU tokenizers for target languages whose text has no spaces between words; others use "13a".
 BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 
@@ -206,6 +208,15 @@ def score_predictions(predictions: Iterable[dict[str, Any]]) -> list[dict[str, A
     return entries
 
 
+def _merge_by_group(*entry_lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metric entries of several lists ordered by (task, source, target), then metric."""
+    entries = [entry for entries in entry_lists for entry in entries]
+    return sorted(
+        entries,
+        key=lambda e: (*_group_key((e["task"], e["source_lang"], e["target_lang"])), METRIC_ORDER.index(e["name"])),
+    )
+
+
 def _group_key(key: tuple[str, str, str]) -> tuple[int, str, str]:
     task, src, tgt = key
     return TASK_ORDER.index(task), src, tgt
@@ -331,6 +342,48 @@ def generate_predictions(
     return records
 
 
+@torch.no_grad()
+def target_nll(
+    model: Any, processor: Any, examples: Iterable[dict[str, Any]], batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """Teacher-forced cross-entropy of each example's ``target_text`` given its source, in eval mode.
+
+    Returns one record per example: ``id``, ``task``, ``source_lang``, ``target_lang``, ``nll`` (summed nats over
+    the target tokens, eos included) and ``tokens``.
+    """
+    was_training = model.training
+    model.eval()
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    examples = [decode_example(dict(example)) for example in examples]
+    records = []
+    for speech in (True, False):
+        group = [e for e in examples if (_task_of(e) != "mt") == speech]
+        for batch in _batches(group, batch_size):
+            inputs = _model_inputs(processor, batch, speech, device, dtype)
+            labels = processor.encode_targets([example["target_text"] for example in batch]).to(device)
+            logits = model(**inputs, labels=labels).logits.float()
+            losses = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            for example, row_loss, row_labels in zip(batch, losses, labels, strict=True):
+                record = _record(example, "")
+                del record["reference"], record["hypothesis"]
+                records.append({**record, "nll": row_loss.sum().item(), "tokens": int((row_labels != -100).sum())})
+    model.train(was_training)
+    return records
+
+
+def score_nll(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-(task, source_lang, target_lang) ``nll`` entries: summed nats / summed target tokens."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["task"], record["source_lang"], record["target_lang"])].append(record)
+    return [
+        metric_entry(*key, "nll", sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows), len(rows))
+        for key, rows in sorted(groups.items(), key=lambda item: _group_key(item[0]))
+    ]
+
+
 def _record(example: dict[str, Any], hypothesis: str) -> dict[str, Any]:
     return {
         "id": example["id"],
@@ -351,6 +404,7 @@ def evaluate_model(
     max_new_tokens: int = 128,
     num_beams: int = 1,
     return_predictions: bool = False,
+    with_loss: bool = False,
     model_name: str = "",
     data_name: str = "",
     split: str = "",
@@ -360,6 +414,7 @@ def evaluate_model(
     ASR: speech -> transcript in the source language (WER, CER); AST: speech -> ``target_text`` in
     ``target_lang`` (BLEU, chrF); MT: ``source_text`` -> ``target_text`` (BLEU, chrF). Examples of other tasks
     (or not in ``tasks``) are skipped. Greedy decoding with ``num_beams=1``, beam search otherwise.
+    ``with_loss`` adds the teacher-forced ``nll`` of the references (:func:`target_nll`) per language/direction.
 
     Returns:
         The evaluation JSON dict (module docstring), with ``predictions`` when ``return_predictions``.
@@ -372,6 +427,8 @@ def evaluate_model(
         raise ValueError(f"No examples of the tasks {list(tasks)} to evaluate.")
     predictions = generate_predictions(model, processor, selected, batch_size, max_new_tokens, num_beams)
     metrics = score_predictions(predictions)
+    if with_loss:
+        metrics = _merge_by_group(metrics, score_nll(target_nll(model, processor, selected, batch_size)))
     return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
 
 

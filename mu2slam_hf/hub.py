@@ -62,8 +62,8 @@ HUB_TASKS = {
     "mt": ("translation", "Machine Translation"),
     "classification": ("text-classification", "Text Classification"),
 }
-METRIC_LABELS = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF", "accuracy": "Accuracy"}
-LOWER_IS_BETTER = {"wer", "cer"}
+METRIC_LABELS = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF", "accuracy": "Accuracy", "nll": "NLL"}
+LOWER_IS_BETTER = {"wer", "cer", "nll"}
 BASE_MODEL_KEYS = ("base_model", "init_from", "model_name_or_path", "pretrained_model", "init_checkpoint")
 DATASET_KEYS = ("dataset", "datasets", "dataset_name", "hub_dataset", "train_data", "data")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -31,6 +31,7 @@ from mu2slam_hf.evaluation import (
     results_tables,
     results_to_markdown,
     score_predictions,
+    target_nll,
     word_error_rate,
 )
 
@@ -234,6 +235,33 @@ def test_evaluate_model_runs_every_task_and_language():
     )
     only_mt = evaluate_model(model, processor, examples, tasks=("mt",), max_new_tokens=5)
     assert {m["task"] for m in only_mt["metrics"]} == {"mt"} and "predictions" not in only_mt
+
+
+def test_nll_is_the_models_own_loss_per_token_and_ignores_batching():
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    examples = [
+        audio_example("a1", "asr", "fr", "fr", "le chat", 0.6, 1),
+        audio_example("a2", "asr", "fr", "fr", "est assis", 1.1, 2),
+        audio_example("t1", "ast", "fr", "en", "the cat sat", 0.9, 4),
+        {"id": "m1", "task": "mt", "audio": None, "source_text": "hello world", "target_text": "die katze",
+         "source_lang": "en", "target_lang": "de"},
+    ]  # fmt: skip
+    batched = {r["id"]: r for r in target_nll(model, processor, examples, batch_size=4)}
+    for example in examples:
+        alone = target_nll(model, processor, [example], batch_size=1)[0]
+        assert alone["tokens"] == batched[example["id"]]["tokens"]
+        assert alone["nll"] == pytest.approx(batched[example["id"]]["nll"], rel=1e-4)
+    # one MT example: nll / tokens is the model's mean decoder loss on it
+    inputs = processor(text="hello world", text_target="die katze", src_lang="en", tgt_lang="de")
+    loss = model(**inputs).loss.item()
+    assert batched["m1"]["nll"] / batched["m1"]["tokens"] == pytest.approx(loss, rel=1e-4)
+    results = evaluate_model(model, processor, examples, batch_size=2, max_new_tokens=3, with_loss=True)
+    nll_fr = next(m for m in results["metrics"] if m["name"] == "nll" and m["task"] == "asr")
+    pair = [batched["a1"], batched["a2"]]
+    assert nll_fr["num_examples"] == 2
+    assert nll_fr["value"] == pytest.approx(sum(r["nll"] for r in pair) / sum(r["tokens"] for r in pair), abs=1e-4)
+    assert {m["name"] for m in results["metrics"] if m["task"] == "mt"} == {"bleu", "chrf", "nll"}
 
 
 def test_evaluate_script_writes_json_and_markdown(tmp_path):

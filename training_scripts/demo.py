@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,8 +45,11 @@ RECIPES = REPO / "configuration" / "recipes"
 LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 
 # (steps, warmup, eval interval) per stage; `--quick` scales everything down for a smoke run.
-FULL_PLAN = {"pretrain": (300, 60, 300), "stage1": (200, 40, 200), "stage2": (100, 20, 100)}
-QUICK_PLAN = {"pretrain": (12, 4, 12), "stage1": (8, 2, 8), "stage2": (6, 2, 6)}
+PLANS = {
+    "demo": {"pretrain": (300, 60, 300), "stage1": (200, 40, 200), "stage2": (100, 20, 100)},  # the README's
+    "long": {"pretrain": (900, 150, 900), "stage1": (500, 100, 500), "stage2": (300, 60, 300)},  # docs/results.md
+    "quick": {"pretrain": (12, 4, 12), "stage1": (8, 2, 8), "stage2": (6, 2, 6)},  # --quick (tests)
+}
 
 
 def log(message: str) -> None:
@@ -88,22 +95,32 @@ def stage_overrides(plan: tuple[int, int, int], quick: bool, **extra) -> dict:
     return overrides
 
 
-def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: dict) -> Path:
+def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: dict, progress: bool = True) -> Path:
     if (output / "model.safetensors").exists():
         log(f"{name}: already trained in {output}, skipping")
         return output
     log(f"{name}: {recipe_file} -> {output}")
     recipe = load_recipe(RECIPES / recipe_file, overrides)
-    train(recipe, str(data), str(output), resume=True)
+    train(recipe, str(data), str(output), resume=True, progress=progress)
     return output
 
 
-def evaluate(model_dir: Path, data: Path, tasks: tuple[str, ...], max_examples: int, name: str) -> dict:
+def evaluate(
+    model_dir: Path, data: Path, tasks: tuple[str, ...], max_examples: int, name: str, with_loss: bool = False
+) -> dict:
     model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = Mu2SlamProcessor.from_pretrained(model_dir)
     examples = load_examples(data, "test", tasks, max_examples)
     results = evaluate_model(
-        model, processor, examples, tasks, batch_size=16, max_new_tokens=96, model_name=name, data_name=data.name
+        model,
+        processor,
+        examples,
+        tasks,
+        batch_size=16,
+        max_new_tokens=96,
+        with_loss=with_loss,
+        model_name=name,
+        data_name=data.name,
     )
     write_results(results, model_dir / f"eval_{data.name}.json")
     return results
@@ -189,45 +206,160 @@ def averages(results: dict, task: str) -> dict[str, float]:
     return {name: sum(values) / len(values) for name, values in groups.items()}
 
 
-def compare(root: Path, synth: Path, fillets: Path, plan: dict, quick: bool, stages: dict[str, Path]) -> Path:
-    """Train (a) scratch and (b) direct, stage 2 AST with and without noise; evaluate all; write comparison.md."""
+@dataclass
+class Stage:
+    """One training run of the demo: ``recipe_file`` with ``overrides`` into ``output``, after the stages named
+    in ``after`` (whose folders it starts from)."""
+
+    name: str
+    recipe_file: str
+    output: Path
+    overrides: dict
+    after: tuple[str, ...] = ()
+
+
+def _train_stage(stage: Stage, data: str, threads: int | None) -> float:
+    """Train one stage (in a worker process when ``--jobs`` > 1); return its wall-clock seconds."""
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    run_stage(stage.name, stage.recipe_file, Path(data), stage.output, stage.overrides, progress=threads is None)
+    return time.perf_counter() - start
+
+
+def _last_step(folder: Path) -> int:
+    log_file = folder / "train_log.jsonl"
+    lines = log_file.read_text().splitlines() if log_file.exists() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def run_stages(stages: list[Stage], data: Path, jobs: int) -> dict[str, float]:
+    """Run the stages in dependency order, ``jobs`` at a time, each with ``cores // jobs`` threads.
+
+    Returns each stage's wall-clock seconds. With ``jobs`` 1 the stages run here, one after the other, with progress
+    bars; otherwise in worker processes, with a progress line per minute (several 1-thread runs use 2 CPU cores
+    better than one 2-thread run of these small matrices: about 1.25x the steps per second).
+    """
+    if jobs == 1:
+        return {stage.name: _train_stage(stage, str(data), None) for stage in stages}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    seconds: dict[str, float] = {}
+    pending, running = list(stages), {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for stage in [s for s in pending if all(name in seconds for name in s.after)][: jobs - len(running)]:
+                pending.remove(stage)
+                running[pool.submit(_train_stage, stage, str(data), threads)] = stage
+            done, _ = wait(running, timeout=60, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage = running.pop(future)
+                seconds[stage.name] = future.result()
+                log(f"{stage.name}: done in {seconds[stage.name] / 60:.1f} min")
+            if not done:
+                log(
+                    ", ".join(
+                        f"{s.name} step {_last_step(s.output)}/{s.overrides['max_steps']}" for s in running.values()
+                    )
+                )
+    return seconds
+
+
+def main_stages(root: Path, plan: dict, quick: bool) -> list[Stage]:
+    """Pre-training, gradual stage 1, stage 2 ASR, and stage 2 ASR with noisy fine-tuning."""
+
+    def after(*names: str, **extra) -> dict:
+        init = {"init_checkpoint": str(root / FOLDERS[names[0]]), "model": None} if names else {}
+        return {**init, **extra}
+
+    noisy = {"model_overrides": NOISY}
+    return [
+        Stage("pre-training", "pretrain-small.yaml", root / "pt", stage_overrides(plan["pretrain"], quick)),
+        Stage("stage 1", "gradual-stage1.yaml", root / "ft1",
+              stage_overrides(plan["stage1"], quick, **after("pre-training")), ("pre-training",)),
+        Stage("stage 2 ASR", "gradual-stage2-asr.yaml", root / "ft2",
+              stage_overrides(plan["stage2"], quick, **after("stage 1")), ("stage 1",)),
+        Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy",
+              stage_overrides(plan["stage2"], quick, **after("stage 1", **noisy)), ("stage 1",)),
+    ]  # fmt: skip
+
+
+FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR": "ft2", "stage 2 ASR noisy": "ft2-noisy"}
+NOISY = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
+
+
+def compare_stages(root: Path, plan: dict, quick: bool, scratch_seeds: int = 1) -> list[Stage]:
+    """(a) scratch on the labelled data (multi-task, as stage 1), (b) direct ASR / AST from the pre-trained model,
+    (c) stage 2 AST from stage 1, (d) stage 2 AST + noisy; (c)/(d) for ASR are the main stages.
+
+    Fine-tuning budgets are equal: (a) and (b) get stage 1 + stage 2 steps, with stage 1's warmup. (a) needs no
+    pre-training, so its extra seeds (``scratch_seeds`` > 1: the seed noise of the comparison) fill the time a
+    second job would otherwise wait for it.
+    """
     budget = (plan["stage1"][0] + plan["stage2"][0], plan["stage1"][1], plan["stage1"][0] + plan["stage2"][0])
-    stage2 = plan["stage2"]
-    small = str(REPO / "configuration" / "models" / ("tiny" if quick else "small"))
-    noisy = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
-    pt, ft1 = {"init_checkpoint": str(stages["pt"])}, {"init_checkpoint": str(stages["ft1"])}
-    runs = {  # name: (folder, recipe, (steps, warmup, eval interval), overrides, tasks evaluated)
-        "(a) scratch": ("scratch", "gradual-stage1.yaml", budget, {"model": small, "init_checkpoint": None}),
-        "(b) direct ASR": ("direct-asr", "gradual-stage2-asr.yaml", budget, pt),
-        "(b) direct AST": ("direct-ast", "gradual-stage2-ast.yaml", budget, pt),
-        "(c) gradual AST": ("gradual-ast", "gradual-stage2-ast.yaml", stage2, ft1),
-        "(d) gradual AST + noisy": (
-            "gradual-ast-noisy",
-            "gradual-stage2-ast.yaml",
-            stage2,
-            {**ft1, "model_overrides": noisy},
-        ),
+    model = str(REPO / "configuration" / "models" / ("tiny" if quick else "small"))
+    pt = {"init_checkpoint": str(root / "pt"), "model": None}
+    ft1 = {"init_checkpoint": str(root / "ft1"), "model": None}
+    folder = root / "compare"
+    scratch = [
+        Stage(scratch_name(seed), "gradual-stage1.yaml", folder / ("scratch" + (f"-seed{seed}" if seed else "")),
+              stage_overrides(budget, quick, model=model, init_checkpoint=None, seed=seed))
+        for seed in range(scratch_seeds)
+    ]  # fmt: skip
+    return scratch + [
+        Stage("(b) direct ASR", "gradual-stage2-asr.yaml", folder / "direct-asr",
+              stage_overrides(budget, quick, **pt), ("pre-training",)),
+        Stage("(b) direct AST", "gradual-stage2-ast.yaml", folder / "direct-ast",
+              stage_overrides(budget, quick, **pt), ("pre-training",)),
+        Stage("(c) gradual AST", "gradual-stage2-ast.yaml", folder / "gradual-ast",
+              stage_overrides(plan["stage2"], quick, **ft1), ("stage 1",)),
+        Stage("(d) gradual AST + noisy", "gradual-stage2-ast.yaml", folder / "gradual-ast-noisy",
+              stage_overrides(plan["stage2"], quick, **ft1, model_overrides=NOISY), ("stage 1",)),
+    ]  # fmt: skip
+
+
+def scratch_name(seed: int) -> str:
+    return "(a) scratch" + (f", seed {seed}" if seed else "")
+
+
+def compared_models(root: Path, scratch_seeds: int = 1) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """Configuration name -> (model folder, tasks it is evaluated on)."""
+    compare = root / "compare"
+    return {
+        **{
+            scratch_name(seed): (compare / ("scratch" + (f"-seed{seed}" if seed else "")), ("asr", "ast", "mt"))
+            for seed in range(scratch_seeds)
+        },
+        "(b) direct ASR": (compare / "direct-asr", ("asr",)),
+        "(b) direct AST": (compare / "direct-ast", ("ast",)),
+        "(c) gradual ASR": (root / "ft2", ("asr",)),
+        "(c) gradual AST": (compare / "gradual-ast", ("ast",)),
+        "(c) stage 1 (MT)": (root / "ft1", ("mt",)),
+        "(d) gradual ASR + noisy": (root / "ft2-noisy", ("asr",)),
+        "(d) gradual AST + noisy": (compare / "gradual-ast-noisy", ("ast",)),
     }
-    folders = {"(c) gradual ASR": stages["ft2"], "(d) gradual ASR + noisy": stages["ft2-noisy"]}
-    for name, (folder, recipe, steps, extra) in runs.items():
-        overrides = stage_overrides(steps, quick, **{"model": None, **extra})
-        folders[name] = run_stage(name, recipe, synth, root / "compare" / folder, overrides)
-    count = 8 if quick else 64
+
+
+def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, scratch_seeds: int = 1) -> Path:
+    """Evaluate (a)-(d) on both test sets (with the teacher-forced NLL) and write comparison.md."""
     rows = []
-    for name, folder in sorted(folders.items()):
-        tasks = ("asr", "ast") if name.startswith("(a)") else (("ast",) if "AST" in name else ("asr",))
+    for name, (folder, tasks) in compared_models(root, scratch_seeds).items():
         for data in (synth, fillets):
-            results = evaluate(folder, data, tasks, count, name)
-            rows += [(name, data.name, task, averages(results, task)) for task in tasks]
+            data_tasks = tuple(task for task in tasks if task != "mt" or data == synth)  # no MT in Fish Fillets
+            if not data_tasks:
+                continue
+            results = evaluate(folder, data, data_tasks, count, name, with_loss=True)
+            rows += [(name, data.name, task, averages(results, task)) for task in data_tasks]
     lines = ["# Recipe comparison (measured by `python training_scripts/demo.py --compare`)", ""]
-    lines += [f"Fine-tuning budget: {budget[0]} steps for (a) and (b); (c)/(d) = stage 1 ({plan['stage1'][0]})"]
     lines += [
-        f"+ stage 2 ({stage2[0]}). Test subsets: {count} examples per task. Lower WER/CER, higher BLEU/chrF.",
+        f"Fine-tuning budget: {plan['stage1'][0] + plan['stage2'][0]} steps for (a) and (b); (c)/(d) = stage 1 "
+        f"({plan['stage1'][0]}) + stage 2 ({plan['stage2'][0]}) after {plan['pretrain'][0]} pre-training steps. "
+        f"Test subsets: the first {count} examples per task. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced "
+        "nats per target token. Averages over languages (ASR) or over xx-en / en-xx directions.",
         "",
     ]
     lines += ["| configuration | test data | task | metrics |", "|---|---|---|---|"]
     for name, data, task, values in rows:
-        shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(values.items()))
+        shown = ", ".join(f"{k} {v:.2f}" if k.startswith("nll") else f"{k} {v:.1f}" for k, v in sorted(values.items()))
         lines.append(f"| {name} | {data} | {task} | {shown} |")
     path = root / "comparison.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -238,34 +370,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="tiny model and a few steps (smoke run)")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="demo", help="step budgets (ignored with --quick)")
     parser.add_argument("--compare", action="store_true", help="also train and compare (a)-(d) (extra time)")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (each gets cores/jobs threads)")
+    parser.add_argument("--scratch_seeds", type=int, default=1, help="--compare: train (a) with seeds 0..N-1")
+    parser.add_argument("--test_examples", type=int, default=None, help="test examples per task (default 64)")
     args = parser.parse_args(argv)
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    plan = PLANS["quick" if args.quick else args.plan]
+    count = args.test_examples or (8 if args.quick else 64)
     seconds: dict[str, float] = {}
 
-    def timed(name, fn, *fn_args, **fn_kwargs):
-        start = time.perf_counter()
-        value = fn(*fn_args, **fn_kwargs)
-        seconds[name] = time.perf_counter() - start
-        return value
-
-    synth, fillets = timed("data", build_data, root, args.quick)
-    pt = timed("pre-training", run_stage, "pre-training", "pretrain-small.yaml", synth, root / "pt",
-               stage_overrides(plan["pretrain"], args.quick))  # fmt: skip
-    ft1 = timed("stage 1", run_stage, "gradual stage 1", "gradual-stage1.yaml", synth, root / "ft1",
-                stage_overrides(plan["stage1"], args.quick, init_checkpoint=str(pt), model=None))  # fmt: skip
-    ft2 = timed("stage 2 (ASR)", run_stage, "gradual stage 2 (ASR)", "gradual-stage2-asr.yaml", synth, root / "ft2",
-                stage_overrides(plan["stage2"], args.quick, init_checkpoint=str(ft1), model=None))  # fmt: skip
-    noisy = {"init_checkpoint": str(ft1), "model": None}
-    noisy["model_overrides"] = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
-    ft2n = timed("stage 2 (ASR, noisy)", run_stage, "gradual stage 2 (ASR) + noisy", "gradual-stage2-asr.yaml", synth,
-                 root / "ft2-noisy", stage_overrides(plan["stage2"], args.quick, **noisy))  # fmt: skip
+    start = time.perf_counter()
+    synth, fillets = build_data(root, args.quick)
+    seconds["data"] = time.perf_counter() - start
+    stages = main_stages(root, plan, args.quick) + (
+        compare_stages(root, plan, args.quick, args.scratch_seeds) if args.compare else []
+    )
+    start = time.perf_counter()
+    trained = run_stages(stages, synth, args.jobs)
+    seconds.update((name, value) for name, value in trained.items() if name in FOLDERS)
+    training_wall = time.perf_counter() - start
 
     log("evaluating")
-    count = 8 if args.quick else 64
+    ft1, ft2, ft2n = root / "ft1", root / "ft2", root / "ft2-noisy"
     results = {
         "Stage 1 model (AST, ASR, MT), synthetic test": (ft1, synth, ("asr", "ast", "mt")),
         "Stage 2 ASR, synthetic test": (ft2, synth, ("asr",)),
@@ -273,18 +403,24 @@ def main(argv: list[str] | None = None) -> None:
         "Stage 1 model, real speech test (Fish Fillets cs/nl)": (ft1, fillets, ("asr", "ast")),
         "Stage 2 ASR, real speech test": (ft2, fillets, ("asr",)),
     }
-    results = timed("evaluation", lambda: {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()})
-    samples = timed("pipeline()", pipeline_samples, ft1, synth, 3)
-    stages = {"pre-training": pt, "stage 1": ft1, "stage 2 ASR": ft2, "stage 2 ASR noisy": ft2n}
-    plot_losses(stages, root / "losses.png")
+    start = time.perf_counter()
+    results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()}
+    seconds["evaluation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = pipeline_samples(ft1, synth, 3)
+    seconds["pipeline()"] = time.perf_counter() - start
+    plot_losses({name: root / folder for name, folder in FOLDERS.items()}, root / "losses.png")
     report = write_report(root, results, samples, seconds)
-    log(f"done in {sum(seconds.values()) / 60:.1f} min: {report}")
+    log(f"done: {report}")
     print(report.read_text())
     if args.compare:
-        stages = {"pt": pt, "ft1": ft1, "ft2": ft2, "ft2-noisy": ft2n}
         start = time.perf_counter()
-        comparison = compare(root, synth, fillets, plan, args.quick, stages)
-        log(f"comparison done in {(time.perf_counter() - start) / 60:.1f} min: {comparison}")
+        comparison = compare(root, synth, fillets, plan, count, args.scratch_seeds)
+        extra = sum(value for name, value in trained.items() if name not in FOLDERS)
+        log(
+            f"comparison: training wall {training_wall / 60:.1f} min for all stages ({extra / 60:.1f} min of runs "
+            f"beyond the main job), evaluation {(time.perf_counter() - start) / 60:.1f} min: {comparison}"
+        )
         print(comparison.read_text())
 
 

@@ -33,6 +33,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_beams", type=int, default=1, help="1: greedy decoding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
+    parser.add_argument(
+        "--with_loss", action="store_true", help="add the teacher-forced NLL of the references (nats per token)"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         return_predictions=args.save_predictions,
+        with_loss=args.with_loss,
         model_name=str(args.model),
         data_name=str(args.data),
         split=args.split,
