@@ -34,3 +34,21 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert noisy["decoder_noise_ratio"] == 0.06 and noisy["apply_spec_augment"] is True
     evaluation = json.loads((tmp_path / "ft1" / "eval_synth.json").read_text())
     assert {m["task"] for m in evaluation["metrics"]} == {"asr", "ast", "mt"}
+
+
+@pytest.mark.slow
+def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
+    """--compare --jobs 2: every (a)-(d) configuration is trained (in dependency order) and evaluated."""
+    command = [sys.executable, str(REPO_ROOT / "training_scripts" / "demo.py"), "--output_dir", str(tmp_path)]
+    command += ["--quick", "--compare", "--jobs", "2", "--scratch_seeds", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| (")]
+    names = {row.split(" | ")[0].removeprefix("| ") for row in rows}
+    assert names == {
+        "(a) scratch", "(a) scratch, seed 1", "(b) direct ASR", "(b) direct AST", "(c) gradual ASR",
+        "(c) gradual AST", "(c) stage 1 (MT)", "(d) gradual ASR + noisy", "(d) gradual AST + noisy",
+    }  # fmt: skip
+    assert all("nll" in row for row in rows)
+    for folder in ("ft1", "ft2", "compare/gradual-ast", "compare/direct-asr"):
+        assert (tmp_path / folder / "model.safetensors").exists(), folder

@@ -227,12 +227,6 @@ def _train_stage(stage: Stage, data: str, threads: int | None) -> float:
     return time.perf_counter() - start
 
 
-def _last_step(folder: Path) -> int:
-    log_file = folder / "train_log.jsonl"
-    lines = log_file.read_text().splitlines() if log_file.exists() else []
-    return json.loads(lines[-1])["step"] if lines else 0
-
-
 def run_stages(stages: list[Stage], data: Path, jobs: int) -> dict[str, float]:
     """Run the stages in dependency order, ``jobs`` at a time, each with ``cores // jobs`` threads.
 
@@ -256,31 +250,33 @@ def run_stages(stages: list[Stage], data: Path, jobs: int) -> dict[str, float]:
                 seconds[stage.name] = future.result()
                 log(f"{stage.name}: done in {seconds[stage.name] / 60:.1f} min")
             if not done:
-                log(
-                    ", ".join(
-                        f"{s.name} step {_last_step(s.output)}/{s.overrides['max_steps']}" for s in running.values()
-                    )
-                )
+                log(", ".join(_progress(stage) for stage in running.values()))
     return seconds
+
+
+def _progress(stage: Stage) -> str:
+    log_file = stage.output / "train_log.jsonl"
+    lines = log_file.read_text().splitlines() if log_file.exists() else []
+    return f"{stage.name} step {json.loads(lines[-1])['step'] if lines else 0}/{stage.overrides['max_steps']}"
 
 
 def main_stages(root: Path, plan: dict, quick: bool) -> list[Stage]:
     """Pre-training, gradual stage 1, stage 2 ASR, and stage 2 ASR with noisy fine-tuning."""
-
-    def after(*names: str, **extra) -> dict:
-        init = {"init_checkpoint": str(root / FOLDERS[names[0]]), "model": None} if names else {}
-        return {**init, **extra}
-
-    noisy = {"model_overrides": NOISY}
+    pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
     return [
         Stage("pre-training", "pretrain-small.yaml", root / "pt", stage_overrides(plan["pretrain"], quick)),
-        Stage("stage 1", "gradual-stage1.yaml", root / "ft1",
-              stage_overrides(plan["stage1"], quick, **after("pre-training")), ("pre-training",)),
-        Stage("stage 2 ASR", "gradual-stage2-asr.yaml", root / "ft2",
-              stage_overrides(plan["stage2"], quick, **after("stage 1")), ("stage 1",)),
+        Stage("stage 1", "gradual-stage1.yaml", root / "ft1", stage_overrides(plan["stage1"], quick, **pt),
+              ("pre-training",)),
+        Stage("stage 2 ASR", "gradual-stage2-asr.yaml", root / "ft2", stage_overrides(plan["stage2"], quick, **ft1),
+              ("stage 1",)),
         Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy",
-              stage_overrides(plan["stage2"], quick, **after("stage 1", **noisy)), ("stage 1",)),
+              stage_overrides(plan["stage2"], quick, **ft1, model_overrides=NOISY), ("stage 1",)),
     ]  # fmt: skip
+
+
+def starting_from(folder: Path) -> dict:
+    """Overrides that initialise a stage from a trained folder (its model and processor)."""
+    return {"init_checkpoint": str(folder), "model": None}
 
 
 FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR": "ft2", "stage 2 ASR noisy": "ft2-noisy"}
@@ -297,8 +293,7 @@ def compare_stages(root: Path, plan: dict, quick: bool, scratch_seeds: int = 1) 
     """
     budget = (plan["stage1"][0] + plan["stage2"][0], plan["stage1"][1], plan["stage1"][0] + plan["stage2"][0])
     model = str(REPO / "configuration" / "models" / ("tiny" if quick else "small"))
-    pt = {"init_checkpoint": str(root / "pt"), "model": None}
-    ft1 = {"init_checkpoint": str(root / "ft1"), "model": None}
+    pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
     folder = root / "compare"
     scratch = [
         Stage(scratch_name(seed), "gradual-stage1.yaml", folder / ("scratch" + (f"-seed{seed}" if seed else "")),
