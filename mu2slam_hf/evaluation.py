@@ -373,6 +373,38 @@ def target_nll(
     return records
 
 
+def audio_dependence(
+    model: Any, processor: Any, examples: Sequence[dict[str, Any]], batch_size: int = 8
+) -> dict[str, float]:
+    """How much a speech model's predictions depend on the audio, beyond its language.
+
+    The reference NLL (nats per token, as :func:`target_nll`) given each example's own audio, and given the audio of
+    the next example of the same source language (rotated within each language). Equal values mean the model
+    predicts the text from the language alone, as a language model; the gap is what it takes from the audio.
+
+    Returns:
+        ``{"own_audio": nll, "other_audio": nll, "gap": other - own}``.
+    """
+    speech = [example for example in examples if example["task"] in ("asr", "ast")]
+    by_language: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for example in speech:
+        by_language[example["source_lang"]].append(example)
+    if not speech or any(len(rows) < 2 for rows in by_language.values()):
+        raise ValueError("audio_dependence needs ASR/AST examples, at least 2 per source language.")
+    rotated = [
+        {**example, "audio": rows[(index + 1) % len(rows)]["audio"]}
+        for rows in by_language.values()
+        for index, example in enumerate(rows)
+    ]
+
+    def mean_nll(rows: list[dict[str, Any]]) -> float:
+        records = target_nll(model, processor, rows, batch_size)
+        return sum(r["nll"] for r in records) / sum(r["tokens"] for r in records)
+
+    own, other = mean_nll([e for rows in by_language.values() for e in rows]), mean_nll(rotated)
+    return {"own_audio": own, "other_audio": other, "gap": other - own}
+
+
 def score_nll(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-(task, source_lang, target_lang) ``nll`` entries: summed nats / summed target tokens."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -438,13 +470,29 @@ def evaluate_model(
 def load_examples(
     data_dir: str | os.PathLike, split: str, tasks: Sequence[str] = GENERATION_TASKS, max_examples: int | None = None
 ) -> list[dict[str, Any]]:
-    """Examples of ``tasks`` from ``<data_dir>/<split>.jsonl``, at most ``max_examples`` per task (first in file)."""
+    """Examples of ``tasks`` from ``<data_dir>/<split>.jsonl``; at most ``max_examples`` per task, taken round-robin
+    over its languages or directions (file order within each), so that a subset covers every language."""
     kept: dict[str, list[dict[str, Any]]] = {task: [] for task in tasks}
     for example in load_manifest(data_dir, split):
         rows = kept.get(example["task"])
-        if rows is not None and (max_examples is None or len(rows) < max_examples):
+        if rows is not None:
             rows.append(example)
+    if max_examples is not None:
+        kept = {task: spread_over_languages(rows, max_examples) for task, rows in kept.items()}
     return [example for task in tasks for example in kept[task]]
+
+
+def spread_over_languages(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` examples taken round-robin over the (source, target) languages, in file order within each."""
+    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for example in examples:
+        by_pair[f"{example['source_lang']}-{example.get('target_lang')}"].append(example)
+    chosen, queues = [], [list(rows) for _, rows in sorted(by_pair.items())]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def write_results(results: dict[str, Any], output: str | os.PathLike) -> tuple[str, str]:
@@ -469,6 +517,7 @@ __all__ = [
     "evaluate_model",
     "generate_predictions",
     "load_examples",
+    "spread_over_languages",
     "make_results",
     "metric_entry",
     "normalize_text",

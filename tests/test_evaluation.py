@@ -20,6 +20,7 @@ from mu2slam_hf import (
 )
 from mu2slam_hf.evaluation import (
     accuracy,
+    audio_dependence,
     bleu_tokenizer,
     char_error_rate,
     corpus_bleu,
@@ -262,6 +263,39 @@ def test_nll_is_the_models_own_loss_per_token_and_ignores_batching():
     assert nll_fr["num_examples"] == 2
     assert nll_fr["value"] == pytest.approx(sum(r["nll"] for r in pair) / sum(r["tokens"] for r in pair), abs=1e-4)
     assert {m["name"] for m in results["metrics"] if m["task"] == "mt"} == {"bleu", "chrf", "nll"}
+
+
+def test_audio_dependence_is_zero_without_audio_use_and_positive_with_it():
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    examples = [
+        audio_example(f"a{i}", "asr", lang, lang, text, 0.5 + 0.1 * i, i)
+        for i, (lang, text) in enumerate(
+            [("fr", "le chat"), ("fr", "est assis"), ("de", "die katze"), ("de", "sitzt")]
+        )
+    ]
+    # a model whose decoder cannot see the encoder predicts the same text from any audio
+    blind = tiny_model(processor)
+    for layer in blind.model.decoder.layers:
+        torch.nn.init.zeros_(layer.cross_attn.out_proj.weight)
+        torch.nn.init.zeros_(layer.cross_attn.out_proj.bias)
+    assert audio_dependence(blind, processor, examples)["gap"] == pytest.approx(0.0, abs=1e-5)
+    # a model that learned these clips gives its references a lower NLL with their own audio
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        for example in examples:
+            batch = processor(
+                audio=example["audio"]["array"], sampling_rate=RATE, text_target=example["target_text"],
+                src_lang=example["source_lang"], tgt_lang=example["source_lang"],
+            )  # fmt: skip
+            model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    result = audio_dependence(model.eval(), processor, examples)
+    assert result["gap"] > 0.5 and result["other_audio"] - result["own_audio"] == pytest.approx(result["gap"])
+    with pytest.raises(ValueError, match="at least 2 per source language"):
+        audio_dependence(model, processor, examples[:1])
 
 
 def test_evaluate_script_writes_json_and_markdown(tmp_path):

@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         comparison = compare(root, synth, fillets, plan, count, args.scratch_seeds)
         extra = sum(value for name, value in trained.items() if name not in FOLDERS)
         log(
-            f"comparison: training wall {training_wall / 60:.1f} min for all stages ({extra / 60:.1f} min of runs "
-            f"beyond the main job), evaluation {(time.perf_counter() - start) / 60:.1f} min: {comparison}"
+            f"comparison: training wall {training_wall / 60:.1f} min for all stages (the runs beyond the main job "
+            f"took {extra / 60:.1f} run-minutes), evaluation {(time.perf_counter() - start) / 60:.1f} min: {comparison}"
         )
         print(comparison.read_text())
 

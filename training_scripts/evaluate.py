@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import torch
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
-from mu2slam_hf.evaluation import GENERATION_TASKS, evaluate_model, load_examples, results_to_markdown, write_results
+from mu2slam_hf.evaluation import (
+    GENERATION_TASKS,
+    audio_dependence,
+    evaluate_model,
+    load_examples,
+    results_to_markdown,
+    write_results,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,6 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
     parser.add_argument(
         "--with_loss", action="store_true", help="add the teacher-forced NLL of the references (nats per token)"
+    )
+    parser.add_argument(
+        "--audio_dependence",
+        action="store_true",
+        help="add the reference NLL given each clip's own audio vs another clip of its language (ASR/AST)",
     )
     return parser.parse_args(argv)
 
@@ -64,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_name=str(args.data),
         split=args.split,
     )
+    if args.audio_dependence:
+        results["audio_dependence"] = audio_dependence(model, processor, examples, args.batch_size)
+        print("audio dependence (nats per token):", results["audio_dependence"])
     output = args.output or os.path.join(args.model, f"eval_{args.split}.json")
     json_path, markdown_path = write_results(results, output)
     print(results_to_markdown(results))

@@ -8,7 +8,6 @@ Work is split over processes and the sums / predictions are gathered.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
-from ..evaluation import char_error_rate, corpus_bleu, normalize_text, word_error_rate
+from ..evaluation import char_error_rate, corpus_bleu, normalize_text, spread_over_languages, word_error_rate
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker, row_losses
@@ -26,15 +25,7 @@ GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
 
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """``count`` examples taken round-robin over the languages (in file order within each language)."""
-    by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for example in examples:
-        by_lang[f"{example['source_lang']}-{example.get('target_lang')}"].append(example)
-    chosen, queues = [], [list(rows) for _, rows in sorted(by_lang.items())]
-    while len(chosen) < count and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < count:
-                chosen.append(queue.pop(0))
-    return chosen
+    return spread_over_languages(examples, count)
 
 
 class DevEvaluator:
