@@ -29,7 +29,7 @@ import os
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jiwer
@@ -326,19 +326,11 @@ def generate_predictions(
     Speech and text examples are batched separately, each sorted by length. Returns records with ``id``,
     ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's ``target_text``) and ``hypothesis``.
     """
-    was_training = model.training
-    model.eval()
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    examples = [decode_example(dict(example)) for example in examples]
     records = []
-    for speech in (True, False):
-        group = [e for e in examples if (_task_of(e) != "mt") == speech]
-        for batch in _batches(group, batch_size):
-            inputs = _model_inputs(processor, batch, speech, device, dtype)
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-            texts = processor.batch_decode(ids, skip_special_tokens=True)
-            records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
-    model.train(was_training)
+    for batch, inputs in _eval_batches(model, processor, examples, batch_size):
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        texts = processor.batch_decode(ids, skip_special_tokens=True)
+        records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
     return records
 
 
@@ -351,26 +343,35 @@ def target_nll(
     Returns one record per example: ``id``, ``task``, ``source_lang``, ``target_lang``, ``nll`` (summed nats over
     the target tokens, eos included) and ``tokens``.
     """
+    device, records = next(model.parameters()).device, []
+    for batch, inputs in _eval_batches(model, processor, examples, batch_size):
+        labels = processor.encode_targets([example["target_text"] for example in batch]).to(device)
+        logits = model(**inputs, labels=labels).logits.float()
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        for example, row_loss, row_labels in zip(batch, losses, labels, strict=True):
+            tokens = int((row_labels != -100).sum())
+            records.append({**_identity(example), "nll": row_loss.sum().item(), "tokens": tokens})
+    return records
+
+
+def _eval_batches(
+    model: Any, processor: Any, examples: Iterable[dict[str, Any]], batch_size: int
+) -> Iterator[tuple[list[dict[str, Any]], dict]]:
+    """(examples, model inputs) batches in eval mode: speech and text separately, each sorted by length.
+
+    Audio is decoded here when needed; the model's training mode is restored at the end.
+    """
     was_training = model.training
     model.eval()
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     examples = [decode_example(dict(example)) for example in examples]
-    records = []
-    for speech in (True, False):
-        group = [e for e in examples if (_task_of(e) != "mt") == speech]
-        for batch in _batches(group, batch_size):
-            inputs = _model_inputs(processor, batch, speech, device, dtype)
-            labels = processor.encode_targets([example["target_text"] for example in batch]).to(device)
-            logits = model(**inputs, labels=labels).logits.float()
-            losses = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
-            )
-            for example, row_loss, row_labels in zip(batch, losses, labels, strict=True):
-                record = _record(example, "")
-                del record["reference"], record["hypothesis"]
-                records.append({**record, "nll": row_loss.sum().item(), "tokens": int((row_labels != -100).sum())})
-    model.train(was_training)
-    return records
+    try:
+        for speech in (True, False):
+            group = [e for e in examples if (_task_of(e) != "mt") == speech]
+            for batch in _batches(group, batch_size):
+                yield batch, _model_inputs(processor, batch, speech, device, dtype)
+    finally:
+        model.train(was_training)
 
 
 def audio_dependence(
@@ -416,15 +417,17 @@ def score_nll(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _record(example: dict[str, Any], hypothesis: str) -> dict[str, Any]:
+def _identity(example: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": example["id"],
         "task": example["task"],
         "source_lang": example["source_lang"],
         "target_lang": example["target_lang"] or example["source_lang"],
-        "reference": example["target_text"],
-        "hypothesis": hypothesis.strip(),
     }
+
+
+def _record(example: dict[str, Any], hypothesis: str) -> dict[str, Any]:
+    return {**_identity(example), "reference": example["target_text"], "hypothesis": hypothesis.strip()}
 
 
 def evaluate_model(
@@ -454,7 +457,7 @@ def evaluate_model(
     unknown = set(tasks) - set(GENERATION_TASKS)
     if unknown:
         raise ValueError(f"Unknown tasks {sorted(unknown)}: evaluate_model handles {GENERATION_TASKS}.")
-    selected = [example for example in examples if example["task"] in tasks]
+    selected = [decode_example(dict(example)) for example in examples if example["task"] in tasks]  # once, for both
     if not selected:
         raise ValueError(f"No examples of the tasks {list(tasks)} to evaluate.")
     predictions = generate_predictions(model, processor, selected, batch_size, max_new_tokens, num_beams)
