@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -51,9 +52,10 @@ def level_split(level: str) -> str:
     return "dev" if bucket < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["dev"] else "test"
 
 
-def default_cache_dir() -> str:
+def default_cache_dir(name: str = "fillets-ng") -> str:
+    """``$XDG_CACHE_HOME/mu2slam_hf/<name>`` (``~/.cache`` when unset): where a source's packages are extracted."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "mu2slam_hf", "fillets-ng")
+    return os.path.join(base, "mu2slam_hf", name)
 
 
 def fetch_fillets(cache_dir: str | None = None, packages: tuple[str, ...] = PACKAGES) -> str:
@@ -62,25 +64,35 @@ def fetch_fillets(cache_dir: str | None = None, packages: tuple[str, ...] = PACK
     Raises:
         RuntimeError: apt-get or dpkg-deb is missing or the download fails, with what to install.
     """
-    cache_dir = cache_dir or default_cache_dir()
+    return os.path.join(fetch_debian_packages(cache_dir or default_cache_dir(), packages, _install_hint), GAME_DIR)
+
+
+def fetch_debian_packages(cache_dir: str, packages: tuple[str, ...], install_hint: Callable[[str], str]) -> str:
+    """Downloads and extracts the Debian ``packages`` not yet in ``cache_dir``; returns the extraction root.
+
+    Each package is marked ``<cache_dir>/<package>.extracted`` once extracted, so it is fetched only once.
+
+    Raises:
+        RuntimeError: ``install_hint(reason)`` when apt-get or dpkg-deb is missing or the download fails.
+    """
     root = os.path.join(cache_dir, "root")
     missing = [p for p in packages if not os.path.exists(os.path.join(cache_dir, f"{p}.extracted"))]
     if missing:
         for tool in ("apt-get", "dpkg-deb"):
             if shutil.which(tool) is None:
-                raise RuntimeError(_install_hint(f"`{tool}` is not available"))
+                raise RuntimeError(install_hint(f"`{tool}` is not available"))
         os.makedirs(root, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             result = subprocess.run(["apt-get", "download", *missing], cwd=tmp, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(
-                    _install_hint(f"`apt-get download {' '.join(missing)}` failed: {result.stderr.strip()}")
+                    install_hint(f"`apt-get download {' '.join(missing)}` failed: {result.stderr.strip()}")
                 )
             for package in missing:
                 (deb,) = glob.glob(os.path.join(tmp, f"{package}_*.deb"))
                 subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
                 open(os.path.join(cache_dir, f"{package}.extracted"), "w").close()
-    return os.path.join(root, GAME_DIR)
+    return root
 
 
 def _install_hint(reason: str) -> str:
