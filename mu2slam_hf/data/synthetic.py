@@ -182,6 +182,40 @@ def _synthesize_job(job: tuple[str, dict[str, Any], str]) -> float | str:
         return f"{type(error).__name__}: {error}"
 
 
+def check_espeak() -> None:
+    """Raises RuntimeError, saying how to install it, when espeak-ng is not on PATH."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed: `apt-get install -y --no-install-recommends espeak-ng`")
+
+
+def synthesize_lines(
+    lines: list[tuple[str, str, str]], out: str, seed: int = 0, num_workers: int = 2
+) -> tuple[dict[str, dict[str, tuple[str, float, str]]], dict[str, str]]:
+    """Speaks each ``(key, lang, text)`` with its seeded voice (:func:`voice_settings`) into
+    ``<out>/audio/<lang>/<key>.flac``.
+
+    Returns:
+        ``audio[key][lang] = (path relative to out, seconds, speaker)`` as :func:`group_examples` takes it,
+        and the failed lines ``{"<key>/<lang>": reason}``.
+    """
+    jobs, owners = [], []
+    for key, lang, text in lines:
+        settings = voice_settings(seed, key, lang)
+        rel = os.path.join("audio", lang, f"{key}.flac")
+        jobs.append((text, settings, os.path.join(out, rel)))
+        owners.append((key, lang, rel, f"espeak-{settings['voice']}"))
+    with ProcessPoolExecutor(max(1, num_workers)) as pool:
+        results = list(pool.map(_synthesize_job, jobs, chunksize=8))
+    audio: dict[str, dict[str, tuple[str, float, str]]] = defaultdict(dict)
+    failures = {}
+    for (key, lang, rel, speaker), result in zip(owners, results, strict=True):
+        if isinstance(result, str):
+            failures[f"{key}/{lang}"] = result
+        else:
+            audio[key][lang] = (rel, result, speaker)
+    return audio, failures
+
+
 def group_examples(group: TextGroup, audio: dict[str, tuple[str, float, str]]) -> list[dict[str, Any]]:
     """The five data types from one group; ``audio[lang] = (relative path, seconds, speaker)``."""
     examples, key, texts = [], group.key, group.texts
@@ -233,29 +267,14 @@ def build_synthetic(
         num_numbers: number-word groups added (num2words).
         use_fillets: False builds from number words only (no apt-get needed).
     """
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed: `apt-get install -y --no-install-recommends espeak-ng`")
+    check_espeak()
     start = time.time()
     fillets = fillets_groups(game_dir or fetch_fillets(cache_dir), languages) if use_fillets else []
     numbers = number_groups(num_numbers, languages, seed)
     assign_splits(fillets + numbers, seed)  # over every candidate, so subsampling cannot move a group
     groups = subsample(fillets, max_groups, seed) + numbers
-    jobs, owners = [], []
-    for group in groups:
-        for lang, text in group.texts.items():
-            settings = voice_settings(seed, group.key, lang)
-            rel = os.path.join("audio", lang, f"{group.key}.flac")
-            jobs.append((text, settings, os.path.join(out, rel)))
-            owners.append((group.key, lang, rel, f"espeak-{settings['voice']}"))
-    with ProcessPoolExecutor(max(1, num_workers)) as pool:
-        results = list(pool.map(_synthesize_job, jobs, chunksize=8))
-    audio: dict[str, dict[str, tuple[str, float, str]]] = defaultdict(dict)
-    failures = {}
-    for (key, lang, rel, speaker), result in zip(owners, results, strict=True):
-        if isinstance(result, str):
-            failures[f"{key}/{lang}"] = result
-        else:
-            audio[key][lang] = (rel, result, speaker)
+    lines = [(group.key, lang, text) for group in groups for lang, text in group.texts.items()]
+    audio, failures = synthesize_lines(lines, out, seed, num_workers)
     synth_seconds = time.time() - start
     splits = {split: [] for split in SPLIT_FRACTIONS}
     for group in groups:
