@@ -170,6 +170,9 @@ def score(name: str, references: list[str], hypotheses: list[str], target_lang: 
 # ------------------------------------------------------------------------------------- results format
 
 
+_METRIC_KEYS = ("task", "source_lang", "target_lang", "name", "value", "num_examples")
+
+
 def metric_entry(
     task: str, source_lang: str, target_lang: str, name: str, value: float, num_examples: int
 ) -> dict[str, Any]:
@@ -511,6 +514,32 @@ def write_results(results: dict[str, Any], output: str | os.PathLike) -> tuple[s
     return json_path, markdown_path
 
 
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an evaluation JSON written by :func:`write_results`, checked; return the dict of :func:`make_results`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an evaluation JSON (the message names the file and what is wrong).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Results file {path!r} not found. Run `python training_scripts/evaluate.py` on the model first: it "
+            "writes this JSON."
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        metrics = [metric_entry(*(entry[key] for key in _METRIC_KEYS)) for entry in raw["metrics"]]
+        return make_results(raw["model"], raw["data"], raw["split"], metrics, raw.get("predictions"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"Results file {path!r} is not an evaluation JSON ({type(error).__name__}: {error}). Expected "
+            '{"model", "data", "split", "metrics": [{"task", "source_lang", "target_lang", "name", "value", '
+            '"num_examples"}]} as written by training_scripts/evaluate.py: evaluate the model again.'
+        ) from error
+
+
 __all__ = [
     "accuracy",
     "bleu_tokenizer",
@@ -524,6 +553,7 @@ __all__ = [
     "make_results",
     "metric_entry",
     "normalize_text",
+    "read_results",
     "results_tables",
     "results_to_markdown",
     "row_label",

@@ -29,11 +29,13 @@ from mu2slam_hf.evaluation import (
     make_results,
     metric_entry,
     normalize_text,
+    read_results,
     results_tables,
     results_to_markdown,
     score_predictions,
     target_nll,
     word_error_rate,
+    write_results,
 )
 
 RATE = 16000
@@ -191,6 +193,27 @@ def test_metric_entry_rejects_unknown_names():
         metric_entry("asr", "en", "en", "f1", 1.0, 1)
     with pytest.raises(ValueError, match="Unknown task"):
         metric_entry("qa", "en", "en", "wer", 1.0, 1)
+
+
+def test_read_results_returns_what_write_results_wrote(tmp_path):
+    prediction = {"id": "a", "task": "ast", "source_lang": "fr", "target_lang": "en", "reference": "x"}
+    metrics = [metric_entry("ast", "fr", "en", "bleu", 12.5, 3)]
+    results = make_results("runs/x", "data/y", "test", metrics, [{**prediction, "hypothesis": "x"}])
+    json_path, _ = write_results(results, tmp_path / "eval.json")
+    assert read_results(json_path) == results
+
+
+def test_read_results_names_the_file_and_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json' not found\. Run `python training_scripts/evaluate"):
+        read_results(tmp_path / "missing.json")
+    entry = {"task": "asr", "source_lang": "en", "target_lang": "en", "name": "f1", "value": 1.0, "num_examples": 2}
+    for name, content, problem in [
+        ("unknown.json", {"model": "m", "data": "d", "split": "test", "metrics": [entry]}, "Unknown metric 'f1'"),
+        ("no_split.json", {"model": "m", "data": "d", "metrics": []}, "KeyError: 'split'"),
+    ]:
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=rf"{name}' is not an evaluation JSON \(.*{problem}"):
+            read_results(tmp_path / name)
 
 
 # -------------------------------------------------------------------------------------------- end to end
