@@ -31,7 +31,7 @@ import soundfile
 import torch
 import yaml
 from conftest import PRESETS, REPO_ROOT
-from test_remote_code import fresh_python  # noqa: F401  (module fixture: a venv without mu2slam_hf)
+from test_remote_code import fresh_python, venv_with_dependencies  # noqa: F401  (fresh_python: module fixture)
 
 from mu2slam_hf import (
     Mu2SlamConfig,
@@ -41,7 +41,9 @@ from mu2slam_hf import (
     build_best_rq,
     train_char_tokenizer,
 )
+from mu2slam_hf.evaluation import METRIC_ORDER, TASK_ORDER
 from mu2slam_hf.hub import (
+    MODEL_CARD_TEMPLATE,
     CardInputs,
     PublishError,
     folder_digest,
@@ -50,6 +52,7 @@ from mu2slam_hf.hub import (
     publish,
     render_model_card,
 )
+from mu2slam_hf.hub.card import HUB_TASKS, METRIC_LABELS
 
 WORDS = ["hello", "good day", "thanks"]
 TONES_HZ = (300, 900, 2500)
@@ -369,10 +372,10 @@ def trained(tmp_path_factory):
     return SimpleNamespace(root=root, folder=folder, results=root / "eval.json", recipe=root / "recipe.yaml")
 
 
-def run_push(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(PUSH_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
-    )
+def run_push(
+    *args: str, env: dict[str, str], python: str | Path = sys.executable, script: Path = PUSH_SCRIPT, cwd=None
+) -> subprocess.CompletedProcess:
+    return subprocess.run([python, str(script), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -531,6 +534,47 @@ def test_card_from_recipe_real_data_and_base_model(trained, tmp_path):
     card = render_model_card(trained.folder, inputs)
     assert "synthetic-data" not in card.data.tags and "Trained on synthetic data" not in card.text
     assert "fine-tuned from `someone/mu2slam-base`" in card.text
+
+
+def test_card_knows_every_task_and_metric_of_the_results_format():
+    assert set(HUB_TASKS) == set(TASK_ORDER) and set(METRIC_LABELS) == set(METRIC_ORDER)
+
+
+def test_packaged_card_template_is_the_model_cards_copy():
+    """The package's template is the source; model_cards/ holds the same file for readers of the repository."""
+    readers_copy = REPO_ROOT / "model_cards" / "mu2slam_model_card.md.jinja"
+    assert readers_copy.read_text(encoding="utf-8") == MODEL_CARD_TEMPLATE.read_text(encoding="utf-8"), (
+        f"Edit {MODEL_CARD_TEMPLATE} and copy it to {readers_copy}: the two must be identical."
+    )
+
+
+@pytest.mark.slow
+def test_dry_run_with_a_non_editable_install_outside_the_source_tree(trained, tmp_path):
+    """A wheel-style install (no checkout, no model_cards/) writes the card from the template in the package."""
+    source = tmp_path / "source"  # built from a copy: pip's in-tree build leaves build/ and *.egg-info behind
+    shutil.copytree(REPO_ROOT / "mu2slam_hf", source / "mu2slam_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO_ROOT / name, source / name)
+    python = venv_with_dependencies(tmp_path / "venv")
+    install = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed"]
+    installed = subprocess.run([*install, str(source)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    shutil.rmtree(source)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    shutil.copyfile(PUSH_SCRIPT, workdir / "push_to_hub.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.check_output(
+        [python, "-c", "import mu2slam_hf; print(mu2slam_hf.__file__)"], cwd=workdir, env=env
+    )
+    assert Path(where.decode().strip()).is_relative_to(tmp_path / "venv"), where
+
+    args = ["--model", str(trained.folder), "--repo_id", REPO_ID, "--results", str(trained.results)]
+    script = workdir / "push_to_hub.py"
+    dry = run_push(*args, "--dry_run", str(tmp_path / "dry"), env=env, python=python, script=script, cwd=workdir)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    card = (tmp_path / "dry" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "# mu2slam-tiny-synth" in card and "| en | 0 | 1.25 | 3 |" in card
 
 
 def _load_script():

@@ -15,18 +15,25 @@ from conftest import make_model, random_batch
 import mu2slam_hf  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def fresh_python(tmp_path_factory):
-    """A new venv that sees the installed dependencies (torch, transformers) but not the mu2slam_hf package.
+def venv_with_dependencies(root: Path) -> Path:
+    """A new venv at `root` that sees the installed dependencies (torch, transformers, pip) but not mu2slam_hf.
 
     Its .pth file adds our site-packages to sys.path without running the .pth files there, so the editable
     install's import hook for mu2slam_hf is absent: exactly a machine with the dependencies and no package.
+    Returns its python.
     """
-    root = tmp_path_factory.mktemp("fresh-venv")
     venv.EnvBuilder(with_pip=False).create(root)
     python = root / "bin" / "python"
     site = subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     (Path(site.decode().strip()) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory):
+    """A venv with the dependencies and without the mu2slam_hf package (`venv_with_dependencies`)."""
+    root = tmp_path_factory.mktemp("fresh-venv")
+    python = venv_with_dependencies(root)
     probe = subprocess.run([python, "-c", "import mu2slam_hf"], capture_output=True, text=True, cwd=root)
     assert probe.returncode != 0 and "No module named 'mu2slam_hf'" in probe.stderr
     return python

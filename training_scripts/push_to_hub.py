@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     synthetic.add_argument("--real_data", dest="synthetic_data", action="store_false", help="no synthetic warning")
     parser.add_argument("--audio", type=Path, help="16 kHz file for the smoke run (default: synthetic 1 s clip)")
     parser.add_argument("--src_lang", help="language of the smoke run and the card snippet")
-    parser.add_argument("--template", type=Path, help="Jinja2 model card template (default: model_cards/)")
+    parser.add_argument("--template", type=Path, help="Jinja2 model card template (default: the packaged one)")
     parser.add_argument("--commit_message", help="commit message of the upload")
     return parser.parse_args(argv)
 
