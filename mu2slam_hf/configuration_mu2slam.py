@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 from .vocabulary import (
     BOS_ID,
@@ -46,6 +54,99 @@ def receptive_field(num_layers: int = 2, kernel_size: int = 3, stride: int = 2) 
     return frames
 
 
+# Field -> smallest allowed value, for the integer fields (checked at construction, see `check_config_field`).
+_INT_FIELDS = {
+    "text_vocab_size": 6, "codebook_size": 1, "num_mel_bins": 1, "frontend_channels": 1, "frontend_kernel_size": 1,
+    "frontend_stride": 1, "d_model": 1, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 1,
+    "decoder_attention_heads": 1, "encoder_ffn_dim": 1, "decoder_ffn_dim": 1, "conformer_conv_kernel_size": 1,
+    "max_target_positions": 1, "mask_time_length": 1, "mask_time_min_masks": 0, "mask_feature_length": 1,
+    "mask_feature_min_masks": 0, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "unk_token_id": 0,
+    "mask_token_id": 0, "decoder_start_token_id": 0,
+}  # fmt: skip
+# Fractions in [0, 1].
+_PROBABILITY_FIELDS = (
+    "encoder_dropout", "decoder_dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
+    "decoder_noise_ratio", "mask_time_prob", "mask_feature_prob",
+)  # fmt: skip
+_NON_NEGATIVE_FLOAT_FIELDS = ("init_std", "decoder_loss_weight", "mlm_loss_weight", "ctc_loss_weight")
+_BOOL_FIELDS = ("scale_embedding", "apply_spec_augment", "tie_word_embeddings", "is_encoder_decoder", "use_cache")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_config_field(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` when ``value`` has the wrong type or range for that config field.
+
+    Only single fields are checked here (cross-field rules live in `Mu2SlamConfig.__init__`); unknown names pass.
+    """
+    problem = _field_problem(name, value)
+    if problem:
+        raise ValueError(
+            f"Mu2SlamConfig.{name} {problem}, got {value!r} ({type(value).__name__}). Fix it in config.json, the "
+            "recipe's model_overrides or wherever it was set."
+        )
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one field's value, or None."""
+    if name in _INT_FIELDS:
+        minimum = _INT_FIELDS[name]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        return None if ok else f"must be an int >= {minimum}"
+    if name in _PROBABILITY_FIELDS:
+        return None if _is_number(value) and 0.0 <= value <= 1.0 else "must be a number in [0, 1]"
+    if name in _NON_NEGATIVE_FLOAT_FIELDS:
+        return None if _is_number(value) and value >= 0 else "must be a number >= 0"
+    if name in _BOOL_FIELDS:
+        return None if isinstance(value, bool) else "must be true or false"
+    if name == "hidden_act":
+        known = ", ".join(sorted(ACT2FN))
+        return None if isinstance(value, str) and value in ACT2FN else f"must be an activation name ({known})"
+    if name == "languages":
+        ok = isinstance(value, list | tuple) and value and all(isinstance(c, str) and c for c in value)
+        return None if ok else "must be a non-empty list of language codes"
+    if name == "objective_loss_weights":
+        return _loss_weights_problem(value)
+    return None
+
+
+def _loss_weights_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return "must be a mapping of objective -> weight"
+    unknown = sorted(set(value) - set(DEFAULT_OBJECTIVE_LOSS_WEIGHTS))
+    if unknown:
+        hint = _did_you_mean(unknown[0], DEFAULT_OBJECTIVE_LOSS_WEIGHTS)
+        return f"has unknown objective(s) {unknown}{hint}; known: {', '.join(DEFAULT_OBJECTIVE_LOSS_WEIGHTS)}"
+    if not all(_is_number(weight) and weight >= 0 for weight in value.values()):
+        return "must map each objective to a number >= 0"
+    return None
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_pretrained_location(location: str | os.PathLike) -> None:
+    """Refuse, with a clear FileNotFoundError, a path that is no folder here and cannot be a Hub repo id either.
+
+    Hub ids are ``name`` or ``owner/name``; an absolute path, ``./``, ``../``, ``~`` or a second ``/`` can only be
+    a local path, which transformers would otherwise report as a malformed repo id.
+    """
+    text = os.fspath(location)
+    if os.path.exists(text):
+        return
+    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(
+            f"No such folder: {text}. Pass a folder that holds a saved model (a run's output_dir or one of its "
+            "checkpoint-<step> folders), or a Hub repo id such as 'owner/name'."
+        )
+
+
 class Mu2SlamConfig(PreTrainedConfig):
     r"""
     Configuration of a Mu2SLAM encoder-decoder (Cheng et al., 2023): a speech front end (two stride-2
@@ -67,6 +168,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         hidden_act (`str`): activation of the feed-forward blocks.
         encoder_dropout / decoder_dropout (`float`): residual dropout (paper: 0 and 0.1).
         attention_dropout / activation_dropout (`float`): dropout on attention weights / FFN hidden.
+        classifier_dropout (`float`): dropout of the sequence-classification head (before and after its pooler).
         scale_embedding (`bool`): multiply token embeddings by sqrt(d_model).
         init_std (`float`): standard deviation of the weight initialisation.
         max_target_positions (`int`): longest decoder output the generation config allows.
@@ -112,6 +214,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         decoder_dropout: float = 0.1,
         attention_dropout: float = 0.0,
         activation_dropout: float = 0.0,
+        classifier_dropout: float = 0.1,
         scale_embedding: bool = True,
         init_std: float = 0.02,
         max_target_positions: int = 448,
@@ -138,6 +241,10 @@ class Mu2SlamConfig(PreTrainedConfig):
         use_cache: bool = True,
         **kwargs,
     ):
+        # Every argument, checked before any is used (a string d_model would otherwise fail deep inside a module).
+        fields = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
+        for name, value in fields.items():
+            check_config_field(name, value)
         self.languages = list(languages)
         if len(set(self.languages)) != len(self.languages):
             raise ValueError(f"`languages` has duplicates: {self.languages}")
@@ -160,6 +267,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.decoder_dropout = decoder_dropout
         self.attention_dropout = attention_dropout
         self.activation_dropout = activation_dropout
+        self.classifier_dropout = classifier_dropout
         self.scale_embedding = scale_embedding
         self.init_std = init_std
         self.max_target_positions = max_target_positions
@@ -167,8 +275,6 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.decoder_loss_weight = decoder_loss_weight
         self.mlm_loss_weight = mlm_loss_weight
         self.ctc_loss_weight = ctc_loss_weight
-        if not 0.0 <= decoder_noise_ratio <= 1.0:
-            raise ValueError(f"decoder_noise_ratio must be in [0, 1], got {decoder_noise_ratio}.")
         self.decoder_noise_ratio = decoder_noise_ratio
         self.apply_spec_augment = apply_spec_augment
         self.mask_time_prob = mask_time_prob
@@ -194,6 +300,29 @@ class Mu2SlamConfig(PreTrainedConfig):
             is_encoder_decoder=is_encoder_decoder,
             **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamConfig:
+        """`PreTrainedConfig.from_pretrained`, with a clear error for a local path that does not exist."""
+        check_pretrained_location(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def known_fields(cls) -> set[str]:
+        """Every name a config can set: this class's arguments, transformers' common ones and their aliases."""
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        # num_labels is a property of PreTrainedConfig, set like a field (classification heads).
+        return own | set(PreTrainedConfig().to_dict()) | set(cls.attribute_map) | {"num_labels"}
+
+    @classmethod
+    def check_overrides(cls, overrides: Mapping[str, Any]) -> None:
+        """Raise a ValueError for a name that is no config field (with the closest one) or a value of the wrong
+        type or range. Used on free-form maps (a recipe's ``model_overrides``) before a config is built."""
+        known = cls.known_fields()
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValueError(f"{name!r} is not a Mu2SlamConfig field{_did_you_mean(name, known)}.")
+            check_config_field(name, value)
 
     @property
     def vocab_size(self) -> int:
@@ -243,6 +372,32 @@ class Mu2SlamConfig(PreTrainedConfig):
         return receptive_field(2, self.frontend_kernel_size, self.frontend_stride)
 
 
+def check_processor_languages_beside(config: Mu2SlamConfig, folder: str | os.PathLike) -> None:
+    """If ``folder`` holds a processor_config.json, its languages must be ``config.languages`` in the same order.
+
+    The ASR pipeline reads the model config and never the processor, so a config whose language list was edited or
+    reordered would otherwise map every language code to another language's embedding without a word.
+    """
+    path = os.path.join(os.fspath(folder), "processor_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        languages = json.load(handle).get("languages")
+    if languages is not None and list(languages) != list(config.languages):
+        raise ValueError(
+            f"The model config in {folder} lists the languages {config.languages} but its processor was saved with "
+            f"{list(languages)}: language ids would point at the wrong embeddings. Restore the `languages` of the "
+            "config.json the model was trained with."
+        )
+
+
 Mu2SlamConfig.register_for_auto_class()
 
-__all__ = ["Mu2SlamConfig", "subsampled_lengths", "receptive_field"]
+__all__ = [
+    "Mu2SlamConfig",
+    "check_config_field",
+    "check_pretrained_location",
+    "check_processor_languages_beside",
+    "subsampled_lengths",
+    "receptive_field",
+]
