@@ -11,7 +11,11 @@ Input conventions (enforced with ``ValueError`` messages that name the fix):
 * Float audio is taken as is (expected in [-1, 1]). Integer PCM is scaled by ``1 / 2 ** (bits - 1)``: int16 by
   1/32768 and int32 by 1/2147483648, to [-1, 1). Other integer types (int8, uint8, int64 e.g. from a Python list of
   ints) are refused: their scale is ambiguous.
-* Multichannel clips are refused unless ``mono="mean"`` (average the channels) or ``mono="first"``.
+* Array shapes. Without ``mono``: a 1-D array is one clip; a 2-D array is a batch ``(batch, samples)`` of mono clips
+  (transformers' convention), so a ``(channels, samples)`` stereo array would be read as a batch: pass ``mono=``
+  for it. A 2-D array whose last axis is at most ``MAX_CHANNELS`` long is soundfile's ``(samples, channels)``
+  layout and is refused with an error naming ``mono=``. With ``mono="mean"`` (average the channels) or
+  ``mono="first"``, a 2-D array is one multichannel clip in either layout and a 3-D array a batch of them.
 * Empty clips, NaN/inf samples and clips shorter than the model's receptive field (7 frames = 1360 samples = 85 ms)
   are refused.
 """
@@ -36,6 +40,8 @@ logger = logging.get_logger(__name__)
 AudioInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[np.ndarray | torch.Tensor | Sequence[float]]
 MonoMode = Literal["mean", "first"]
 
+# A (samples, channels) array has at most this many channels; no real clip is this short (the minimum is 1360).
+MAX_CHANNELS = 32
 # Integer PCM types we know how to scale to [-1, 1): full scale is 2 ** (bits - 1).
 _PCM_SCALES = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 
@@ -400,6 +406,8 @@ def _split_batch(raw_speech: AudioInput, clip_ndim: int) -> list[Any]:
         if raw_speech.ndim == clip_ndim:
             return [raw_speech]
         if raw_speech.ndim == clip_ndim + 1:
+            if clip_ndim == 1:
+                _refuse_channels_last(tuple(raw_speech.shape))
             if len(raw_speech) == 0:
                 raise ValueError("Got an empty batch: pass at least one clip.")
             return list(raw_speech)
@@ -415,6 +423,17 @@ def _split_batch(raw_speech: AudioInput, clip_ndim: int) -> list[Any]:
             return [raw_speech]
         return list(raw_speech)
     raise ValueError(f"Expected audio as a numpy array, a torch tensor or a list, got {type(raw_speech).__name__}.")
+
+
+def _refuse_channels_last(shape: tuple[int, ...]) -> None:
+    """A 2-D batch whose rows are a few samples long is multichannel audio in soundfile's (samples, channels)."""
+    samples, channels = shape
+    if channels <= MAX_CHANNELS < samples:
+        raise ValueError(
+            f"Got an array of shape {shape}: this is {channels}-channel audio in soundfile's (samples, channels) "
+            "layout, but a 2-D array is read as a batch (batch, samples) of mono clips. Pass mono='mean' to "
+            "average the channels or mono='first' to keep the first one (or downmix it yourself: array.mean(axis=1))."
+        )
 
 
 def _to_float32(clip: Any, name: str) -> np.ndarray:
