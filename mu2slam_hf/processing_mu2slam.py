@@ -9,13 +9,15 @@ from typing import Any
 
 import torch
 from transformers import AutoProcessor, BatchFeature, ProcessorMixin
-from transformers.utils import cached_file
+from transformers.utils import cached_file, logging
 
-from .configuration_mu2slam import Mu2SlamConfig
+from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location
 from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from .speech_codebook import CODEBOOK_CONFIG_NAME, Mu2SlamSpeechCodebook
 from .tokenization_mu2slam import Mu2SlamTokenizer
 from .vocabulary import DEFAULT_LANGUAGES, VocabularyLayout, check_vocabulary_matches
+
+logger = logging.get_logger(__name__)
 
 
 class Mu2SlamProcessor(ProcessorMixin):
@@ -106,6 +108,7 @@ class Mu2SlamProcessor(ProcessorMixin):
         if audio is not None:
             batch = self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors, **kwargs)
         else:
+            self.warn_unknown_text(text, src_lang, "processor(text=...)")
             batch = BatchFeature(dict(self.tokenizer(text, padding=True, return_tensors=return_tensors, **kwargs)))
         size = len(batch["attention_mask"])
         if src_lang is not None:
@@ -113,8 +116,19 @@ class Mu2SlamProcessor(ProcessorMixin):
         if tgt_lang is not None:
             batch["tgt_lang_ids"] = self.language_ids(tgt_lang, size)
         if text_target is not None:
+            self.warn_unknown_text(text_target, tgt_lang or src_lang, "processor(text_target=...)")
             batch["labels"] = self.encode_targets(text_target)
         return batch
+
+    def warn_unknown_text(self, texts: str | list[str], languages: str | list[str] | None, where: str) -> None:
+        """Log, per language, the texts holding characters the tokenizer writes as ``<unk>`` (see
+        `Mu2SlamTokenizer.unknown_text_report`); silent when every character is known."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if languages is None or isinstance(languages, str):
+            languages = [languages or "?"] * len(texts)
+        report = self.tokenizer.unknown_text_report(zip(languages, texts, strict=False))
+        if report:
+            logger.warning(report.message(where))
 
     def encode_targets(self, texts: str | list[str]) -> torch.Tensor:
         """Target texts -> (B, U) label ids ending with eos, padded with -100."""
@@ -177,6 +191,7 @@ class Mu2SlamProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamProcessor:
         """Load the processor, its speech codebook when saved, and check it against the model config beside it."""
+        check_pretrained_location(pretrained_model_name_or_path)
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         codebook_json = cached_file(

@@ -20,13 +20,16 @@ characters, a Unigram corpus with too few pieces): the trainers log a warning an
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from .configuration_mu2slam import Mu2SlamConfig
+from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location
 from .vocabulary import BOS_TOKEN, EOS_ID, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_ID, UNK_TOKEN
 
 logger = logging.get_logger(__name__)
@@ -59,9 +62,75 @@ class Mu2SlamTokenizer(PreTrainedTokenizerFast):
             mask_token=MASK_TOKEN,
         )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> Mu2SlamTokenizer:
+        """`PreTrainedTokenizerFast.from_pretrained`, with clear errors for a missing folder and for a local folder
+        without ``tokenizer.json`` (a model saved without its processor)."""
+        check_pretrained_location(pretrained_model_name_or_path)
+        folder = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            raise FileNotFoundError(
+                f"{folder} has no tokenizer.json: it holds a model saved without its processor. Save the processor "
+                f"there too (`processor.save_pretrained({folder!r})`), or load the processor from the run folder or "
+                "checkpoint the model came from."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def unknown_spans(self, texts: list[str]) -> list[list[str]]:
+        """For each text, the pieces of it that this tokenizer writes as ``<unk>`` (characters it never saw)."""
+        encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [
+            [text[start:end] for token, (start, end) in zip(e.ids, e.offsets, strict=True) if token == UNK_ID]
+            for text, e in zip(texts, encodings, strict=True)
+        ]
+
+    def unknown_text_report(self, texts: Iterable[tuple[str, str]]) -> UnknownTextReport:
+        """Count, per language, the ``(language, text)`` pairs that hold text this tokenizer cannot write."""
+        report = UnknownTextReport()
+        pairs = list(texts)
+        spans = self.unknown_spans([text for _, text in pairs])
+        for (language, text), unknown in zip(pairs, spans, strict=True):
+            report.add(language, text, unknown)
+        return report
+
     def normalize_text(self, text: str) -> str:
         """``text`` as the tokenizer sees it (NFKC, whitespace collapsed and stripped): what decoding gives back."""
         return self.backend_tokenizer.normalizer.normalize_str(text)
+
+
+@dataclass
+class UnknownTextReport:
+    """Per language: texts seen, texts holding unknown pieces, the unknown pieces (counted) and example texts."""
+
+    texts: Counter = field(default_factory=Counter)
+    affected: Counter = field(default_factory=Counter)
+    pieces: dict[str, Counter] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, language: str, text: str, unknown: list[str]) -> None:
+        self.texts[language] += 1
+        if unknown:
+            self.affected[language] += 1
+            self.pieces.setdefault(language, Counter()).update(unknown)
+            examples = self.examples.setdefault(language, [])
+            if len(examples) < 3 and text not in examples:
+                examples.append(text)
+
+    def __bool__(self) -> bool:
+        return bool(self.affected)
+
+    def message(self, where: str) -> str:
+        """One line per affected language: counts, the commonest unknown pieces and example texts."""
+        lines = [f"{where}: text the tokenizer cannot write becomes <unk> (decoded as nothing):"]
+        for language in sorted(self.affected):
+            pieces = ", ".join(f"{piece!r} x{count}" for piece, count in self.pieces[language].most_common(8))
+            examples = "; ".join(repr(text[:60]) for text in self.examples[language])
+            lines.append(
+                f"  {language}: {self.affected[language]} of {self.texts[language]} texts; unknown: {pieces}; "
+                f"e.g. {examples}"
+            )
+        lines.append("Use a tokenizer trained on text with these characters, or clean the texts.")
+        return "\n".join(lines)
 
 
 def _normalizer() -> normalizers.Normalizer:
@@ -185,4 +254,10 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Mu2Slam
 AutoTokenizer.register(Mu2SlamConfig, tokenizer_class=Mu2SlamTokenizer, exist_ok=True)
 Mu2SlamTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["Mu2SlamTokenizer", "train_char_tokenizer", "train_tokenizer", "train_unigram_tokenizer"]
+__all__ = [
+    "Mu2SlamTokenizer",
+    "UnknownTextReport",
+    "train_char_tokenizer",
+    "train_tokenizer",
+    "train_unigram_tokenizer",
+]
