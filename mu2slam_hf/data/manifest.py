@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import datasets
 
-from .schema import FIELDS, to_dataset
+from .schema import FIELDS, TASKS, to_dataset
 
 
 def write_manifest(path: str | os.PathLike, examples: Iterable[dict[str, Any]]) -> int:
@@ -29,26 +29,59 @@ def write_manifest(path: str | os.PathLike, examples: Iterable[dict[str, Any]]) 
     return count
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The examples of a JSONL manifest, audio paths made absolute (relative to the manifest's folder)."""
+class ManifestError(ValueError):
+    """A manifest line that is not a JSON object of a known task; the message starts with ``file:line``."""
+
+
+def iter_manifest_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | ManifestError]]:
+    """(line number, example or the `ManifestError` of that line) for every non-blank line of a JSONL manifest,
+    audio paths made absolute (relative to the manifest's folder)."""
     root = os.path.dirname(os.path.abspath(path))
-    rows = []
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if line.strip():
-                row = json.loads(line)
-                audio = row.get("audio")
-                if audio and audio.get("path") and not os.path.isabs(audio["path"]):
-                    audio["path"] = os.path.join(root, audio["path"])
-                rows.append(row)
+                yield number, _parse_line(line, f"{path}:{number}", root)
+
+
+def _parse_line(line: str, where: str, root: str) -> dict[str, Any] | ManifestError:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        return ManifestError(f"{where}: invalid JSON ({error.msg} at column {error.colno}); fix or remove the line")
+    if not isinstance(row, dict):
+        return ManifestError(f"{where}: expected a JSON object (one example), got {type(row).__name__}")
+    if row.get("task") not in TASKS:
+        return ManifestError(f"{where}: unknown task {row.get('task')!r}; tasks are {', '.join(TASKS)}")
+    audio = row.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("path"), str) and not os.path.isabs(audio["path"]):
+        audio["path"] = os.path.join(root, audio["path"])
+    return row
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The examples of a JSONL manifest, audio paths made absolute (relative to the manifest's folder).
+
+    Raises `ManifestError` naming ``file:line`` for the first line that is not a JSON object of a known task.
+    """
+    rows = []
+    for _, row in iter_manifest_lines(path):
+        if isinstance(row, ManifestError):
+            raise row
+        rows.append(row)
     return rows
+
+
+def manifest_path(data_dir: str | os.PathLike, split: str) -> str:
+    """``<data_dir>/<split>.jsonl``, or a FileNotFoundError saying how to build it."""
+    path = os.path.join(data_dir, f"{split}.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no manifest {path}; build the corpus first (mu2slam-build-synthetic / -fillets)")
+    return path
 
 
 def load_manifest(data_dir: str | os.PathLike, split: str, task: str | None = None) -> datasets.Dataset:
     """``<data_dir>/<split>.jsonl`` as a ``datasets.Dataset``, optionally only one task's examples."""
-    path = os.path.join(data_dir, f"{split}.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no manifest {path}; build the corpus first (mu2slam-build-synthetic / -fillets)")
+    path = manifest_path(data_dir, split)
     return to_dataset(row for row in read_manifest(path) if task is None or row["task"] == task)
 
 

@@ -1,0 +1,108 @@
+"""Check a corpus once, before any work depends on it, and report every problem at once.
+
+A manifest line is checked for what would otherwise stop a run later (at the step that first draws it): that it is a
+JSON object of a known task (`manifest.iter_manifest_lines`), that it fits the schema with languages the model knows
+(`schema.check_example`), and that its audio file exists, has a readable header and is long enough for the model.
+Only the header is read (`soundfile.info`), so checking a corpus costs a fraction of decoding it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import soundfile as sf
+
+from .manifest import ManifestError, iter_manifest_lines, manifest_path
+from .schema import DataError, check_example
+
+# The model's shortest input: 7 log-mel frames of 25 ms every 10 ms (`Mu2SlamFeatureExtractor.min_num_samples`).
+MIN_AUDIO_SECONDS = 0.085
+# Problems listed in the error; the rest are counted.
+MAX_LISTED = 20
+
+
+class CorpusError(ValueError):
+    """Problems found in a corpus; ``problems`` lists each as ``file:line: what``."""
+
+    def __init__(self, data_dir: str | os.PathLike, problems: list[str], languages: Collection[str] | None):
+        self.problems = problems
+        listed = "\n".join(f"  - {problem}" for problem in problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        known = f" The model knows the languages {', '.join(languages)}." if languages is not None else ""
+        super().__init__(
+            f"{len(problems)} problem(s) in the corpus {data_dir}; nothing has been run yet:\n{listed}{more}\n"
+            f"Fix or remove these lines.{known}"
+        )
+
+
+def check_corpus(
+    data_dir: str | os.PathLike,
+    splits: Mapping[str, Collection[str]],
+    languages: Collection[str] | None,
+    optional_splits: Iterable[str] = (),
+    min_audio_seconds: float = MIN_AUDIO_SECONDS,
+) -> None:
+    """Raise a `CorpusError` listing every problem of the rows of ``splits`` (split -> the tasks that will be used).
+
+    Rows of other tasks are only parsed. A missing manifest is a FileNotFoundError, unless its split is in
+    ``optional_splits``. ``languages``: the codes the model knows (None: any code).
+    """
+    optional = set(optional_splits)
+    problems: list[str] = []
+    audio_checked: dict[str, str | None] = {}
+    for split, tasks in splits.items():
+        if split in optional and not os.path.exists(os.path.join(data_dir, f"{split}.jsonl")):
+            continue
+        path = manifest_path(data_dir, split)
+        for number, row in iter_manifest_lines(path):
+            problem = _row_problem(row, tasks, languages, min_audio_seconds, audio_checked)
+            if problem:
+                problems.append(problem if isinstance(row, ManifestError) else f"{path}:{number}: {problem}")
+    if problems:
+        raise CorpusError(data_dir, problems, languages)
+
+
+def _row_problem(
+    row: dict[str, Any] | ManifestError,
+    tasks: Collection[str],
+    languages: Collection[str] | None,
+    min_audio_seconds: float,
+    audio_checked: dict[str, str | None],
+) -> str | None:
+    """What is wrong with one manifest row, or None (rows of tasks not in ``tasks`` only need to parse)."""
+    if isinstance(row, ManifestError):
+        return str(row)
+    if row["task"] not in tasks:
+        return None
+    try:
+        check_example(row, languages, check_files=True)
+    except DataError as error:
+        return str(error)
+    path = (row.get("audio") or {}).get("path")
+    if not path:
+        return None
+    if path not in audio_checked:
+        audio_checked[path] = _audio_problem(path, min_audio_seconds)
+    problem = audio_checked[path]
+    return f"example {row.get('id')!r}: {problem}" if problem else None
+
+
+def _audio_problem(path: str, min_audio_seconds: float) -> str | None:
+    """Whether an audio file's header reads and its clip is long enough (the samples are not decoded)."""
+    try:
+        info = sf.info(path)
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        return f"unreadable audio {path} ({type(error).__name__}: {error})"
+    if info.frames == 0:
+        return f"empty audio {path}"
+    if info.frames / info.samplerate < min_audio_seconds:
+        return (
+            f"audio {path} lasts {1000 * info.frames / info.samplerate:.0f} ms, shorter than the model's "
+            f"{1000 * min_audio_seconds:.0f} ms minimum"
+        )
+    return None
+
+
+__all__ = ["MIN_AUDIO_SECONDS", "CorpusError", "check_corpus"]
