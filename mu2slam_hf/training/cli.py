@@ -10,15 +10,24 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
+from ..data.validation import CorpusError
 from .loop import train
-from .recipe import load_recipe
+from .recipe import RecipeError, load_recipe
+from .run_folder import RunFolderError
+
+# Errors about the user's inputs: their message says what to fix, so the command prints it without a traceback.
+USER_ERRORS = (RecipeError, RunFolderError, CorpusError)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe YAML (configuration/recipes/*.yaml)")
     parser.add_argument("--data", required=True, help="corpus folder with train.jsonl (and dev.jsonl)")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, dev results, final model")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    folder = parser.add_mutually_exclusive_group()
+    folder.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    folder.add_argument(
+        "--overwrite_output_dir", action="store_true", help="replace the run in output_dir (deletes its checkpoints)"
+    )
     parser.add_argument("--max_steps", type=int, help="override the recipe's max_steps")
     parser.add_argument(
         "--mixed_precision", choices=("no", "bf16", "fp16", "launcher"), help="'launcher': accelerate's"
@@ -50,13 +59,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _run(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+def _run(args: argparse.Namespace, overrides: dict[str, Any], stage: str) -> None:
+    try:
+        _train(args, overrides, stage)
+    except USER_ERRORS as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
+
+
+def _train(args: argparse.Namespace, overrides: dict[str, Any], stage: str) -> None:
     recipe = load_recipe(args.recipe, overrides)
+    recipe.require_stage(stage, args.recipe)
     result = train(
         recipe,
         args.data,
         args.output_dir,
         resume=args.resume,
+        overwrite_output_dir=args.overwrite_output_dir,
         log_with=None if args.no_tensorboard else "tensorboard",
         progress=not args.no_progress,
     )
@@ -70,7 +88,7 @@ def pretrain_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=pretrain_main.__doc__)
     _common_arguments(parser)
     args = parser.parse_args(argv)
-    _run(args, _overrides(args))
+    _run(args, _overrides(args), "pretrain")
 
 
 def finetune_main(argv: Sequence[str] | None = None) -> None:
@@ -94,4 +112,4 @@ def finetune_main(argv: Sequence[str] | None = None) -> None:
         overrides["model_overrides.decoder_noise_ratio"] = args.decoder_noise_ratio
     if args.spec_augment:
         overrides["model_overrides.apply_spec_augment"] = True
-    _run(args, overrides)
+    _run(args, overrides, "finetune")
