@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.evaluation import (
     GENERATION_TASKS,
     audio_dependence,
@@ -27,17 +28,25 @@ from mu2slam_hf.evaluation import (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="folder (or Hub id) with the model and its processor")
     parser.add_argument("--data", required=True, help="corpus folder holding <split>.jsonl")
     parser.add_argument("--split", default="test")
     parser.add_argument("--tasks", default=",".join(GENERATION_TASKS), help="comma-separated subset of asr,ast,mt")
-    parser.add_argument("--max_examples", type=int, default=None, help="at most this many examples per task")
+    parser.add_argument("--max_examples", type=positive_int, default=None, help="at most this many examples per task")
     parser.add_argument("--output", default=None, help="JSON path (default <model>/eval_<split>.json)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy decoding")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=128)
+    parser.add_argument("--num_beams", type=positive_int, default=1, help="1: greedy decoding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
     parser.add_argument(
@@ -58,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)}.")
     processor = Mu2SlamProcessor.from_pretrained(args.model)
+    try:  # every problem of the split at once, before anything is decoded
+        check_corpus(args.data, {args.split: tasks}, processor.languages)
+    except CorpusError as error:
+        raise SystemExit(f"CorpusError: {error}") from None
     model = Mu2SlamForConditionalGeneration.from_pretrained(args.model).to(args.device).eval()
     examples = load_examples(args.data, args.split, tasks, args.max_examples)
     if not examples:
