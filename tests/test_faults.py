@@ -204,6 +204,15 @@ def test_resume_and_overwrite_together_are_refused(tmp_path):
     assert_clear(excinfo, "either resume", "overwrite_output_dir")
 
 
+def test_overwrite_never_deletes_the_folder_a_run_starts_from(trained):
+    output_dir, _ = trained
+    before = snapshot(output_dir)
+    with pytest.raises(RunFolderError) as excinfo:
+        claim_run_folder(output_dir, False, True, reads_from=str(latest_checkpoint(output_dir)))
+    assert_clear(excinfo, "would delete it", "another --output_dir")
+    assert snapshot(output_dir) == before
+
+
 def test_a_second_run_on_a_locked_folder_is_refused(trained, corpus):
     output_dir, _ = trained
     before = snapshot(output_dir)

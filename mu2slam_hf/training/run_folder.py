@@ -66,6 +66,11 @@ class RunFolder:
             self._handle.close()
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _read_holder(lock_path: Path) -> str:
     try:
         holder = json.loads(lock_path.read_text(encoding="utf-8"))
@@ -82,8 +87,12 @@ def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
     return sorted({path for pattern in RUN_FILE_PATTERNS for path in root.glob(pattern)})
 
 
-def claim_run_folder(output_dir: str | os.PathLike, resume: bool, overwrite_output_dir: bool) -> RunFolder:
+def claim_run_folder(
+    output_dir: str | os.PathLike, resume: bool, overwrite_output_dir: bool, reads_from: str | None = None
+) -> RunFolder:
     """Lock ``output_dir`` for this run and make sure the run may write there (see the module docstring).
+
+    ``reads_from``: a folder the run starts from (``init_checkpoint``); overwriting may not delete it.
 
     Raises:
         RunFolderError: another run holds the folder, or it holds an earlier run and neither ``resume`` nor
@@ -95,6 +104,11 @@ def claim_run_folder(output_dir: str | os.PathLike, resume: bool, overwrite_outp
     folder = RunFolder(output_dir)
     try:
         earlier = previous_run_files(output_dir)
+        if earlier and overwrite_output_dir and reads_from and _inside(Path(reads_from), Path(output_dir)):
+            raise RunFolderError(
+                f"The run starts from {reads_from}, inside {output_dir}: --overwrite_output_dir would delete it. "
+                "Choose another --output_dir."
+            )
         if earlier and overwrite_output_dir:
             for path in earlier:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
