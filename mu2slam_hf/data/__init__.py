@@ -10,6 +10,7 @@ target_lang, duration, speaker``). Corpora built here are stored as JSONL manife
 from .audio import decode_example, decode_examples, read_audio, to_mono_16k, write_flac
 from .batching import LengthBucketBatchSampler, ShardedStream, dataset_lengths, example_length, padded_fraction
 from .corpora import load_corpus
+from .libreoffice import build_libreoffice
 from .manifest import load_manifest, read_manifest, summarize, write_manifest
 from .mixing import TaskMixture, temperature_probabilities
 from .schema import (
@@ -29,5 +30,5 @@ __all__ = [
     "FEATURES", "FIELDS", "LengthBucketBatchSampler", "ShardedStream", "dataset_lengths", "example_length",
     "padded_fraction", "TaskMixture", "temperature_probabilities", "SAMPLING_RATE", "TASKS", "DataError", "check_example", "decode_example",
     "decode_examples", "example_language", "filter_valid", "load_corpus", "load_manifest", "make_example", "read_audio",
-    "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
+    "build_libreoffice", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
 ]  # fmt: skip
