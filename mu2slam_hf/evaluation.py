@@ -38,6 +38,7 @@ import torch
 
 from .data.audio import decode_example
 from .data.manifest import load_manifest
+from .data.schema import target_language
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
@@ -303,7 +304,7 @@ def _model_inputs(
 ) -> dict:
     """Encoder inputs (features in the model's dtype, or ids; + mask) and per-example source/target language ids."""
     src = [example["source_lang"] for example in batch]
-    tgt = [example["target_lang"] or example["source_lang"] for example in batch]
+    tgt = [target_language(example) for example in batch]
     if speech:
         audio = [example["audio"]["array"] for example in batch]
         inputs = processor(audio=audio, sampling_rate=batch[0]["audio"]["sampling_rate"], src_lang=src, tgt_lang=tgt)
@@ -315,6 +316,9 @@ def _model_inputs(
     }
 
 
+DECODERS = ("attention", "ctc")
+
+
 @torch.no_grad()
 def generate_predictions(
     model: Any,
@@ -323,15 +327,30 @@ def generate_predictions(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     num_beams: int = 1,
+    ctc_weight: float = 0.0,
+    decoder: str = "attention",
 ) -> list[dict[str, Any]]:
     """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
 
-    Speech and text examples are batched separately, each sorted by length. Returns records with ``id``,
-    ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's ``target_text``) and ``hypothesis``.
+    Speech and text examples are batched separately, each sorted by length. ``decoder="attention"`` runs
+    ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring of ASR
+    with ``ctc_weight`` > 0); ``decoder="ctc"`` transcribes ASR with the encoder's CTC head alone (greedy).
+    Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
+    ``target_text``) and ``hypothesis``.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+    examples = list(examples)
+    if (decoder == "ctc" or ctc_weight) and any(_task_of(e) != "asr" for e in examples):
+        raise ValueError("CTC decoding (decoder='ctc' or ctc_weight > 0) transcribes: pass ASR examples only.")
     records = []
     for batch, inputs in _eval_batches(model, processor, examples, batch_size):
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        if decoder == "ctc":
+            ids = model.ctc_greedy_decode(**inputs)
+        else:
+            ids = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, ctc_weight=ctc_weight
+            )
         texts = processor.batch_decode(ids, skip_special_tokens=True)
         records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
     return records
@@ -349,11 +368,9 @@ def target_nll(
     device, records = next(model.parameters()).device, []
     for batch, inputs in _eval_batches(model, processor, examples, batch_size):
         labels = processor.encode_targets([example["target_text"] for example in batch]).to(device)
-        logits = model(**inputs, labels=labels).logits.float()
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        for example, row_loss, row_labels in zip(batch, losses, labels, strict=True):
-            tokens = int((row_labels != -100).sum())
-            records.append({**_identity(example), "nll": row_loss.sum().item(), "tokens": tokens})
+        rows = model(**inputs, labels=labels).row_losses.tolist()
+        for example, (nll, tokens, _, _) in zip(batch, rows, strict=True):
+            records.append({**_identity(example), "nll": nll, "tokens": int(tokens)})
     return records
 
 
@@ -425,7 +442,7 @@ def _identity(example: dict[str, Any]) -> dict[str, Any]:
         "id": example["id"],
         "task": example["task"],
         "source_lang": example["source_lang"],
-        "target_lang": example["target_lang"] or example["source_lang"],
+        "target_lang": target_language(example),
     }
 
 
@@ -441,6 +458,8 @@ def evaluate_model(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     num_beams: int = 1,
+    ctc_weight: float = 0.0,
+    decoder: str = "attention",
     return_predictions: bool = False,
     with_loss: bool = False,
     model_name: str = "",
@@ -452,6 +471,7 @@ def evaluate_model(
     ASR: speech -> transcript in the source language (WER, CER); AST: speech -> ``target_text`` in
     ``target_lang`` (BLEU, chrF); MT: ``source_text`` -> ``target_text`` (BLEU, chrF). Examples of other tasks
     (or not in ``tasks``) are skipped. Greedy decoding with ``num_beams=1``, beam search otherwise.
+    ``ctc_weight`` / ``decoder`` choose joint CTC/attention or CTC-only decoding of ASR (:func:`generate_predictions`).
     ``with_loss`` adds the teacher-forced ``nll`` of the references (:func:`target_nll`) per language/direction.
 
     Returns:
@@ -463,7 +483,9 @@ def evaluate_model(
     selected = [decode_example(dict(example)) for example in examples if example["task"] in tasks]  # once, for both
     if not selected:
         raise ValueError(f"No examples of the tasks {list(tasks)} to evaluate.")
-    predictions = generate_predictions(model, processor, selected, batch_size, max_new_tokens, num_beams)
+    predictions = generate_predictions(
+        model, processor, selected, batch_size, max_new_tokens, num_beams, ctc_weight, decoder
+    )
     metrics = score_predictions(predictions)
     if with_loss:
         metrics = _merge_by_group(metrics, score_nll(target_nll(model, processor, selected, batch_size)))

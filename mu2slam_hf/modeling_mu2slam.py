@@ -29,10 +29,21 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto import modeling_auto
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from .configuration_mu2slam import Mu2SlamConfig
-from .vocabulary import EOS_ID, NUM_SPECIAL_TOKENS, SPEECH_MODALITY, TEXT_MODALITY, check_vocabulary_matches
+from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location, check_processor_languages_beside
+from .ctc_decoding import CTCPrefixLogitsProcessor, ctc_greedy_decode
+from .vocabulary import (
+    EOS_ID,
+    NUM_SPECIAL_TOKENS,
+    SPEECH_MODALITY,
+    TEXT_MODALITY,
+    check_vocabulary_matches,
+    language_indices,
+)
 
 IGNORE_INDEX = -100
+# Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
+TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
+                      "example_weights", "speech_mlm_mask")  # fmt: skip
 
 # Every Auto class a saved folder answers to with trust_remote_code=True, wherever the package is not installed.
 # save_pretrained would only write the entry of the class it is called on (notes item 8).
@@ -92,6 +103,9 @@ class Mu2SlamSeq2SeqLMOutput(ModelOutput):
         loss: weighted sum of the losses below that had labels (config `*_loss_weight`).
         logits (`(B, U, V)`): decoder prediction scores over the unified vocabulary.
         decoder_loss / mlm_loss / ctc_loss: the unweighted parts (None when their labels were not given).
+        row_losses (`(B, 4)`, detached): per row, unweighted: decoder cross-entropy summed over its counted tokens,
+            that token count, the same for the encoder MLM (0 without `mlm_labels`). What training logs and what
+            evaluation reports as NLL, without a second pass.
         encoder_attention_mask (`(B, E)`): the mask of `encoder_last_hidden_state`.
     """
 
@@ -100,6 +114,7 @@ class Mu2SlamSeq2SeqLMOutput(ModelOutput):
     decoder_loss: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
     ctc_loss: torch.FloatTensor | None = None
+    row_losses: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -488,18 +503,62 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with clear errors for corrupt weights and for a tokenizer saved beside
-        the model that does not fit its vocabulary."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with clear errors for a folder that does not exist, corrupt weights,
+        weights that do not fit the config (missing encoder/decoder weights, extra layers; new task heads are fine),
+        and a tokenizer or processor saved beside the model that does not fit its vocabulary or languages.
+
+        Args:
+            allow_missing_weights: load even when weights of the base model are missing or the checkpoint has layers
+                the config lacks (the missing ones stay randomly initialised).
+        """
+        check_pretrained_location(pretrained_model_name_or_path)
+        return_info = kwargs.pop("output_loading_info", False)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except SafetensorError as error:
             raise ValueError(
                 f"The weights in {pretrained_model_name_or_path!s} are corrupt or truncated ({error}). Re-download "
                 "or re-save them; the training loop's previous checkpoint-<step> folder is left intact by design."
             ) from error
+        if not allow_missing_weights:
+            model.check_loaded_weights(info, pretrained_model_name_or_path)
         check_tokenizer_beside(model.config, pretrained_model_name_or_path)
-        return model
+        check_processor_languages_beside(model.config, pretrained_model_name_or_path)
+        return (model, info) if return_info else model
+
+    def check_loaded_weights(self, info: dict, location) -> None:
+        """Raise a ValueError when the checkpoint lacks weights of the base model (random layers would run) or has
+        layers this config does not (a config with fewer layers than the weights)."""
+        base = getattr(self, self.base_model_prefix, None)
+        head_prefix = f"{self.base_model_prefix}." if isinstance(base, nn.Module) else ""
+        missing = sorted(key for key in info["missing_keys"] if key.startswith(head_prefix))
+        extra_layers = sorted(key for key in info["unexpected_keys"] if self._is_extra_layer(key))
+        problems = [f"{len(missing)} weight(s) missing (e.g. {missing[:3]})"] if missing else []
+        if extra_layers:
+            problems.append(f"{len(extra_layers)} weight(s) of layers the config lacks (e.g. {extra_layers[:3]})")
+        if problems:
+            raise ValueError(
+                f"The weights in {location!s} do not fit this config: {'; '.join(problems)}. Is config.json the one "
+                "the weights were saved with (layer counts, sizes)? Pass allow_missing_weights=True to load anyway "
+                "(missing layers stay randomly initialised, extra ones are dropped)."
+            )
+
+    def _is_extra_layer(self, key: str) -> bool:
+        """Whether a checkpoint key names a layer beyond one of this model's layer lists."""
+        module: nn.Module = self
+        for part in key.split(".")[:-1]:
+            if isinstance(module, nn.ModuleList):
+                if not (part.isdigit() and int(part) < len(module)):
+                    return True
+                module = module[int(part)]
+            elif isinstance(getattr(module, part, None), nn.Module):
+                module = getattr(module, part)
+            else:
+                return False
+        return False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config and the remote code, with a complete `auto_map`."""
@@ -523,10 +582,11 @@ def check_tokenizer_beside(config: Mu2SlamConfig, folder) -> None:
         check_vocabulary_matches(config, text_vocab_size=text_vocab_size)
 
 
-def checked_language_ids(
+def resolve_language_ids(
     config: Mu2SlamConfig, lang_ids: torch.Tensor | None, batch: int, device: torch.device, role: str
 ) -> torch.Tensor:
-    """(B,) language ids, defaulting to the only language of a one-language model; validated."""
+    """(B,) language ids, defaulting to the only language of a one-language model (not range-checked here:
+    `language_check` does that once per forward, together with the other checks)."""
     if lang_ids is None:
         if config.num_languages == 1:
             return torch.zeros(batch, dtype=torch.long, device=device)
@@ -535,26 +595,67 @@ def checked_language_ids(
             "Pass a (batch,) tensor of language ids (`config.language_id(code)`), or `src_lang=`/`tgt_lang=` codes "
             "to `generate`."
         )
-    lang_ids = torch.as_tensor(lang_ids, device=device).long().reshape(-1).expand(batch)
-    if bool(((lang_ids < 0) | (lang_ids >= config.num_languages)).any()):
-        raise ValueError(
-            f"`{role}` holds ids outside [0, {config.num_languages}): {lang_ids.tolist()}. "
-            f"Map language codes with `config.language_id(code)`."
+    return torch.as_tensor(lang_ids, device=device).long().reshape(-1).expand(batch)
+
+
+@dataclass
+class RangeCheck:
+    """Values that must lie in [low, high) (or be -100 where `allow_ignore`), and the error naming them.
+
+    `kind` picks the message: "token" ids, "language" ids, or "frames" (utterance lengths in log-mel frames).
+    """
+
+    name: str
+    ids: torch.Tensor | None
+    high: int
+    allow_ignore: bool = False
+    kind: str = "token"
+    low: int = 0
+
+    def invalid(self) -> torch.Tensor:
+        valid = (self.ids >= self.low) & (self.ids < self.high)
+        if self.allow_ignore:
+            valid |= self.ids == IGNORE_INDEX
+        return ~valid
+
+    def error(self) -> ValueError:
+        bad = self.ids[self.invalid()].unique()[:8].tolist()
+        if self.kind == "frames":
+            return ValueError(
+                f"Audio too short: an utterance has {min(bad)} log-mel frames, fewer than the {self.low} the speech "
+                f"front end needs (about {(self.low - 1) * 10 + 25} ms at a 10 ms hop). Drop or pad such clips "
+                "before batching."
+            )
+        if self.kind == "language":
+            return ValueError(
+                f"`{self.name}` holds ids outside [0, {self.high}): {bad}. "
+                "Map language codes with `config.language_id(code)`."
+            )
+        return ValueError(
+            f"`{self.name}` holds ids outside the model's vocabulary [0, {self.high}): {bad}. Was it made by a "
+            "tokenizer for another model? The tokenizer's vocabulary must match `config.text_vocab_size`."
         )
-    return lang_ids
+
+
+def check_ranges(*checks: RangeCheck) -> None:
+    """Raise the first failing check's ValueError. All checks cost one device-to-host sync together, which is
+    why inputs are checked where they enter a forward, never per layer or per decoding step."""
+    present = [check for check in checks if check.ids is not None and check.ids.numel()]
+    if not present:
+        return
+    failed = torch.stack([check.invalid().any() for check in present]).tolist()
+    for check, is_bad in zip(present, failed, strict=True):
+        if is_bad:
+            raise check.error()
+
+
+def language_check(config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str) -> RangeCheck:
+    return RangeCheck(role, lang_ids, config.num_languages, kind="language")
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str, allow_ignore: bool = False) -> None:
     """Raise a ValueError if `ids` holds values outside [0, vocab_size) (or -100 where allowed)."""
-    valid = (ids >= 0) & (ids < vocab_size)
-    if allow_ignore:
-        valid |= ids == IGNORE_INDEX
-    if not bool(valid.all()):
-        bad = ids[~valid].unique()[:8].tolist()
-        raise ValueError(
-            f"`{name}` holds ids outside the model's vocabulary [0, {vocab_size}): {bad}. Was it made by a tokenizer "
-            "for another model? The tokenizer's vocabulary must match `config.text_vocab_size`."
-        )
+    check_ranges(RangeCheck(name, ids, vocab_size, allow_ignore))
 
 
 class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
@@ -590,7 +691,6 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         speech_mlm_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features -> (B, S, D) embedded speech segment and its (B, S) mask."""
-        check_speech_inputs(self.config, input_features, attention_mask)
         if self.training and self.config.apply_spec_augment:
             input_features = spec_augment(input_features, attention_mask, self.config)
         speech = self.speech_frontend(input_features)
@@ -613,9 +713,6 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lang_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) token ids -> (B, L, D) embedded text segment and its (B, L) mask."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
-        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         return self._segment(self.embed_tokens(input_ids), lang_ids, TEXT_MODALITY), mask
 
@@ -649,7 +746,20 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             )
         reference = input_features if has_speech else input_ids
         batch, device = reference.shape[0], reference.device
-        src_lang_ids = checked_language_ids(self.config, src_lang_ids, batch, device, "src_lang_ids")
+        src_lang_ids = resolve_language_ids(self.config, src_lang_ids, batch, device, "src_lang_ids")
+        text_lang = None
+        if has_text:
+            text_lang = src_lang_ids if text_lang_ids is None or not has_speech else text_lang_ids
+            text_lang = resolve_language_ids(self.config, text_lang, batch, device, "text_lang_ids")
+        if input_ids is not None and input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
+        short_audio = check_speech_inputs(self.config, input_features, attention_mask) if has_speech else None
+        check_ranges(
+            short_audio or RangeCheck("input lengths", None, 0),
+            RangeCheck("input_ids", input_ids, self.config.vocab_size),
+            language_check(self.config, src_lang_ids, "src_lang_ids"),
+            language_check(self.config, text_lang if has_speech else None, "text_lang_ids"),
+        )
 
         segments, masks = [], []
         if has_speech:
@@ -657,8 +767,6 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             segments.append(embeds), masks.append(mask)
         if has_text:
             text_mask = text_attention_mask if has_speech else attention_mask
-            text_lang = src_lang_ids if text_lang_ids is None or not has_speech else text_lang_ids
-            text_lang = checked_language_ids(self.config, text_lang, batch, device, "text_lang_ids")
             embeds, mask = self.embed_text(input_ids, text_mask, text_lang)
             segments.append(embeds), masks.append(mask)
         speech_length = segments[0].shape[1] if has_speech else 0
@@ -687,8 +795,11 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         )
 
 
-def check_speech_inputs(config: Mu2SlamConfig, input_features: torch.Tensor, attention_mask: torch.Tensor | None):
-    """Clear errors for features of the wrong shape, mismatched masks and audio too short for the front end."""
+def check_speech_inputs(
+    config: Mu2SlamConfig, input_features: torch.Tensor, attention_mask: torch.Tensor | None
+) -> RangeCheck:
+    """Clear errors for features of the wrong shape and mismatched masks; returns the check of audio too short for
+    the front end, to run with the forward's other value checks (one host sync)."""
     if input_features.ndim != 3 or input_features.shape[-1] != config.num_mel_bins:
         hint = ""
         if input_features.ndim == 3 and input_features.shape[1] == config.num_mel_bins:
@@ -707,13 +818,7 @@ def check_speech_inputs(config: Mu2SlamConfig, input_features: torch.Tensor, att
             f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_features` has "
             f"{tuple(input_features.shape[:2])} (batch, frames)."
         )
-    if bool((lengths < config.min_input_frames).any()):
-        shortest = int(lengths.min())
-        raise ValueError(
-            f"Audio too short: an utterance has {shortest} log-mel frames, fewer than the {config.min_input_frames} "
-            f"the speech front end needs (about {(config.min_input_frames - 1) * 10 + 25} ms at a 10 ms hop). "
-            "Drop or pad such clips before batching."
-        )
+    return RangeCheck("input lengths", lengths, 2**62, kind="frames", low=config.min_input_frames)
 
 
 class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
@@ -863,11 +968,16 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
             )
         if decoder_input_ids is None:
             raise ValueError("`decoder_input_ids` (or `labels` for the LM model) are required to run the decoder.")
-        check_token_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")
         batch, device = decoder_input_ids.shape[0], decoder_input_ids.device
         if tgt_lang_ids is None:
             tgt_lang_ids = src_lang_ids
-        tgt_lang_ids = checked_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang_ids")
+        tgt_lang_ids = resolve_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang_ids")
+        incremental = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if not incremental:  # decoding steps feed back ids this model produced: checked once, at the first
+            check_ranges(
+                RangeCheck("decoder_input_ids", decoder_input_ids, self.config.vocab_size),
+                language_check(self.config, tgt_lang_ids, "tgt_lang_ids"),
+            )
         if tgt_modality_ids is None:
             tgt_modality_ids = torch.full((batch,), TEXT_MODALITY, dtype=torch.long, device=device)
         decoder_outputs = self.decoder(
@@ -911,13 +1021,18 @@ class Mu2SlamModalityLogitsProcessor(LogitsProcessor):
 
 def masked_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, example_weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean token cross-entropy over labels != -100; logits (B, N, V), labels (B, N), weights (B,)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token cross-entropy over labels != -100; logits (B, N, V), labels (B, N), weights (B,).
+
+    Returns the weighted mean over all counted tokens (the loss), and the unweighted per-row sums (B,) and
+    per-row token counts (B,) (what training logs and evaluation reports as NLL).
+    """
     losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     counted = (labels != IGNORE_INDEX).float()
+    row_sums = losses.detach().sum(-1)
     if example_weights is not None:
         losses = losses * example_weights.float().unsqueeze(-1)
-    return losses.sum() / counted.sum().clamp(min=1.0)
+    return losses.sum() / counted.sum().clamp(min=1.0), row_sums, counted.sum(-1)
 
 
 class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
@@ -991,8 +1106,12 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             example_weights (`(B,)`): per-example weight of the decoder and MLM losses (objective weights).
             tgt_lang_ids (`(B,)`) / tgt_modality_ids (`(B,)`): language and modality of the decoder output.
         """
+        check_ranges(
+            RangeCheck("labels", labels, self.config.vocab_size, allow_ignore=True),
+            RangeCheck("mlm_labels", mlm_labels, self.config.vocab_size, allow_ignore=True),
+            RangeCheck("ctc_labels", ctc_labels, self.config.text_vocab_size, allow_ignore=True),
+        )
         if labels is not None:
-            check_token_ids(labels, self.config.vocab_size, "labels", allow_ignore=True)
             if decoder_input_ids is None:
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id
@@ -1026,8 +1145,12 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         logits = self.lm_head(outputs.last_hidden_state)
         encoder_states, encoder_mask = outputs.encoder_last_hidden_state, outputs.encoder_attention_mask
 
-        decoder_loss = masked_cross_entropy(logits, labels, example_weights) if labels is not None else None
-        mlm_loss = self._mlm_loss(encoder_states, mlm_labels, example_weights) if mlm_labels is not None else None
+        row_losses = torch.zeros(logits.shape[0], 4, device=logits.device)
+        decoder_loss = mlm_loss = None
+        if labels is not None:
+            decoder_loss, row_losses[:, 0], row_losses[:, 1] = masked_cross_entropy(logits, labels, example_weights)
+        if mlm_labels is not None:
+            mlm_loss, row_losses[:, 2], row_losses[:, 3] = self._mlm_loss(encoder_states, mlm_labels, example_weights)
         ctc_loss = None
         if ctc_labels is not None:
             speech_length = outputs.encoder_speech_length or 0
@@ -1049,6 +1172,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             decoder_loss=decoder_loss,
             mlm_loss=mlm_loss,
             ctc_loss=ctc_loss,
+            row_losses=row_losses if labels is not None or mlm_labels is not None else None,
             past_key_values=outputs.past_key_values,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
@@ -1061,28 +1185,28 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
 
     def _mlm_loss(
         self, encoder_states: torch.Tensor, mlm_labels: torch.Tensor, example_weights: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Encoder MLM cross-entropy, computing logits only at the counted positions."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder MLM cross-entropy, computing logits only at the counted positions: (weighted mean, unweighted
+        per-row sums (B,), per-row counts (B,))."""
         if mlm_labels.shape != encoder_states.shape[:2]:
             raise ValueError(
                 f"`mlm_labels` must cover the encoder positions {tuple(encoder_states.shape[:2])} "
                 f"([speech; text]), got {tuple(mlm_labels.shape)}."
             )
-        check_token_ids(mlm_labels, self.config.vocab_size, "mlm_labels", allow_ignore=True)
         counted = mlm_labels != IGNORE_INDEX
-        if not bool(counted.any()):
-            return encoder_states.sum() * 0.0
         logits = self.mlm_head(encoder_states[counted]).float()
         losses = F.cross_entropy(logits, mlm_labels[counted], reduction="none")
+        row_sums = torch.zeros(mlm_labels.shape[0], device=losses.device).index_add(
+            0, counted.nonzero()[:, 0], losses.detach()
+        )
         if example_weights is not None:
             losses = losses * example_weights.float().unsqueeze(-1).expand_as(mlm_labels)[counted]
-        return losses.sum() / counted.sum()
+        return losses.sum() / counted.sum().clamp(min=1), row_sums, counted.sum(-1).float()
 
     def _ctc_loss(
         self, speech_states: torch.Tensor, speech_mask: torch.Tensor, ctc_labels: torch.Tensor
     ) -> torch.Tensor:
         """CTC over text tokens (blank = pad id) on the speech positions; rows without targets are skipped."""
-        check_token_ids(ctc_labels, self.config.text_vocab_size, "ctc_labels", allow_ignore=True)
         target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
         rows = target_lengths > 0
         if not bool(rows.any()):
@@ -1107,10 +1231,46 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
     def _language_ids(self, code: str | list[str] | None, batch: int, device: torch.device) -> torch.Tensor | None:
         if code is None:
             return None
-        codes = [code] * batch if isinstance(code, str) else list(code)
-        if len(codes) != batch:
-            raise ValueError(f"Got {len(codes)} language codes for a batch of {batch}.")
-        return torch.tensor([self.config.language_id(c) for c in codes], device=device)
+        return torch.tensor(language_indices(self.config.languages, code, batch), device=device)
+
+    def ctc_log_probs(self, encoder_outputs: Mu2SlamEncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC log-probabilities `(B, S, text_vocab_size)` (blank = <pad>) of the speech positions, and their
+        `(B,)` real lengths."""
+        speech_length = encoder_outputs.speech_length or 0
+        if speech_length == 0:
+            raise ValueError("CTC decoding needs speech input (`input_features`): the CTC head reads speech frames.")
+        states = encoder_outputs.last_hidden_state[:, :speech_length]
+        logits = self.ctc_head(states, self.model.shared.weight).float()
+        return F.log_softmax(logits, dim=-1), encoder_outputs.attention_mask[:, :speech_length].sum(-1)
+
+    @torch.no_grad()
+    def ctc_greedy_decode(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        src_lang: str | list[str] | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Transcribe with the encoder's CTC head alone (best path; no decoder): fast, and the first decoder to
+        learn in training. Takes the processor's output like `generate`; extra keys (`tgt_lang_ids`...) are ignored.
+
+        Returns:
+            `(B, L)` text token ids padded with <pad> (decode with `processor.batch_decode(...,
+            skip_special_tokens=True)`).
+        """
+        batch, device = input_features.shape[0], input_features.device
+        if src_lang_ids is None:
+            src_lang_ids = self._language_ids(src_lang, batch, device)
+        encoder_outputs = self.model.encoder(
+            input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
+        )
+        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
+        rows = ctc_greedy_decode(log_probs, lengths, blank=self.config.pad_token_id)
+        ids = torch.full((batch, max(1, max(len(r) for r in rows))), self.config.pad_token_id, dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return ids.to(device)
 
     @torch.no_grad()
     def generate(
@@ -1124,6 +1284,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         src_lang_ids: torch.LongTensor | None = None,
         tgt_lang_ids: torch.LongTensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
+        ctc_weight: float = 0.0,
         **kwargs,
     ) -> torch.LongTensor:
         r"""
@@ -1135,7 +1296,12 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             input_ids (`(B, L)`) + attention_mask (`(B, L)`): text input.
             src_lang / tgt_lang: language codes (one for the batch, or one per example), or the
                 `*_lang_ids` tensors directly.
-            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, ...).
+            ctc_weight: joint CTC/attention decoding for ASR (0.3 is ESPnet's usual weight): every step scores
+                the decoder's best tokens by `(1 - w) log p_att + w log p_ctc(prefix)`, which keeps the output
+                aligned with the audio (no repeated or dropped words). Works with greedy and beam search.
+            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, ...). Training-only
+                keys of a collated batch (`labels`, `decoder_input_ids`, `ctc_labels`, ...) are ignored, so a
+                `Seq2SeqTrainer` batch can be passed as it is.
         Returns:
             `(B, U)` generated ids, starting with the decoder start token (or what `generate` returns with
             `return_dict_in_generate=True`).
@@ -1145,6 +1311,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         reference = input_features if input_features is not None else input_ids
         if reference is None:
             raise ValueError("No input: pass `input_features` (speech) or `input_ids` (text) to `generate`.")
+        for key in TRAINING_ONLY_KEYS:
+            kwargs.pop(key, None)
+        requested_modality = kwargs.pop("tgt_modality_ids", None)
         batch, device = reference.shape[0], reference.device
         if src_lang_ids is None:
             src_lang_ids = self._language_ids(src_lang, batch, device)
@@ -1153,6 +1322,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         if tgt_lang_ids is None:
             tgt_lang_ids = src_lang_ids
         modality = self.config.modality_id(tgt_modality)
+        if requested_modality is not None and bool((torch.as_tensor(requested_modality) != modality).any()):
+            raise ValueError(f"`tgt_modality_ids` disagree with tgt_modality={tgt_modality!r}: pass one of them.")
 
         encoder_outputs = self.model.encoder(
             input_features=input_features,
@@ -1162,17 +1333,37 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             output_attentions=kwargs.get("output_attentions"),
             output_hidden_states=kwargs.get("output_hidden_states"),
         )
-        batch_lang = checked_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
+        batch_lang = resolve_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
+        check_ranges(language_check(self.config, batch_lang, "tgt_lang (or src_lang)"))
         vocab = self.config.vocabulary
         allowed = vocab.speech_code_ids() if modality == 0 else vocab.text_token_ids()
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
+        if ctc_weight:
+            processors.append(self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs))
         return super().generate(
             encoder_outputs=encoder_outputs,
             tgt_lang_ids=batch_lang,
             tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
             logits_processor=processors,
             **kwargs,
+        )
+
+    def _ctc_prefix_processor(
+        self, encoder_outputs, src_lang_ids, tgt_lang_ids, ctc_weight: float, generate_kwargs: dict
+    ) -> CTCPrefixLogitsProcessor:
+        """Joint CTC/attention scoring for ASR (the CTC head transcribes: it cannot score a translation)."""
+        source = resolve_language_ids(self.config, src_lang_ids, tgt_lang_ids.shape[0], tgt_lang_ids.device, "src")
+        if bool((source != tgt_lang_ids).any()):
+            raise ValueError(
+                "ctc_weight > 0 is for speech recognition (tgt_lang == src_lang): the CTC head transcribes the "
+                "audio, so it cannot score a translation. Use ctc_weight=0 for speech translation."
+            )
+        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
+        config = generate_kwargs.get("generation_config") or self.generation_config
+        num_beams = generate_kwargs.get("num_beams") or config.num_beams or 1
+        return CTCPrefixLogitsProcessor(
+            log_probs, lengths, ctc_weight, num_beams, self.config.eos_token_id, blank=self.config.pad_token_id
         )
 
 
@@ -1208,7 +1399,7 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
         self.num_labels = config.num_labels
         self.model = Mu2SlamEncoderOnlyModel(config)
         self.pooler = nn.Linear(config.d_model, config.d_model)
-        self.dropout = nn.Dropout(config.classifier_dropout if hasattr(config, "classifier_dropout") else 0.1)
+        self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
 

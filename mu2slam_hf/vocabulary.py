@@ -13,6 +13,7 @@ tokenizers, the processor and the data builders all derive their ids from :class
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN = "<pad>", "<s>", "</s>", "<unk>", "[MASK]"
@@ -28,6 +29,27 @@ DEFAULT_LANGUAGES = (
     "en", "de", "fr", "es", "it", "nl", "ru", "cs", "pl", "sv", "pt", "ca", "zh", "ja", "ar", "fa",
     "et", "mn", "tr", "lv", "sl", "ta", "id", "cy", "ro", "hu", "fi", "hr", "sk", "bg",
 )  # fmt: skip
+
+
+def language_index(languages: Sequence[str], code: str, owner: str = "model") -> int:
+    """The one language resolver: index of ``code`` in ``languages`` (its language-embedding id), or a ValueError
+    that lists the known codes. Config, processor and generate all resolve through it."""
+    if code not in languages:
+        raise ValueError(
+            f"Unknown language code {code!r}. This {owner} knows {len(languages)} languages: {', '.join(languages)}. "
+            "Pass one of these (ISO 639-1 codes)."
+        )
+    return list(languages).index(code)
+
+
+def language_indices(
+    languages: Sequence[str], codes: str | Sequence[str], batch_size: int, owner: str = "model"
+) -> list[int]:
+    """Language ids of a batch from one code for every example or one code per example."""
+    codes = [codes] * batch_size if isinstance(codes, str) else list(codes)
+    if len(codes) != batch_size:
+        raise ValueError(f"Got {len(codes)} language codes for a batch of {batch_size}.")
+    return [language_index(languages, code, owner) for code in codes]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from .checkpointing import checkpoint_steps, latest_checkpoint, save_checkpoint
 from .dev import DevEvaluator, dev_subset
 from .instances import InstanceBuilder, step_generator
 from .loop import Mu2SlamTrainer, TrainingResult, make_accelerator, train
-from .losses import LossTracker, row_losses
+from .losses import LossTracker
 from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from .schedule import inverse_sqrt_factor, peak_lr, transformer_lr, transformer_schedule
 
@@ -32,7 +32,6 @@ __all__ = [
     "make_accelerator",
     "peak_lr",
     "recipe_from_dict",
-    "row_losses",
     "save_checkpoint",
     "step_generator",
     "train",

@@ -1,4 +1,5 @@
-"""Periodic dev evaluation: per-task dev losses, and greedy-decoding ASR CER/WER, AST and MT BLEU.
+"""Periodic dev evaluation: per-task dev losses, and greedy-decoding ASR CER/WER (attention, CTC and joint),
+AST and MT BLEU.
 
 The dev subset is fixed for the whole run (the first ``examples_per_task`` examples of each task, spread over
 languages), and so are its masks (a generator seeded once), so dev losses of different steps are comparable.
@@ -15,12 +16,13 @@ import torch
 from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
-from ..evaluation import char_error_rate, corpus_bleu, normalize_text, spread_over_languages, word_error_rate
+from ..evaluation import generate_predictions, score, spread_over_languages
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
-from .losses import LossTracker, row_losses
+from .losses import LossTracker
 
 GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
+JOINT_CTC_WEIGHT = 0.3  # ESPnet's usual weight for joint CTC/attention decoding
 
 
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -81,46 +83,34 @@ class DevEvaluator:
                 for group in split_by_layout(instances):
                     batch = {k: v.to(device) for k, v in self.collator(group).items()}
                     outputs = model(**batch)
-                    tracker.add_rows(group, row_losses(model, outputs, batch))
+                    tracker.add_rows(group, outputs.row_losses)
         summary = tracker.summary(accelerator)
         return {key: value for key, value in summary.items() if "/" in key}
 
     def _generation(self, model, accelerator) -> dict[str, float]:
+        """Greedy decoding of each task's dev examples; ASR also with the CTC head alone (``asr_cer_ctc``...), the
+        decoder that learns first, and with joint CTC/attention scoring (``asr_cer_joint``...)."""
         metrics = {}
         for task in ("asr", "ast", "mt"):
             if task not in self.examples:
                 continue
-            pairs = gather_object(self._decode(model, self._shard(self.examples[task], accelerator), task))
-            references = [reference for reference, _, _ in pairs]
-            hypotheses = [hypothesis for _, hypothesis, _ in pairs]
+            mine = self._shard(self.examples[task], accelerator)
+            decoders = {"": {}}
             if task == "asr":
-                refs, hyps = [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
-                metrics["asr_cer"], metrics["asr_wer"] = char_error_rate(refs, hyps), word_error_rate(refs, hyps)
-            else:
-                languages = {lang for _, _, lang in pairs}
-                metrics[f"{task}_bleu"] = corpus_bleu(
-                    references, hypotheses, languages.pop() if len(languages) == 1 else None
+                decoders.update({"_ctc": {"decoder": "ctc"}, "_joint": {"ctc_weight": JOINT_CTC_WEIGHT}})
+            for suffix, options in decoders.items():
+                records = gather_object(
+                    generate_predictions(
+                        model, self.builder.processor, mine, self.batch_size, self.max_new_tokens, **options
+                    )
                 )
+                references = [r["reference"] for r in records]
+                hypotheses = [r["hypothesis"] for r in records]
+                for name in GENERATION_METRICS[task]:
+                    languages = {r["target_lang"] for r in records}
+                    target = languages.pop() if len(languages) == 1 else None
+                    metrics[f"{task}_{name}{suffix}"] = score(name, references, hypotheses, target)
         return metrics
-
-    def _decode(self, model, examples: Sequence[dict[str, Any]], task: str) -> list[tuple[str, str, str]]:
-        """(reference, hypothesis, target language) of each example, by greedy decoding."""
-        processor, device, output = self.builder.processor, next(model.parameters()).device, []
-        for start in range(0, len(examples), self.batch_size):
-            batch = examples[start : start + self.batch_size]
-            src = [e["source_lang"] for e in batch]
-            tgt = [e.get("target_lang") or e["source_lang"] for e in batch]
-            if task == "mt":
-                inputs = processor(text=[e["source_text"] for e in batch])
-            else:
-                inputs = processor(audio=[e["audio"]["array"] for e in batch], sampling_rate=16_000)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            ids = model.generate(
-                **inputs, src_lang=src, tgt_lang=tgt, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False
-            )
-            texts = processor.batch_decode(ids, skip_special_tokens=True)
-            output += [(e["target_text"], t.strip(), lang) for e, t, lang in zip(batch, texts, tgt, strict=True)]
-        return output
 
 
 def write_dev_results(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:

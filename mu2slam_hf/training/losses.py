@@ -1,6 +1,7 @@
 """Per-task and per-objective loss accounting (for logging; the optimised loss is the model's own weighted sum).
 
-For every batch row the decoder and encoder-MLM cross-entropies are summed (unweighted) with their token counts;
+For every batch row the model's output carries the decoder and encoder-MLM cross-entropies summed (unweighted) with
+their token counts (``row_losses``);
 ``loss/<task>`` is then the token mean of the decoder loss plus that of the MLM loss over the rows made from that
 task's data, and ``decoder_loss/<objective>`` / ``mlm_loss/<objective>`` split it by objective. Sums are reduced
 over processes before the division, so every process logs the same numbers.
@@ -11,37 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.nn import functional as F
 
 from ..data.schema import TASKS
 from ..pretraining import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
 
-IGNORE_INDEX = -100
 OBJECTIVES = (*OBJECTIVE_WEIGHT_KEYS, "finetune")
 KEYS = tuple(f"task/{task}" for task in TASKS) + tuple(f"objective/{name}" for name in OBJECTIVES)
 TOTALS = ("loss", "ctc_loss", "ctc_batches", "micro_batches", "speech_seconds", "text_tokens")
-
-
-@torch.no_grad()
-def row_losses(model, outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, 4): decoder CE sum, decoder tokens, MLM CE sum, MLM tokens of each row (unweighted)."""
-    labels = batch["labels"]
-    decoder = F.cross_entropy(
-        outputs.logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    stats = torch.zeros(labels.shape[0], 4, device=labels.device)
-    stats[:, 0] = decoder.sum(-1)
-    stats[:, 1] = (labels != IGNORE_INDEX).sum(-1)
-    mlm_labels = batch.get("mlm_labels")
-    if mlm_labels is not None:
-        counted = mlm_labels != IGNORE_INDEX
-        if counted.any():
-            logits = model.mlm_head(outputs.encoder_last_hidden_state.detach()[counted]).float()
-            losses = F.cross_entropy(logits, mlm_labels[counted], reduction="none")
-            rows = counted.nonzero()[:, 0]
-            stats[:, 2].index_add_(0, rows, losses)
-            stats[:, 3] = counted.sum(-1)
-    return stats
 
 
 class LossTracker:
@@ -56,6 +33,7 @@ class LossTracker:
         self.totals = torch.zeros(len(TOTALS), dtype=torch.float64, device=self.device)
 
     def add_rows(self, instances: Sequence[Mu2SlamInstance], stats: torch.Tensor) -> None:
+        """``stats``: the model output's ``row_losses`` (B, 4) of the batch made from ``instances``."""
         stats = stats.to(self.rows)
         for instance, row in zip(instances, stats, strict=True):
             self.rows[KEYS.index(f"task/{instance.task}")] += row

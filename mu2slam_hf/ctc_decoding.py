@@ -1,0 +1,213 @@
+"""Decoding with the encoder's CTC head: greedy CTC, and CTC prefix scores for joint CTC/attention search.
+
+Joint decoding (Watanabe et al., 2017, "Hybrid CTC/attention architecture for end-to-end speech recognition")
+scores a hypothesis h by ``(1 - w) log p_att(h | x) + w log p_ctc(h... | x)``, where the CTC part is the prefix
+probability: the total probability of all CTC alignments whose label sequence starts with h (for a finished
+hypothesis, equals h). The decoder's own search (greedy or beam, transformers' `generate`) adds one token at a time,
+so `CTCPrefixLogitsProcessor` gives each candidate token c the increment ``log p_ctc(h + c...) - log p_ctc(h...)``;
+summed over the steps these telescope to the prefix score of the whole hypothesis. CTC keeps the attention decoder
+aligned with the audio: a hypothesis that repeats or drops words has a tiny CTC probability.
+
+Shapes: N hypotheses (batch x beams), T encoder frames, V text vocabulary of the CTC head (blank = <pad> = 0),
+K candidate tokens scored per hypothesis and step.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.generation import LogitsProcessor
+
+NEG_INF = -1e30  # finite, so that (NEG_INF) + (NEG_INF) stays representable and logaddexp never yields NaN
+
+
+def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path: the most likely token of every frame, repeats merged, blanks removed.
+
+    Args:
+        log_probs: `(B, T, V)` CTC log-probabilities (or logits: only the argmax is used).
+        lengths: `(B,)` real frames of each row.
+    Returns:
+        B lists of token ids.
+    """
+    best = log_probs.argmax(-1).tolist()
+    output = []
+    for row, length in zip(best, lengths.tolist(), strict=True):
+        tokens, previous = [], blank
+        for token in row[: int(length)]:
+            if token != previous and token != blank:
+                tokens.append(token)
+            previous = token
+        output.append(tokens)
+    return output
+
+
+def mask_padded_frames(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> torch.Tensor:
+    """`(B, T, V)` log-probs where every frame past a row's length emits blank with probability 1.
+
+    Then the CTC forward variables simply carry their value through the padding, and the last frame holds the
+    total of the real frames for every row.
+    """
+    padded = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] >= lengths.to(log_probs.device)[:, None]
+    masked = log_probs.masked_fill(padded.unsqueeze(-1), NEG_INF)
+    masked[..., blank] = masked[..., blank].masked_fill(padded, 0.0)
+    return masked
+
+
+class CTCPrefixScorer:
+    """CTC prefix probabilities of hypotheses extended by candidate tokens, for a batch of utterances.
+
+    A prefix's state is its forward variables ``r`` of shape `(T, 2)`: log-probability of the prefix having been
+    emitted by frame t and ending in a non-blank (column 0) or a blank (column 1).
+
+    Args:
+        log_probs: `(B, T, V)` CTC log-probabilities of the utterances (padding already masked).
+        blank: the blank id.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, blank: int = 0):
+        self.log_probs = log_probs.float()
+        self.blank = blank
+
+    def initial_state(self, utterance: int) -> torch.Tensor:
+        """`(T, 2)` state of the empty prefix: only blanks so far."""
+        blanks = self.log_probs[utterance, :, self.blank].cumsum(0)
+        return torch.stack([torch.full_like(blanks, NEG_INF), blanks], dim=-1)
+
+    def extend(
+        self,
+        utterances: torch.Tensor,
+        states: torch.Tensor,
+        last_tokens: torch.Tensor,
+        empty: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix scores and states of N hypotheses, each extended by each of its K candidate tokens.
+
+        Args:
+            utterances: `(N,)` utterance index of each hypothesis.
+            states: `(N, T, 2)` the hypotheses' states.
+            last_tokens: `(N,)` the hypotheses' last token (any value where `empty`).
+            empty: `(N,)` bool, the hypothesis has no token yet.
+            candidates: `(N, K)` token ids (not blank).
+        Returns:
+            `(N, K)` log prefix probabilities of h + c, and their states `(N, K, T, 2)`.
+        """
+        x = self.log_probs[utterances]  # (N, T, V)
+        x_c = torch.gather(x, 2, candidates.unsqueeze(1).expand(-1, x.shape[1], -1))  # (N, T, K)
+        x_blank = x[:, :, self.blank].unsqueeze(-1)  # (N, T, 1)
+        total = torch.logaddexp(states[..., 0], states[..., 1]).unsqueeze(-1)  # (N, T, 1)
+        # A repeated token needs a blank in between: only the paths of h ending in blank may continue with it.
+        repeat = (candidates == last_tokens.unsqueeze(-1)).unsqueeze(1)  # (N, 1, K)
+        phi = torch.where(repeat, states[..., 1].unsqueeze(-1), total)  # (N, T, K)
+        frames = x.shape[1]
+        r_n = torch.empty_like(x_c)
+        r_b = torch.empty_like(x_c)
+        start = torch.where(empty.unsqueeze(-1), x_c[:, 0], torch.full_like(x_c[:, 0], NEG_INF))
+        r_n[:, 0], r_b[:, 0] = start, NEG_INF
+        for t in range(1, frames):
+            r_n[:, t] = torch.logaddexp(r_n[:, t - 1], phi[:, t - 1]) + x_c[:, t]
+            r_b[:, t] = torch.logaddexp(r_n[:, t - 1], r_b[:, t - 1]) + x_blank[:, t]
+        # psi = P(h + c is a prefix): c first emitted at frame t, after h was complete at t - 1.
+        emitted = torch.cat([start.unsqueeze(1), phi[:, :-1] + x_c[:, 1:]], dim=1)  # (N, T, K)
+        scores = torch.logsumexp(emitted, dim=1)
+        new_states = torch.stack([r_n, r_b], dim=-1).permute(0, 2, 1, 3)  # (N, K, T, 2)
+        return scores, new_states
+
+    @staticmethod
+    def final_score(states: torch.Tensor) -> torch.Tensor:
+        """`(N,)` log-probability that the hypotheses are the whole output (their end-of-sentence score)."""
+        return torch.logaddexp(states[:, -1, 0], states[:, -1, 1])
+
+
+class CTCPrefixLogitsProcessor(LogitsProcessor):
+    """Joint CTC/attention decoding inside transformers' greedy or beam search.
+
+    Each step, the ``pre_beam`` best tokens of the attention decoder (per hypothesis) get the score
+    ``(1 - ctc_weight) * log p_att(c | h) + ctc_weight * (log p_ctc(h + c...) - log p_ctc(h...))``; every other
+    token is excluded, as in ESPnet's pre-beam. End of sentence gets the CTC probability of h being the whole output.
+
+    Hypotheses are identified by their tokens, so the processor follows beam reordering without help from the
+    search: the states of step k are stored under (utterance, tokens) and looked up at step k + 1.
+
+    Args:
+        ctc_log_probs: `(B, T, V)` CTC log-probabilities over the text tokens (blank = <pad> = 0).
+        lengths: `(B,)` real encoder frames.
+        ctc_weight: w in [0, 1].
+        num_beams: hypotheses per utterance (rows of `input_ids` are utterance-major, as in `generate`).
+        eos_token_id: end of sentence (an id outside the CTC vocabulary, scored with the full probability).
+        prompt_length: decoder tokens before the first hypothesis token (the decoder start token).
+        pre_beam: candidate tokens scored per hypothesis and step.
+    """
+
+    def __init__(
+        self,
+        ctc_log_probs: torch.Tensor,
+        lengths: torch.Tensor,
+        ctc_weight: float,
+        num_beams: int,
+        eos_token_id: int,
+        prompt_length: int = 1,
+        pre_beam: int | None = None,
+        blank: int = 0,
+    ):
+        if not 0.0 < ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in (0, 1] for joint decoding, got {ctc_weight}.")
+        self.scorer = CTCPrefixScorer(mask_padded_frames(ctc_log_probs.float(), lengths, blank), blank)
+        self.ctc_vocab = ctc_log_probs.shape[-1]
+        self.weight = ctc_weight
+        self.num_beams = num_beams
+        self.eos = eos_token_id
+        self.prompt_length = prompt_length
+        self.pre_beam = pre_beam or max(2, int(1.5 * num_beams))
+        self.states: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, float]] = {}
+
+    def _state(self, utterance: int, prefix: tuple[int, ...]) -> tuple[torch.Tensor, float]:
+        if not prefix:
+            return self.scorer.initial_state(utterance), 0.0
+        return self.states[(utterance, prefix)]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        attention = torch.log_softmax(scores.float(), dim=-1)
+        rows, device = input_ids.shape[0], scores.device
+        prefixes = [tuple(row) for row in input_ids[:, self.prompt_length :].tolist()]
+        # Greedy search keeps finished rows in the batch (padded after eos): nothing left to score there.
+        finished = [self.eos in prefix for prefix in prefixes]
+        utterances = [row // self.num_beams for row in range(rows)]
+        looked_up = [
+            self._state(u, () if done else p) for u, p, done in zip(utterances, prefixes, finished, strict=True)
+        ]
+        states = torch.stack([state for state, _ in looked_up])
+        previous = torch.tensor([score for _, score in looked_up], device=device)
+
+        # The pre-beam: the best attention tokens, and always end of sentence (so no row is left without a choice).
+        without_eos = attention.clone()
+        without_eos[:, self.eos] = float("-inf")
+        k = min(self.pre_beam, attention.shape[-1] - 1)
+        eos_column = torch.full((rows, 1), self.eos, device=device, dtype=torch.long)
+        candidates = torch.cat([without_eos.topk(k, dim=-1).indices, eos_column], dim=-1)  # (N, K + 1)
+        in_ctc = (candidates > self.scorer.blank) & (candidates < self.ctc_vocab)
+        ctc_candidates = torch.where(in_ctc, candidates, torch.ones_like(candidates))  # placeholder id for others
+        last = torch.tensor([p[-1] if p else -1 for p in prefixes], device=device)
+        empty = torch.tensor([not p for p in prefixes], device=device)
+        prefix_scores, new_states = self.scorer.extend(
+            torch.tensor(utterances, device=device), states, last, empty, ctc_candidates
+        )
+        eos_scores = self.scorer.final_score(states).unsqueeze(-1).expand_as(prefix_scores)
+        is_eos = candidates == self.eos
+        prefix_scores = torch.where(is_eos, eos_scores, torch.where(in_ctc, prefix_scores, NEG_INF))
+
+        joint = (1 - self.weight) * attention.gather(1, candidates) + self.weight * (prefix_scores - previous[:, None])
+        impossible = (prefix_scores <= NEG_INF / 2) & ~is_eos
+        output = torch.full_like(attention, float("-inf"))
+        output.scatter_(1, candidates, joint.masked_fill(impossible, float("-inf")))
+        done = torch.tensor(finished, device=device)
+        output = torch.where(done.unsqueeze(-1), attention, output)
+
+        self.states = {
+            (utterance, prefix + (token,)): (new_states[row, j], float(prefix_scores[row, j]))
+            for row, (utterance, prefix) in enumerate(zip(utterances, prefixes, strict=True))
+            if not finished[row]
+            for j, token in enumerate(candidates[row].tolist())
+            if bool(in_ctc[row, j])
+        }
+        return output.to(scores.dtype)

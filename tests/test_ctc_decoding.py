@@ -1,0 +1,130 @@
+"""CTC decoding: prefix scores against a brute-force sum over alignments, greedy CTC, joint CTC/attention search."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_evaluation import tiny_model, tiny_processor
+
+from mu2slam_hf.ctc_decoding import CTCPrefixLogitsProcessor, CTCPrefixScorer, ctc_greedy_decode, mask_padded_frames
+
+RATE = 16000
+
+
+def collapse(path, blank=0):
+    output, previous = [], blank
+    for token in path:
+        if token != previous and token != blank:
+            output.append(token)
+        previous = token
+    return output
+
+
+def brute_force(log_probs: torch.Tensor, prefix: list[int], whole: bool) -> float:
+    """log of the summed probability of every alignment whose collapse starts with (or, `whole`, is) `prefix`."""
+    frames, vocab = log_probs.shape
+    total = 0.0
+    for path in itertools.product(range(vocab), repeat=frames):
+        labels = collapse(path)
+        if (labels == prefix) if whole else (labels[: len(prefix)] == prefix):
+            total += math.exp(sum(log_probs[t, token].item() for t, token in enumerate(path)))
+    return math.log(total) if total > 0 else float("-inf")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefix_scores_equal_the_sum_over_alignments(seed):
+    torch.manual_seed(seed)
+    frames, vocab = 5, 3
+    log_probs = torch.log_softmax(torch.randn(1, frames, vocab, dtype=torch.float64), -1)
+    scorer = CTCPrefixScorer(mask_padded_frames(log_probs, torch.tensor([frames])))
+    one = torch.tensor([0])
+    state = scorer.initial_state(0)[None]
+    prefix: list[int] = []
+    for token in (1, 1, 2):  # includes a repeated token, which needs a blank in between
+        last = torch.tensor([prefix[-1] if prefix else -1])
+        scores, states = scorer.extend(one, state, last, torch.tensor([not prefix]), torch.tensor([[1, 2]]))
+        for column, candidate in enumerate((1, 2)):
+            assert scores[0, column].item() == pytest.approx(brute_force(log_probs[0], [*prefix, candidate], False))
+        prefix.append(token)
+        state = states[:, token - 1]
+        assert scorer.final_score(state).item() == pytest.approx(brute_force(log_probs[0], prefix, True))
+
+
+def test_padded_frames_do_not_change_scores():
+    torch.manual_seed(3)
+    log_probs = torch.log_softmax(torch.randn(2, 6, 4), -1)
+    log_probs[1, :4] = log_probs[0, :4]
+    scorer = CTCPrefixScorer(mask_padded_frames(log_probs, torch.tensor([4, 6])))
+    alone = CTCPrefixScorer(mask_padded_frames(log_probs[:1, :4], torch.tensor([4])))
+    candidates = torch.tensor([[1, 2, 3]])
+    padded, _ = scorer.extend(torch.tensor([0]), scorer.initial_state(0)[None], torch.tensor([-1]),
+                              torch.tensor([True]), candidates)  # fmt: skip
+    short, _ = alone.extend(torch.tensor([0]), alone.initial_state(0)[None], torch.tensor([-1]),
+                            torch.tensor([True]), candidates)  # fmt: skip
+    torch.testing.assert_close(padded, short)
+
+
+def test_greedy_ctc_merges_repeats_and_drops_blanks():
+    path = torch.tensor([[0, 3, 3, 0, 3, 4, 4, 0, 5]])
+    log_probs = torch.nn.functional.one_hot(path, 6).float()
+    assert ctc_greedy_decode(log_probs, torch.tensor([9])) == [[3, 3, 4, 5]]
+    assert ctc_greedy_decode(log_probs, torch.tensor([5])) == [[3, 3]]
+
+
+def test_joint_decoding_follows_the_ctc_path_when_ctc_dominates():
+    """With weight 1 the search can only write what CTC allows: the single alignment-consistent text."""
+    frames, vocab = 8, 10
+    path = torch.tensor([0, 6, 6, 0, 7, 0, 8, 0])
+    ctc = torch.log_softmax(torch.nn.functional.one_hot(path, vocab).float() * 20, -1)[None]
+    processor = CTCPrefixLogitsProcessor(ctc, torch.tensor([frames]), 1.0, num_beams=1, eos_token_id=2, pre_beam=11)
+    ids = torch.tensor([[1]])
+    attention = torch.zeros(1, 12)
+    attention[0, 9] = 5.0  # the attention decoder prefers a token CTC rules out
+    for expected in (6, 7, 8, 2):
+        token = int(processor(ids, attention.clone()).argmax(-1))
+        assert token == expected
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=-1)
+
+
+def speech_batch(processor, seconds=(0.6, 0.9, 0.45)):
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(int(s * RATE))).astype(np.float32) for s in seconds]
+    return clips, processor(audio=clips, sampling_rate=RATE, src_lang=["fr", "de", "fr"])
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_joint_decoding_batch_equals_single(num_beams):
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=1)
+    clips, batch = speech_batch(processor)
+    options = {"ctc_weight": 0.3, "num_beams": num_beams, "max_new_tokens": 8}
+    together = processor.batch_decode(model.generate(**batch, **options), skip_special_tokens=True)
+    for index, clip in enumerate(clips):
+        single = processor(audio=clip, sampling_rate=RATE, src_lang=["fr", "de", "fr"][index])
+        alone = processor.batch_decode(model.generate(**single, **options), skip_special_tokens=True)[0]
+        assert alone == together[index]
+
+
+def test_ctc_greedy_decode_matches_the_head_argmax_and_batches():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=2)
+    clips, batch = speech_batch(processor)
+    ids = model.ctc_greedy_decode(**batch)
+    encoder = model.model.encoder(input_features=batch["input_features"], attention_mask=batch["attention_mask"],
+                                  src_lang_ids=batch["src_lang_ids"])  # fmt: skip
+    log_probs, lengths = model.ctc_log_probs(encoder)
+    expected = ctc_greedy_decode(log_probs, lengths)
+    assert [row[row != 0].tolist() for row in ids] == expected
+    single = processor(audio=clips[1], sampling_rate=RATE, src_lang="de")
+    alone = model.ctc_greedy_decode(**single)[0]
+    assert alone[alone != 0].tolist() == expected[1]
+
+
+def test_joint_decoding_refuses_translation():
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    _, batch = speech_batch(processor)
+    with pytest.raises(ValueError, match="speech recognition"):
+        model.generate(**batch, tgt_lang="en", ctc_weight=0.3, max_new_tokens=4)
