@@ -3,15 +3,16 @@
 
 Example (ASR)::
 
-    collator = Mu2SlamSeq2SeqCollator(processor, task="asr")
+    model.config.ctc_loss_weight = 0.3   # joint CTC/attention fine-tuning (the recipes' value)
+    collator = Mu2SlamSeq2SeqCollator(processor, model.config, task="asr")
     args = Seq2SeqTrainingArguments(..., predict_with_generate=True, remove_unused_columns=False)
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train, eval_dataset=dev,
                              compute_metrics=make_compute_metrics(processor, "asr"))
 
 `remove_unused_columns=False` is required: the collator reads the schema's columns (audio, texts, languages),
 which are not arguments of the model's forward. The batch carries `src_lang_ids` / `tgt_lang_ids`, which
-`Seq2SeqTrainer.prediction_step` passes on to `model.generate` with the rest of the batch (labels are ignored
-there), so generation is conditioned on the right languages. Noisy fine-tuning and SpecAugment are switched on in
+`Seq2SeqTrainer.prediction_step` passes on to `model.generate` with the rest of the batch (`generate` ignores the
+training-only keys), so generation is conditioned on the right languages. Noisy fine-tuning and SpecAugment are switched on in
 the model config (`decoder_noise_ratio`, `apply_spec_augment`) and act inside the model's training forward.
 """
 
@@ -24,13 +25,14 @@ import numpy as np
 import torch
 from transformers import EvalPrediction
 
-from .data.audio import decode_example
+from .configuration_mu2slam import Mu2SlamConfig
+from .data.schema import LABELLED_TASKS, SPEECH_TASKS
 from .evaluation import METRICS_BY_TASK, score
-from .modeling_mu2slam import IGNORE_INDEX, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
+from .lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
+from .modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
+from .pretraining import Mu2SlamCollator
+from .training.instances import InstanceBuilder
 
-SPEECH_TASKS = ("asr", "ast")
-TEXT_TASKS = ("mt",)
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 # ------------------------------------------------------------------------------------------- seq2seq
@@ -39,16 +41,26 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 class Mu2SlamSeq2SeqCollator:
     """Data-schema examples (ASR, AST or MT) -> keyword arguments of `Mu2SlamForConditionalGeneration.forward`.
 
+    A thin wrapper over the training loop's own path (`InstanceBuilder` in fine-tuning mode, then `Mu2SlamCollator`),
+    so `Seq2SeqTrainer` and `mu2slam-finetune` build the same batch from the same examples: same features and
+    padding, same target language, same labels and the same CTC targets.
+
     Speech examples use ``input_features`` ``(T, F)`` when present (precomputed), else their ``audio`` (decoded
     here from a path/bytes when needed). Returns (B rows, padded to the longest):
 
         input_features (B, T, F) + attention_mask (B, T)   for ASR / AST, or
         input_ids (B, L) + attention_mask (B, L)            for MT (the source text);
-        src_lang_ids (B,), tgt_lang_ids (B,) (ASR: the source language), labels (B, U) ending with eos, -100 padded.
+        src_lang_ids (B,), tgt_lang_ids (B,) (ASR: the source language), tgt_modality_ids (B,) (text),
+        decoder_input_ids (B, U), labels (B, U) ending with eos, -100 padded, example_weights (B,),
+        ctc_labels (B, C) -100 padded: transcripts for the encoder's CTC loss (ASR rows; see ``ctc``).
 
     Args:
         processor: the model's `Mu2SlamProcessor`.
+        config: the model's config (`model.config`): vocabulary layout, language ids, front-end lengths.
+            The CTC loss is weighted by ``config.ctc_loss_weight`` (0.3 is the fine-tuning recipes' value).
         task: "asr", "ast" or "mt" for every example; None takes each example's ``task`` (one modality a batch).
+        ctc: CTC targets on ASR rows.
+        ctc_ast_source: CTC targets on AST rows from their ``source_text`` (the transcript), where present.
         max_target_length: truncate labels to this many ids (eos kept); None keeps them whole.
         pad_to_multiple_of: round T / L / U up to a multiple of this.
     """
@@ -56,79 +68,44 @@ class Mu2SlamSeq2SeqCollator:
     def __init__(
         self,
         processor: Any,
+        config: Mu2SlamConfig,
         task: str | None = None,
+        ctc: bool = True,
+        ctc_ast_source: bool = False,
         max_target_length: int | None = None,
         pad_to_multiple_of: int | None = None,
     ):
-        if task is not None and task not in SPEECH_TASKS + TEXT_TASKS:
-            raise ValueError(f"task must be one of {SPEECH_TASKS + TEXT_TASKS} or None, got {task!r}.")
-        self.processor = processor
+        if task is not None and task not in LABELLED_TASKS:
+            raise ValueError(f"task must be one of {LABELLED_TASKS} or None, got {task!r}.")
+        if not isinstance(config, Mu2SlamConfig):
+            raise TypeError(f"config must be the model's Mu2SlamConfig (`model.config`), got {type(config).__name__}.")
+        processor.check_model_config(config)
         self.task = task
-        self.max_target_length = max_target_length
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.builder = InstanceBuilder(
+            processor,
+            config,
+            stage="finetune",
+            cache_features=False,
+            ctc=ctc,
+            ctc_ast_source=ctc_ast_source,
+            max_target_length=max_target_length,
+        )
+        self.collator = Mu2SlamCollator(config, pad_to_multiple_of)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("Cannot collate an empty list of examples.")
-        tasks = [self.task or example["task"] for example in examples]
-        speech = {task in SPEECH_TASKS for task in tasks}
-        if len(speech) > 1 or not set(tasks) <= set(SPEECH_TASKS + TEXT_TASKS):
-            raise ValueError(
-                f"A batch needs ASR/AST examples only or MT examples only, got tasks {sorted(set(tasks))}."
-            )
-        batch = self._speech(examples) if speech.pop() else self._text(examples)
-        src = [example["source_lang"] for example in examples]
-        tgt = [
-            s if task == "asr" else (e["target_lang"] or s) for e, s, task in zip(examples, src, tasks, strict=True)
+        examples = [{**example, "task": self.task or example["task"]} for example in examples]
+        tasks = {example["task"] for example in examples}
+        if not tasks <= set(LABELLED_TASKS) or len({task in SPEECH_TASKS for task in tasks}) > 1:
+            raise ValueError(f"A batch needs ASR/AST examples only or MT examples only, got tasks {sorted(tasks)}.")
+        speech = self.builder.speech(examples) if tasks <= set(SPEECH_TASKS) else [None] * len(examples)
+        instances = [
+            instance
+            for example, audio in zip(examples, speech, strict=True)
+            for instance in self.builder.build_example(example["task"], example, audio, generator=None)
         ]
-        batch["src_lang_ids"] = self.processor.language_ids(src, len(examples))
-        batch["tgt_lang_ids"] = self.processor.language_ids(tgt, len(examples))
-        batch["labels"] = self._labels([example["target_text"] for example in examples])
-        return batch
-
-    def _round(self, length: int) -> int:
-        multiple = self.pad_to_multiple_of
-        return length if not multiple else -(-length // multiple) * multiple
-
-    def _speech(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        features = [self._features(example) for example in examples]
-        frames = self._round(max(f.shape[0] for f in features))
-        padded = torch.full(
-            (len(features), frames, features[0].shape[-1]), self.processor.feature_extractor.padding_value
-        )
-        for index, row in enumerate(features):
-            padded[index, : row.shape[0]] = row
-        lengths = torch.tensor([f.shape[0] for f in features])
-        return {"input_features": padded, "attention_mask": (torch.arange(frames) < lengths[:, None]).long()}
-
-    def _features(self, example: dict[str, Any]) -> torch.Tensor:
-        """(T, F) log-mel features of one example: precomputed, or extracted from its audio."""
-        if example.get("input_features") is not None:
-            return torch.as_tensor(np.asarray(example["input_features"]), dtype=torch.float32)
-        audio = decode_example(example)["audio"]
-        extracted = self.processor.feature_extractor(
-            audio["array"], sampling_rate=audio["sampling_rate"], return_tensors="pt"
-        )
-        return extracted["input_features"][0]
-
-    def _text(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [example["source_text"] for example in examples]
-        encoded = self.processor.tokenizer(
-            texts, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-
-    def _labels(self, texts: list[str]) -> torch.Tensor:
-        truncate = self.max_target_length is not None
-        encoded = self.processor.tokenizer(
-            texts,
-            padding=True,
-            truncation=truncate,
-            max_length=self.max_target_length,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            return_tensors="pt",
-        )
-        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, IGNORE_INDEX)
+        return self.collator(instances)
 
 
 def decode_ids(processor: Any, ids: np.ndarray | torch.Tensor) -> list[str]:
@@ -174,37 +151,6 @@ def _classification_metrics(prediction: EvalPrediction) -> dict[str, float]:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     predicted = np.asarray(logits).argmax(-1).tolist()
     return {"accuracy": score("accuracy", np.asarray(prediction.label_ids).tolist(), predicted)}
-
-
-# ---------------------------------------------------------------------------------------------- LoRA
-
-
-def add_lora(
-    model: Mu2SlamForConditionalGeneration,
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.05,
-    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-    modules_to_save: Sequence[str] | None = None,
-) -> Any:
-    """Wrap `model` in a PEFT LoRA model (adapters on every attention projection by default); only the adapters
-    (and `modules_to_save`) are trainable. The result trains with `Seq2SeqTrainer` and has `generate`."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        modules_to_save=list(modules_to_save) if modules_to_save else None,
-    )
-    return get_peft_model(model, config)
-
-
-def merge_lora(model: Any) -> Mu2SlamForConditionalGeneration:
-    """Fold the LoRA adapters into the weights and return the plain model (not a `PeftModel`), which
-    `pipeline("automatic-speech-recognition")` accepts and `save_pretrained` saves as a normal checkpoint."""
-    return model.merge_and_unload()
 
 
 # ------------------------------------------------------------------------------------ classification

@@ -192,9 +192,13 @@ def test_collator_builds_speech_and_text_batches():
     from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator
 
     processor = tiny_processor()
+    config = tiny_model(processor).config
     examples = asr_examples(3)
-    batch = Mu2SlamSeq2SeqCollator(processor, task="asr")(examples)
-    assert set(batch) == {"input_features", "attention_mask", "src_lang_ids", "tgt_lang_ids", "labels"}
+    batch = Mu2SlamSeq2SeqCollator(processor, config, task="asr")(examples)
+    assert set(batch) == {
+        "input_features", "attention_mask", "src_lang_ids", "tgt_lang_ids", "tgt_modality_ids", "decoder_input_ids",
+        "labels", "example_weights", "ctc_labels",
+    }  # fmt: skip
     single = processor(audio=examples[1]["audio"]["array"], sampling_rate=RATE)
     frames = single["input_features"].shape[1]
     torch.testing.assert_close(batch["input_features"][1, :frames], single["input_features"][0])
@@ -202,14 +206,42 @@ def test_collator_builds_speech_and_text_batches():
     assert batch["src_lang_ids"].tolist() == batch["tgt_lang_ids"].tolist() == [2, 1, 2]  # fr, de, fr
     assert processor.batch_decode(batch["labels"].clamp(min=0), skip_special_tokens=True)[1] == "die katze"
     assert int(batch["labels"][0, -1]) in (2, -100)  # eos, then -100 padding
+    # CTC targets: the transcript without specials (eos), -100 padded
+    ctc = batch["ctc_labels"][1]
+    assert processor.tokenizer.decode(ctc[ctc >= 0].tolist()) == "die katze"
+    assert "ctc_labels" not in Mu2SlamSeq2SeqCollator(processor, config, task="asr", ctc=False)(examples)
 
     mt = [{"id": "m", "task": "mt", "source_text": "hello world", "target_text": "le chat", "source_lang": "en",
            "target_lang": "fr", "audio": None}]  # fmt: skip
-    text_batch = Mu2SlamSeq2SeqCollator(processor)(mt)
-    assert set(text_batch) == {"input_ids", "attention_mask", "src_lang_ids", "tgt_lang_ids", "labels"}
+    text_batch = Mu2SlamSeq2SeqCollator(processor, config)(mt)
+    assert {"input_ids", "attention_mask", "src_lang_ids", "tgt_lang_ids", "labels"} <= set(text_batch)
     assert (text_batch["src_lang_ids"].item(), text_batch["tgt_lang_ids"].item()) == (0, 2)
     with pytest.raises(ValueError, match="ASR/AST examples only or MT"):
-        Mu2SlamSeq2SeqCollator(processor)([*examples, *mt])
+        Mu2SlamSeq2SeqCollator(processor, config)([*examples, *mt])
+
+
+def test_trainer_collator_and_training_loop_build_the_same_batch_and_loss():
+    """One fine-tuning path: the Seq2SeqTrainer collator and the Accelerate loop's instances + collator."""
+    from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator
+    from mu2slam_hf.pretraining import Mu2SlamCollator
+    from mu2slam_hf.training.instances import InstanceBuilder
+
+    processor = tiny_processor()
+    model = tiny_model(processor, ctc_loss_weight=0.3)
+    examples = asr_examples(4)
+    ast = [{**e, "task": "ast", "target_lang": "en", "target_text": "hello"} for e in asr_examples(2, seed=3)]
+    for rows in (examples, ast):
+        trainer_batch = Mu2SlamSeq2SeqCollator(processor, model.config)(rows)
+        builder = InstanceBuilder(processor, model.config, stage="finetune", cache_features=False)
+        step = {}
+        for row in rows:
+            step.setdefault(row["task"], []).append(row)
+        loop_batch = Mu2SlamCollator(model.config)(builder.build(step, torch.Generator()))
+        assert trainer_batch.keys() == loop_batch.keys()
+        for key in trainer_batch:
+            torch.testing.assert_close(trainer_batch[key], loop_batch[key], msg=key)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**trainer_batch).loss, model(**loop_batch).loss)
 
 
 def test_seq2seq_trainer_with_generate_returns_metrics(tmp_path):
@@ -222,7 +254,7 @@ def test_seq2seq_trainer_with_generate_returns_metrics(tmp_path):
     model = tiny_model(processor, decoder_noise_ratio=0.06, apply_spec_augment=True)
     model.generation_config.max_new_tokens = 6
     train, dev = asr_examples(8), asr_examples(4, seed=1)
-    collator = Mu2SlamSeq2SeqCollator(processor, task="asr")
+    collator = Mu2SlamSeq2SeqCollator(processor, model.config, task="asr")
     trainer = Seq2SeqTrainer(
         model=model, args=trainer_args(tmp_path), data_collator=collator, train_dataset=train, eval_dataset=dev,
         compute_metrics=make_compute_metrics(processor, "asr"),
@@ -233,7 +265,7 @@ def test_seq2seq_trainer_with_generate_returns_metrics(tmp_path):
     assert {"eval_loss", "eval_wer", "eval_cer"} <= set(metrics)
     # the metrics are those of the model's own generate with the batch's languages
     batch = collator(dev)
-    ids = model.eval().generate(**{k: v for k, v in batch.items() if k != "labels"}, max_new_tokens=6)
+    ids = model.eval().generate(**batch, max_new_tokens=6)  # training-only keys are ignored by generate
     hypotheses, references = decode_ids(processor, ids), [e["target_text"] for e in dev]
     assert metrics["eval_wer"] == pytest.approx(word_error_rate(references, hypotheses))
     assert metrics["eval_cer"] == pytest.approx(char_error_rate(references, hypotheses))
@@ -255,7 +287,7 @@ def test_lora_train_merge_and_pipeline(tmp_path):
     peft_model = add_lora(base, r=4, alpha=8, dropout=0.0)
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    collator = Mu2SlamSeq2SeqCollator(processor, task="asr")
+    collator = Mu2SlamSeq2SeqCollator(processor, base.config, task="asr")
     args = trainer_args(tmp_path, max_steps=3, learning_rate=1e-2, predict_with_generate=False)
     Seq2SeqTrainer(model=peft_model, args=args, data_collator=collator, train_dataset=asr_examples(8)).train()
 

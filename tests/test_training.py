@@ -139,17 +139,26 @@ def test_mixture_step_to_instances_to_model_losses(corpus):
     )
 
 
-def test_finetuning_instances_have_no_mask(corpus):
+def test_finetuning_instances_have_no_mask_and_ctc_on_transcripts(corpus):
     recipe = tiny_recipe()
     sources = {task: load_manifest(corpus, "train", task) for task in ("asr", "ast", "mt")}
     processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
-    builder = InstanceBuilder(processor, config, stage="finetune")
     step = {task: [sources[task][0], sources[task][1]] for task in sources}
-    instances = builder.build(step, step_generator(0, 0, 0))
-    assert len(instances) == 6 and {i.objective for i in instances} == {"finetune"}
-    for instance in instances:
-        assert instance.speech_mlm_mask is None and instance.text_mlm_labels is None and instance.ctc_labels is None
-        assert instance.input_ids is None or not bool((instance.input_ids == config.mask_token_id).any())
+    for ctc_ast_source in (False, True):
+        builder = InstanceBuilder(processor, config, stage="finetune", ctc_ast_source=ctc_ast_source)
+        instances = builder.build(step, step_generator(0, 0, 0))
+        assert len(instances) == 6 and {i.objective for i in instances} == {"finetune"}
+        for instance, example in zip(instances, [e for rows in step.values() for e in rows], strict=True):
+            assert instance.speech_mlm_mask is None and instance.text_mlm_labels is None
+            assert instance.input_ids is None or not bool((instance.input_ids == config.mask_token_id).any())
+            transcript = {"asr": example["target_text"], "ast": example["source_text"] if ctc_ast_source else None}
+            expected = transcript.get(example["task"])
+            if expected is None:
+                assert instance.ctc_labels is None
+            else:  # the transcript's text tokens, no eos or other specials
+                assert processor.tokenizer.decode(instance.ctc_labels.tolist()) == expected
+    no_ctc = InstanceBuilder(processor, config, stage="finetune", ctc=False).build(step, step_generator(0, 0, 0))
+    assert all(instance.ctc_labels is None for instance in no_ctc)
 
 
 # ------------------------------------------------------------------------------------------------ runs

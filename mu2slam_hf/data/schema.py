@@ -53,6 +53,15 @@ FEATURES = datasets.Features(
 FIELDS = tuple(FEATURES)
 
 
+def target_language(example: dict[str, Any]) -> str:
+    """The language the model should produce for an example: the source language for ASR (and unlabelled data),
+    else ``target_lang`` (falling back to the source language when it is missing). The one place this default
+    lives: training instances, the Trainer collator, evaluation and dev decoding all call it."""
+    if example["task"] == "asr":
+        return example["source_lang"]
+    return example.get("target_lang") or example["source_lang"]
+
+
 class DataError(ValueError):
     """A bad example: the message starts with the example's id."""
 

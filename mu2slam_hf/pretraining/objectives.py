@@ -494,8 +494,11 @@ def build_speech_to_text_finetuning(
     text_lang_id: int,
     task: str = "asr",
     weight: float = 1.0,
+    ctc_text_ids: torch.Tensor | None = None,
 ) -> Mu2SlamInstance:
-    """Gradual fine-tuning stage 1 (ASR/AST): plain P(y|x), no [MASK], no MLM, no CTC."""
+    """Fine-tuning (ASR/AST): plain P(y|x), no [MASK], no MLM; CTC on the encoder when ``ctc_text_ids`` is given
+    (the transcript of the audio: the target for ASR, the source transcript for AST), weighted by
+    ``config.ctc_loss_weight``."""
     _check_task(task)
     check_text(config, text_ids)
     if input_features.ndim != 2 or input_features.shape[-1] != config.num_mel_bins:
@@ -513,6 +516,7 @@ def build_speech_to_text_finetuning(
         decoder_input_ids=decoder_input_ids,
         labels=labels,
         input_features=input_features,
+        ctc_labels=None if ctc_text_ids is None else ctc_targets(ctc_text_ids),
     )
 
 

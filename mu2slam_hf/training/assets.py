@@ -16,7 +16,7 @@ import torch
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example
 from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
-from ..finetuning import merge_lora
+from ..lora import merge_lora
 from ..modeling_mu2slam import Mu2SlamForConditionalGeneration
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq

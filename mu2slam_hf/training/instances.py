@@ -18,6 +18,7 @@ import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example
+from ..data.schema import SAMPLING_RATE, target_language
 from ..pretraining import (
     Mu2SlamInstance,
     build_mt_pretraining,
@@ -46,6 +47,10 @@ class InstanceBuilder:
         stage: "pretrain" (masked objectives) or "finetune" (plain sequence-to-sequence).
         cache_features: keep (features, codes) per audio path in memory.
         decode_workers: threads decoding audio (0: in the calling thread).
+        ctc: fine-tuning: CTC targets on ASR rows (their transcript).
+        ctc_ast_source: fine-tuning: CTC targets on AST rows from their ``source_text`` (the transcript of the
+            audio), where the example has one.
+        max_target_length: fine-tuning: truncate target texts to this many ids (eos kept).
     """
 
     def __init__(
@@ -55,12 +60,16 @@ class InstanceBuilder:
         stage: str = "pretrain",
         cache_features: bool = True,
         decode_workers: int = 0,
+        ctc: bool = True,
+        ctc_ast_source: bool = False,
+        max_target_length: int | None = None,
     ):
         self.processor = processor
         self.config = config
         self.stage = stage
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_features else None
         self.pool = ThreadPoolExecutor(decode_workers) if decode_workers > 0 else None
+        self.ctc, self.ctc_ast_source, self.max_target_length = ctc, ctc_ast_source, max_target_length
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -79,26 +88,47 @@ class InstanceBuilder:
                 results.append(self.cache[key])
         return results
 
-    def _featurise(self, examples: Sequence[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _featurise(self, examples: Sequence[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(features, codes) of each example; codes only for pre-training (fine-tuning has no speech targets)."""
+        precomputed = [e for e in examples if e.get("input_features") is not None]
+        if precomputed and len(precomputed) < len(examples):
+            raise ValueError("Pass `input_features` for every example of a batch or for none.")
+        if precomputed:
+            features_list = [torch.as_tensor(np.asarray(e["input_features"]), dtype=torch.float32) for e in examples]
+            return [(f, self._codes(f.unsqueeze(0), None)) for f in features_list]
         if not examples:
             return []
         decoded = list(self.pool.map(decode_example, examples)) if self.pool else [decode_example(e) for e in examples]
         clips = [example["audio"]["array"] for example in decoded]
-        batch = self.processor.feature_extractor(clips, sampling_rate=16_000, return_tensors="pt")
+        batch = self.processor.feature_extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         features, mask = batch["input_features"], batch["attention_mask"]
-        codes = self.processor.speech_codes(features, mask)
-        lengths = mask.sum(-1).tolist()
+        codes = self._codes(features, mask)
         output = []
-        for index, frames in enumerate(lengths):
+        for index, frames in enumerate(mask.sum(-1).tolist()):
             positions = int(self.config.speech_output_lengths(frames))
-            output.append((features[index, :frames].clone(), codes[index, :positions].clone()))
+            row_codes = None if codes is None else codes[index, :positions].clone()
+            output.append((features[index, :frames].clone(), row_codes))
         return output
+
+    def _codes(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        if self.stage == "finetune":
+            return None
+        codes = self.processor.speech_codes(features, mask)
+        return codes[0] if mask is None else codes
 
     def text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (L,) ending with eos, word starts (L,)) of one text."""
         encoded = self.processor.tokenizer(text, return_offsets_mapping=True)
         ids = torch.tensor(encoded["input_ids"])
         return ids, word_starts_from_offsets(text, encoded["offset_mapping"])
+
+    def target_ids(self, text: str) -> torch.Tensor:
+        """(U,) ids of a fine-tuning target, ending with eos, truncated to ``max_target_length``."""
+        ids = self.text(text)[0]
+        limit = self.max_target_length
+        if limit is not None and ids.shape[0] > limit:
+            ids = torch.cat([ids[: limit - 1], ids[-1:]])
+        return ids
 
     def lang(self, code: str) -> int:
         return self.config.language_id(code)
@@ -123,7 +153,7 @@ class InstanceBuilder:
     ) -> list[Mu2SlamInstance]:
         """The instances of one example (``audio``: its features and codes for speech tasks)."""
         config, source = self.config, self.lang(example["source_lang"])
-        target = self.lang(example.get("target_lang") or example["source_lang"])
+        target = self.lang(target_language(example))
         if self.stage == "finetune":
             return [self._finetune(task, example, audio, source, target)]
         if task == "speech":
@@ -140,9 +170,16 @@ class InstanceBuilder:
         raise ValueError(f"example {example.get('id')!r}: unknown task {task!r}")
 
     def _finetune(self, task: str, example: dict, audio, source: int, target: int) -> Mu2SlamInstance:
-        target_ids, _ = self.text(example["target_text"])
+        target_ids = self.target_ids(example["target_text"])
         if task in ("asr", "ast"):
-            return build_speech_to_text_finetuning(self.config, audio[0], target_ids, source, target, task=task)
+            ctc_ids = None
+            if task == "asr" and self.ctc:
+                ctc_ids = target_ids
+            elif task == "ast" and self.ctc_ast_source and example.get("source_text"):
+                ctc_ids = self.text(example["source_text"])[0]
+            return build_speech_to_text_finetuning(
+                self.config, audio[0], target_ids, source, target, task=task, ctc_text_ids=ctc_ids
+            )
         if task == "mt":
             source_ids, _ = self.text(example["source_text"])
             return build_text_to_text_finetuning(self.config, source_ids, target_ids, source, target)
