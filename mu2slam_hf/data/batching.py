@@ -109,8 +109,16 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
         self._batches = self._make_batches()
 
-    def _make_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def epoch_batches(self, epoch: int, shortest_first: bool = False) -> list[list[int]]:
+        """The batches of ``epoch`` (without changing the sampler's own epoch); ``shortest_first`` orders them by
+        their longest example instead of shuffling (SortaGrad's first epoch)."""
+        batches = self._make_batches(epoch)
+        if shortest_first:
+            batches.sort(key=lambda batch: int(self.lengths[batch].max()))
+        return batches
+
+    def _make_batches(self, epoch: int | None = None) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         batches = []
         for start in range(0, len(order), self.pool_size):

@@ -1,7 +1,9 @@
 """Per-step task mixing with temperature-based language sampling (Mu2SLAM 3.1, after mSLAM).
 
 Every step draws ``examples_per_step[task]`` examples of each task (the paper: speech-only 4, text-only 8,
-ASR 1, AST 1, MT 1). Within a task the language (``"src-tgt"`` for AST/MT pairs, see
+ASR 1, AST 1, MT 1), or, for the tasks given ``seconds_per_step``, one length-bucketed batch of about that many
+seconds of padded audio (:class:`~mu2slam_hf.data.batching.LengthBucketBatchSampler`: similar lengths, little
+padding; optionally shortest first in the first epoch, a curriculum). Within a task the language (``"src-tgt"`` for AST/MT pairs, see
 :func:`~mu2slam_hf.data.schema.example_language`) is drawn with ``p_l ∝ n_l ** (1 / T)`` (T=3 text-only,
 T=2 MT, T=1 elsewhere: proportional to size), then the next example of a seeded per-language permutation
 is taken (a new permutation every pass). Deterministic given the seed, and resumable: ``state_dict()``
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import LengthBucketBatchSampler, dataset_lengths
 from .schema import TASKS, example_language
 
 PAPER_EXAMPLES_PER_STEP = {"speech": 4, "text": 8, "asr": 1, "ast": 1, "mt": 1}
@@ -48,6 +51,11 @@ class TaskMixture:
         examples_per_step: task -> examples drawn per step (default: the paper's 4/8/1/1/1).
         language_temperature: task -> sampling temperature T (default: text 3, MT 2; others 1).
         seed: seeds every draw.
+        seconds_per_step: task -> seconds of padded audio per step (speech tasks): the task then draws one
+            length-bucketed batch per step, walking a shuffled list of batches epoch after epoch (languages in
+            proportion to their data), instead of ``examples_per_step`` examples.
+        shortest_first: the first epoch of the ``seconds_per_step`` tasks goes from the shortest batches to the
+            longest (SortaGrad); later epochs are shuffled.
     """
 
     def __init__(
@@ -56,12 +64,25 @@ class TaskMixture:
         examples_per_step: Mapping[str, int] | None = None,
         language_temperature: Mapping[str, float] | None = None,
         seed: int = 0,
+        seconds_per_step: Mapping[str, float] | None = None,
+        shortest_first: bool = False,
     ):
         unknown = set(sources) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}; expected a subset of {TASKS}")
         per_step = dict(PAPER_EXAMPLES_PER_STEP if examples_per_step is None else examples_per_step)
+        seconds_per_step = dict(seconds_per_step or {})
+        per_step.update({task: 1 for task in seconds_per_step if task in sources})
         self.sources = {task: source for task, source in sources.items() if per_step.get(task, 0) > 0}
+        self.bucketed = {
+            task: LengthBucketBatchSampler(
+                dataset_lengths(self.sources[task]), max_tokens=int(seconds * 100), seed=seed
+            )
+            for task, seconds in seconds_per_step.items()
+            if task in self.sources
+        }
+        self.shortest_first = shortest_first
+        self._bucket_orders: dict[str, tuple[int, list[list[int]]]] = {}
         self.examples_per_step = {task: int(per_step[task]) for task in self.sources}
         temperatures = PAPER_LANGUAGE_TEMPERATURE if language_temperature is None else language_temperature
         self.seed = seed
@@ -95,10 +116,24 @@ class TaskMixture:
         self.cursors[task][lang] = (epoch + 1, 0) if position == len(permutation) else (epoch, position)
         return index
 
+    def _next_bucket(self, task: str) -> list[int]:
+        """The next length-bucketed batch of a ``seconds_per_step`` task."""
+        epoch, position = self.cursors[task].get("*", (0, 0))
+        if self._bucket_orders.get(task, (None,))[0] != epoch:
+            shortest_first = self.shortest_first and epoch == 0
+            self._bucket_orders[task] = (epoch, self.bucketed[task].epoch_batches(epoch, shortest_first))
+        batches = self._bucket_orders[task][1]
+        position += 1
+        self.cursors[task]["*"] = (epoch + 1, 0) if position == len(batches) else (epoch, position)
+        return [int(i) for i in batches[position - 1]]
+
     def next_indices(self) -> dict[str, list[int]]:
         """The next step as task -> indices into ``sources[task]``."""
         step = {}
         for task, count in self.examples_per_step.items():
+            if task in self.bucketed:
+                step[task] = self._next_bucket(task)
+                continue
             langs = list(self.probabilities[task])
             draws = self.rng.choice(len(langs), size=count, p=[self.probabilities[task][lang] for lang in langs])
             step[task] = [self._next_index(task, langs[d]) for d in draws]

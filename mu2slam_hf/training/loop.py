@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.manifest import load_manifest
 from ..data.mixing import TaskMixture
-from ..finetuning import add_lora
+from ..lora import add_lora
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from ..processing_mu2slam import Mu2SlamProcessor
 from .assets import (
@@ -40,8 +40,10 @@ from .assets import (
 from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .dev import DevEvaluator, dev_subset, write_dev_results
 from .instances import InstanceBuilder, step_generator
-from .losses import LossTracker, row_losses
+from .losses import LossTracker
+from .preflight import check_run_data, warn_unknown_text
 from .recipe import Recipe
+from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
 
 logger = logging.getLogger(__name__)
@@ -64,9 +66,13 @@ def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | Non
     # Each run sets its own precision; the process group (PartialState) is kept.
     AcceleratorState._reset_state()
     cpu_only = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    precision = recipe.mixed_precision
+    if precision == "auto":
+        precision, reason = auto_mixed_precision()
+        logger.warning("mixed_precision: auto -> %s (%s)", precision, reason)
     return Accelerator(
         cpu=cpu_only,
-        mixed_precision=recipe.mixed_precision,
+        mixed_precision=precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
         # Text-only or speech-only groups leave parts of the model (front end, CTC head) without gradients.
@@ -74,11 +80,40 @@ def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | Non
     )
 
 
+def auto_mixed_precision() -> tuple[str, str]:
+    """("bf16" or "no", why): bf16 autocast where bf16 matrix products are fast, fp32 elsewhere.
+
+    CUDA GPUs with bf16 support and CPUs with AVX512-BF16 or AMX run bf16 products about 4x faster than fp32; on
+    AVX2-only CPUs PyTorch emulates them, about 100x slower, so fp32 is the only sane choice there.
+    """
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"CUDA device {torch.cuda.get_device_name()} supports bf16"
+        return "no", "this CUDA device has no bf16"
+    flags = cpu_flags()
+    fast = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    if fast:
+        return "bf16", f"CPU flags {', '.join(fast)}"
+    return "no", "CPU without avx512_bf16/amx_bf16: bf16 would be emulated, far slower than fp32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of this machine (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def load_train_sources(recipe: Recipe, data_dir: str) -> dict[str, Any]:
     """task -> train `datasets.Dataset` of every task with examples per step (long clips dropped)."""
     sources = {}
     limit = recipe.dataloader.max_audio_seconds
-    for task, count in recipe.examples_per_step.items():
+    for task, count in {**recipe.examples_per_step, **dict.fromkeys(recipe.seconds_per_step, 1)}.items():
         if count <= 0:
             continue
         dataset = load_manifest(data_dir, "train", task)
@@ -97,7 +132,7 @@ def load_dev_examples(recipe: Recipe, data_dir: str) -> dict[str, list[dict[str,
     except FileNotFoundError:
         return {}
     output = {}
-    for task, count in recipe.examples_per_step.items():
+    for task, count in {**recipe.examples_per_step, **dict.fromkeys(recipe.seconds_per_step, 1)}.items():
         if count > 0:
             output[task] = dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
     return output
@@ -106,7 +141,7 @@ def load_dev_examples(recipe: Recipe, data_dir: str) -> dict[str, list[dict[str,
 def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> torch.optim.Optimizer:
     """Adam / AdamW at the schedule's peak rate; weight decay on matrices only (not biases, norms, embeddings' 1-D)."""
     opt = recipe.optimizer
-    lr = opt.lr if opt.lr is not None else peak_lr(d_model, opt.warmup_steps, opt.lr_scale)
+    lr = opt.lr if opt.lr is not None else peak_lr(d_model, opt.warmup_for(recipe.max_steps), opt.lr_scale)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -126,6 +161,8 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         examples = [row for source in sources.values() for row in source]
         processor, config = build_processor(recipe, load_preset(recipe), examples)
         model = new_model(config, recipe.seed)
+    if recipe.ctc_weight is not None:
+        model.config.ctc_loss_weight = recipe.ctc_weight
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -157,20 +194,26 @@ class Mu2SlamTrainer:
         self.recipe, self.data_dir, self.output_dir = recipe, data_dir, Path(output_dir)
         self.accelerator = make_accelerator(recipe, output_dir, log_with)
         self.log_with, self.progress = log_with, progress
+        self.run_folder: RunFolder | None = None  # the main process's lock on output_dir while it trains
 
     # ------------------------------------------------------------------------------------------------ setup
 
-    def setup(self, resume: bool) -> int:
-        """Build or restore everything; returns the step to continue after (0 for a new run)."""
+    def setup(self, resume: bool, overwrite_output_dir: bool = False) -> int:
+        """Build or restore everything; returns the step to continue after (0 for a new run).
+
+        The output folder is claimed first (see `claim_run_folder`), and the data checked before anything is built.
+        """
         recipe, accelerator = self.recipe, self.accelerator
         set_seed(recipe.seed)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
+            self.run_folder = claim_run_folder(self.output_dir, resume, overwrite_output_dir, recipe.init_checkpoint)
             remove_stale_temporaries(self.output_dir)
         accelerator.wait_for_everyone()
         resume_from = latest_checkpoint(self.output_dir) if resume else None
         if resume and resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
+        check_run_data(recipe, self.data_dir, resume_from)
         sources = load_train_sources(recipe, self.data_dir)
         model, self.processor = prepare_model_and_processor(recipe, sources, resume_from)
         self.config = (model.get_base_model() if recipe.lora.enabled else model).config
@@ -180,6 +223,8 @@ class Mu2SlamTrainer:
             recipe.stage,
             recipe.dataloader.cache_features,
             recipe.dataloader.decode_workers,
+            ctc=bool(recipe.ctc_weight),
+            ctc_ast_source=recipe.ctc_ast_source,
         )
         self.collator = Mu2SlamCollator(self.config)
         self.mixture = TaskMixture(
@@ -187,15 +232,20 @@ class Mu2SlamTrainer:
             recipe.examples_per_step,
             recipe.language_temperature,
             seed=recipe.seed + 1000 * accelerator.process_index,
+            seconds_per_step=recipe.seconds_per_step,
+            shortest_first=recipe.shortest_first,
         )
         dev_examples = load_dev_examples(recipe, self.data_dir)
+        if accelerator.is_main_process:
+            warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data_dir))
         self.dev = DevEvaluator(
             self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed
         ) if any(dev_examples.values()) else None  # fmt: skip
         model.train()
         optimizer = build_optimizer(recipe, model, self.config.d_model)
         # Not passed to prepare(): Accelerate would step it once per process each step.
-        self.scheduler = transformer_schedule(optimizer, recipe.optimizer.warmup_steps)
+        self.scheduler = transformer_schedule(optimizer, recipe.optimizer.warmup_for(recipe.max_steps))
+        self.spec_augment = self.config.apply_spec_augment
         accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.dev_history: list[dict[str, float]] = []
@@ -216,6 +266,8 @@ class Mu2SlamTrainer:
         """One optimizer step (all micro-steps, all layout groups)."""
         recipe, accelerator, model = self.recipe, self.accelerator, self.model
         accumulation = recipe.gradient_accumulation_steps
+        # Augmentation only once the model has started to learn (SpeechBrain's augment warm-up).
+        self.config.apply_spec_augment = self.spec_augment and step > recipe.spec_augment_from_step
         for micro in range(accumulation):
             draw = self.mixture.next_batch()
             generator = step_generator(recipe.seed, accelerator.process_index, (step - 1) * accumulation + micro)
@@ -229,7 +281,7 @@ class Mu2SlamTrainer:
                     outputs = model(**batch)
                     accelerator.backward(outputs.loss / accumulation)
                 micro_loss += outputs.loss.item()
-                tracker.add_rows(group, row_losses(accelerator.unwrap_model(model), outputs, batch))
+                tracker.add_rows(group, outputs.row_losses)
                 if outputs.ctc_loss is not None:
                     tracker.add_total("ctc_loss", outputs.ctc_loss.item())
                     tracker.add_total("ctc_batches", 1)
@@ -252,10 +304,23 @@ class Mu2SlamTrainer:
 
     # ------------------------------------------------------------------------------------------------- loop
 
-    def train(self, resume: bool = False, stop_after: int | None = None) -> TrainingResult:
-        """Run to ``recipe.max_steps`` (or to ``stop_after`` steps, a test hook); returns the result."""
+    def train(
+        self, resume: bool = False, stop_after: int | None = None, overwrite_output_dir: bool = False
+    ) -> TrainingResult:
+        """Run to ``recipe.max_steps`` (or to ``stop_after`` steps, a test hook); returns the result.
+
+        ``resume`` continues the run in output_dir; ``overwrite_output_dir`` replaces it; a folder holding a run
+        with neither is an error. The folder is locked against other runs until this returns.
+        """
+        try:
+            return self._train(resume, stop_after, overwrite_output_dir)
+        finally:
+            if self.run_folder is not None:
+                self.run_folder.release()
+
+    def _train(self, resume: bool, stop_after: int | None, overwrite_output_dir: bool) -> TrainingResult:
         recipe, accelerator = self.recipe, self.accelerator
-        start = self.setup(resume)
+        start = self.setup(resume, overwrite_output_dir)
         result = TrainingResult(step=start, dev=list(self.dev_history), output_dir=str(self.output_dir))
         log_path = self.output_dir / "train_log.jsonl"
         if accelerator.is_main_process:
@@ -263,8 +328,12 @@ class Mu2SlamTrainer:
         end = recipe.max_steps if stop_after is None else min(recipe.max_steps, start + stop_after)
         bar = tqdm(total=recipe.max_steps, initial=start, disable=not (self.progress and accelerator.is_main_process))
         tracker, clock = LossTracker(), time.perf_counter()
+        # Training time without evaluation and saving: the x axis of learning curves against minutes.
+        self.train_seconds = self.dev_history[-1].get("train_seconds", 0.0) if self.dev_history else 0.0
         for step in range(start + 1, end + 1):
+            step_start = time.perf_counter()
             self.train_step(step, tracker)
+            self.train_seconds += time.perf_counter() - step_start
             if step % recipe.log_interval == 0 or step == end:
                 entry = self._log(step, tracker, time.perf_counter() - clock, log_path)
                 clock = time.perf_counter()
@@ -285,7 +354,7 @@ class Mu2SlamTrainer:
 
     def _log(self, step: int, tracker: LossTracker, seconds: float, log_path: Path) -> dict[str, float]:
         summary = tracker.summary(self.accelerator)
-        entry = {"step": step, "lr": self.scheduler.get_last_lr()[0], **summary}
+        entry = {"step": step, "lr": self.scheduler.get_last_lr()[0], "train_seconds": self.train_seconds, **summary}
         if self.grad_norm is not None:
             entry["grad_norm"] = float(self.grad_norm)
         entry["speech_seconds_per_second"] = summary.pop("speech_seconds") / seconds
@@ -300,7 +369,7 @@ class Mu2SlamTrainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Dev losses and generation metrics at ``step``: logged, printed and appended to dev_results.json."""
-        metrics = {"step": step, **self.dev.evaluate(self.model, self.accelerator)}
+        metrics = {"step": step, "train_seconds": self.train_seconds, **self.dev.evaluate(self.model, self.accelerator)}
         self.dev_history.append(metrics)
         if self.accelerator.is_main_process:
             write_dev_results(self.output_dir / "dev_results.json", self.dev_history)
@@ -368,6 +437,14 @@ def _flat_hparams(recipe: Recipe) -> dict[str, Any]:
     return flat
 
 
-def train(recipe: Recipe, data_dir: str, output_dir: str, resume: bool = False, **kwargs) -> TrainingResult:
-    """Train with ``recipe`` on ``data_dir`` into ``output_dir`` (see `Mu2SlamTrainer`)."""
-    return Mu2SlamTrainer(recipe, data_dir, output_dir, **kwargs).train(resume=resume)
+def train(
+    recipe: Recipe,
+    data_dir: str,
+    output_dir: str,
+    resume: bool = False,
+    overwrite_output_dir: bool = False,
+    **kwargs,
+) -> TrainingResult:
+    """Train with ``recipe`` on ``data_dir`` into ``output_dir`` (see `Mu2SlamTrainer` and its ``train``)."""
+    trainer = Mu2SlamTrainer(recipe, data_dir, output_dir, **kwargs)
+    return trainer.train(resume=resume, overwrite_output_dir=overwrite_output_dir)

@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
 from ..data.schema import TASKS
 
 STAGES = ("pretrain", "finetune")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+FINETUNE_CTC_WEIGHT = 0.3  # ESPnet's joint CTC/attention weight; attention-only small models stall for long
 
 
 class RecipeError(ValueError):
@@ -66,6 +68,14 @@ class OptimizerRecipe:
     eps: float = 1e-9
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    warmup_fraction: float | None = None
+
+    def warmup_for(self, max_steps: int) -> int:
+        """Warmup steps of a run: ``warmup_fraction * max_steps`` when set (a warmup sized to the run), else
+        ``warmup_steps``."""
+        if self.warmup_fraction is None:
+            return self.warmup_steps
+        return max(1, round(self.warmup_fraction * max_steps))
 
 
 @dataclass
@@ -95,6 +105,15 @@ class Recipe:
 
     Model: ``model`` is a preset folder (``configuration/models/small``) or ``init_checkpoint`` a trained folder
     (model + processor); ``model_overrides`` are set on the model config at init (dropout, noise, ...).
+
+    Learning: ``ctc_weight`` is the weight of the encoder's CTC loss (``config.ctc_loss_weight``); fine-tuning puts
+    CTC on ASR rows (and, with ``ctc_ast_source``, on AST rows from their source transcript) and defaults to 0.3
+    (0 turns it off); pre-training keeps the preset's weight unless set. ``seconds_per_step`` (speech tasks) makes
+    a task draw one length-bucketed batch of that many seconds of padded audio per step instead of
+    ``examples_per_step``; ``shortest_first`` walks the first epoch of those batches from short to long.
+    ``spec_augment_from_step``: SpecAugment (when the model config enables it) acts from this step on.
+    ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
+    elsewhere.
     """
 
     stage: str = "pretrain"
@@ -106,6 +125,11 @@ class Recipe:
     examples_per_step: dict[str, int] = field(default_factory=lambda: dict(PAPER_EXAMPLES_PER_STEP))
     language_temperature: dict[str, float] = field(default_factory=lambda: dict(PAPER_LANGUAGE_TEMPERATURE))
     loss_weights: dict[str, float] = field(default_factory=dict)
+    ctc_weight: float | None = None
+    ctc_ast_source: bool = False
+    seconds_per_step: dict[str, float] = field(default_factory=dict)
+    shortest_first: bool = False
+    spec_augment_from_step: int = 0
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     gradient_accumulation_steps: int = 1
     mixed_precision: str | None = "no"
@@ -136,10 +160,11 @@ class Recipe:
         unknown = set(self.examples_per_step) - set(TASKS)
         if unknown:
             raise RecipeError(f"examples_per_step: unknown task(s) {sorted(unknown)}; tasks are {list(TASKS)}.")
-        if not any(count > 0 for count in self.examples_per_step.values()):
+        if not any(count > 0 for count in self.examples_per_step.values()) and not self.seconds_per_step:
             raise RecipeError("examples_per_step: every task has 0 examples per step.")
         if self.stage == "finetune" and any(self.examples_per_step.get(task, 0) > 0 for task in ("speech", "text")):
             raise RecipeError("examples_per_step: fine-tuning uses labelled tasks only (asr, ast, mt).")
+        self._validate_maps()
         for name in (
             "max_steps",
             "eval_interval",
@@ -153,6 +178,46 @@ class Recipe:
             raise RecipeError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}.")
         if self.optimizer.warmup_steps < 1:
             raise RecipeError(f"optimizer.warmup_steps must be at least 1, got {self.optimizer.warmup_steps}.")
+        fraction = self.optimizer.warmup_fraction
+        if fraction is not None and not 0.0 < fraction < 1.0:
+            raise RecipeError(f"optimizer.warmup_fraction must be in (0, 1), got {fraction}.")
+        if self.ctc_weight is None and self.stage == "finetune":
+            self.ctc_weight = FINETUNE_CTC_WEIGHT
+        if self.ctc_weight is not None and self.ctc_weight < 0:
+            raise RecipeError(f"ctc_weight must be >= 0, got {self.ctc_weight}.")
+        not_speech = sorted(set(self.seconds_per_step) - {"speech", "asr", "ast"})
+        if not_speech:
+            raise RecipeError(f"seconds_per_step: {not_speech} are not speech tasks (speech, asr, ast).")
+        if any(seconds <= 0 for seconds in self.seconds_per_step.values()):
+            raise RecipeError(f"seconds_per_step: budgets must be positive, got {self.seconds_per_step}.")
+        if self.spec_augment_from_step < 0:
+            raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+
+    def _validate_maps(self) -> None:
+        """The free-form maps: config fields, objective names and task names, each with a usable value."""
+        for key, check in (
+            ("model_overrides", Mu2SlamConfig.check_overrides),
+            ("loss_weights", lambda weights: check_config_field("objective_loss_weights", weights)),
+        ):
+            try:
+                check(getattr(self, key))
+            except ValueError as error:
+                raise RecipeError(f"{key}: {error}") from None
+        unknown = sorted(set(self.language_temperature) - set(TASKS))
+        if unknown:
+            raise RecipeError(f"language_temperature: unknown task(s) {unknown}; tasks are {list(TASKS)}.")
+        for task, temperature in self.language_temperature.items():
+            if temperature <= 0:
+                raise RecipeError(f"language_temperature.{task} must be positive, got {temperature}.")
+
+    def require_stage(self, stage: str, source: str) -> None:
+        """Refuse a recipe of the other stage (``source`` names the recipe file in the message)."""
+        if self.stage != stage:
+            script = "pretrain.py" if self.stage == "pretrain" else "finetune.py"
+            raise RecipeError(
+                f"{source} is a `stage: {self.stage}` recipe but this command runs `stage: {stage}`: run it with "
+                f"training_scripts/{script}, or pass a {stage} recipe."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
