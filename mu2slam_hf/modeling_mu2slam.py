@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from safetensors import SafetensorError
@@ -24,15 +25,22 @@ from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    ModelOutput,
+    SequenceClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto import modeling_auto
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location, check_processor_languages_beside
 from .ctc_decoding import CTCPrefixLogitsProcessor, ctc_greedy_decode
 from .vocabulary import (
     EOS_ID,
+    IGNORE_INDEX,
     NUM_SPECIAL_TOKENS,
     SPEECH_MODALITY,
     TEXT_MODALITY,
@@ -40,13 +48,13 @@ from .vocabulary import (
     language_indices,
 )
 
-IGNORE_INDEX = -100
 # Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
 TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
                       "example_weights", "speech_mlm_mask")  # fmt: skip
 
 # Every Auto class a saved folder answers to with trust_remote_code=True, wherever the package is not installed.
-# save_pretrained would only write the entry of the class it is called on (notes item 8).
+# save_pretrained writes only the entry of the class it is called on, so a folder saved from the seq2seq model
+# would not load with AutoModel or AutoModelForSequenceClassification.
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_mu2slam.Mu2SlamConfig",
     "AutoModel": "modeling_mu2slam.Mu2SlamModel",
@@ -55,7 +63,8 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_mu2slam.Mu2SlamForSequenceClassification",
 }
 
-# The ASR pipeline treats a model as seq2seq only when its class name is in this mapping (notes item 1).
+# The ASR pipeline treats a model as seq2seq only when its class name is in this mapping; any other model is run
+# as a CTC model (logits argmax), which ours is not.
 modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.setdefault("mu2slam", "Mu2SlamForConditionalGeneration")
 
 
@@ -225,7 +234,7 @@ class Mu2SlamAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         is_cross_attention = key_value_states is not None
         query = self._heads(hidden_states, self.q_proj)
@@ -328,14 +337,15 @@ class Mu2SlamConformerLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None,
         padding_mask: torch.Tensor,
         speech_length: int,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """(B, E, D) -> (B, E, D). The attention weights are recorded from `self_attn` (see `Mu2SlamEncoder`)."""
         hidden_states = hidden_states + 0.5 * self.ffn1(self.ffn1_norm(hidden_states))
-        attn_output, attn_weights = self.self_attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
+        attn_output, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + F.dropout(attn_output, self.dropout, self.training)
         hidden_states = hidden_states + self.conv(self.conv_norm(hidden_states), padding_mask, speech_length)
         hidden_states = hidden_states + 0.5 * self.ffn2(self.ffn2_norm(hidden_states))
-        return self.final_norm(hidden_states), attn_weights
+        return self.final_norm(hidden_states)
 
 
 class Mu2SlamDecoderLayer(GradientCheckpointingLayer):
@@ -359,13 +369,14 @@ class Mu2SlamDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         past_key_values: EncoderDecoderCache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attn, self_weights = self.self_attn(
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        """(B, U, D) -> (B, U, D). The attention weights are recorded from `self_attn` and `cross_attn`."""
+        attn, _ = self.self_attn(
             self.self_attn_norm(hidden_states), attention_mask, past_key_values=past_key_values, **kwargs
         )
         hidden_states = hidden_states + F.dropout(attn, self.dropout, self.training)
-        attn, cross_weights = self.cross_attn(
+        attn, _ = self.cross_attn(
             self.cross_attn_norm(hidden_states),
             encoder_attention_mask,
             key_value_states=encoder_hidden_states,
@@ -374,7 +385,7 @@ class Mu2SlamDecoderLayer(GradientCheckpointingLayer):
         )
         hidden_states = hidden_states + F.dropout(attn, self.dropout, self.training)
         hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
-        return hidden_states, self_weights, cross_weights
+        return hidden_states
 
 
 class Mu2SlamMLMHead(nn.Module):
@@ -649,6 +660,23 @@ def check_ranges(*checks: RangeCheck) -> None:
             raise check.error()
 
 
+# What every forward takes besides its named arguments: transformers' shared keyword arguments (output_attentions,
+# output_hidden_states, num_items_in_batch, the attention kernels' arguments), passed down to the attention
+# functions as transformers' own models do. Any other key is a TypeError: a misspelt `label=` would otherwise
+# train without a loss, silently.
+FORWARD_KWARGS = frozenset(TransformersKwargs.__annotations__)
+
+
+def check_forward_kwargs(module: nn.Module, kwargs: dict) -> None:
+    """Raise a TypeError naming the keyword arguments `module.forward` does not take."""
+    unknown = sorted(set(kwargs) - FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{type(module).__name__}.forward() got unexpected keyword argument(s) {unknown}. It takes its named "
+            f"arguments and transformers' shared ones ({', '.join(sorted(FORWARD_KWARGS))})."
+        )
+
+
 def language_check(config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str) -> RangeCheck:
     return RangeCheck(role, lang_ids, config.num_languages, kind="language")
 
@@ -663,7 +691,12 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
 
     Each segment gets its own positions (counted from 0), language and modality embedding. Speech frames
     listed in `speech_mlm_mask` are replaced by the [MASK] token's embedding (paper eq. 2).
+
+    `output_hidden_states` / `output_attentions` are recorded by transformers' output capturing (forward hooks on
+    the layers and attention modules listed in `_can_record_outputs`), not passed through the layers by hand.
     """
+
+    _can_record_outputs = {"hidden_states": Mu2SlamConformerLayer, "attentions": Mu2SlamAttention}
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
@@ -716,6 +749,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         return self._segment(self.embed_tokens(input_ids), lang_ids, TEXT_MODALITY), mask
 
+    @capture_outputs
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
@@ -725,9 +759,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         src_lang_ids: torch.LongTensor | None = None,
         text_lang_ids: torch.LongTensor | None = None,
         speech_mlm_mask: torch.BoolTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Mu2SlamEncoderOutput:
         r"""
         Args:
@@ -738,7 +770,14 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             src_lang_ids (`(B,)`): language of the first segment.
             text_lang_ids (`(B,)`): language of the text segment when both are given (default `src_lang_ids`).
             speech_mlm_mask (`(B, S)` bool): speech frames replaced by the [MASK] embedding.
+            kwargs: `output_hidden_states`, `output_attentions` (eager attention), `return_dict` and the other
+                `TransformersKwargs`; any other key is a TypeError.
+
+        Returns:
+            `Mu2SlamEncoderOutput`, or its `to_tuple()` (the fields that are not None, in order) with
+            `return_dict=False` (default `config.return_dict`).
         """
+        check_forward_kwargs(self, kwargs)
         has_speech, has_text = input_features is not None, input_ids is not None
         if not (has_speech or has_text):
             raise ValueError(
@@ -776,20 +815,10 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         attention_bias = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
         )
-        all_hidden, all_attentions = [], []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, attention_bias, padding_mask, speech_length)
-            if output_attentions:
-                all_attentions.append(weights)
-        hidden_states = self.layer_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden.append(hidden_states)
+            hidden_states = layer(hidden_states, attention_bias, padding_mask, speech_length, **kwargs)
         return Mu2SlamEncoderOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            last_hidden_state=self.layer_norm(hidden_states),
             attention_mask=padding_mask,
             speech_length=speech_length or None,
         )
@@ -822,7 +851,16 @@ def check_speech_inputs(
 
 
 class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
-    """Transformer decoder over the unified vocabulary; each position gets position, language and modality."""
+    """Transformer decoder over the unified vocabulary; each position gets position, language and modality.
+
+    Hidden states, self- and cross-attention weights are recorded by transformers' output capturing.
+    """
+
+    _can_record_outputs = {
+        "hidden_states": Mu2SlamDecoderLayer,
+        "attentions": OutputRecorder(Mu2SlamAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(Mu2SlamAttention, index=1, layer_name="cross_attn"),
+    }
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__(config)
@@ -835,6 +873,8 @@ class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -845,11 +885,13 @@ class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
         encoder_attention_mask: torch.LongTensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> Mu2SlamSeq2SeqOutput:
-        """input_ids (B, U), encoder_hidden_states (B, E, D), tgt_lang_ids / tgt_modality_ids (B,) -> (B, U, D)."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """input_ids (B, U), encoder_hidden_states (B, E, D), tgt_lang_ids / tgt_modality_ids (B,) -> (B, U, D).
+
+        `use_cache` defaults to `config.use_cache`; kwargs as in `Mu2SlamEncoder.forward`.
+        """
+        check_forward_kwargs(self, kwargs)
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -875,24 +917,18 @@ class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
-        all_hidden, self_attns, cross_attns = [], [], []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            hidden_states, self_weights, cross_weights = layer(
-                hidden_states, causal_mask, encoder_hidden_states, cross_mask, past_key_values=past_key_values
+            hidden_states = layer(
+                hidden_states,
+                causal_mask,
+                encoder_hidden_states,
+                cross_mask,
+                past_key_values=past_key_values,
+                **kwargs,
             )
-            if output_attentions:
-                self_attns.append(self_weights), cross_attns.append(cross_weights)
-        hidden_states = self.layer_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden.append(hidden_states)
-        return Mu2SlamSeq2SeqOutput(
-            last_hidden_state=hidden_states,
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.layer_norm(hidden_states),
             past_key_values=past_key_values if use_cache else None,
-            decoder_hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            decoder_attentions=tuple(self_attns) if output_attentions else None,
-            cross_attentions=tuple(cross_attns) if output_attentions else None,
         )
 
 
@@ -930,6 +966,7 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
     def get_encoder(self, modality: str | None = None) -> Mu2SlamEncoder:
         return self.encoder
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
@@ -946,14 +983,15 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
         encoder_outputs: Mu2SlamEncoderOutput | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Mu2SlamSeq2SeqOutput:
         """Encoder arguments as in `Mu2SlamEncoder.forward`; decoder_input_ids (B, U); tgt ids (B,).
 
-        `tgt_lang_ids` defaults to `src_lang_ids` (recognition), `tgt_modality_ids` to text.
+        `tgt_lang_ids` defaults to `src_lang_ids` (recognition), `tgt_modality_ids` to text. kwargs
+        (`output_hidden_states`, `output_attentions`, ...) go to the encoder and the decoder; `return_dict=False`
+        returns the output's `to_tuple()`.
         """
+        check_forward_kwargs(self, kwargs)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_features=input_features,
@@ -963,8 +1001,13 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
                 src_lang_ids=src_lang_ids,
                 text_lang_ids=text_lang_ids,
                 speech_mlm_mask=speech_mlm_mask,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **kwargs,
+            )
+        elif not isinstance(encoder_outputs, Mu2SlamEncoderOutput):
+            raise TypeError(
+                f"`encoder_outputs` must be the encoder's Mu2SlamEncoderOutput (it carries the attention mask and "
+                f"the speech length), got {type(encoder_outputs).__name__}: run the encoder with return_dict=True."
             )
         if decoder_input_ids is None:
             raise ValueError("`decoder_input_ids` (or `labels` for the LM model) are required to run the decoder.")
@@ -988,15 +1031,15 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_attention_mask=encoder_outputs.attention_mask,
             past_key_values=past_key_values,
-            use_cache=use_cache if use_cache is not None else self.config.use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
         )
         return Mu2SlamSeq2SeqOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.decoder_hidden_states,
-            decoder_attentions=decoder_outputs.decoder_attentions,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
@@ -1055,7 +1098,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         self.mlm_head = Mu2SlamMLMHead(config)
         self.ctc_head = Mu2SlamCTCHead(config)
         self.post_init()
-        # The ASR pipeline would otherwise default to num_beams=5, max_new_tokens=256 (notes item 2).
+        # The ASR pipeline's own generation defaults (num_beams=5, max_new_tokens=256, Whisper's) apply to any model
+        # whose generation config leaves them unset: greedy and the model's target length are the right defaults.
         self.generation_config.max_new_tokens = config.max_target_positions
         self.generation_config.num_beams = 1
 
@@ -1071,6 +1115,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear):
         self.lm_head = value
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
@@ -1091,10 +1136,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         ctc_labels: torch.LongTensor | None = None,
         example_weights: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Mu2SlamSeq2SeqLMOutput:
         r"""
         Args (besides the encoder's, see `Mu2SlamEncoder.forward`):
@@ -1105,7 +1147,15 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 a row of only -100 does not count (mixed batches).
             example_weights (`(B,)`): per-example weight of the decoder and MLM losses (objective weights).
             tgt_lang_ids (`(B,)`) / tgt_modality_ids (`(B,)`): language and modality of the decoder output.
+            kwargs: `output_hidden_states`, `output_attentions` (eager attention), `return_dict` and the other
+                `TransformersKwargs` (`num_items_in_batch` is accepted and unused: `accepts_loss_kwargs = False`);
+                any other key is a TypeError.
+
+        Returns:
+            `Mu2SlamSeq2SeqLMOutput`, or its `to_tuple()` (the fields that are not None, in order) with
+            `return_dict=False` (default `config.return_dict`).
         """
+        check_forward_kwargs(self, kwargs)
         check_ranges(
             RangeCheck("labels", labels, self.config.vocab_size, allow_ignore=True),
             RangeCheck("mlm_labels", mlm_labels, self.config.vocab_size, allow_ignore=True),
@@ -1139,8 +1189,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             encoder_outputs=encoder_outputs,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)
         encoder_states, encoder_mask = outputs.encoder_last_hidden_state, outputs.encoder_attention_mask
@@ -1325,13 +1375,14 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         if requested_modality is not None and bool((torch.as_tensor(requested_modality) != modality).any()):
             raise ValueError(f"`tgt_modality_ids` disagree with tgt_modality={tgt_modality!r}: pass one of them.")
 
+        recorded = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
         encoder_outputs = self.model.encoder(
             input_features=input_features,
             attention_mask=attention_mask,
             input_ids=input_ids,
             src_lang_ids=src_lang_ids,
-            output_attentions=kwargs.get("output_attentions"),
-            output_hidden_states=kwargs.get("output_hidden_states"),
+            return_dict=True,
+            **recorded,
         )
         batch_lang = resolve_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
         check_ranges(language_check(self.config, batch_lang, "tgt_lang (or src_lang)"))
@@ -1340,7 +1391,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
         if ctc_weight:
-            processors.append(self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs))
+            processors.append(
+                self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs)
+            )
         return super().generate(
             encoder_outputs=encoder_outputs,
             tgt_lang_ids=batch_lang,
@@ -1403,6 +1456,7 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1410,14 +1464,20 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         src_lang_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
-        """input_ids (B, L) or input_features (B, T, F); labels (B,) -> logits (B, num_labels)."""
+        """input_ids (B, L) or input_features (B, T, F); labels (B,) -> logits (B, num_labels).
+
+        kwargs as in `Mu2SlamEncoder.forward`: the encoder's hidden states and attentions come back when asked for.
+        """
+        check_forward_kwargs(self, kwargs)
         encoder_outputs = self.model(
             input_features=input_features,
             input_ids=input_ids,
             attention_mask=attention_mask,
             src_lang_ids=src_lang_ids,
+            return_dict=True,
+            **kwargs,
         )
         mask = encoder_outputs.attention_mask.unsqueeze(-1).to(encoder_outputs.last_hidden_state.dtype)
         pooled = (encoder_outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -1428,7 +1488,12 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
                 loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
             else:
                 loss = F.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
 
 
 Mu2SlamModel.register_for_auto_class("AutoModel")

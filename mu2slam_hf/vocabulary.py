@@ -24,6 +24,12 @@ NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 SPEECH_MODALITY, TEXT_MODALITY = 0, 1
 MODALITIES = {"speech": SPEECH_MODALITY, "text": TEXT_MODALITY}
 
+# Label value of positions no loss counts (PyTorch's cross-entropy `ignore_index` default, transformers' convention):
+# padding of `labels`, `mlm_labels`, `ctc_labels` and of speech-code targets.
+IGNORE_INDEX = -100
+# Audio sampling rate of the whole pipeline (Hz): the feature extractor, the data schema and the corpus builders.
+SAMPLING_RATE = 16_000
+
 # Languages of CoVoST 2 (xx-en and en-xx), VoxPopuli ASR and the Fish Fillets benchmark, as ISO 639-1 codes.
 DEFAULT_LANGUAGES = (
     "en", "de", "fr", "es", "it", "nl", "ru", "cs", "pl", "sv", "pt", "ca", "zh", "ja", "ar", "fa",

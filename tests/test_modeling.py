@@ -6,6 +6,7 @@ from conftest import PRESETS, make_model, random_batch
 
 import mu2slam_hf  # noqa: F401  (registers the Auto classes)
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
+from mu2slam_hf.modeling_mu2slam import Mu2SlamSeq2SeqLMOutput
 from mu2slam_hf.vocabulary import MASK_ID, NUM_SPECIAL_TOKENS
 
 ATOL = 1e-5
@@ -251,6 +252,104 @@ def test_text_input_translation_and_beam_search(tiny_config):
         input_ids=ids, attention_mask=mask, src_lang="de", tgt_lang="en", max_new_tokens=6, num_beams=3
     )
     assert greedy.shape[0] == beams.shape[0] == 2
+
+
+# ------------------------------------------------------------------------- transformers output conventions
+
+
+def _speech_and_labels(config):
+    features, mask = random_batch(config)
+    labels = torch.randint(NUM_SPECIAL_TOKENS, config.text_vocab_size, (2, 7))
+    return dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 3]), labels=labels)
+
+
+def test_return_dict_false_gives_the_fields_as_a_tuple(tiny_config):
+    model = make_model(tiny_config)
+    kwargs = _speech_and_labels(tiny_config)
+    out = model(**kwargs)
+    as_tuple = model(**kwargs, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    fields = [value for value in out.values()]  # to_tuple() order: the fields that are not None
+    assert len(as_tuple) == len(fields)
+    assert torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
+    for got, expected in zip(as_tuple, fields, strict=True):
+        if isinstance(expected, torch.Tensor):
+            assert torch.equal(got, expected)
+    assert torch.equal(as_tuple[list(out.keys()).index("row_losses")], out.row_losses)
+
+    encoder = model.get_encoder()
+    encoder_kwargs = dict(input_features=kwargs["input_features"], attention_mask=kwargs["attention_mask"])
+    encoded = encoder(**encoder_kwargs, src_lang_ids=kwargs["src_lang_ids"])
+    encoded_tuple = encoder(**encoder_kwargs, src_lang_ids=kwargs["src_lang_ids"], return_dict=False)
+    assert torch.equal(encoded_tuple[0], encoded.last_hidden_state)
+    assert torch.equal(encoded_tuple[1], encoded.attention_mask)
+    assert encoded_tuple[2] == encoded.speech_length
+
+    model.config.return_dict = False  # the default comes from the config, as in transformers' models
+    assert isinstance(model(**kwargs), tuple)
+    assert isinstance(model(**kwargs, return_dict=True), Mu2SlamSeq2SeqLMOutput)
+
+
+def test_hidden_states_and_attentions_are_recorded(tiny_config):
+    model = make_model(tiny_config, "eager")
+    kwargs = _speech_and_labels(tiny_config)
+    with torch.no_grad():
+        plain = model(**kwargs)
+        out = model(**kwargs, output_hidden_states=True, output_attentions=True)
+    assert plain.encoder_hidden_states is None and plain.decoder_attentions is None and plain.cross_attentions is None
+    torch.testing.assert_close(out.logits, plain.logits)
+    c = tiny_config
+    batch, positions = out.encoder_last_hidden_state.shape[:2]
+    steps = kwargs["labels"].shape[1]
+    assert len(out.encoder_hidden_states) == c.encoder_layers + 1  # the embeddings, then every layer
+    assert all(h.shape == (batch, positions, c.d_model) for h in out.encoder_hidden_states)
+    assert torch.equal(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)  # after the final LayerNorm
+    assert len(out.encoder_attentions) == c.encoder_layers
+    assert all(a.shape == (batch, c.encoder_attention_heads, positions, positions) for a in out.encoder_attentions)
+    assert len(out.decoder_hidden_states) == c.decoder_layers + 1
+    assert all(h.shape == (batch, steps, c.d_model) for h in out.decoder_hidden_states)
+    assert len(out.decoder_attentions) == len(out.cross_attentions) == c.decoder_layers
+    assert all(a.shape == (batch, c.decoder_attention_heads, steps, steps) for a in out.decoder_attentions)
+    assert all(a.shape == (batch, c.decoder_attention_heads, steps, positions) for a in out.cross_attentions)
+    # weights are probabilities: rows sum to 1, padding and future positions get none
+    torch.testing.assert_close(out.cross_attentions[0].sum(-1), torch.ones(batch, c.decoder_attention_heads, steps))
+    real = int(out.encoder_attention_mask[1].sum())
+    assert float(out.encoder_attentions[0][1, :, :, real:].abs().max()) == 0.0
+    assert float(out.decoder_attentions[0][..., 0, 1:].abs().max()) == 0.0
+
+    generated = model.generate(
+        input_features=kwargs["input_features"],
+        attention_mask=kwargs["attention_mask"],
+        src_lang="en",
+        max_new_tokens=3,
+        min_new_tokens=3,
+        output_attentions=True,
+        return_dict_in_generate=True,
+    )
+    assert len(generated.encoder_attentions) == c.encoder_layers
+    assert len(generated.cross_attentions) == 3 and len(generated.cross_attentions[0]) == c.decoder_layers
+
+    classifier = Mu2SlamForSequenceClassification._from_config(c, attn_implementation="eager").eval()
+    ids = torch.randint(NUM_SPECIAL_TOKENS, c.text_vocab_size, (2, 5))
+    classified = classifier(input_ids=ids, src_lang_ids=torch.tensor([0, 0]), output_hidden_states=True)
+    assert len(classified.hidden_states) == c.encoder_layers + 1 and classified.attentions is None
+
+
+def test_unknown_forward_keywords_are_errors(tiny_config):
+    """transformers' shared keyword arguments are accepted; anything else (a typo) is a TypeError, not ignored."""
+    model = make_model(tiny_config)
+    kwargs = _speech_and_labels(tiny_config)
+    labels = kwargs.pop("labels")
+    with pytest.raises(TypeError, match="Mu2SlamForConditionalGeneration.*'label'"):
+        model(**kwargs, label=labels)
+    with pytest.raises(TypeError, match="Mu2SlamEncoder.*'src_lang'"):
+        model.get_encoder()(input_features=kwargs["input_features"], src_lang="en")
+    with pytest.raises(TypeError, match="Mu2SlamModel.*'foo'"):
+        model.model(**kwargs, decoder_input_ids=labels, foo=1)
+    with pytest.raises(TypeError, match="Mu2SlamForSequenceClassification.*'labelz'"):
+        Mu2SlamForSequenceClassification(tiny_config)(input_ids=labels, src_lang_ids=torch.tensor([0, 0]), labelz=1)
+    out = model(**kwargs, labels=labels, num_items_in_batch=torch.tensor(14))  # as Seq2SeqTrainer may pass it
+    assert torch.equal(out.loss, model(**kwargs, labels=labels).loss)
 
 
 # ----------------------------------------------------------------------------------- save / load
