@@ -1,0 +1,504 @@
+"""Learning curves: dev CER against training minutes (and steps), the instrument that chooses training defaults.
+
+(ii) ASR only, from scratch, on a corpus folder (JSONL manifests ``train.jsonl`` / ``dev.jsonl``):
+  - ours: ``mu2slam_hf.training.train`` with configuration/recipes/asr-scratch-small.yaml (`small` preset, joint
+    CTC/attention, char tokenizer, length-bucketed batches of 40 s of padded audio, AdamW). It stops after
+    ``--minutes`` of training time (evaluation and saving not counted) and evaluates every ``--eval_interval``
+    steps on the first ``--dev_examples`` dev clips: greedy CER of the attention decoder, of the CTC head and of
+    joint CTC/attention decoding (CTC weight 0.3).
+  - the peer: transformers' `ParakeetForCTC` (Conformer-CTC) of about the same size (hidden 256, 8 layers, FFN
+    1024, 4 heads, 4x subsampling; no dropout, as our encoder) with its own `ParakeetFeatureExtractor` (log-mel
+    computed once per clip, as our run caches its features), trained by the small loop below on the same train
+    clips with the same character vocabulary (trained as the recipe trains it; the CTC blank is an extra id), the
+    same batches (our `LengthBucketBatchSampler`, same seed, seconds per step and first-epoch order), AdamW with
+    the recipe's peak lr, warmup, schedule, betas, weight decay and clipping, for the same training minutes;
+    greedy CTC CER on the same dev clips at the same step intervals (`char_error_rate`).
+  ``--jobs 2`` (default) trains both at once in two processes with ``--threads`` threads each (default: the cores
+  split between the jobs, one each on 2 cores); ``--jobs 1`` trains them one after the other with all the cores.
+  Both always get the same thread count, so their minutes are comparable.
+(i) ``--demo_dir runs/demo``: the dev CER points of the main demo job's ASR stages (``pt``, ``ft1``, ``ft2``,
+  ``ft2-noisy``, whichever exist) against cumulative training minutes, from their ``dev_results.json``.
+
+Prints the parameter counts, a table (steps, minutes, our CER by decoder, peer CER), and the line
+"ours (best decoder) / peer CER at <minutes> min: <ratio>"; writes ``learning_curve.png`` (CER against minutes
+and steps, log y) and ``learning_curve.json`` (every point) to ``--output_dir``, with the two runs' folders and
+logs (``ours/``, ``peer/``, ``ours.log``, ``peer.log``).
+
+    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en            # 15 min, both at once
+    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth --minutes 15 --eval_interval 100 \\
+        --dev_examples 40 --jobs 2 --demo_dir runs/demo --output_dir runs/bench-learning-curve
+    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --quick    # smoke run: tiny, 0.5 min
+
+Asserts nothing. Other jobs on the machine slow both runs and so lower every curve against minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configuration" / "recipes" / "asr-scratch-small.yaml"
+TINY_PRESET = "configuration/models/tiny"
+DEFAULTS = {"minutes": 15.0, "eval_interval": 100, "dev_examples": 40}
+QUICK = {"minutes": 0.5, "eval_interval": 10, "dev_examples": 8}
+# The quick preset's recipe changes beyond the model: fewer clips for the feature statistics, shorter decoding.
+QUICK_OVERRIDES = {"model": TINY_PRESET, "speech_codebook.normalization_examples": 16, "eval_max_new_tokens": 32}
+PEER_SIZES = {
+    "full": {"hidden_size": 256, "num_hidden_layers": 8, "intermediate_size": 1024, "num_attention_heads": 4,
+             "subsampling_conv_channels": 256},
+    "quick": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
+              "subsampling_conv_channels": 32},
+}  # fmt: skip
+# Regularisation as in our presets' encoders (no dropout, no SpecAugment in the recipe): runs of minutes underfit,
+# and Parakeet's 0.1 defaults would only slow the peer down.
+PEER_REGULARISATION = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "layerdrop": 0.0}
+DEMO_STAGES = (("pt", None), ("ft1", "pt"), ("ft2", "ft1"), ("ft2-noisy", "ft1"))  # (stage, the stage it starts from)
+DECODERS = {"attention": "dev/asr_cer", "ctc": "dev/asr_cer_ctc", "joint": "dev/asr_cer_joint"}
+PEER_KEY = "dev/asr_cer_ctc"
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="corpus folder with train.jsonl and dev.jsonl (ASR rows)")
+    parser.add_argument("--output_dir", default="runs/bench-learning-curve")
+    parser.add_argument("--minutes", type=float, help="training minutes per model (default 15; --quick 0.5)")
+    parser.add_argument("--eval_interval", type=int, help="steps between dev evaluations (default 100; --quick 10)")
+    parser.add_argument("--dev_examples", type=int, help="dev clips evaluated (default 40; --quick 8)")
+    parser.add_argument("--seconds_per_step", type=float, help="seconds of padded audio per batch (recipe: 40)")
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="2: both models at once; 1: in turn")
+    parser.add_argument("--threads", type=int, help="threads per model (default: the cores split between the jobs)")
+    parser.add_argument("--demo_dir", help="the main demo job's folder (runs/demo): add its ASR stages' dev CER")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, 0.5 minutes each")
+    parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return args
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe overrides (dotted keys) both models' runs are read from."""
+    overrides = {
+        "max_train_minutes": args.minutes,
+        "eval_interval": args.eval_interval,
+        "dev_examples_per_task": args.dev_examples,
+        **(QUICK_OVERRIDES if args.quick else {}),
+    }
+    if args.seconds_per_step is not None:
+        overrides["seconds_per_step.asr"] = args.seconds_per_step
+    return overrides
+
+
+def load_benchmark_recipe(args: argparse.Namespace):
+    from mu2slam_hf.training import load_recipe
+
+    return load_recipe(RECIPE, recipe_overrides(args))
+
+
+# ---------------------------------------------------------------------------------------------- ours
+
+
+def train_ours(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """Our run (``train``): writes output_dir/dev_results.json; returns the model's parameter count."""
+    from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration
+    from mu2slam_hf.training import train
+
+    recipe = load_benchmark_recipe(args)
+    train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
+    with torch.device("meta"):
+        model = Mu2SlamForConditionalGeneration(Mu2SlamConfig.from_pretrained(output_dir))
+    return {"params": count_parameters(model)}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- peer
+
+
+def peer_model(text_vocab_size: int, quick: bool, seed: int) -> torch.nn.Module:
+    """ParakeetForCTC over our text ids plus a separate blank (the last id, which Parakeet calls pad)."""
+    from transformers import ParakeetCTCConfig, ParakeetEncoderConfig, ParakeetForCTC
+
+    sizes = PEER_SIZES["quick" if quick else "full"]
+    encoder = ParakeetEncoderConfig(**sizes, **PEER_REGULARISATION, subsampling_factor=4, num_mel_bins=80)
+    config = ParakeetCTCConfig(vocab_size=text_vocab_size + 1, pad_token_id=text_vocab_size, encoder_config=encoder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ParakeetForCTC(config)
+
+
+class PeerBatches:
+    """Padded Parakeet batches of train clips: log-mel features computed once per clip (as our run caches its
+    features), CTC labels from our tokenizer (no eos; padding -100)."""
+
+    def __init__(self, rows: Any, tokenizer: Any):
+        from transformers import ParakeetFeatureExtractor
+
+        self.rows, self.tokenizer = rows, tokenizer
+        self.feature_extractor = ParakeetFeatureExtractor(feature_size=80)
+        self.features: dict[int, torch.Tensor] = {}
+
+    def clip_features(self, index: int) -> torch.Tensor:
+        from mu2slam_hf.data.audio import decode_example
+
+        if index not in self.features:
+            self.features[index] = features_of(self.feature_extractor, [decode_example(self.rows[index])])[0]
+        return self.features[index]
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        features = [self.clip_features(i) for i in indices]
+        texts = [self.rows[i]["target_text"] for i in indices]
+        labels = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        return {
+            **pad_features(features),
+            "labels": labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100),
+        }
+
+
+def features_of(feature_extractor: Any, examples: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """Each decoded example's (frames, mel) log-mel features, padding cut off."""
+    arrays = [example["audio"]["array"] for example in examples]
+    batch = feature_extractor(arrays, sampling_rate=16_000, return_tensors="pt")
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    return [row[:length] for row, length in zip(batch["input_features"], lengths, strict=True)]
+
+
+def pad_features(features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+    lengths = torch.tensor([len(f) for f in features])
+    return {"input_features": padded, "attention_mask": torch.arange(padded.shape[1])[None] < lengths[:, None]}
+
+
+def endless_batches(recipe: Any, rows: Any) -> Iterator[list[int]]:
+    """Our run's ASR batches in our order: the sampler and seed of `TaskMixture`, shortest first in epoch 0."""
+    from mu2slam_hf.data.batching import LengthBucketBatchSampler, dataset_lengths
+
+    seconds = recipe.seconds_per_step["asr"]
+    sampler = LengthBucketBatchSampler(dataset_lengths(rows), max_tokens=int(seconds * 100), seed=recipe.seed)
+    epoch = 0
+    while True:
+        yield from sampler.epoch_batches(epoch, shortest_first=recipe.shortest_first and epoch == 0)
+        epoch += 1
+
+
+def autocast_dtype(recipe: Any) -> torch.dtype | None:
+    """The recipe's precision as our run resolves it (``auto``: bf16 where it is fast)."""
+    from mu2slam_hf.training.loop import auto_mixed_precision
+
+    precision = auto_mixed_precision()[0] if recipe.mixed_precision == "auto" else recipe.mixed_precision
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or "no")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class PeerRun:
+    """The peer's run: the clips, vocabulary, batches, optimizer, schedule and minutes of ours (see the module
+    docstring). ``train`` writes ``dev_results.json`` entries ``step``, ``train_seconds``, ``dev/asr_cer_ctc`` and
+    ``train_loss`` (mean since the previous evaluation)."""
+
+    def __init__(self, recipe: Any, data_dir: str, quick: bool):
+        from mu2slam_hf.data.audio import decode_example
+        from mu2slam_hf.tokenization_mu2slam import train_tokenizer
+        from mu2slam_hf.training import transformer_schedule
+        from mu2slam_hf.training.assets import corpus_texts
+        from mu2slam_hf.training.loop import build_optimizer, load_dev_examples, load_train_sources
+
+        self.recipe = recipe
+        rows = load_train_sources(recipe, data_dir)["asr"]  # the clips our run trains on (long ones dropped)
+        self.tokenizer = train_tokenizer(recipe.tokenizer.kind, corpus_texts(list(rows)), recipe.tokenizer.vocab_size)
+        self.dev = [decode_example(example) for example in load_dev_examples(recipe, data_dir)["asr"]]
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = peer_model(len(self.tokenizer), quick, recipe.seed).to(device).train()
+        self.optimizer = build_optimizer(recipe, self.model, self.model.config.encoder_config.hidden_size)
+        self.scheduler = transformer_schedule(self.optimizer, recipe.optimizer.warmup_for(recipe.max_steps))
+        self.batches, self.make_batch = endless_batches(recipe, rows), PeerBatches(rows, self.tokenizer)
+        self.precision = autocast_dtype(recipe)
+
+    def train(self, output_dir: Path) -> list[dict[str, float]]:
+        from mu2slam_hf.training.checkpointing import write_json
+
+        recipe, history, seconds, losses = self.recipe, [], 0.0, []
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for step in range(1, recipe.max_steps + 1):
+            start = time.perf_counter()
+            losses.append(self.step(self.make_batch(next(self.batches))))
+            seconds += time.perf_counter() - start
+            last = step == recipe.max_steps or seconds >= 60 * recipe.max_train_minutes
+            if step % recipe.eval_interval == 0 or last:
+                cer = self.dev_cer()
+                history.append({"step": step, "train_seconds": seconds, PEER_KEY: cer, "train_loss": mean(losses)})
+                write_json(output_dir / "dev_results.json", history)
+                print(
+                    f"step {step} ({seconds / 60:.2f} min) loss {mean(losses):.3f} dev CTC CER {cer:.2f}", flush=True
+                )
+                losses = []
+            if last:
+                return history
+        return history
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One AdamW step (clipped as the recipe clips); the loss."""
+        model, max_norm = self.model, self.recipe.optimizer.max_grad_norm
+        with autocast(model.device, self.precision):
+            loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
+        loss.backward()
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def dev_cer(self) -> float:
+        """Greedy CTC CER (percent) on the dev clips, in batches of the recipe's eval_batch_size."""
+        from mu2slam_hf.ctc_decoding import ctc_greedy_decode
+        from mu2slam_hf.evaluation import char_error_rate
+
+        model, size = self.model.eval(), self.recipe.eval_batch_size
+        hypotheses = []
+        for start in range(0, len(self.dev), size):
+            batch = pad_features(features_of(self.make_batch.feature_extractor, self.dev[start : start + size]))
+            with autocast(model.device, self.precision):
+                logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits
+            lengths = model._get_subsampling_output_length(batch["attention_mask"].sum(-1))
+            ids = ctc_greedy_decode(logits.float().cpu(), lengths, blank=model.config.pad_token_id)
+            hypotheses += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        model.train()
+        return char_error_rate([example["target_text"] for example in self.dev], hypotheses)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """The peer's run into output_dir; returns its parameter count."""
+    run = PeerRun(load_benchmark_recipe(args), args.data, args.quick)
+    run.train(output_dir)
+    return {"params": count_parameters(run.model)}
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def child(args: argparse.Namespace) -> None:
+    """One model's run in this process; prints ``RESULT {json}``."""
+    torch.set_num_threads(args.threads)
+    run = train_ours if args.child == "ours" else train_peer
+    result = run(args, Path(args.output_dir) / args.child)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def child_command(args: argparse.Namespace, name: str) -> list[str]:
+    command = [sys.executable, __file__, "--child", name, "--data", args.data, "--output_dir", args.output_dir,
+               "--minutes", str(args.minutes), "--eval_interval", str(args.eval_interval),
+               "--dev_examples", str(args.dev_examples), "--threads", str(args.threads)]  # fmt: skip
+    if args.seconds_per_step is not None:
+        command += ["--seconds_per_step", str(args.seconds_per_step)]
+    return command + (["--quick"] if args.quick else [])
+
+
+def start_child(args: argparse.Namespace, name: str) -> subprocess.Popen:
+    """The run of ``name`` in a fresh process with ``args.threads`` threads, its output in <output_dir>/<name>.log."""
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    with open(Path(args.output_dir) / f"{name}.log", "w", encoding="utf-8") as log:  # the child keeps its own copy
+        return subprocess.Popen(child_command(args, name), stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def finish_child(args: argparse.Namespace, name: str, process: subprocess.Popen) -> dict[str, Any]:
+    """Wait for the run; its RESULT, or exit with the tail of its log."""
+    process.wait()
+    text = (Path(args.output_dir) / f"{name}.log").read_text(encoding="utf-8")
+    results = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    if process.returncode or not results:
+        sys.exit(
+            f"{name} failed (exit code {process.returncode}); end of {args.output_dir}/{name}.log:\n{text[-3000:]}"
+        )
+    return json.loads(results[-1][len("RESULT ") :])
+
+
+def train_both(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Both runs, at once (--jobs 2) or one after the other (--jobs 1)."""
+    if args.jobs == 2:
+        processes = {name: start_child(args, name) for name in ("ours", "peer")}
+        return {name: finish_child(args, name, process) for name, process in processes.items()}
+    return {name: finish_child(args, name, start_child(args, name)) for name in ("ours", "peer")}
+
+
+# ---------------------------------------------------------------------------------------------- points
+
+
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "dev_results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def to_points(history: list[dict[str, Any]], keys: dict[str, str], offset_seconds: float = 0.0) -> list[dict]:
+    """``{"step", "minutes", "cer": {decoder: value}}`` of every evaluation that has a CER and a training time."""
+    points = []
+    for entry in history:
+        cer = {name: entry[key] for name, key in keys.items() if key in entry}
+        if cer and "train_seconds" in entry:
+            points.append(
+                {"step": entry["step"], "minutes": (offset_seconds + entry["train_seconds"]) / 60, "cer": cer}
+            )
+    return points
+
+
+def stage_seconds(folder: Path, history: list[dict[str, Any]]) -> float:
+    """A finished stage's training seconds: its last log line's, else its last evaluation's."""
+    log = folder / "train_log.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    entries = [json.loads(line) for line in reversed(lines) if line.strip()] + history[::-1]
+    return next((entry["train_seconds"] for entry in entries if "train_seconds" in entry), 0.0)
+
+
+def demo_points(root: Path) -> dict[str, list[dict]]:
+    """``demo/<stage>`` -> points of the demo's ASR stages, minutes counted from the start of pre-training."""
+    ends: dict[str | None, float] = {None: 0.0}
+    points = {}
+    for stage, parent in DEMO_STAGES:
+        folder, offset = root / stage, ends[parent]
+        history = read_history(folder)
+        ends[stage] = offset + (stage_seconds(folder, history) if history else 0.0)
+        stage_points = to_points(history, DECODERS, offset)
+        if stage_points:
+            points[f"demo/{stage}"] = stage_points
+    return points
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(points: dict[str, list[dict]]) -> str:
+    """One row per evaluated step: our minutes and CER by decoder beside the peer's minutes and CER; then the
+    demo stages' rows."""
+    ours = {p["step"]: p for p in points["ours"]}
+    peer = {p["step"]: p for p in points["peer"]}
+    lines = [
+        f"{'run':<15} {'steps':>6} {'min':>6} {'att':>7} {'ctc':>7} {'joint':>7} | {'peer min':>8} {'peer CER':>8}"
+    ]
+    for step in sorted(ours.keys() | peer.keys()):
+        lines.append(row("scratch", step, ours.get(step), peer.get(step)))
+    for run, stage_points in points.items():
+        if run.startswith("demo/"):
+            lines += [row(run, p["step"], p, None) for p in stage_points]
+    return "\n".join(lines)
+
+
+def row(run: str, step: int, ours: dict | None, peer: dict | None) -> str:
+    cer = ours["cer"] if ours else {}
+    return (
+        f"{run:<15} {step:>6} {fmt(ours and ours['minutes']):>6} {fmt(cer.get('attention')):>7} "
+        f"{fmt(cer.get('ctc')):>7} {fmt(cer.get('joint')):>7} | {fmt(peer and peer['minutes']):>8} "
+        f"{fmt(peer and peer['cer']['ctc']):>8}"
+    )
+
+
+def final_comparison(points: dict[str, list[dict]]) -> dict[str, Any]:
+    """Our best decoder's CER over the peer's, at each run's last evaluation (the end of its minutes)."""
+    ours, peer = points["ours"][-1], points["peer"][-1]
+    decoder = min(ours["cer"], key=ours["cer"].get)
+    ratio = ours["cer"][decoder] / peer["cer"]["ctc"] if peer["cer"]["ctc"] else math.inf
+    return {"decoder": decoder, "ours": ours, "peer": peer, "ratio": ratio}
+
+
+def final_line(final: dict[str, Any]) -> str:
+    ours, peer = final["ours"], final["peer"]
+    return (
+        f"ours (best decoder: {final['decoder']}) / peer CER at {ours['minutes']:.1f} min: "
+        f"{ours['cer'][final['decoder']]:.2f} / {peer['cer']['ctc']:.2f} = {final['ratio']:.3f} "
+        f"(ours step {ours['step']} at {ours['minutes']:.2f} min, peer step {peer['step']} at {peer['minutes']:.2f} min)"
+    )
+
+
+def plot(points: dict[str, list[dict]], path: Path, title: str) -> None:
+    """CER against minutes (every run) and against steps (the two scratch runs), log y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_minutes, by_steps) = plt.subplots(1, 2, figsize=(13, 5))
+    for run, run_points in points.items():
+        for decoder in ("attention", "ctc", "joint"):
+            shown = [p for p in run_points if decoder in p["cer"]]
+            if not shown:
+                continue
+            label = f"{run} {decoder}" if run != "peer" else "peer (Parakeet CTC)"
+            style = {"marker": "o", "markersize": 3, "linestyle": "--" if run.startswith("demo/") else "-"}
+            by_minutes.plot([p["minutes"] for p in shown], [p["cer"][decoder] for p in shown], label=label, **style)
+            if not run.startswith("demo/"):
+                by_steps.plot([p["step"] for p in shown], [p["cer"][decoder] for p in shown], label=label, **style)
+    for axis, xlabel in ((by_minutes, "training minutes (evaluation excluded)"), (by_steps, "steps")):
+        axis.set(xlabel=xlabel, ylabel="dev CER (%)", yscale="log")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], points: dict[str, list[dict]]) -> None:
+    out = Path(args.output_dir)
+    print(f"parameters: ours {results['ours']['params'] / 1e6:.2f}M, peer {results['peer']['params'] / 1e6:.2f}M")
+    print(table(points))
+    final = final_comparison(points)
+    print(final_line(final))
+    title = f"{args.data}: {args.minutes:g} min each, {args.jobs} job(s) x {args.threads} thread(s)"
+    plot(points, out / "learning_curve.png", title)
+    summary = {"command": sys.argv, "jobs": args.jobs, "threads": args.threads, "minutes": args.minutes,
+               "recipe_overrides": recipe_overrides(args), "params": {k: v["params"] for k, v in results.items()},
+               "final": final, "points": points}  # fmt: skip
+    (out / "learning_curve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"wrote {out / 'learning_curve.png'} and {out / 'learning_curve.json'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if args.child:
+        return child(args)
+    order = "side by side" if args.jobs == 2 else "one after the other"
+    print(f"training ours and the peer {order} for {args.minutes:g} min each, {args.threads} thread(s) each; "
+          f"logs in {args.output_dir}/ours.log and peer.log", flush=True)  # fmt: skip
+    results = train_both(args)
+    out = Path(args.output_dir)
+    points = {"ours": to_points(read_history(out / "ours"), DECODERS),
+              "peer": to_points(read_history(out / "peer"), {"ctc": PEER_KEY})}  # fmt: skip
+    if args.demo_dir:
+        points.update(demo_points(Path(args.demo_dir)))
+    report(args, results, points)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Benchmarks: the learning-curve instrument's --quick mode end to end on a tiny espeak-ng corpus, and how it
+places the demo job's stages on the minutes axis."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+LEARNING_CURVE = REPO_ROOT / "benchmarks" / "bench_learning_curve.py"
+
+
+def load_learning_curve():
+    spec = importlib.util.spec_from_file_location("bench_learning_curve", LEARNING_CURVE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_learning_curve_has_points_of_both_models_and_a_plot(tmp_path):
+    from mu2slam_hf.data.synthetic import build_synthetic
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    build_synthetic(str(corpus), ("en",), num_numbers=24, use_fillets=False, num_workers=2)
+    command = [sys.executable, str(LEARNING_CURVE), "--data", str(corpus), "--quick", "--minutes", "0.1",
+               "--eval_interval", "5", "--output_dir", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "learning_curve.json").read_text())
+    ours, peer = summary["points"]["ours"], summary["points"]["peer"]
+    assert ours and peer
+    assert set(ours[-1]["cer"]) == {"attention", "ctc", "joint"} and set(peer[-1]["cer"]) == {"ctc"}
+    assert ours[-1]["minutes"] >= 0.1 and peer[-1]["minutes"] >= 0.1  # each ran its training minutes
+    assert all(value >= 0 for point in ours + peer for value in point["cer"].values())
+    assert summary["params"]["ours"] > 0 and summary["params"]["peer"] > 0
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert "ours (best decoder: " in done.stdout and "/ peer CER at " in done.stdout
+
+
+def test_demo_stages_are_placed_after_the_stages_they_start_from(tmp_path):
+    bench = load_learning_curve()
+    stages = {"pt": [(100, 60.0, None)], "ft1": [(50, 30.0, 80.0), (100, 90.0, 40.0)], "ft2-noisy": [(20, 6.0, 30.0)]}
+    for stage, evaluations in stages.items():
+        folder = tmp_path / stage
+        folder.mkdir()
+        history = [{"step": step, "train_seconds": seconds} | ({"dev/asr_cer_ctc": cer} if cer else {})
+                   for step, seconds, cer in evaluations]  # fmt: skip
+        (folder / "dev_results.json").write_text(json.dumps(history))
+        (folder / "train_log.jsonl").write_text(json.dumps({"step": evaluations[-1][0], "train_seconds": 120.0}))
+    points = bench.demo_points(tmp_path)
+    assert list(points) == ["demo/ft1", "demo/ft2-noisy"]  # pre-training had no ASR CER
+    assert [p["minutes"] for p in points["demo/ft1"]] == [2.5, 3.5]  # after pre-training's 120 s
+    assert points["demo/ft2-noisy"] == [{"step": 20, "minutes": pytest.approx(4.1), "cer": {"ctc": 30.0}}]  # after ft1
