@@ -34,6 +34,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.utils import TensorType, logging
 
 from .configuration_mu2slam import Mu2SlamConfig, receptive_field
+from .vocabulary import SAMPLING_RATE
 
 logger = logging.get_logger(__name__)
 
@@ -75,7 +76,7 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
     def __init__(
         self,
         feature_size: int = 80,
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLING_RATE,
         n_fft: int = 400,
         hop_length: int = 160,
         padding_value: float = 0.0,

@@ -41,10 +41,11 @@ from torch import nn
 from transformers.utils import logging
 
 from .configuration_mu2slam import receptive_field, subsampled_lengths
+from .vocabulary import IGNORE_INDEX
 
 logger = logging.get_logger(__name__)
 
-CODE_PAD_VALUE = -100
+CODE_PAD_VALUE = IGNORE_INDEX
 """Code at positions that are not real front-end outputs (the cross-entropy ``ignore_index``)."""
 
 CODEBOOK_WEIGHTS_NAME = "speech_codebook.safetensors"

@@ -7,6 +7,7 @@ target_lang, duration, speaker``). Corpora built here are stored as JSONL manife
 (:mod:`mu2slam_hf.data.audio`), never through torchcodec/FFmpeg.
 """
 
+from ..vocabulary import SAMPLING_RATE
 from .audio import decode_example, decode_examples, read_audio, to_mono_16k, write_flac
 from .batching import LengthBucketBatchSampler, ShardedStream, dataset_lengths, example_length, padded_fraction
 from .corpora import load_corpus
@@ -16,7 +17,6 @@ from .mixing import TaskMixture, temperature_probabilities
 from .schema import (
     FEATURES,
     FIELDS,
-    SAMPLING_RATE,
     TASKS,
     DataError,
     check_example,

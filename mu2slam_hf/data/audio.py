@@ -12,7 +12,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .schema import SAMPLING_RATE, DataError, OnError, handle_error
+from ..vocabulary import SAMPLING_RATE
+from .schema import DataError, OnError, handle_error
 
 
 def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:

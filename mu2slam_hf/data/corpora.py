@@ -46,7 +46,7 @@ import datasets
 
 from ..vocabulary import DEFAULT_LANGUAGES
 from .manifest import read_manifest
-from .schema import FEATURES, DataError, OnError, check_example, handle_error, make_example, to_dataset
+from .schema import FEATURES, SPEECH_TASKS, DataError, OnError, check_example, handle_error, make_example, to_dataset
 
 MLS_LANGUAGES = {"english": "en", "german": "de", "dutch": "nl", "french": "fr", "spanish": "es",
                  "italian": "it", "portuguese": "pt", "polish": "pl"}  # fmt: skip
@@ -111,7 +111,7 @@ def _covost2_local(
     clips_dir: str | None = None,
     **_: Any,
 ) -> Iterator[dict]:
-    _check_task("covost2", task, ("speech", "asr", "ast"))
+    _check_task("covost2", task, SPEECH_TASKS)
     pattern = f"covost_v2.{source_lang or '*'}_{target_lang or '*'}"
     files = sorted(glob.glob(os.path.join(data_dir, f"{pattern}.{split}.tsv"))) or sorted(
         glob.glob(os.path.join(data_dir, f"{pattern}.tsv"))
@@ -183,7 +183,7 @@ def _fleurs_local(
     language: str | None = None,
     **_: Any,
 ) -> Iterator[dict]:
-    _check_task("fleurs", task, ("speech", "asr", "ast"))
+    _check_task("fleurs", task, SPEECH_TASKS)
     source = source_lang or language
     if source is None:
         raise ValueError("fleurs needs language= (or source_lang=), a FLEURS folder name such as 'fr_fr'")

@@ -32,9 +32,9 @@ from ..vocabulary import DEFAULT_LANGUAGES
 
 TASKS = ("speech", "text", "asr", "ast", "mt")
 SPEECH_TASKS = ("speech", "asr", "ast")
+SPEECH_TEXT_TASKS = ("asr", "ast")  # speech in, text out: the speech tasks with a target
 TEXT_TASKS = ("text", "mt")
 LABELLED_TASKS = ("asr", "ast", "mt")
-SAMPLING_RATE = 16_000
 OnError = Literal["skip", "raise"]
 
 FEATURES = datasets.Features(

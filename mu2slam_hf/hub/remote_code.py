@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..vocabulary import SAMPLING_RATE
 from .errors import PublishError
 
-SMOKE_SAMPLING_RATE = 16000
+SMOKE_SAMPLING_RATE = SAMPLING_RATE
 SMOKE_TIMEOUT_S = 600
 
 

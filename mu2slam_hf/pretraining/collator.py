@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from .masking import IGNORE_INDEX
+from ..vocabulary import IGNORE_INDEX
 from .objectives import Mu2SlamInstance
 
 LAYOUT_NAMES = {(True, False): "speech", (False, True): "text", (True, True): "speech+text"}

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..vocabulary import BOS_ID, MASK_ID, NUM_SPECIAL_TOKENS, UNK_ID, VocabularyLayout
+from ..vocabulary import BOS_ID, IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS, UNK_ID, VocabularyLayout
 
-IGNORE_INDEX = -100
 SPEECH_MASK_RATIO = 0.5
 SPEECH_MAX_SPAN = 10
 TEXT_MASK_RATIO = 0.5

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig
+from ..data.schema import SPEECH_TEXT_TASKS
 from ..vocabulary import EOS_ID, MASK_ID, NUM_SPECIAL_TOKENS, SPEECH_MODALITY, TEXT_MODALITY
 from .masking import (
     MT_MASK_RATIO,
@@ -46,7 +47,6 @@ OBJECTIVE_WEIGHT_KEYS = {
     "mt_alignment": "mt",
 }
 FINETUNE = "finetune"
-SPEECH_TEXT_TASKS = ("asr", "ast")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..modeling_mu2slam import Mu2SlamForConditionalGeneration
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
 from ..tokenization_mu2slam import Mu2SlamTokenizer, train_tokenizer
+from ..vocabulary import SAMPLING_RATE
 from .recipe import Recipe
 
 
@@ -67,7 +68,7 @@ def build_processor(
     if clips:
         feature_extractor.compute_normalization_stats(clips)
     if codebook is None:
-        features = [feature_extractor(clip, sampling_rate=16_000, return_tensors="pt") for clip in clips]
+        features = [feature_extractor(clip, sampling_rate=SAMPLING_RATE, return_tensors="pt") for clip in clips]
         codebook = build_best_rq(
             recipe.speech_codebook.seed,
             config.codebook_size,

@@ -16,6 +16,7 @@ import torch
 from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
+from ..data.schema import LABELLED_TASKS
 from ..evaluation import generate_predictions, score, spread_over_languages
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
@@ -91,7 +92,7 @@ class DevEvaluator:
         """Greedy decoding of each task's dev examples; ASR also with the CTC head alone (``asr_cer_ctc``...), the
         decoder that learns first, and with joint CTC/attention scoring (``asr_cer_joint``...)."""
         metrics = {}
-        for task in ("asr", "ast", "mt"):
+        for task in LABELLED_TASKS:
             if task not in self.examples:
                 continue
             mine = self._shard(self.examples[task], accelerator)

@@ -18,7 +18,7 @@ import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example
-from ..data.schema import SAMPLING_RATE, target_language
+from ..data.schema import SPEECH_TASKS, SPEECH_TEXT_TASKS, target_language
 from ..pretraining import (
     Mu2SlamInstance,
     build_mt_pretraining,
@@ -30,6 +30,7 @@ from ..pretraining import (
     word_starts_from_offsets,
 )
 from ..processing_mu2slam import Mu2SlamProcessor
+from ..vocabulary import SAMPLING_RATE
 
 
 def step_generator(seed: int, process_index: int, step: int) -> torch.Generator:
@@ -139,7 +140,7 @@ class InstanceBuilder:
         """Every instance of one mixture step, task by task in the order of ``step``."""
         instances = []
         for task, examples in step.items():
-            speech = self.speech(examples) if task in ("speech", "asr", "ast") else [None] * len(examples)
+            speech = self.speech(examples) if task in SPEECH_TASKS else [None] * len(examples)
             for example, audio in zip(examples, speech, strict=True):
                 instances += self.build_example(task, example, audio, generator)
         return instances
@@ -160,7 +161,7 @@ class InstanceBuilder:
             return [build_speech_only(config, *audio, source, generator)]
         if task == "text":
             return [build_text_only(config, *self.text(example["source_text"]), source, generator)]
-        if task in ("asr", "ast"):
+        if task in SPEECH_TEXT_TASKS:
             ids, starts = self.text(example["target_text"])
             return build_speech_text_pretraining(config, *audio, ids, starts, source, target, generator, task=task)
         if task == "mt":
@@ -171,7 +172,7 @@ class InstanceBuilder:
 
     def _finetune(self, task: str, example: dict, audio, source: int, target: int) -> Mu2SlamInstance:
         target_ids = self.target_ids(example["target_text"])
-        if task in ("asr", "ast"):
+        if task in SPEECH_TEXT_TASKS:
             ctc_ids = None
             if task == "asr" and self.ctc:
                 ctc_ids = target_ids
