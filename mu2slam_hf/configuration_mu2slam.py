@@ -21,6 +21,7 @@ from .vocabulary import (
     PAD_ID,
     UNK_ID,
     VocabularyLayout,
+    language_index,
 )
 
 # Loss weights of the pre-training objectives (paper section 3.1). MT is not given in the paper.
@@ -31,8 +32,10 @@ DEFAULT_OBJECTIVE_LOSS_WEIGHTS = {
     "text_to_speech": 0.1,
     "speech_text_alignment": 0.1,
     "mt": 1.0,
-    "ctc": 1.0,
 }
+# The CTC loss is weighted by `ctc_loss_weight` (in the model's forward), not per objective. Configs saved before
+# that had an "ctc" entry here that nothing read; it is dropped on load.
+LEGACY_OBJECTIVE_KEYS = ("ctc",)
 
 
 def subsampled_lengths(lengths, num_layers: int = 2, kernel_size: int = 3, stride: int = 2):
@@ -120,6 +123,8 @@ def _loss_weights_problem(value: Any) -> str | None:
     unknown = sorted(set(value) - set(DEFAULT_OBJECTIVE_LOSS_WEIGHTS))
     if unknown:
         hint = _did_you_mean(unknown[0], DEFAULT_OBJECTIVE_LOSS_WEIGHTS)
+        if "ctc" in unknown:
+            hint = " (the CTC loss is weighted by the config's `ctc_loss_weight`)"
         return f"has unknown objective(s) {unknown}{hint}; known: {', '.join(DEFAULT_OBJECTIVE_LOSS_WEIGHTS)}"
     if not all(_is_number(weight) and weight >= 0 for weight in value.values()):
         return "must map each objective to a number >= 0"
@@ -241,6 +246,10 @@ class Mu2SlamConfig(PreTrainedConfig):
         use_cache: bool = True,
         **kwargs,
     ):
+        if isinstance(objective_loss_weights, Mapping):
+            objective_loss_weights = {
+                k: v for k, v in objective_loss_weights.items() if k not in LEGACY_OBJECTIVE_KEYS
+            }
         # Every argument, checked before any is used (a string d_model would otherwise fail deep inside a module).
         fields = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
         for name, value in fields.items():
@@ -346,14 +355,9 @@ class Mu2SlamConfig(PreTrainedConfig):
         return len(self.languages)
 
     def language_id(self, code: str) -> int:
-        """Index of a language code in the language embedding, or a ValueError listing the known codes."""
-        try:
-            return self.languages.index(code)
-        except ValueError:
-            raise ValueError(
-                f"Unknown language code {code!r}. This model knows {len(self.languages)} languages: "
-                f"{', '.join(self.languages)}. Pass one of these (ISO 639-1 codes)."
-            ) from None
+        """Index of a language code in the language embedding, or a ValueError listing the known codes
+        (`vocabulary.language_index`)."""
+        return language_index(self.languages, code, owner="model")
 
     @staticmethod
     def modality_id(modality: str) -> int:

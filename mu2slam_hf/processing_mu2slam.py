@@ -15,7 +15,14 @@ from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location
 from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from .speech_codebook import CODEBOOK_CONFIG_NAME, Mu2SlamSpeechCodebook
 from .tokenization_mu2slam import Mu2SlamTokenizer
-from .vocabulary import DEFAULT_LANGUAGES, VocabularyLayout, check_vocabulary_matches
+from .vocabulary import (
+    DEFAULT_LANGUAGES,
+    IGNORE_INDEX,
+    VocabularyLayout,
+    check_vocabulary_matches,
+    language_index,
+    language_indices,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -52,20 +59,12 @@ class Mu2SlamProcessor(ProcessorMixin):
     # ------------------------------------------------------------------------------------ languages
 
     def language_id(self, code: str) -> int:
-        """Language-embedding index of `code`, or a ValueError listing the known codes."""
-        if code not in self.languages:
-            raise ValueError(
-                f"Unknown language code {code!r}. This processor knows {len(self.languages)} languages: "
-                f"{', '.join(self.languages)}."
-            )
-        return self.languages.index(code)
+        """Language-embedding index of `code`, or a ValueError listing the known codes (`language_index`)."""
+        return language_index(self.languages, code, owner="processor")
 
     def language_ids(self, codes: str | list[str], batch_size: int) -> torch.Tensor:
-        """(B,) language ids from one code for the batch or one code per example."""
-        codes = [codes] * batch_size if isinstance(codes, str) else list(codes)
-        if len(codes) != batch_size:
-            raise ValueError(f"Got {len(codes)} language codes for a batch of {batch_size}.")
-        return torch.tensor([self.language_id(code) for code in codes])
+        """(B,) language ids from one code for the batch or one code per example (`language_indices`)."""
+        return torch.tensor(language_indices(self.languages, codes, batch_size, owner="processor"))
 
     @property
     def vocabulary(self) -> VocabularyLayout:
@@ -133,7 +132,7 @@ class Mu2SlamProcessor(ProcessorMixin):
     def encode_targets(self, texts: str | list[str]) -> torch.Tensor:
         """Target texts -> (B, U) label ids ending with eos, padded with -100."""
         encoded = self.tokenizer(texts if isinstance(texts, list) else [texts], padding=True, return_tensors="pt")
-        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, IGNORE_INDEX)
 
     def speech_codes(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, 80) log-mel -> (B, S) speech codes in [0, codebook_size), -100 at padding; S = front-end length."""

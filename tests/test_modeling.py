@@ -44,6 +44,18 @@ def test_base_presets_match_paper_sizes(name):
     assert abs(total - 0.7e9) / 0.7e9 < 0.10, total
 
 
+def test_ctc_is_weighted_by_ctc_loss_weight_not_an_objective_weight(tiny_config):
+    """Configs saved with the old, unread objective_loss_weights["ctc"] still load (the key is dropped); a recipe
+    or override that sets it is told where the CTC weight lives."""
+    from mu2slam_hf.configuration_mu2slam import DEFAULT_OBJECTIVE_LOSS_WEIGHTS, check_config_field
+
+    assert "ctc" not in DEFAULT_OBJECTIVE_LOSS_WEIGHTS and "ctc" not in tiny_config.objective_loss_weights
+    legacy = Mu2SlamConfig.from_dict({**tiny_config.to_dict(), "objective_loss_weights": {"ctc": 1.0, "mt": 0.5}})
+    assert legacy.objective_loss_weights == {**DEFAULT_OBJECTIVE_LOSS_WEIGHTS, "mt": 0.5}
+    with pytest.raises(ValueError, match="ctc_loss_weight"):
+        check_config_field("objective_loss_weights", {"ctc": 0.5})
+
+
 # ------------------------------------------------------------------------------------- equivalences
 
 
