@@ -47,7 +47,9 @@ def mask_padded_frames(log_probs: torch.Tensor, lengths: torch.Tensor, blank: in
     Then the CTC forward variables simply carry their value through the padding, and the last frame holds the
     total of the real frames for every row.
     """
-    padded = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] >= lengths.to(log_probs.device)[:, None]
+    padded = (
+        torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] >= lengths.to(log_probs.device)[:, None]
+    )
     masked = log_probs.masked_fill(padded.unsqueeze(-1), NEG_INF)
     masked[..., blank] = masked[..., blank].masked_fill(padded, 0.0)
     return masked

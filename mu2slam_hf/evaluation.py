@@ -38,7 +38,7 @@ import torch
 
 from .data.audio import decode_example
 from .data.manifest import load_manifest
-from .data.schema import target_language
+from .data.schema import SPEECH_TEXT_TASKS, target_language
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
@@ -333,24 +333,34 @@ def generate_predictions(
     """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
 
     Speech and text examples are batched separately, each sorted by length. ``decoder="attention"`` runs
-    ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring of ASR
-    with ``ctc_weight`` > 0); ``decoder="ctc"`` transcribes ASR with the encoder's CTC head alone (greedy).
+    ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring with
+    ``ctc_weight`` > 0); ``decoder="ctc"`` runs the encoder's CTC head alone (greedy). The CTC head transcribes, so
+    both CTC options apply to ASR examples; AST and MT examples are always decoded by the attention decoder.
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
     ``target_text``) and ``hypothesis``.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
     examples = list(examples)
-    if (decoder == "ctc" or ctc_weight) and any(_task_of(e) != "asr" for e in examples):
-        raise ValueError("CTC decoding (decoder='ctc' or ctc_weight > 0) transcribes: pass ASR examples only.")
+    asr = [example for example in examples if _task_of(example) == "asr"]
+    others = [example for example in examples if _task_of(example) != "asr"]
+    attention = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    asr_options = {"decoder": "ctc"} if decoder == "ctc" else {**attention, "ctc_weight": ctc_weight}
+    return _decode(model, processor, asr, batch_size, asr_options) + _decode(
+        model, processor, others, batch_size, attention
+    )
+
+
+def _decode(
+    model: Any, processor: Any, examples: list[dict[str, Any]], batch_size: int, options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Records of :func:`generate_predictions` with one set of decoding options (``decoder="ctc"``: CTC head)."""
     records = []
     for batch, inputs in _eval_batches(model, processor, examples, batch_size):
-        if decoder == "ctc":
+        if options.get("decoder") == "ctc":
             ids = model.ctc_greedy_decode(**inputs)
         else:
-            ids = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, ctc_weight=ctc_weight
-            )
+            ids = model.generate(**inputs, **options, do_sample=False)
         texts = processor.batch_decode(ids, skip_special_tokens=True)
         records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
     return records
@@ -406,7 +416,7 @@ def audio_dependence(
     Returns:
         ``{"own_audio": nll, "other_audio": nll, "gap": other - own}``.
     """
-    speech = [example for example in examples if example["task"] in ("asr", "ast")]
+    speech = [example for example in examples if example["task"] in SPEECH_TEXT_TASKS]
     by_language: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for example in speech:
         by_language[example["source_lang"]].append(example)

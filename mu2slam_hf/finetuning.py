@@ -29,11 +29,9 @@ from .configuration_mu2slam import Mu2SlamConfig
 from .data.schema import LABELLED_TASKS, SPEECH_TASKS
 from .evaluation import METRICS_BY_TASK, score
 from .lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
-from .modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
+from .modeling_mu2slam import Mu2SlamForSequenceClassification
 from .pretraining import Mu2SlamCollator
 from .training.instances import InstanceBuilder
-
-
 
 # ------------------------------------------------------------------------------------------- seq2seq
 

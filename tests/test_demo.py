@@ -28,12 +28,15 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     ):
         assert section in report, section
     assert (tmp_path / "losses.png").stat().st_size > 10_000
-    for stage in ("pt", "ft1", "ft2", "ft2-noisy"):
+    assert "ASR decoders" in report and "CER CTC" in report
+    for stage in ("pt", "ft1", "ft2-noisy"):
         assert (tmp_path / stage / "model.safetensors").exists()
     noisy = json.loads((tmp_path / "ft2-noisy" / "config.json").read_text())
     assert noisy["decoder_noise_ratio"] == 0.06 and noisy["apply_spec_augment"] is True
+    assert noisy["ctc_loss_weight"] == 0.3
     evaluation = json.loads((tmp_path / "ft1" / "eval_synth.json").read_text())
     assert {m["task"] for m in evaluation["metrics"]} == {"asr", "ast", "mt"}
+    assert (tmp_path / "ft2-noisy" / "eval_synth_ctc0.json").exists()  # the CTC head alone
 
 
 @pytest.mark.slow

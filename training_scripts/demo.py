@@ -1,14 +1,16 @@
 """The end-to-end Mu2SLAM demo: data -> pre-training -> gradual + noisy fine-tuning -> evaluation -> pipeline().
 
-    python training_scripts/demo.py --output_dir runs/demo            # about 20 minutes on 2 CPU cores
+    python training_scripts/demo.py --output_dir runs/demo            # under 30 minutes on 2 CPU cores
     python training_scripts/demo.py --output_dir runs/quick --quick   # a few minutes: tiny model, few steps
 
 1. builds a synthetic multilingual corpus with espeak-ng (8 languages, all five data types) and the real-speech
    benchmark (Czech and Dutch voice acting from Debian's Fish Fillets NG packages);
 2. pre-trains the `small` preset with every Mu2SLAM objective (configuration/recipes/pretrain-small.yaml);
-3. gradual fine-tuning: stage 1 on AST + ASR + MT without [MASK], stage 2 on ASR, and stage 2 again with noisy
-   fine-tuning (decoder-input synonym noise 0.06 + SpecAugment);
-4. evaluates ASR (WER/CER), AST and MT (BLEU/chrF) per language on the synthetic and the real test sets;
+3. gradual fine-tuning: stage 1 on AST + ASR + MT without [MASK], then stage 2 on ASR with noisy fine-tuning
+   (decoder-input synonym noise 0.06 + SpecAugment); both with a CTC loss on the encoder (weight 0.3) and batches of
+   similar-length clips filled to a budget of seconds of audio;
+4. evaluates ASR (WER/CER; joint CTC/attention decoding, and each decoder alone), AST and MT (BLEU/chrF) per
+   language on the synthetic and the real test sets;
 5. transcribes and translates sample test audio through `pipeline("automatic-speech-recognition")`;
 6. writes `report.md` with the tables and `losses.png` with the loss curves.
 
@@ -37,19 +39,31 @@ from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import load_manifest
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
 from mu2slam_hf.data.synthetic import build_synthetic
-from mu2slam_hf.evaluation import evaluate_model, load_examples, results_to_markdown, write_results
+from mu2slam_hf.evaluation import (
+    char_error_rate,
+    evaluate_model,
+    load_examples,
+    results_to_markdown,
+    write_results,
+)
 from mu2slam_hf.training import load_recipe, train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configuration" / "recipes"
 LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 
-# (steps, warmup, eval interval) per stage; `--quick` scales everything down for a smoke run.
+# Steps per stage; `--quick` scales everything down for a smoke run. Where the budget goes follows the measured
+# learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
+# follows it, so most minutes go to fine-tuning with joint CTC/attention on length-bucketed batches of audio.
 PLANS = {
-    "demo": {"pretrain": (300, 60, 300), "stage1": (200, 40, 200), "stage2": (100, 20, 100)},  # the README's
-    "long": {"pretrain": (900, 150, 900), "stage1": (500, 100, 500), "stage2": (300, 60, 300)},  # docs/results.md
-    "quick": {"pretrain": (12, 4, 12), "stage1": (8, 2, 8), "stage2": (6, 2, 6)},  # --quick (tests)
+    "demo": {"pretrain": 200, "stage1": 200, "stage2": 550},  # the README's main job, under 30 minutes
+    "long": {"pretrain": 900, "stage1": 600, "stage2": 1500},  # docs/results.md
+    "quick": {"pretrain": 12, "stage1": 8, "stage2": 6},  # --quick (tests)
 }
+# Seconds of padded audio per step: stage 1 keeps the paper's AST 4 : ASR 2 : MT 2 ratio (clips of about 3 s).
+STAGE1_BATCH = {"seconds_per_step": {"asr": 20.0, "ast": 40.0}, "examples_per_step": {"mt": 6}}
+STAGE2_BATCH = {"seconds_per_step": {"asr": 60.0}, "examples_per_step": {}}
+JOINT_CTC_WEIGHT = 0.3  # decoding: ESPnet's joint CTC/attention weight
 
 
 def log(message: str) -> None:
@@ -78,13 +92,14 @@ def _quick_levels(cache: Path) -> list[str]:
     return [level for levels in by_split.values() for level in levels[:2]]
 
 
-def stage_overrides(plan: tuple[int, int, int], quick: bool, **extra) -> dict:
-    steps, warmup, interval = plan
+def stage_overrides(steps: int, quick: bool, **extra) -> dict:
+    """Recipe overrides of one stage of ``steps`` steps: warmup 10% of the run, evaluation and a checkpoint at the
+    end (and once midway for the learning curve)."""
     overrides = {
         "max_steps": steps,
-        "optimizer.warmup_steps": warmup,
-        "eval_interval": interval,
-        "checkpoint_interval": interval,
+        "optimizer.warmup_fraction": 0.1,
+        "eval_interval": max(1, steps // 2),
+        "checkpoint_interval": steps,
         "keep_checkpoints": 1,
         "log_interval": 1 if quick else 10,
         "dev_examples_per_task": 4 if quick else 16,
@@ -106,8 +121,17 @@ def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: 
 
 
 def evaluate(
-    model_dir: Path, data: Path, tasks: tuple[str, ...], max_examples: int, name: str, with_loss: bool = False
+    model_dir: Path,
+    data: Path,
+    tasks: tuple[str, ...],
+    max_examples: int,
+    name: str,
+    with_loss: bool = False,
+    decoder: str = "attention",
+    ctc_weight: float = JOINT_CTC_WEIGHT,
 ) -> dict:
+    """Test-set metrics of one model (ASR by joint CTC/attention decoding unless ``decoder``/``ctc_weight`` say
+    otherwise; AST and MT by the attention decoder), written to ``<model_dir>/eval_<data>[_<decoder>].json``."""
     model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = Mu2SlamProcessor.from_pretrained(model_dir)
     examples = load_examples(data, "test", tasks, max_examples)
@@ -118,19 +142,48 @@ def evaluate(
         tasks,
         batch_size=16,
         max_new_tokens=96,
+        ctc_weight=ctc_weight,
+        decoder=decoder,
         with_loss=with_loss,
         model_name=name,
         data_name=data.name,
     )
-    write_results(results, model_dir / f"eval_{data.name}.json")
+    tag = "" if (decoder, ctc_weight) == ("attention", JOINT_CTC_WEIGHT) else f"_{decoder}{ctc_weight:g}"
+    write_results(results, model_dir / f"eval_{data.name}{tag}.json")
     return results
 
 
-def pipeline_samples(model_dir: Path, data: Path, count: int) -> list[dict]:
-    """Run the ASR pipeline (ASR and AST through generate_kwargs) on the first test clips of each language."""
+ASR_DECODERS = {  # report column -> evaluate() options
+    "attention": {"decoder": "attention", "ctc_weight": 0.0},
+    "CTC": {"decoder": "ctc"},
+    f"joint ({JOINT_CTC_WEIGHT:g})": {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
+}
+
+
+def decoder_comparison(model_dir: Path, datasets: tuple[Path, ...], count: int, joint: dict[str, dict]) -> list[str]:
+    """Markdown rows: test CER of the stage 2 model by each decoder, per test set (joint results reused)."""
+    rows = ["| test set | " + " | ".join(f"CER {name}" for name in ASR_DECODERS) + " |"]
+    rows.append("|---|" + "---:|" * len(ASR_DECODERS))
+    for data in datasets:
+        values = []
+        for name, options in ASR_DECODERS.items():
+            results = (
+                joint[data.name]
+                if name.startswith("joint")
+                else evaluate(model_dir, data, ("asr",), count, name, **options)
+            )
+            values.append(averages(results, "asr")["cer"])
+        rows.append(f"| {data.name} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    return rows
+
+
+def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count: int) -> list[dict]:
+    """The ASR pipeline on the first test clip of ``count`` languages: transcribed by the ASR model (joint
+    CTC/attention decoding through generate_kwargs), translated by the multi-task model."""
     from transformers import pipeline
 
-    asr = pipeline("automatic-speech-recognition", model=str(model_dir))
+    transcribe = pipeline("automatic-speech-recognition", model=str(asr_model))
+    translate = pipeline("automatic-speech-recognition", model=str(translation_model))
     samples, seen = [], set()
     for example in load_manifest(data, "test", "ast"):
         if example["source_lang"] in seen or len(samples) >= count:
@@ -138,14 +191,17 @@ def pipeline_samples(model_dir: Path, data: Path, count: int) -> list[dict]:
         seen.add(example["source_lang"])
         path = str(data / example["audio"]["path"])
         source, target = example["source_lang"], example["target_lang"]
-        transcript = asr(path, generate_kwargs={"src_lang": source, "tgt_lang": source})["text"]
-        translation = asr(path, generate_kwargs={"src_lang": source, "tgt_lang": target})["text"]
+        asr_options = {"src_lang": source, "tgt_lang": source, "ctc_weight": JOINT_CTC_WEIGHT}
+        transcript = transcribe(path, generate_kwargs=asr_options)["text"]
+        translation = translate(path, generate_kwargs={"src_lang": source, "tgt_lang": target})["text"]
+        reference = example.get("source_text") or ""
         samples.append(
             {
                 "audio": path,
                 "direction": f"{source}-{target}",
-                "reference transcript": example.get("source_text") or "",
+                "reference transcript": reference,
                 "transcript": transcript,
+                "cer": char_error_rate([reference], [transcript]),
                 "reference translation": example["target_text"],
                 "translation": translation,
             }
@@ -175,19 +231,27 @@ def plot_losses(stages: dict[str, Path], output: Path) -> Path:
     return output
 
 
-def write_report(root: Path, results: dict[str, dict], samples: list[dict], seconds: dict[str, float]) -> Path:
+def write_report(
+    root: Path, results: dict[str, dict], decoders: list[str], samples: list[dict], seconds: dict[str, float]
+) -> Path:
     lines = ["# Mu2SLAM demo report", "", "Measured by `python training_scripts/demo.py`.", ""]
     lines += ["## Time per step of the demo", "", "| step | minutes |", "|---|---|"]
     lines += [f"| {name} | {value / 60:.1f} |" for name, value in seconds.items()]
+    lines += [f"| total | {sum(seconds.values()) / 60:.1f} |"]
     lines += ["", "## Loss curves", "", "![losses](losses.png)", ""]
     for title, result in results.items():
         tables = results_to_markdown(result).split("\n", 1)[1]  # drop its own title line
         lines += [f"## {title}", "", tables.replace("\n## ", "\n### "), ""]
-    lines += ["## pipeline() on test audio", "", "| direction | transcript (reference) | translation (reference) |"]
-    lines += ["|---|---|---|"]
+    lines += ["## ASR decoders of the stage 2 model (test CER, average over languages)", "", *decoders, ""]
+    lines += [
+        "## pipeline() on test audio",
+        "",
+        "| direction | transcript (reference) | CER | translation (reference) |",
+    ]
+    lines += ["|---|---|---:|---|"]
     for s in samples:
         lines.append(
-            f"| {s['direction']} | {s['transcript']} ({s['reference transcript']}) "
+            f"| {s['direction']} | {s['transcript']} ({s['reference transcript']}) | {s['cer']:.1f} "
             f"| {s['translation']} ({s['reference translation']}) |"
         )
     report = root / "report.md"
@@ -261,16 +325,14 @@ def _progress(stage: Stage) -> str:
 
 
 def main_stages(root: Path, plan: dict, quick: bool) -> list[Stage]:
-    """Pre-training, gradual stage 1, stage 2 ASR, and stage 2 ASR with noisy fine-tuning."""
+    """Pre-training (every objective), gradual stage 1 (AST + ASR + MT), and stage 2 ASR with noisy fine-tuning."""
     pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
     return [
         Stage("pre-training", "pretrain-small.yaml", root / "pt", stage_overrides(plan["pretrain"], quick)),
-        Stage("stage 1", "gradual-stage1.yaml", root / "ft1", stage_overrides(plan["stage1"], quick, **pt),
-              ("pre-training",)),
-        Stage("stage 2 ASR", "gradual-stage2-asr.yaml", root / "ft2", stage_overrides(plan["stage2"], quick, **ft1),
-              ("stage 1",)),
+        Stage("stage 1", "gradual-stage1.yaml", root / "ft1",
+              stage_overrides(plan["stage1"], quick, **pt, **STAGE1_BATCH, ctc_ast_source=True), ("pre-training",)),
         Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy",
-              stage_overrides(plan["stage2"], quick, **ft1, model_overrides=NOISY), ("stage 1",)),
+              stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_BATCH, **noisy(plan["stage2"])), ("stage 1",)),
     ]  # fmt: skip
 
 
@@ -279,36 +341,45 @@ def starting_from(folder: Path) -> dict:
     return {"init_checkpoint": str(folder), "model": None}
 
 
-FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR": "ft2", "stage 2 ASR noisy": "ft2-noisy"}
+def noisy(steps: int) -> dict:
+    """Noisy fine-tuning (paper 2.4): decoder-input synonym noise 0.06 and SpecAugment, the latter only after the
+    first 30% of the steps (augmenting before the model has started to learn slows it down)."""
+    return {"model_overrides": NOISY, "spec_augment_from_step": int(0.3 * steps)}
+
+
+FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noisy"}
 NOISY = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
 
 
 def compare_stages(root: Path, plan: dict, quick: bool, scratch_seeds: int = 1) -> list[Stage]:
     """(a) scratch on the labelled data (multi-task, as stage 1), (b) direct ASR / AST from the pre-trained model,
-    (c) stage 2 AST from stage 1, (d) stage 2 AST + noisy; (c)/(d) for ASR are the main stages.
+    (c) stage 2 ASR / AST from stage 1, (d) stage 2 AST + noisy; (d) for ASR is the main job's stage 2.
 
-    Fine-tuning budgets are equal: (a) and (b) get stage 1 + stage 2 steps, with stage 1's warmup. (a) needs no
-    pre-training, so its extra seeds (``scratch_seeds`` > 1: the seed noise of the comparison) fill the time a
-    second job would otherwise wait for it.
+    Fine-tuning budgets are equal: (a) and (b) get stage 1 + stage 2 steps. (a) needs no pre-training, so its extra
+    seeds (``scratch_seeds`` > 1: the seed noise of the comparison) fill the time a second job would otherwise wait
+    for it.
     """
-    budget = (plan["stage1"][0] + plan["stage2"][0], plan["stage1"][1], plan["stage1"][0] + plan["stage2"][0])
+    budget = plan["stage1"] + plan["stage2"]
     model = str(REPO / "configuration" / "models" / ("tiny" if quick else "small"))
     pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
     folder = root / "compare"
     scratch = [
         Stage(scratch_name(seed), "gradual-stage1.yaml", scratch_folder(root, seed),
-              stage_overrides(budget, quick, model=model, init_checkpoint=None, seed=seed))
+              stage_overrides(budget, quick, model=model, init_checkpoint=None, seed=seed, **STAGE1_BATCH,
+                              ctc_ast_source=True))
         for seed in range(scratch_seeds)
     ]  # fmt: skip
     return scratch + [
         Stage("(b) direct ASR", "gradual-stage2-asr.yaml", folder / "direct-asr",
-              stage_overrides(budget, quick, **pt), ("pre-training",)),
+              stage_overrides(budget, quick, **pt, **STAGE2_BATCH), ("pre-training",)),
         Stage("(b) direct AST", "gradual-stage2-ast.yaml", folder / "direct-ast",
               stage_overrides(budget, quick, **pt), ("pre-training",)),
+        Stage("(c) gradual ASR", "gradual-stage2-asr.yaml", root / "ft2",
+              stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_BATCH), ("stage 1",)),
         Stage("(c) gradual AST", "gradual-stage2-ast.yaml", folder / "gradual-ast",
               stage_overrides(plan["stage2"], quick, **ft1), ("stage 1",)),
         Stage("(d) gradual AST + noisy", "gradual-stage2-ast.yaml", folder / "gradual-ast-noisy",
-              stage_overrides(plan["stage2"], quick, **ft1, model_overrides=NOISY), ("stage 1",)),
+              stage_overrides(plan["stage2"], quick, **ft1, **noisy(plan["stage2"])), ("stage 1",)),
     ]  # fmt: skip
 
 
@@ -347,8 +418,8 @@ def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, scra
             rows += [(name, data.name, task, averages(results, task)) for task in data_tasks]
     lines = ["# Recipe comparison (measured by `python training_scripts/demo.py --compare`)", ""]
     lines += [
-        f"Fine-tuning budget: {plan['stage1'][0] + plan['stage2'][0]} steps for (a) and (b); (c)/(d) = stage 1 "
-        f"({plan['stage1'][0]}) + stage 2 ({plan['stage2'][0]}) after {plan['pretrain'][0]} pre-training steps. "
+        f"Fine-tuning budget: {plan['stage1'] + plan['stage2']} steps for (a) and (b); (c)/(d) = stage 1 "
+        f"({plan['stage1']}) + stage 2 ({plan['stage2']}) after {plan['pretrain']} pre-training steps. "
         f"Test subsets: the first {count} examples per task. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced "
         "nats per target token. Averages over languages (ASR) or over xx-en / en-xx directions.",
         "",
@@ -391,22 +462,24 @@ def main(argv: list[str] | None = None) -> None:
     training_wall = time.perf_counter() - start
 
     log("evaluating")
-    ft1, ft2, ft2n = root / "ft1", root / "ft2", root / "ft2-noisy"
+    ft1, ft2 = root / "ft1", root / "ft2-noisy"
     results = {
         "Stage 1 model (AST, ASR, MT), synthetic test": (ft1, synth, ("asr", "ast", "mt")),
-        "Stage 2 ASR, synthetic test": (ft2, synth, ("asr",)),
-        "Stage 2 ASR + noisy, synthetic test": (ft2n, synth, ("asr",)),
+        "Stage 2 ASR (noisy fine-tuning), synthetic test": (ft2, synth, ("asr",)),
         "Stage 1 model, real speech test (Fish Fillets cs/nl)": (ft1, fillets, ("asr", "ast")),
-        "Stage 2 ASR, real speech test": (ft2, fillets, ("asr",)),
+        "Stage 2 ASR (noisy fine-tuning), real speech test": (ft2, fillets, ("asr",)),
     }
     start = time.perf_counter()
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()}
+    joint = {synth.name: results["Stage 2 ASR (noisy fine-tuning), synthetic test"],
+             fillets.name: results["Stage 2 ASR (noisy fine-tuning), real speech test"]}  # fmt: skip
+    decoders = decoder_comparison(ft2, (synth, fillets), count, joint)
     seconds["evaluation"] = time.perf_counter() - start
     start = time.perf_counter()
-    samples = pipeline_samples(ft1, synth, 3)
+    samples = pipeline_samples(ft2, ft1, synth, 6)
     seconds["pipeline()"] = time.perf_counter() - start
     plot_losses({name: root / folder for name, folder in FOLDERS.items()}, root / "losses.png")
-    report = write_report(root, results, samples, seconds)
+    report = write_report(root, results, decoders, samples, seconds)
     log(f"done: {report}")
     print(report.read_text())
     if args.compare:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.manifest import load_manifest
 from ..data.mixing import TaskMixture
+from ..data.schema import SPEECH_TASKS
 from ..lora import add_lora
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from ..processing_mu2slam import Mu2SlamProcessor
@@ -47,7 +48,6 @@ from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
 
 logger = logging.getLogger(__name__)
-SAMPLING_RATE = 16_000
 
 
 @dataclass
@@ -117,7 +117,7 @@ def load_train_sources(recipe: Recipe, data_dir: str) -> dict[str, Any]:
         if count <= 0:
             continue
         dataset = load_manifest(data_dir, "train", task)
-        if limit and task in ("speech", "asr", "ast"):
+        if limit and task in SPEECH_TASKS:
             dataset = dataset.filter(lambda d: d is None or d <= limit, input_columns="duration")
         if len(dataset) == 0:
             raise ValueError(f"{data_dir}: no train examples of task {task!r} (it has {count} examples per step).")
@@ -334,23 +334,30 @@ class Mu2SlamTrainer:
             step_start = time.perf_counter()
             self.train_step(step, tracker)
             self.train_seconds += time.perf_counter() - step_start
-            if step % recipe.log_interval == 0 or step == end:
+            if step % recipe.log_interval == 0 or step == end or self._out_of_time():
                 entry = self._log(step, tracker, time.perf_counter() - clock, log_path)
                 clock = time.perf_counter()
                 result.log.append(entry)
                 bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in entry.items() if k.startswith("loss/")})
             bar.update(1)
-            if self.dev is not None and (step % recipe.eval_interval == 0 or step == recipe.max_steps):
+            last = step == recipe.max_steps or self._out_of_time()
+            if self.dev is not None and (step % recipe.eval_interval == 0 or last):
                 result.dev.append(self.evaluate(step))
-            if step % recipe.checkpoint_interval == 0 or step == recipe.max_steps:
+            if step % recipe.checkpoint_interval == 0 or last:
                 self.save(step, result.dev)
             result.step = step
+            if last:
+                break
         bar.close()
-        if result.step == recipe.max_steps:
+        if result.step == recipe.max_steps or self._out_of_time():
             self.save_final()
         if self.log_with:
             accelerator.end_training()
         return result
+
+    def _out_of_time(self) -> bool:
+        limit = self.recipe.max_train_minutes
+        return limit is not None and self.train_seconds >= 60 * limit
 
     def _log(self, step: int, tracker: LossTracker, seconds: float, log_path: Path) -> dict[str, float]:
         summary = tracker.summary(self.accelerator)
@@ -369,7 +376,11 @@ class Mu2SlamTrainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Dev losses and generation metrics at ``step``: logged, printed and appended to dev_results.json."""
-        metrics = {"step": step, "train_seconds": self.train_seconds, **self.dev.evaluate(self.model, self.accelerator)}
+        metrics = {
+            "step": step,
+            "train_seconds": self.train_seconds,
+            **self.dev.evaluate(self.model, self.accelerator),
+        }
         self.dev_history.append(metrics)
         if self.accelerator.is_main_process:
             write_dev_results(self.output_dir / "dev_results.json", self.dev_history)

@@ -18,7 +18,7 @@ import yaml
 
 from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
-from ..data.schema import TASKS
+from ..data.schema import SPEECH_TASKS, TASKS
 
 STAGES = ("pretrain", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
@@ -112,6 +112,8 @@ class Recipe:
     a task draw one length-bucketed batch of that many seconds of padded audio per step instead of
     ``examples_per_step``; ``shortest_first`` walks the first epoch of those batches from short to long.
     ``spec_augment_from_step``: SpecAugment (when the model config enables it) acts from this step on.
+    ``max_train_minutes``: also stop (evaluate, save the final model) once this much training time has passed,
+    evaluation and saving not counted: runs compared at equal minutes (the learning-curve benchmark).
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -135,6 +137,7 @@ class Recipe:
     mixed_precision: str | None = "no"
     gradient_checkpointing: bool = False
     max_steps: int = 1000
+    max_train_minutes: float | None = None
     eval_interval: int = 500
     dev_examples_per_task: int = 16
     eval_batch_size: int = 8
@@ -185,7 +188,7 @@ class Recipe:
             self.ctc_weight = FINETUNE_CTC_WEIGHT
         if self.ctc_weight is not None and self.ctc_weight < 0:
             raise RecipeError(f"ctc_weight must be >= 0, got {self.ctc_weight}.")
-        not_speech = sorted(set(self.seconds_per_step) - {"speech", "asr", "ast"})
+        not_speech = sorted(set(self.seconds_per_step) - set(SPEECH_TASKS))
         if not_speech:
             raise RecipeError(f"seconds_per_step: {not_speech} are not speech tasks (speech, asr, ast).")
         if any(seconds <= 0 for seconds in self.seconds_per_step.values()):
