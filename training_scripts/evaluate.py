@@ -47,6 +47,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_new_tokens", type=positive_int, default=128)
     parser.add_argument("--num_beams", type=positive_int, default=1, help="1: greedy decoding")
+    parser.add_argument(
+        "--ctc_weight", type=float, default=0.0, help="ASR: joint CTC/attention decoding with this CTC weight (0.3)"
+    )
+    parser.add_argument(
+        "--decoder", choices=("attention", "ctc"), default="attention", help="ASR: ctc = the CTC head alone, greedy"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
     parser.add_argument(
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
+        ctc_weight=args.ctc_weight,
+        decoder=args.decoder,
         return_predictions=args.save_predictions,
         with_loss=args.with_loss,
         model_name=str(args.model),
