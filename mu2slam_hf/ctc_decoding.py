@@ -124,7 +124,7 @@ class CTCPrefixScorer:
 class CTCPrefixLogitsProcessor(LogitsProcessor):
     """Joint CTC/attention decoding inside transformers' greedy or beam search.
 
-    Each step, the ``pre_beam`` best tokens of the attention decoder (per hypothesis) get the score
+    Each step, the ``pre_beam`` best tokens of the attention decoder (per hypothesis, ESPnet's pre-beam) get the score
     ``(1 - ctc_weight) * log p_att(c | h) + ctc_weight * (log p_ctc(h + c...) - log p_ctc(h...))``; every other
     token is excluded, as in ESPnet's pre-beam. End of sentence gets the CTC probability of h being the whole output.
 
@@ -138,7 +138,9 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
         num_beams: hypotheses per utterance (rows of `input_ids` are utterance-major, as in `generate`).
         eos_token_id: end of sentence (an id outside the CTC vocabulary, scored with the full probability).
         prompt_length: decoder tokens before the first hypothesis token (the decoder start token).
-        pre_beam: candidate tokens scored per hypothesis and step.
+        pre_beam: candidate tokens scored per hypothesis and step; by default ``max(10, 1.5 * num_beams)``, and
+            every token when ``ctc_weight`` is 1 (then the attention scores play no part, so they must not pick
+            the candidates either: a pure CTC prefix search).
     """
 
     def __init__(
@@ -160,7 +162,9 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
         self.num_beams = num_beams
         self.eos = eos_token_id
         self.prompt_length = prompt_length
-        self.pre_beam = pre_beam or max(2, int(1.5 * num_beams))
+        if pre_beam is None:
+            pre_beam = ctc_log_probs.shape[-1] if ctc_weight >= 1.0 else max(10, int(1.5 * num_beams))
+        self.pre_beam = pre_beam
         self.states: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, float]] = {}
 
     def _state(self, utterance: int, prefix: tuple[int, ...]) -> tuple[torch.Tensor, float]:

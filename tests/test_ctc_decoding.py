@@ -78,7 +78,7 @@ def test_joint_decoding_follows_the_ctc_path_when_ctc_dominates():
     frames, vocab = 8, 10
     path = torch.tensor([0, 6, 6, 0, 7, 0, 8, 0])
     ctc = torch.log_softmax(torch.nn.functional.one_hot(path, vocab).float() * 20, -1)[None]
-    processor = CTCPrefixLogitsProcessor(ctc, torch.tensor([frames]), 1.0, num_beams=1, eos_token_id=2, pre_beam=11)
+    processor = CTCPrefixLogitsProcessor(ctc, torch.tensor([frames]), 1.0, num_beams=1, eos_token_id=2)
     ids = torch.tensor([[1]])
     attention = torch.zeros(1, 12)
     attention[0, 9] = 5.0  # the attention decoder prefers a token CTC rules out

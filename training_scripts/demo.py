@@ -55,11 +55,15 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # Steps per stage; `--quick` scales everything down for a smoke run. Where the budget goes follows the measured
 # learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
 # follows it, so most minutes go to fine-tuning with joint CTC/attention on length-bucketed batches of audio.
+# Measured on 2 idle cores: pre-training 3.0 s/step, stage 1 2.0 s/step, stage 2 1.25 s/step (first epoch).
 PLANS = {
-    "demo": {"pretrain": 200, "stage1": 200, "stage2": 550},  # the README's main job, under 30 minutes
+    "demo": {"pretrain": 100, "stage1": 120, "stage2": 450},  # the README's main job, under 30 minutes
     "long": {"pretrain": 900, "stage1": 600, "stage2": 1500},  # docs/results.md
     "quick": {"pretrain": 12, "stage1": 8, "stage2": 6},  # --quick (tests)
 }
+# One peak learning rate for every stage: on the learning curves (docs/results.md) 5e-4 learned CTC fastest;
+# 1.5e-3 with a short warmup sat on the blank plateau for hundreds of steps, 2e-4 was slower.
+PEAK_LR = 5e-4
 # Seconds of padded audio per step: stage 1 keeps the paper's AST 4 : ASR 2 : MT 2 ratio (clips of about 3 s).
 STAGE1_BATCH = {"seconds_per_step": {"asr": 20.0, "ast": 40.0}, "examples_per_step": {"mt": 6}}
 STAGE2_BATCH = {"seconds_per_step": {"asr": 60.0}, "examples_per_step": {}}
@@ -93,12 +97,13 @@ def _quick_levels(cache: Path) -> list[str]:
 
 
 def stage_overrides(steps: int, quick: bool, **extra) -> dict:
-    """Recipe overrides of one stage of ``steps`` steps: warmup 10% of the run, evaluation and a checkpoint at the
-    end (and once midway for the learning curve)."""
+    """Recipe overrides of one stage of ``steps`` steps: peak lr ``PEAK_LR`` after a warmup of 10% of the run,
+    evaluation on dev and a checkpoint at the end (the learning curves come from the benchmark)."""
     overrides = {
         "max_steps": steps,
+        "optimizer.lr": PEAK_LR,
         "optimizer.warmup_fraction": 0.1,
-        "eval_interval": max(1, steps // 2),
+        "eval_interval": steps,
         "checkpoint_interval": steps,
         "keep_checkpoints": 1,
         "log_interval": 1 if quick else 10,
@@ -120,6 +125,34 @@ def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: 
     return output
 
 
+@dataclass(frozen=True)
+class AsrDecoder:
+    """One way to decode ASR: its options for `evaluate_model`, its key in a run's dev results, and the
+    `generate_kwargs` that give it through `pipeline()` (CTC: a CTC-only prefix search, ctc_weight 1)."""
+
+    name: str
+    options: dict
+    dev_key: str
+    generate_kwargs: dict
+
+
+ASR_DECODERS = (
+    AsrDecoder("attention", {"decoder": "attention", "ctc_weight": 0.0}, "dev/asr_cer", {}),
+    AsrDecoder("CTC", {"decoder": "ctc"}, "dev/asr_cer_ctc", {"ctc_weight": 1.0}),
+    AsrDecoder(f"joint ({JOINT_CTC_WEIGHT:g})", {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
+               "dev/asr_cer_joint", {"ctc_weight": JOINT_CTC_WEIGHT}),
+)  # fmt: skip
+
+
+def dev_chosen_decoder(model_dir: Path) -> AsrDecoder:
+    """The ASR decoder with the lowest CER in the run's last dev evaluation (chosen on dev, never on test)."""
+    dev = json.loads((model_dir / "dev_results.json").read_text())[-1]
+    scored = [decoder for decoder in ASR_DECODERS if decoder.dev_key in dev]
+    if not scored:
+        return ASR_DECODERS[-1]
+    return min(scored, key=lambda decoder: dev[decoder.dev_key])
+
+
 def evaluate(
     model_dir: Path,
     data: Path,
@@ -127,11 +160,12 @@ def evaluate(
     max_examples: int,
     name: str,
     with_loss: bool = False,
-    decoder: str = "attention",
-    ctc_weight: float = JOINT_CTC_WEIGHT,
+    asr_decoder: AsrDecoder | None = None,
 ) -> dict:
-    """Test-set metrics of one model (ASR by joint CTC/attention decoding unless ``decoder``/``ctc_weight`` say
-    otherwise; AST and MT by the attention decoder), written to ``<model_dir>/eval_<data>[_<decoder>].json``."""
+    """Test-set metrics of one model, ASR by ``asr_decoder`` (default: the one its dev set chose), AST and MT by
+    the attention decoder; written to ``<model_dir>/eval_<data>[_<decoder>].json``."""
+    chosen = dev_chosen_decoder(model_dir)
+    decoder = asr_decoder or chosen
     model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = Mu2SlamProcessor.from_pretrained(model_dir)
     examples = load_examples(data, "test", tasks, max_examples)
@@ -142,48 +176,39 @@ def evaluate(
         tasks,
         batch_size=16,
         max_new_tokens=96,
-        ctc_weight=ctc_weight,
-        decoder=decoder,
+        **decoder.options,
         with_loss=with_loss,
-        model_name=name,
+        model_name=f"{name} (ASR: {decoder.name} decoding)" if "asr" in tasks else name,
         data_name=data.name,
     )
-    tag = "" if (decoder, ctc_weight) == ("attention", JOINT_CTC_WEIGHT) else f"_{decoder}{ctc_weight:g}"
+    tag = "" if decoder == chosen else "_" + decoder.name.split()[0].lower()
     write_results(results, model_dir / f"eval_{data.name}{tag}.json")
     return results
 
 
-ASR_DECODERS = {  # report column -> evaluate() options
-    "attention": {"decoder": "attention", "ctc_weight": 0.0},
-    "CTC": {"decoder": "ctc"},
-    f"joint ({JOINT_CTC_WEIGHT:g})": {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
-}
-
-
-def decoder_comparison(model_dir: Path, datasets: tuple[Path, ...], count: int, joint: dict[str, dict]) -> list[str]:
-    """Markdown rows: test CER of the stage 2 model by each decoder, per test set (joint results reused)."""
-    rows = ["| test set | " + " | ".join(f"CER {name}" for name in ASR_DECODERS) + " |"]
-    rows.append("|---|" + "---:|" * len(ASR_DECODERS))
-    for data in datasets:
-        values = []
-        for name, options in ASR_DECODERS.items():
-            results = (
-                joint[data.name]
-                if name.startswith("joint")
-                else evaluate(model_dir, data, ("asr",), count, name, **options)
-            )
-            values.append(averages(results, "asr")["cer"])
-        rows.append(f"| {data.name} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+def decoder_comparison(model_dir: Path, datasets: tuple[Path, ...], count: int) -> list[str]:
+    """Markdown rows: dev CER (the last dev evaluation of the run) and test CER of each ASR decoder."""
+    dev = json.loads((model_dir / "dev_results.json").read_text())[-1]
+    chosen = dev_chosen_decoder(model_dir)
+    rows = ["| decoder | dev CER | " + " | ".join(f"test CER {data.name}" for data in datasets) + " |"]
+    rows.append("|---|---:|" + "---:|" * len(datasets))
+    for decoder in ASR_DECODERS:
+        tests = [averages(evaluate(model_dir, data, ("asr",), count, decoder.name, asr_decoder=decoder), "asr")["cer"]
+                 for data in datasets]  # fmt: skip
+        label = decoder.name + (" (chosen on dev)" if decoder == chosen else "")
+        dev_cer = f"{dev[decoder.dev_key]:.1f}" if decoder.dev_key in dev else "-"
+        rows.append(f"| {label} | {dev_cer} | " + " | ".join(f"{v:.1f}" for v in tests) + " |")
     return rows
 
 
 def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count: int) -> list[dict]:
-    """The ASR pipeline on the first test clip of ``count`` languages: transcribed by the ASR model (joint
-    CTC/attention decoding through generate_kwargs), translated by the multi-task model."""
+    """The ASR pipeline on the first test clip of ``count`` languages: transcribed by the ASR model with the decoder
+    its dev set chose (through generate_kwargs), translated by the multi-task model."""
     from transformers import pipeline
 
     transcribe = pipeline("automatic-speech-recognition", model=str(asr_model))
     translate = pipeline("automatic-speech-recognition", model=str(translation_model))
+    decoding = dev_chosen_decoder(asr_model).generate_kwargs
     samples, seen = [], set()
     for example in load_manifest(data, "test", "ast"):
         if example["source_lang"] in seen or len(samples) >= count:
@@ -191,8 +216,7 @@ def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count
         seen.add(example["source_lang"])
         path = str(data / example["audio"]["path"])
         source, target = example["source_lang"], example["target_lang"]
-        asr_options = {"src_lang": source, "tgt_lang": source, "ctc_weight": JOINT_CTC_WEIGHT}
-        transcript = transcribe(path, generate_kwargs=asr_options)["text"]
+        transcript = transcribe(path, generate_kwargs={"src_lang": source, "tgt_lang": source, **decoding})["text"]
         translation = translate(path, generate_kwargs={"src_lang": source, "tgt_lang": target})["text"]
         reference = example.get("source_text") or ""
         samples.append(
@@ -242,7 +266,12 @@ def write_report(
     for title, result in results.items():
         tables = results_to_markdown(result).split("\n", 1)[1]  # drop its own title line
         lines += [f"## {title}", "", tables.replace("\n## ", "\n### "), ""]
-    lines += ["## ASR decoders of the stage 2 model (test CER, average over languages)", "", *decoders, ""]
+    lines += ["## ASR decoders of the stage 2 model (CER, average over languages)", ""]
+    lines += [
+        "Each model decodes ASR with the decoder its last dev evaluation scored best (never chosen on test).",
+        "",
+    ]
+    lines += [*decoders, ""]
     lines += [
         "## pipeline() on test audio",
         "",
@@ -332,7 +361,8 @@ def main_stages(root: Path, plan: dict, quick: bool) -> list[Stage]:
         Stage("stage 1", "gradual-stage1.yaml", root / "ft1",
               stage_overrides(plan["stage1"], quick, **pt, **STAGE1_BATCH, ctc_ast_source=True), ("pre-training",)),
         Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy",
-              stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_BATCH, **noisy(plan["stage2"])), ("stage 1",)),
+              stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_BATCH, **noisy(plan["stage2"]),
+                              dev_examples_per_task=8 if quick else 40), ("stage 1",)),
     ]  # fmt: skip
 
 
@@ -471,9 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     start = time.perf_counter()
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()}
-    joint = {synth.name: results["Stage 2 ASR (noisy fine-tuning), synthetic test"],
-             fillets.name: results["Stage 2 ASR (noisy fine-tuning), real speech test"]}  # fmt: skip
-    decoders = decoder_comparison(ft2, (synth, fillets), count, joint)
+    decoders = decoder_comparison(ft2, (synth, fillets), count)
     seconds["evaluation"] = time.perf_counter() - start
     start = time.perf_counter()
     samples = pipeline_samples(ft2, ft1, synth, 6)
