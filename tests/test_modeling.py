@@ -481,3 +481,17 @@ def test_tokenizer_beside_the_model_must_fit_its_vocabulary(tiny_config, tmp_pat
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="text_vocab_size.*does not belong|does not belong.*text_vocab_size"):
         Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_speech_enters_the_encoder_on_the_scale_of_the_positions():
+    """At init the front end passes normalised log-mels through at a standard deviation near 1, like the sinusoidal
+    positions added to them (with N(0, 0.02) everywhere, speech was about 100x smaller and learning stalled)."""
+    from mu2slam_hf.modeling_mu2slam import sinusoidal_positions
+
+    config = Mu2SlamConfig.from_pretrained(PRESETS / "small", text_vocab_size=64)
+    torch.manual_seed(0)
+    model = Mu2SlamForConditionalGeneration(config)
+    speech = model.model.encoder.speech_frontend(torch.randn(2, 300, config.num_mel_bins))
+    positions = sinusoidal_positions(torch.arange(speech.shape[1]), config.d_model)
+    ratio = (speech.std() / positions.std()).item()
+    assert 0.5 < ratio < 3.0, ratio
