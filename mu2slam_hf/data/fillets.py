@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from .audio import read_audio, write_flac
-from .manifest import format_summary, summarize, write_manifest
+from .manifest import format_summary, summarize, write_manifest, write_summary
 from .schema import make_example
 
 PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs", "fillets-ng-data-nl")
@@ -203,13 +202,8 @@ def build_fillets(
     summary["build_seconds"] = round(time.time() - start, 1)
     summary["skipped"] = skipped
     summary["levels"] = {s: sorted({r[2] for r in rows.get(s, [])}) for s in ("train", "dev", "test")}
-    _write_json(os.path.join(out, "summary.json"), summary)
+    write_summary(out, summary)
     return summary
-
-
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, ensure_ascii=False)
 
 
 def main(argv: list[str] | None = None) -> None:

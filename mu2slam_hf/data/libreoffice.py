@@ -25,7 +25,6 @@ import argparse
 import glob
 import hashlib
 import html
-import json
 import os
 import re
 import time
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .fillets import default_cache_dir, fetch_debian_packages
-from .manifest import format_summary, summarize, write_manifest
+from .manifest import format_summary, summarize, write_manifest, write_summary
 from .schema import SPEECH_TASKS, make_example
 from .synthetic import TextGroup, check_espeak, group_examples, normalize, synthesize_lines, voice_settings
 
@@ -354,8 +353,7 @@ def build_libreoffice(
         paragraphs={s: sum(p.split == s for p in paragraphs) for s in SPLIT_FRACTIONS},
         cleaning=dict(sorted(stats.items())), speech_failures=failures,
     )  # fmt: skip
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, ensure_ascii=False)
+    write_summary(out, summary)
     return summary
 
 

@@ -85,6 +85,12 @@ def load_manifest(data_dir: str | os.PathLike, split: str, task: str | None = No
     return to_dataset(row for row in read_manifest(path) if task is None or row["task"] == task)
 
 
+def write_summary(corpus_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
+    """A corpus builder's ``summary.json`` (what `summarize` counted plus the builder's own facts)."""
+    with open(os.path.join(corpus_dir, "summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2, ensure_ascii=False)
+
+
 def summarize(splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Counts per split, task and language, and hours of distinct audio per split."""
     summary: dict[str, Any] = {"splits": {}}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ import soundfile as sf
 
 from .audio import to_mono_16k, write_flac
 from .fillets import PARALLEL_LANGUAGES, fetch_fillets, level_split, read_dialogs
-from .manifest import format_summary, summarize, write_manifest
+from .manifest import format_summary, summarize, write_manifest, write_summary
 from .schema import make_example
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
@@ -287,8 +286,7 @@ def build_synthetic(
         languages=list(languages), groups={s: sum(g.split == s for g in groups) for s in SPLIT_FRACTIONS},
         failures=failures, seed=seed,
     )  # fmt: skip
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, ensure_ascii=False)
+    write_summary(out, summary)
     return summary
 
 
