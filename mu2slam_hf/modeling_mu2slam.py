@@ -703,11 +703,6 @@ def language_check(config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: s
     return RangeCheck(role, lang_ids, config.num_languages, kind="language")
 
 
-def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str, allow_ignore: bool = False) -> None:
-    """Raise a ValueError if `ids` holds values outside [0, vocab_size) (or -100 where allowed)."""
-    check_ranges(RangeCheck(name, ids, vocab_size, allow_ignore))
-
-
 class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
     """The shared encoder: speech, text, or [speech; text] in one sequence, through Conformer layers.
 
