@@ -1351,7 +1351,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         src_lang_ids: torch.LongTensor | None = None,
         tgt_lang_ids: torch.LongTensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
-        ctc_weight: float = 0.0,
+        ctc_weight: float | None = None,
         **kwargs,
     ) -> torch.LongTensor:
         r"""
@@ -1365,7 +1365,10 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 `*_lang_ids` tensors directly.
             ctc_weight: joint CTC/attention decoding for ASR (0.3 is ESPnet's usual weight): every step scores
                 the decoder's best tokens by `(1 - w) log p_att + w log p_ctc(prefix)`, which keeps the output
-                aligned with the audio (no repeated or dropped words). Works with greedy and beam search.
+                aligned with the audio (no repeated or dropped words). Works with greedy and beam search; 1 is a
+                CTC-only prefix search. Default: `generation_config.asr_ctc_weight` when every row is ASR (speech in,
+                text out, `tgt_lang == src_lang`), else 0; fine-tuning sets it to the decoder dev scored best, and
+                without it (0) the attention decoder decodes alone.
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, ...). Training-only
                 keys of a collated batch (`labels`, `decoder_input_ids`, `ctc_labels`, ...) are ignored, so a
                 `Seq2SeqTrainer` batch can be passed as it is.
@@ -1407,6 +1410,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         allowed = vocab.speech_code_ids() if modality == 0 else vocab.text_token_ids()
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
+        if ctc_weight is None:
+            ctc_weight = self._default_ctc_weight(input_features, src_lang_ids, batch_lang, modality)
         if ctc_weight:
             processors.append(
                 self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs)
@@ -1418,6 +1423,28 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             logits_processor=processors,
             **kwargs,
         )
+
+    def set_asr_ctc_weight(self, ctc_weight: float) -> None:
+        """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.
+        0: the attention decoder alone, 1: the CTC head alone (prefix search), in between: joint decoding."""
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}.")
+        self.generation_config.asr_ctc_weight = float(ctc_weight)
+        # `from_pretrained` rebuilds a generation config marked as derived from the model config, dropping this field.
+        self.generation_config._from_model_config = False
+
+    def _default_ctc_weight(
+        self,
+        input_features: torch.Tensor | None,
+        src_lang_ids: torch.Tensor,
+        tgt_lang_ids: torch.Tensor,
+        modality: int,
+    ) -> float:
+        """`generation_config.asr_ctc_weight` when every row is ASR (speech to text in the same language), else 0."""
+        weight = float(getattr(self.generation_config, "asr_ctc_weight", None) or 0.0)
+        if weight == 0 or input_features is None or modality != TEXT_MODALITY:
+            return 0.0
+        return weight if torch.equal(src_lang_ids.expand_as(tgt_lang_ids), tgt_lang_ids) else 0.0
 
     def _ctc_prefix_processor(
         self, encoder_outputs, src_lang_ids, tgt_lang_ids, ctc_weight: float, generate_kwargs: dict

@@ -9,6 +9,7 @@ import torch
 from test_evaluation import tiny_model, tiny_processor
 
 from mu2slam_hf.ctc_decoding import CTCPrefixLogitsProcessor, CTCPrefixScorer, ctc_greedy_decode, mask_padded_frames
+from mu2slam_hf.training.dev import dev_chosen_ctc_weight
 
 RATE = 16000
 
@@ -128,3 +129,28 @@ def test_joint_decoding_refuses_translation():
     _, batch = speech_batch(processor)
     with pytest.raises(ValueError, match="speech recognition"):
         model.generate(**batch, tgt_lang="en", ctc_weight=0.3, max_new_tokens=4)
+
+
+def test_dev_chosen_ctc_weight_is_the_decoder_with_the_lowest_dev_cer():
+    assert dev_chosen_ctc_weight({"dev/asr_cer": 90.0, "dev/asr_cer_ctc": 35.0, "dev/asr_cer_joint": 56.0}) == 1.0
+    assert dev_chosen_ctc_weight({"dev/asr_cer": 20.0, "dev/asr_cer_ctc": 35.0, "dev/asr_cer_joint": 18.0}) == 0.3
+    assert dev_chosen_ctc_weight({"dev/asr_cer": 20.0}) == 0.0
+    assert dev_chosen_ctc_weight({"dev/ast_bleu": 3.0}) is None
+
+
+def test_the_asr_decoder_in_the_generation_config_is_the_default_for_asr_only(tmp_path):
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=3)
+    _, batch = speech_batch(processor)
+    options = {"max_new_tokens": 8}
+    model.set_asr_ctc_weight(1.0)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.generation_config.asr_ctc_weight == 1.0
+    default = loaded.generate(**batch, **options)
+    assert torch.equal(default, loaded.generate(**batch, ctc_weight=1.0, **options))
+    assert torch.equal(loaded.generate(**batch, ctc_weight=0.0, **options), model.generate(**batch, ctc_weight=0.0,
+                                                                                            **options))  # fmt: skip
+    # Translation (tgt_lang != src_lang) and text input keep the attention decoder: no CTC default, no error.
+    translated = loaded.generate(**batch, tgt_lang="en", **options)
+    assert torch.equal(translated, loaded.generate(**batch, tgt_lang="en", ctc_weight=0.0, **options))

@@ -27,6 +27,7 @@ from mu2slam_hf.training import (
 )
 from mu2slam_hf.training.assets import build_processor, load_preset
 from mu2slam_hf.training.cli import finetune_main
+from mu2slam_hf.training.dev import dev_chosen_ctc_weight
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
 FAST = {
@@ -176,6 +177,8 @@ def test_short_run_lowers_every_task_loss_and_saves_loadable_folders(pretrained)
     processor.check_model_config(model.config)
     dev = json.loads((output_dir / "dev_results.json").read_text())
     assert dev[-1]["step"] == 30 and {"dev/asr_cer", "dev/ast_bleu", "dev/loss/speech"} <= set(dev[-1])
+    # The ASR decoder dev scored best is the saved model's default for ASR.
+    assert model.generation_config.asr_ctc_weight == dev_chosen_ctc_weight(dev[-1])
     assert latest_checkpoint(output_dir).name == "checkpoint-30"
 
 
@@ -246,6 +249,8 @@ def test_finetune_with_lora_and_noise_overrides_saves_a_merged_model(pretrained,
     ])  # fmt: skip
     model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
     assert model.config.decoder_noise_ratio == 0.06 and model.config.apply_spec_augment is True
+    dev = json.loads((tmp_path / "dev_results.json").read_text())
+    assert model.generation_config.asr_ctc_weight == dev_chosen_ctc_weight(dev[-1])
     assert not any("lora" in name for name in model.state_dict())
     base = Mu2SlamForConditionalGeneration.from_pretrained(init)
     changed = [n for n, p in model.state_dict().items() if not torch.equal(p, base.state_dict()[n])]

@@ -114,6 +114,23 @@ class DevEvaluator:
         return metrics
 
 
+# Each ASR decoder the dev evaluation scores, as the CTC weight `generate` gives it: the attention decoder alone,
+# joint CTC/attention, and the CTC head alone (weight 1: a CTC-only prefix search).
+ASR_DECODER_CTC_WEIGHTS = {"dev/asr_cer": 0.0, "dev/asr_cer_joint": JOINT_CTC_WEIGHT, "dev/asr_cer_ctc": 1.0}
+
+
+def dev_chosen_ctc_weight(metrics: dict[str, float]) -> float | None:
+    """The CTC weight of the ASR decoder with the lowest dev CER in one dev evaluation (None without ASR CERs).
+
+    Chosen on dev, it becomes the model's default for ASR (``generation_config.asr_ctc_weight``), so that
+    ``generate`` and ``pipeline()`` transcribe with the decoder that works best at this point of training.
+    """
+    scored = {key: metrics[key] for key in ASR_DECODER_CTC_WEIGHTS if key in metrics}
+    if not scored:
+        return None
+    return ASR_DECODER_CTC_WEIGHTS[min(scored, key=scored.get)]
+
+
 def write_dev_results(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
     """All dev evaluations so far, as one JSON list (rewritten atomically)."""
     from .checkpointing import write_json

@@ -39,7 +39,7 @@ from .assets import (
     new_model,
 )
 from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .dev import DevEvaluator, dev_subset, write_dev_results
+from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 from .preflight import check_run_data, warn_unknown_text
@@ -417,7 +417,12 @@ class Mu2SlamTrainer:
         )
 
     def save_final(self) -> None:
-        """Model + processor at the top of output_dir (``from_pretrained(output_dir)``)."""
+        """Model + processor at the top of output_dir (``from_pretrained(output_dir)``), with the ASR decoder the
+        last dev evaluation scored best as the model's default for ASR (``generation_config.asr_ctc_weight``)."""
+        weight = dev_chosen_ctc_weight(self.dev_history[-1]) if self.dev_history else None
+        if weight is not None:
+            self.accelerator.unwrap_model(self.model).set_asr_ctc_weight(weight)
+            self.accelerator.print(f"ASR decoding default (chosen on dev): ctc_weight={weight:g}")
         self.save_model_and_processor(self.output_dir)
         self.accelerator.wait_for_everyone()
 
