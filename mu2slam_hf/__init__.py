@@ -1,6 +1,7 @@
 """mu2slam_hf: Mu2SLAM speech+text encoder-decoder models for Hugging Face Transformers.
 
-Importing the package registers the configuration and models with the Auto classes.
+Importing the package registers the configuration and models with the Auto classes, and the ASR pipeline class
+(word timestamps, overlapping chunks) with `pipeline("automatic-speech-recognition")`.
 """
 
 from transformers import (
@@ -21,6 +22,7 @@ from .modeling_mu2slam import (
     Mu2SlamPreTrainedModel,
     Mu2SlamSeq2SeqLMOutput,
 )
+from .pipeline_mu2slam import Mu2SlamSpeechRecognitionPipeline, ctc_word_timestamps, transcribe
 from .processing_mu2slam import Mu2SlamProcessor
 from .speech_codebook import CODE_PAD_VALUE, CodebookUsage, Mu2SlamSpeechCodebook, build_best_rq, fit_kmeans
 from .tokenization_mu2slam import Mu2SlamTokenizer, train_char_tokenizer, train_unigram_tokenizer
@@ -51,5 +53,8 @@ __all__ = [
     "Mu2SlamPreTrainedModel",
     "Mu2SlamProcessor",
     "Mu2SlamSeq2SeqLMOutput",
+    "Mu2SlamSpeechRecognitionPipeline",
     "VocabularyLayout",
+    "ctc_word_timestamps",
+    "transcribe",
 ]

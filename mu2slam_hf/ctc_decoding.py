@@ -1,4 +1,4 @@
-"""Decoding with the encoder's CTC head: greedy CTC, and CTC prefix scores for joint CTC/attention search.
+"""Decoding with the encoder's CTC head: greedy CTC, CTC prefix scores for joint CTC/attention search, alignment.
 
 Joint decoding (Watanabe et al., 2017, "Hybrid CTC/attention architecture for end-to-end speech recognition")
 scores a hypothesis h by ``(1 - w) log p_att(h | x) + w log p_ctc(h... | x)``, where the CTC part is the prefix
@@ -8,11 +8,17 @@ so `CTCPrefixLogitsProcessor` gives each candidate token c the increment ``log p
 summed over the steps these telescope to the prefix score of the whole hypothesis. CTC keeps the attention decoder
 aligned with the audio: a hypothesis that repeats or drops words has a tiny CTC probability.
 
+Alignment: `ctc_forced_align` finds the best CTC path of one utterance that collapses to a given transcript (Viterbi
+over the lattice of blank-separated tokens), `ctc_token_spans` reads each token's frames off a path, `word_spans`
+groups tokens into words, and `FrameClock` turns encoder frames into seconds: word timestamps.
+
 Shapes: N hypotheses (batch x beams), T encoder frames, V text vocabulary of the CTC head (blank = <pad> = 0),
 K candidate tokens scored per hypothesis and step.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers.generation import LogitsProcessor
@@ -217,3 +223,130 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
             if bool(in_ctc[row, j])
         }
         return output.to(scores.dtype)
+
+
+# ------------------------------------------------------------------------------------- alignment and time
+
+
+def ctc_forced_align(log_probs: torch.Tensor, tokens: list[int], blank: int = 0) -> torch.LongTensor:
+    """The best CTC path (Viterbi) of one utterance that collapses to `tokens`.
+
+    Args:
+        log_probs: `(T, V)` CTC log-probabilities of the utterance's real frames.
+        tokens: the L token ids to align (no blank).
+    Returns:
+        `(T,)` the path: the label of every frame (a token id, or `blank`).
+    Raises:
+        ValueError: when `tokens` holds the blank, or needs more frames than there are (a token per frame, plus a
+            blank between two equal neighbours).
+    """
+    frames = log_probs.shape[0]
+    if blank in tokens:
+        raise ValueError(f"The tokens to align hold the blank id {blank}: pass text token ids only.")
+    repeats = sum(a == b for a, b in zip(tokens, tokens[1:], strict=False))
+    if len(tokens) + repeats > frames:
+        raise ValueError(
+            f"Cannot align {len(tokens)} tokens ({repeats} repeated) to {frames} frames: CTC emits at most one token "
+            "per frame and needs a blank between two equal tokens."
+        )
+    if not tokens:
+        return torch.full((frames,), blank, dtype=torch.long)
+    # The extended label sequence: blank, t1, blank, t2, ..., tL, blank (states s = 0 .. 2L).
+    labels = torch.tensor([blank] + [x for token in tokens for x in (token, blank)], device=log_probs.device)
+    emissions = log_probs.float()[:, labels]  # (T, 2L + 1)
+    # A path may skip the blank between two different tokens.
+    can_skip = torch.zeros(len(labels), dtype=torch.bool, device=log_probs.device)
+    can_skip[2:] = (labels[2:] != blank) & (labels[2:] != labels[:-2])
+    score = torch.full_like(emissions[0], float("-inf"))
+    score[:2] = emissions[0, :2]
+    steps = torch.zeros(frames, len(labels), dtype=torch.long, device=log_probs.device)  # states back to the best
+    for t in range(1, frames):
+        one_back = _shift_right(score, 1)
+        two_back = _shift_right(score, 2).masked_fill(~can_skip, float("-inf"))
+        best, steps[t] = torch.stack([score, one_back, two_back]).max(dim=0)
+        score = best + emissions[t]
+    state = len(labels) - 1 if score[-1] >= score[-2] else len(labels) - 2
+    path, back, label_ids = [], steps.tolist(), labels.tolist()
+    for t in range(frames - 1, -1, -1):
+        path.append(label_ids[state])
+        state -= back[t][state]
+    return torch.tensor(path[::-1], dtype=torch.long)
+
+
+def _shift_right(values: torch.Tensor, count: int) -> torch.Tensor:
+    """`values` shifted right by `count` places, -inf in front: each state's score `count` states back."""
+    return torch.cat([values.new_full((count,), float("-inf")), values[:-count]])
+
+
+def ctc_token_spans(path: list[int] | torch.Tensor, blank: int = 0) -> list[tuple[int, int, int]]:
+    """The tokens of a CTC path with their frames: `(token, start, end)`, frames `[start, end)`.
+
+    A token starts where the path leaves blank or changes label; equal neighbours are one token (a repeated token
+    has a blank in between). Works on best paths (greedy CTC) and on forced alignments.
+    """
+    labels = path.tolist() if isinstance(path, torch.Tensor) else list(path)
+    spans: list[tuple[int, int, int]] = []
+    previous = blank
+    for frame, label in enumerate(labels):
+        if label != blank and label == previous:
+            token, start, _ = spans[-1]
+            spans[-1] = (token, start, frame + 1)
+        elif label != blank:
+            spans.append((label, frame, frame + 1))
+        previous = label
+    return spans
+
+
+def word_spans(
+    pieces: list[str], spans: list[tuple[int, int]], space: str = "\u2581"
+) -> list[tuple[list[int], int, int]]:
+    """Group aligned tokens into words: `(indices of the word's tokens, start frame, end frame)` per word.
+
+    A token that starts with `space` (SentencePiece's word-start marker ▁) starts a word; a token that is only
+    `space` (the character tokenizer's space) separates words and belongs to none.
+
+    Args:
+        pieces: the tokens' strings (`tokenizer.convert_ids_to_tokens`).
+        spans: `(start, end)` frames of each token.
+    """
+    words: list[tuple[list[int], int, int]] = []
+    starts_word = True
+    for index, (piece, (start, end)) in enumerate(zip(pieces, spans, strict=True)):
+        if piece == space:
+            starts_word = True
+            continue
+        if starts_word or piece.startswith(space) or not words:
+            words.append(([index], start, end))
+        else:
+            members, first, _ = words[-1]
+            words[-1] = ([*members, index], first, end)
+        starts_word = False
+    return words
+
+
+@dataclass(frozen=True)
+class FrameClock:
+    """Seconds of the encoder frames: frame t is the `seconds_per_frame` interval centred on its receptive field.
+
+    Build it with `FrameClock.for_model(config, feature_extractor)`: a log-mel frame covers `n_fft` samples every
+    `hop_length`, and the speech front end's two convolutions make one encoder frame of `frontend_stride ** 2`
+    log-mel frames, seeing `config.min_input_frames` of them.
+    """
+
+    seconds_per_frame: float
+    offset_s: float = 0.0
+
+    @classmethod
+    def for_model(cls, config, feature_extractor) -> FrameClock:
+        stride = config.frontend_stride**2 * feature_extractor.hop_length
+        seen = (config.min_input_frames - 1) * feature_extractor.hop_length + feature_extractor.n_fft
+        rate = feature_extractor.sampling_rate
+        return cls(seconds_per_frame=stride / rate, offset_s=(seen - stride) / 2 / rate)
+
+    def seconds(self, start: int, end: int, duration_s: float | None = None) -> tuple[float, float]:
+        """`(start_s, end_s)` of frames `[start, end)`, inside `[0, duration_s]` when given."""
+        start_s = max(0.0, self.offset_s + start * self.seconds_per_frame)
+        end_s = self.offset_s + end * self.seconds_per_frame
+        if duration_s is not None:
+            start_s, end_s = min(start_s, duration_s), min(end_s, duration_s)
+        return round(start_s, 3), round(end_s, 3)

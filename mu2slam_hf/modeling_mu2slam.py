@@ -37,11 +37,15 @@ from transformers.utils.generic import TransformersKwargs, can_return_tuple, mer
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location, check_processor_languages_beside
-from .ctc_decoding import CTCPrefixLogitsProcessor, ctc_greedy_decode
+from .ctc_decoding import CTCPrefixLogitsProcessor, ctc_forced_align, ctc_greedy_decode, ctc_token_spans
+from .pipeline_mu2slam import register_asr_pipeline
 from .vocabulary import (
+    BOS_ID,
     EOS_ID,
     IGNORE_INDEX,
+    MASK_ID,
     NUM_SPECIAL_TOKENS,
+    PAD_ID,
     SPEECH_MODALITY,
     TEXT_MODALITY,
     check_vocabulary_matches,
@@ -66,6 +70,8 @@ REMOTE_CODE_AUTO_MAP = {
 # The ASR pipeline treats a model as seq2seq only when its class name is in this mapping; any other model is run
 # as a CTC model (logits argmax), which ours is not.
 modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.setdefault("mu2slam", "Mu2SlamForConditionalGeneration")
+# Word timestamps and overlapping chunks come from our pipeline class (registered from remote code too).
+register_asr_pipeline()
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -1338,6 +1344,43 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         for index, row in enumerate(rows):
             ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
         return ids.to(device)
+
+    @torch.no_grad()
+    def ctc_align(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        src_lang: str | list[str] | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> list[list[tuple[int, int, int]]]:
+        """The tokens of each clip with the encoder frames the CTC head puts them at: `(token, start, end)`, frames
+        `[start, end)` (`ctc_decoding.FrameClock` turns frames into seconds).
+
+        Without `labels`, the CTC head's own transcript (its best path, as `ctc_greedy_decode`). With `labels`
+        `(B, L)` (a transcript per clip, e.g. `generate`'s output), the best alignment of each row's text tokens
+        (Viterbi over the CTC lattice); pad, bos, eos, [MASK] and -100 are skipped. Extra keys are ignored.
+        """
+        batch, device = input_features.shape[0], input_features.device
+        if src_lang_ids is None:
+            src_lang_ids = self._language_ids(src_lang, batch, device)
+        if labels is not None:
+            check_ranges(RangeCheck("labels", labels, self.config.text_vocab_size, allow_ignore=True))
+        encoder_outputs = self.model.encoder(
+            input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
+        )
+        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
+        blank, skipped = self.config.pad_token_id, {IGNORE_INDEX, PAD_ID, BOS_ID, EOS_ID, MASK_ID}
+        alignments = []
+        for row, length in enumerate(lengths.tolist()):
+            if labels is None:
+                path = log_probs[row, :length].argmax(-1)
+            else:
+                tokens = [token for token in labels[row].tolist() if token not in skipped]
+                path = ctc_forced_align(log_probs[row, :length], tokens, blank=blank)
+            alignments.append(ctc_token_spans(path, blank=blank))
+        return alignments
 
     @torch.no_grad()
     def generate(

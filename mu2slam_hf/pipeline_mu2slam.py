@@ -1,0 +1,316 @@
+"""The ASR pipeline of Mu2SLAM models: word timestamps from the CTC head, and long files in overlapping chunks.
+
+transformers' `AutomaticSpeechRecognitionPipeline` gives non-Whisper seq2seq models no timestamps and concatenates
+the outputs of overlapping chunks (repeating the words of the overlaps). `Mu2SlamSpeechRecognitionPipeline`
+subclasses it and changes what it does for Mu2SLAM models only; any other model runs exactly as in the parent.
+`register_asr_pipeline` (called where the model class is defined, so also by the model's remote code) makes it the
+class that `pipeline("automatic-speech-recognition", ...)` builds.
+
+Transcription (target language = source language): each chunk's transcript (whatever `generate` wrote: greedy,
+beam, joint CTC/attention) is aligned to the chunk's CTC log-probabilities (`Mu2SlamForConditionalGeneration.
+ctc_align`, Viterbi), which gives every word its frames, hence its seconds (`FrameClock`). A chunk keeps the words
+whose middle lies outside its strides (the overlaps it shares with its neighbours); the kept parts of successive
+chunks tile the file, so every word is kept once, by the chunk that heard it whole (as long as a word is shorter
+than twice the stride). Translation has no times to cut on: its chunk outputs are merged on their longest common
+token run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
+from transformers.utils import logging
+
+from .ctc_decoding import FrameClock, word_spans
+from .vocabulary import SAMPLING_RATE, language_indices
+
+logger = logging.get_logger(__name__)
+
+TASK = "automatic-speech-recognition"
+TIMESTAMP_KINDS = ("word",)
+# Keys of a chunk's model output that are this pipeline's own; any other key came with the input and is returned.
+OUTPUT_KEYS = ("tokens", "token_frames", "feature_frames", "stride", "is_last", "logits", "token_timestamps")
+
+
+def timed_words(
+    alignment: list[tuple[int, int, int]], tokenizer: Any, clock: FrameClock, duration_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Words of an aligned transcript with their seconds: `[{"text": word, "timestamp": (start_s, end_s)}, ...]`.
+
+    Args:
+        alignment: `(token, start frame, end frame)` per token (`model.ctc_align`).
+        tokenizer: the model's text tokenizer (its `▁` pieces mark word starts and spaces).
+        clock: the model's `FrameClock`.
+        duration_s: the clip's length; times are kept inside it.
+    """
+    tokens = [token for token, _, _ in alignment]
+    pieces = tokenizer.convert_ids_to_tokens(tokens)
+    words = []
+    for members, start, end in word_spans(pieces, [(start, end) for _, start, end in alignment]):
+        text = tokenizer.decode([tokens[index] for index in members], skip_special_tokens=True).strip()
+        words.append({"text": text, "timestamp": clock.seconds(start, end, duration_s)})
+    return words
+
+
+def merge_on_longest_common_run(sequences: list[list[int]], min_run: int = 2) -> list[int]:
+    """Token sequences of overlapping chunks merged into one: each next sequence joins the merged one at their
+    longest common run of tokens (searched in the merged tail as long as the next sequence); sequences sharing no
+    run of `min_run` tokens are concatenated."""
+    merged = list(sequences[0]) if sequences else []
+    for sequence in sequences[1:]:
+        tail_start = max(0, len(merged) - len(sequence))
+        tail = merged[tail_start:]
+        best = (0, 0, 0)  # run length, end in tail, end in sequence
+        previous = [0] * (len(sequence) + 1)
+        for i, token in enumerate(tail, start=1):
+            current = [0] * (len(sequence) + 1)
+            for j, other in enumerate(sequence, start=1):
+                if token == other:
+                    current[j] = previous[j - 1] + 1
+                    best = max(best, (current[j], i, j))
+            previous = current
+        run, tail_end, sequence_end = best
+        if run >= min_run:
+            merged = merged[: tail_start + tail_end] + list(sequence[sequence_end:])
+        else:
+            merged += list(sequence)
+    return merged
+
+
+class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
+    """`AutomaticSpeechRecognitionPipeline` with word timestamps (`return_timestamps="word"`) and overlapping chunks
+    (`chunk_length_s`, `stride_length_s`) for Mu2SLAM models; other models run as in the parent class.
+
+    Returns `{"text": ...}`, plus `"chunks": [{"text": word, "timestamp": (start_s, end_s)}, ...]` with
+    `return_timestamps="word"` (transcription only: the CTC head transcribes, it cannot time a translation).
+    """
+
+    def __init__(self, model, *args, **kwargs):
+        # Before the parent's __init__, which already sanitizes the call parameters.
+        self.is_mu2slam = getattr(model.config, "model_type", None) == "mu2slam"
+        super().__init__(model, *args, **kwargs)
+
+    def _sanitize_parameters(self, ignore_warning=None, return_timestamps=None, **kwargs):
+        if not self.is_mu2slam:
+            return super()._sanitize_parameters(
+                ignore_warning=ignore_warning, return_timestamps=return_timestamps, **kwargs
+            )
+        if return_timestamps not in (None, False, *TIMESTAMP_KINDS):
+            raise ValueError(
+                f"return_timestamps={return_timestamps!r} is not supported by Mu2SLAM models: use "
+                f"{' or '.join(repr(kind) for kind in TIMESTAMP_KINDS)} (word timestamps from the CTC head), or "
+                "leave it unset."
+            )
+        # Overlapping chunks are merged correctly here: the parent's "experimental" warning does not apply.
+        preprocess, forward, postprocess = super()._sanitize_parameters(ignore_warning=True, **kwargs)
+        if return_timestamps:
+            forward["return_timestamps"] = postprocess["return_timestamps"] = return_timestamps
+        return preprocess, forward, postprocess
+
+    def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):
+        if not self.is_mu2slam:
+            return super()._forward(model_inputs, return_timestamps=return_timestamps, **generate_kwargs)
+        stride = model_inputs.pop("stride", None)
+        features, mask = model_inputs["input_features"], model_inputs.get("attention_mask")
+        transcribing = self._transcribes({**getattr(self, "_generate_kwargs", {}), **generate_kwargs}, len(features))
+        if return_timestamps and not transcribing:
+            raise ValueError(
+                "Word timestamps come from the CTC head, which transcribes the audio: they exist for speech "
+                "recognition only (tgt_lang == src_lang), not for translation."
+            )
+        out = super()._forward(model_inputs, **generate_kwargs)
+        if stride is not None:
+            out["stride"] = stride
+        if transcribing and (return_timestamps or stride is not None):
+            languages = {key: generate_kwargs[key] for key in ("src_lang", "src_lang_ids") if key in generate_kwargs}
+            out["tokens"], out["token_frames"] = self._align(features, mask, out["tokens"], languages)
+            frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
+            out["feature_frames"] = frames
+        return out
+
+    def _transcribes(self, generate_kwargs: dict, batch: int) -> bool:
+        """Whether `generate` transcribes (no target language, or the source language) rather than translates."""
+        target = generate_kwargs.get("tgt_lang_ids", generate_kwargs.get("tgt_lang"))
+        if target is None:
+            return True
+        source = generate_kwargs.get("src_lang_ids", generate_kwargs.get("src_lang"))
+        return source is not None and self._language_ids(source, batch) == self._language_ids(target, batch)
+
+    def _language_ids(self, languages: Any, batch: int) -> list[int]:
+        if isinstance(languages, (str, list, tuple)):
+            return language_indices(self.model.config.languages, languages, batch)
+        return torch.as_tensor(languages).reshape(-1).expand(batch).tolist()
+
+    def _align(
+        self, features: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor, languages: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transcript's text tokens `(B, L)` (pad-filled) and each token's frames `(B, L, 2)` (-1 on padding)."""
+        try:
+            alignments = self.model.ctc_align(features, mask, labels=tokens, **languages)
+        except ValueError:  # a transcript longer than its clip's frames: align the rows one by one
+            rows = range(len(features))
+            alignments = [self._align_row(features[row : row + 1], mask, tokens, row, languages) for row in rows]
+        width = max([1, *(len(alignment) for alignment in alignments)])
+        ids = torch.full((len(alignments), width), self.model.config.pad_token_id, dtype=torch.long)
+        frames = torch.full((len(alignments), width, 2), -1, dtype=torch.long)
+        for row, alignment in enumerate(alignments):
+            if alignment:
+                ids[row, : len(alignment)] = torch.tensor([token for token, _, _ in alignment])
+                frames[row, : len(alignment)] = torch.tensor([[start, end] for _, start, end in alignment])
+        return ids, frames
+
+    def _align_row(self, features, mask, tokens, row: int, languages: dict) -> list[tuple[int, int, int]]:
+        """One row's alignment; when its transcript cannot fit the frames, the CTC head's own transcript."""
+        row_mask = None if mask is None else mask[row : row + 1]
+        source = languages.get("src_lang_ids", languages.get("src_lang"))
+        ids = None if source is None else self._language_ids(source, len(tokens))[row : row + 1]
+        ids = None if ids is None else torch.tensor(ids, device=features.device)
+        try:
+            return self.model.ctc_align(features, row_mask, src_lang_ids=ids, labels=tokens[row : row + 1])[0]
+        except ValueError as error:
+            logger.warning(f"{error} Timing the CTC head's own transcript of this clip instead of the decoder's.")
+            return self.model.ctc_align(features, row_mask, src_lang_ids=ids)[0]
+
+    def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
+        if not self.is_mu2slam:
+            return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
+        if "token_frames" in model_outputs[0]:
+            words = self._kept_words(model_outputs)
+            if any(output.get("stride") for output in model_outputs):
+                text = " ".join(word["text"] for word in words if word["text"])
+            else:
+                text = self.tokenizer.decode(model_outputs[0]["tokens"][0], skip_special_tokens=True)
+            result = {"text": text, "chunks": words} if return_timestamps else {"text": text}
+        else:
+            special = set(self.tokenizer.all_special_ids)
+            sequences = [[t for t in output["tokens"][0].tolist() if t not in special] for output in model_outputs]
+            merged = merge_on_longest_common_run(sequences) if len(sequences) > 1 else sequences[0]
+            result = {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
+        return {**result, **self._extra(model_outputs)}
+
+    def _kept_words(self, model_outputs: list[dict]) -> list[dict[str, Any]]:
+        """The timed words of every chunk that lie outside its strides, on the file's time line."""
+        clock = FrameClock.for_model(self.model.config, self.feature_extractor)
+        rate = self.feature_extractor.sampling_rate
+        kept, chunk_start, previous = [], 0, None
+        for output in model_outputs:
+            frames = int(output["feature_frames"][0])
+            covered = (frames - 1) * self.feature_extractor.hop_length + self.feature_extractor.n_fft
+            samples, left, right = output.get("stride") or (covered, 0, 0)
+            if previous is not None:
+                chunk_start += previous[0] - previous[2] - left
+            previous = (samples, left, right)
+            valid = output["token_frames"][0][:, 0] >= 0
+            alignment = [
+                (int(token), int(start), int(end))
+                for token, (start, end) in zip(
+                    output["tokens"][0][valid], output["token_frames"][0][valid], strict=True
+                )
+            ]
+            low = left / rate if left else -np.inf
+            high = (samples - right) / rate if right else np.inf
+            offset = chunk_start / rate
+            for word in timed_words(alignment, self.tokenizer, clock, samples / rate):
+                start, end = word["timestamp"]
+                if low <= (start + end) / 2 < high:
+                    kept.append(
+                        {"text": word["text"], "timestamp": (round(start + offset, 3), round(end + offset, 3))}
+                    )
+        return kept
+
+    @staticmethod
+    def _extra(model_outputs: list[dict]) -> dict[str, list]:
+        """What came with the inputs (keys of dict inputs besides the audio), as the parent class returns it."""
+        extra = defaultdict(list)
+        for output in model_outputs:
+            for key, value in output.items():
+                if key not in OUTPUT_KEYS:
+                    extra[key].append(value)
+        return dict(extra)
+
+
+def register_asr_pipeline() -> None:
+    """Make `pipeline("automatic-speech-recognition")` build `Mu2SlamSpeechRecognitionPipeline`, for every model
+    (it runs models other than Mu2SLAM exactly as transformers' own class)."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.supported_tasks[TASK]["impl"] = Mu2SlamSpeechRecognitionPipeline
+
+
+def transcribe(
+    model: Any,
+    processor: Any,
+    audio: Any,
+    src_lang: str,
+    tgt_lang: str | None = None,
+    chunk_length_s: float | None = None,
+    stride_length_s: float | None = None,
+    return_timestamps: str | None = None,
+    batch_size: int = 1,
+    **generate_kwargs,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The ASR pipeline on a loaded model and processor: long files in overlapping chunks (`chunk_length_s`, the
+    stride defaulting to a sixth of it) and word timestamps, for users outside `pipeline()`.
+
+    Args:
+        audio: a 16 kHz clip (array or file), or a list of them.
+        generate_kwargs: `generate`'s options (`num_beams`, `ctc_weight`, ...).
+    Returns:
+        What the pipeline returns: `{"text", ["chunks"]}` per clip.
+    """
+    asr = Mu2SlamSpeechRecognitionPipeline(
+        model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor, device=model.device
+    )
+    options = {"chunk_length_s": chunk_length_s, "stride_length_s": stride_length_s}
+    options = {key: value for key, value in options.items() if value is not None}
+    if return_timestamps:
+        options["return_timestamps"] = return_timestamps
+    generate_kwargs = {"src_lang": src_lang, "tgt_lang": tgt_lang or src_lang, **generate_kwargs}
+    return asr(audio, batch_size=batch_size, generate_kwargs=generate_kwargs, **options)
+
+
+def ctc_word_timestamps(
+    model: Any,
+    processor: Any,
+    audio: list[np.ndarray],
+    src_lang: str | list[str],
+    texts: list[str] | None = None,
+    sampling_rate: int = SAMPLING_RATE,
+) -> list[list[dict[str, Any]]]:
+    """Word timestamps of clips from the CTC head: of its own transcript, or of given `texts` (forced alignment).
+
+    Args:
+        audio: mono clips at `sampling_rate` (or one clip).
+        src_lang: the clips' language code (one, or one per clip).
+        texts: a transcript per clip to align; None transcribes with the CTC head.
+    Returns:
+        Per clip, `[{"text": word, "timestamp": (start_s, end_s)}, ...]`.
+    """
+    if isinstance(audio, np.ndarray) and audio.ndim == 1:
+        audio = [audio]
+    batch = processor(audio=audio, sampling_rate=sampling_rate, src_lang=src_lang).to(model.device)
+    labels = None
+    if texts is not None:
+        if len(texts) != len(audio):
+            raise ValueError(f"Got {len(texts)} texts for {len(audio)} clips: pass one transcript per clip.")
+        labels = processor.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
+    alignments = model.ctc_align(**batch, labels=None if labels is None else labels.to(model.device))
+    clock = FrameClock.for_model(model.config, processor.feature_extractor)
+    return [
+        timed_words(alignment, processor.tokenizer, clock, len(clip) / sampling_rate)
+        for alignment, clip in zip(alignments, audio, strict=True)
+    ]
+
+
+__all__ = [
+    "Mu2SlamSpeechRecognitionPipeline",
+    "ctc_word_timestamps",
+    "merge_on_longest_common_run",
+    "register_asr_pipeline",
+    "timed_words",
+    "transcribe",
+]
