@@ -1338,12 +1338,19 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         encoder_outputs = self.model.encoder(
             input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
         )
+        return self._ctc_best_paths(encoder_outputs)
+
+    def _ctc_best_paths(self, encoder_outputs: Mu2SlamEncoderOutput, bos: int | None = None) -> torch.LongTensor:
+        """`(B, L)` CTC best-path token ids padded with <pad>, each row after `bos` and ending with eos when `bos` is
+        given (the layout of `generate`'s output)."""
         log_probs, lengths = self.ctc_log_probs(encoder_outputs)
         rows = ctc_greedy_decode(log_probs, lengths, blank=self.config.pad_token_id)
-        ids = torch.full((batch, max(1, max(len(r) for r in rows))), self.config.pad_token_id, dtype=torch.long)
+        if bos is not None:
+            rows = [[bos, *row, self.config.eos_token_id] for row in rows]
+        ids = torch.full((len(rows), max(1, max(len(r) for r in rows))), self.config.pad_token_id, dtype=torch.long)
         for index, row in enumerate(rows):
             ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return ids.to(device)
+        return ids.to(log_probs.device)
 
     @torch.no_grad()
     def ctc_align(
@@ -1455,6 +1462,11 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
         if ctc_weight is None:
             ctc_weight = self._default_ctc_weight(input_features, src_lang_ids, batch_lang, modality)
+        if ctc_weight == 1.0 and input_features is not None and self._is_plain_greedy(kwargs):
+            # With the CTC head alone, greedy search is its best path: the decoder dev scores (and about 15x faster
+            # than a token-by-token prefix search).
+            self._check_asr_rows(src_lang_ids, batch_lang)
+            return self._ctc_best_paths(encoder_outputs, bos=self.generation_config.decoder_start_token_id)
         if ctc_weight:
             processors.append(
                 self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs)
@@ -1466,6 +1478,22 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             logits_processor=processors,
             **kwargs,
         )
+
+    def _check_asr_rows(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> None:
+        source = resolve_language_ids(self.config, src_lang_ids, tgt_lang_ids.shape[0], tgt_lang_ids.device, "src")
+        if bool((source != tgt_lang_ids).any()):
+            raise ValueError(
+                "ctc_weight > 0 is for speech recognition (tgt_lang == src_lang): the CTC head transcribes the "
+                "audio, so it cannot score a translation. Use ctc_weight=0 for speech translation."
+            )
+
+    def _is_plain_greedy(self, generate_kwargs: dict) -> bool:
+        """Greedy search returning only ids (no beams, sampling, scores or dict outputs)."""
+        config = self.generation_config
+        beams = generate_kwargs.get("num_beams", config.num_beams)
+        sample = generate_kwargs.get("do_sample", config.do_sample)
+        extras = ("return_dict_in_generate", "output_scores", "output_logits", "logits_processor", "generation_config")
+        return beams == 1 and not sample and not any(generate_kwargs.get(key) for key in extras)
 
     def set_asr_ctc_weight(self, ctc_weight: float) -> None:
         """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.
@@ -1493,12 +1521,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         self, encoder_outputs, src_lang_ids, tgt_lang_ids, ctc_weight: float, generate_kwargs: dict
     ) -> CTCPrefixLogitsProcessor:
         """Joint CTC/attention scoring for ASR (the CTC head transcribes: it cannot score a translation)."""
-        source = resolve_language_ids(self.config, src_lang_ids, tgt_lang_ids.shape[0], tgt_lang_ids.device, "src")
-        if bool((source != tgt_lang_ids).any()):
-            raise ValueError(
-                "ctc_weight > 0 is for speech recognition (tgt_lang == src_lang): the CTC head transcribes the "
-                "audio, so it cannot score a translation. Use ctc_weight=0 for speech translation."
-            )
+        self._check_asr_rows(src_lang_ids, tgt_lang_ids)
         log_probs, lengths = self.ctc_log_probs(encoder_outputs)
         config = generate_kwargs.get("generation_config") or self.generation_config
         num_beams = generate_kwargs.get("num_beams") or config.num_beams or 1

@@ -123,12 +123,28 @@ def test_ctc_greedy_decode_matches_the_head_argmax_and_batches():
     assert alone[alone != 0].tolist() == expected[1]
 
 
-def test_joint_decoding_refuses_translation():
+@pytest.mark.parametrize("ctc_weight", [0.3, 1.0])
+def test_joint_decoding_refuses_translation(ctc_weight):
     processor = tiny_processor()
     model = tiny_model(processor)
     _, batch = speech_batch(processor)
     with pytest.raises(ValueError, match="speech recognition"):
-        model.generate(**batch, tgt_lang="en", ctc_weight=0.3, max_new_tokens=4)
+        model.generate(**batch, tgt_lang="en", ctc_weight=ctc_weight, max_new_tokens=4)
+
+
+def test_greedy_generate_with_the_ctc_head_alone_is_its_best_path():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=2)
+    _, batch = speech_batch(processor)
+    ids = model.generate(**batch, ctc_weight=1.0)
+    best = model.ctc_greedy_decode(**batch)
+    assert (ids[:, 0] == model.generation_config.decoder_start_token_id).all()
+    for row, path in zip(ids, best, strict=True):
+        tokens = row[1:][row[1:] != 0].tolist()
+        assert tokens == [*path[path != 0].tolist(), model.config.eos_token_id]
+    assert processor.batch_decode(ids, skip_special_tokens=True) == processor.batch_decode(
+        best, skip_special_tokens=True
+    )
 
 
 def test_dev_chosen_ctc_weight_is_the_decoder_with_the_lowest_dev_cer():
