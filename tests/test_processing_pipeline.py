@@ -198,8 +198,8 @@ def test_long_form_chunked_transcription(tone_model, tmp_path):
     long = tone_clip("la", 120.0, rng, at=70.0)  # inside the chunk [64 s, 72 s)
     sf.write(tmp_path / "long.wav", long, RATE)
     asr = pipeline("automatic-speech-recognition", model=str(folder), ignore_warning=True)
-    # transformers 5.23 concatenates the chunk outputs of non-Whisper seq2seq models (it drops the stride), so
-    # overlapping chunks would say a word twice: non-overlapping chunks are the correct setting (docs/usage.md).
+    # Non-overlapping chunks (stride 0): each chunk's output is kept whole. Overlapping chunks are merged by the
+    # package's pipeline class (tests/test_long_form.py).
     generate_kwargs = {"src_lang": "fr", "tgt_lang": "en"}
     out = asr(str(tmp_path / "long.wav"), chunk_length_s=8, stride_length_s=0, generate_kwargs=generate_kwargs)
     assert out["text"] == "the"
