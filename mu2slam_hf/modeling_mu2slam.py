@@ -1332,13 +1332,21 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             `(B, L)` text token ids padded with <pad> (decode with `processor.batch_decode(...,
             skip_special_tokens=True)`).
         """
-        batch, device = input_features.shape[0], input_features.device
+        return self._ctc_best_paths(self._encode_speech(input_features, attention_mask, src_lang, src_lang_ids))
+
+    def _encode_speech(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        src_lang: str | list[str] | None,
+        src_lang_ids: torch.Tensor | None,
+    ) -> Mu2SlamEncoderOutput:
+        """The encoder's output for speech input, the language given by code(s) or ids."""
         if src_lang_ids is None:
-            src_lang_ids = self._language_ids(src_lang, batch, device)
-        encoder_outputs = self.model.encoder(
+            src_lang_ids = self._language_ids(src_lang, input_features.shape[0], input_features.device)
+        return self.model.encoder(
             input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
         )
-        return self._ctc_best_paths(encoder_outputs)
 
     def _ctc_best_paths(self, encoder_outputs: Mu2SlamEncoderOutput, bos: int | None = None) -> torch.LongTensor:
         """`(B, L)` CTC best-path token ids padded with <pad>, each row after `bos` and ending with eos when `bos` is
@@ -1360,6 +1368,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         src_lang: str | list[str] | None = None,
         src_lang_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        encoder_outputs: Mu2SlamEncoderOutput | None = None,
         **kwargs,
     ) -> list[list[tuple[int, int, int]]]:
         """The tokens of each clip with the encoder frames the CTC head puts them at: `(token, start, end)`, frames
@@ -1367,16 +1376,14 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
 
         Without `labels`, the CTC head's own transcript (its best path, as `ctc_greedy_decode`). With `labels`
         `(B, L)` (a transcript per clip, e.g. `generate`'s output), the best alignment of each row's text tokens
-        (Viterbi over the CTC lattice); pad, bos, eos, [MASK] and -100 are skipped. Extra keys are ignored.
+        (Viterbi over the CTC lattice); pad, bos, eos, [MASK] and -100 are skipped. `encoder_outputs` of these
+        clips, when the caller has them (e.g. from `generate(..., return_dict_in_generate=True)`), spare a second
+        encoder pass. Extra keys are ignored.
         """
-        batch, device = input_features.shape[0], input_features.device
-        if src_lang_ids is None:
-            src_lang_ids = self._language_ids(src_lang, batch, device)
         if labels is not None:
             check_ranges(RangeCheck("labels", labels, self.config.text_vocab_size, allow_ignore=True))
-        encoder_outputs = self.model.encoder(
-            input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
-        )
+        if encoder_outputs is None:
+            encoder_outputs = self._encode_speech(input_features, attention_mask, src_lang, src_lang_ids)
         log_probs, lengths = self.ctc_log_probs(encoder_outputs)
         blank, skipped = self.config.pad_token_id, {IGNORE_INDEX, PAD_ID, BOS_ID, EOS_ID, MASK_ID}
         alignments = []
@@ -1419,7 +1426,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 CTC-only prefix search. Default: `generation_config.asr_ctc_weight` when every row is ASR (speech in,
                 text out, `tgt_lang == src_lang`), else 0; fine-tuning sets it to the decoder dev scored best, and
                 without it (0) the attention decoder decodes alone.
-            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, ...). Training-only
+            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
+                these inputs when the caller has already run the encoder, ...). Training-only
                 keys of a collated batch (`labels`, `decoder_input_ids`, `ctc_labels`, ...) are ignored, so a
                 `Seq2SeqTrainer` batch can be passed as it is.
         Returns:
@@ -1446,14 +1454,16 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             raise ValueError(f"`tgt_modality_ids` disagree with tgt_modality={tgt_modality!r}: pass one of them.")
 
         recorded = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
-        encoder_outputs = self.model.encoder(
-            input_features=input_features,
-            attention_mask=attention_mask,
-            input_ids=input_ids,
-            src_lang_ids=src_lang_ids,
-            return_dict=True,
-            **recorded,
-        )
+        encoder_outputs = kwargs.pop("encoder_outputs", None)
+        if encoder_outputs is None:
+            encoder_outputs = self.model.encoder(
+                input_features=input_features,
+                attention_mask=attention_mask,
+                input_ids=input_ids,
+                src_lang_ids=src_lang_ids,
+                return_dict=True,
+                **recorded,
+            )
         batch_lang = resolve_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
         check_ranges(language_check(self.config, batch_lang, "tgt_lang (or src_lang)"))
         vocab = self.config.vocabulary
@@ -1479,9 +1489,13 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
-    def _check_asr_rows(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> None:
+    def _all_rows_asr(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> bool:
+        """Whether every row transcribes (target language = source language)."""
         source = resolve_language_ids(self.config, src_lang_ids, tgt_lang_ids.shape[0], tgt_lang_ids.device, "src")
-        if bool((source != tgt_lang_ids).any()):
+        return bool((source == tgt_lang_ids).all())
+
+    def _check_asr_rows(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> None:
+        if not self._all_rows_asr(src_lang_ids, tgt_lang_ids):
             raise ValueError(
                 "ctc_weight > 0 is for speech recognition (tgt_lang == src_lang): the CTC head transcribes the "
                 "audio, so it cannot score a translation. Use ctc_weight=0 for speech translation."
@@ -1515,7 +1529,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         weight = float(getattr(self.generation_config, "asr_ctc_weight", None) or 0.0)
         if weight == 0 or input_features is None or modality != TEXT_MODALITY:
             return 0.0
-        return weight if torch.equal(src_lang_ids.expand_as(tgt_lang_ids), tgt_lang_ids) else 0.0
+        return weight if self._all_rows_asr(src_lang_ids, tgt_lang_ids) else 0.0
 
     def _ctc_prefix_processor(
         self, encoder_outputs, src_lang_ids, tgt_lang_ids, ctc_weight: float, generate_kwargs: dict

@@ -122,12 +122,19 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 "Word timestamps come from the CTC head, which transcribes the audio: they exist for speech "
                 "recognition only (tgt_lang == src_lang), not for translation."
             )
+        aligning = transcribing and bool(return_timestamps or stride is not None)
+        languages = {key: generate_kwargs[key] for key in ("src_lang", "src_lang_ids") if key in generate_kwargs}
+        encoder_outputs = None
+        if aligning:  # one encoder pass for both decoding and alignment
+            encoder_outputs = self.model._encode_speech(
+                features, mask, languages.get("src_lang"), languages.get("src_lang_ids")
+            )
+            generate_kwargs = {**generate_kwargs, "encoder_outputs": encoder_outputs}
         out = super()._forward(model_inputs, **generate_kwargs)
         if stride is not None:
             out["stride"] = stride
-        if transcribing and (return_timestamps or stride is not None):
-            languages = {key: generate_kwargs[key] for key in ("src_lang", "src_lang_ids") if key in generate_kwargs}
-            out["tokens"], out["token_frames"] = self._align(features, mask, out["tokens"], languages)
+        if aligning:
+            out["tokens"], out["token_frames"] = self._align(features, mask, out["tokens"], languages, encoder_outputs)
             frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
             out["feature_frames"] = frames
         return out
@@ -146,11 +153,11 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return torch.as_tensor(languages).reshape(-1).expand(batch).tolist()
 
     def _align(
-        self, features: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor, languages: dict
+        self, features: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor, languages: dict, encoder_outputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The transcript's text tokens `(B, L)` (pad-filled) and each token's frames `(B, L, 2)` (-1 on padding)."""
         try:
-            alignments = self.model.ctc_align(features, mask, labels=tokens, **languages)
+            alignments = self.model.ctc_align(features, mask, labels=tokens, encoder_outputs=encoder_outputs)
         except ValueError:  # a transcript longer than its clip's frames: align the rows one by one
             rows = range(len(features))
             alignments = [self._align_row(features[row : row + 1], mask, tokens, row, languages) for row in rows]
