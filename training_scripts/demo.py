@@ -47,6 +47,7 @@ from mu2slam_hf.evaluation import (
     write_results,
 )
 from mu2slam_hf.training import load_recipe, train
+from mu2slam_hf.training.dev import ASR_DECODER_CTC_WEIGHTS, JOINT_CTC_WEIGHT, dev_chosen_ctc_weight
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configuration" / "recipes"
@@ -69,7 +70,6 @@ STAGE1_BATCH = {"seconds_per_step": {"asr": 20.0, "ast": 40.0}, "examples_per_st
 # Stage 2: 40 s of audio per step. ASR from scratch on all 8 languages reached dev CER 45.0 in 10 minutes with 40 s
 # (426 steps) against 51.5 with 60 s (284 steps): in this under-fitted regime more updates beat larger ones.
 STAGE2_BATCH = {"seconds_per_step": {"asr": 40.0}, "examples_per_step": {}}
-JOINT_CTC_WEIGHT = 0.3  # decoding: ESPnet's joint CTC/attention weight
 
 
 def log(message: str) -> None:
@@ -129,30 +129,32 @@ def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: 
 
 @dataclass(frozen=True)
 class AsrDecoder:
-    """One way to decode ASR: its options for `evaluate_model`, its key in a run's dev results, and the
-    `generate_kwargs` that give it through `pipeline()` (CTC: a CTC-only prefix search, ctc_weight 1)."""
+    """One way to decode ASR: its options for `evaluate_model`, and the same decoder as `generate`'s `ctc_weight`
+    (0 attention, 1 the CTC head's best path), which also names its CER in a run's dev results."""
 
     name: str
     options: dict
-    dev_key: str
-    generate_kwargs: dict
+    ctc_weight: float
+
+    @property
+    def dev_key(self) -> str:
+        return next(key for key, weight in ASR_DECODER_CTC_WEIGHTS.items() if weight == self.ctc_weight)
 
 
 ASR_DECODERS = (
-    AsrDecoder("attention", {"decoder": "attention", "ctc_weight": 0.0}, "dev/asr_cer", {}),
-    AsrDecoder("CTC", {"decoder": "ctc"}, "dev/asr_cer_ctc", {"ctc_weight": 1.0}),
+    AsrDecoder("attention", {"decoder": "attention", "ctc_weight": 0.0}, 0.0),
+    AsrDecoder("CTC", {"decoder": "ctc"}, 1.0),
     AsrDecoder(f"joint ({JOINT_CTC_WEIGHT:g})", {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
-               "dev/asr_cer_joint", {"ctc_weight": JOINT_CTC_WEIGHT}),
+               JOINT_CTC_WEIGHT),
 )  # fmt: skip
 
 
 def dev_chosen_decoder(model_dir: Path) -> AsrDecoder:
-    """The ASR decoder with the lowest CER in the run's last dev evaluation (chosen on dev, never on test)."""
-    dev = json.loads((model_dir / "dev_results.json").read_text())[-1]
-    scored = [decoder for decoder in ASR_DECODERS if decoder.dev_key in dev]
-    if not scored:
-        return ASR_DECODERS[-1]
-    return min(scored, key=lambda decoder: dev[decoder.dev_key])
+    """The ASR decoder with the lowest CER in the run's last dev evaluation (chosen on dev, never on test); joint
+    decoding for a run without ASR dev results."""
+    weight = dev_chosen_ctc_weight(json.loads((model_dir / "dev_results.json").read_text())[-1])
+    weight = JOINT_CTC_WEIGHT if weight is None else weight
+    return next(decoder for decoder in ASR_DECODERS if decoder.ctc_weight == weight)
 
 
 def evaluate(
@@ -210,7 +212,7 @@ def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count
 
     transcribe = pipeline("automatic-speech-recognition", model=str(asr_model))
     translate = pipeline("automatic-speech-recognition", model=str(translation_model))
-    decoding = dev_chosen_decoder(asr_model).generate_kwargs
+    decoding = {"ctc_weight": dev_chosen_decoder(asr_model).ctc_weight}
     samples, seen = [], set()
     for example in load_manifest(data, "test", "ast"):
         if example["source_lang"] in seen or len(samples) >= count:
