@@ -6,8 +6,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mu2slam_hf.data import make_example, to_dataset
+from mu2slam_hf.data import make_example, text_token_lengths, to_dataset
 from mu2slam_hf.data.mixing import TaskMixture, temperature_probabilities
+from mu2slam_hf.tokenization_mu2slam import train_char_tokenizer
 
 SIZES = {"en": 2000, "de": 200, "cs": 20}
 
@@ -79,3 +80,32 @@ def test_deterministic_and_resumable():
     resumed.load_state_dict(state)
     assert resumed.step == 57
     assert [resumed.next_indices() for _ in range(50)] == expected
+
+
+def test_length_budgets_draw_bucketed_batches_of_text_tokens_and_speech_seconds():
+    texts = [("ab " * (1 + i % 23)).strip() for i in range(300)]
+    mt = [make_example(f"m-{i}", "mt", "de", source_text=t, target_text=t[: 1 + i % 5], target_lang="en")
+          for i, t in enumerate(texts)]  # fmt: skip
+    asr = [make_example(f"a-{i}", "asr", "fr", audio=f"{i}.flac", target_text="x", duration=1 + i % 9)
+           for i in range(100)]  # fmt: skip
+    tokenizer = train_char_tokenizer(texts, vocab_size=64)
+    lengths = text_token_lengths(to_dataset(mt), tokenizer)
+    assert lengths[0] == len(tokenizer(texts[0])["input_ids"]) and lengths.max() == 23 * 3 - 1 + 1  # chars + eos
+    assert np.array_equal(lengths, text_token_lengths(mt, tokenizer))  # a dataset and a list read alike
+
+    def mixture():
+        return TaskMixture({"mt": to_dataset(mt), "asr": to_dataset(asr)}, {}, {}, seed=3, seconds_per_step={"asr": 20},
+                           tokens_per_step={"mt": 200}, token_lengths={"mt": lengths})  # fmt: skip
+
+    first, seen = mixture(), Counter()
+    steps = [first.next_indices() for _ in range(len(first.bucketed["mt"]))]
+    for step in steps:
+        assert max(lengths[i] for i in step["mt"]) * len(step["mt"]) <= 200 or len(step["mt"]) == 1
+        assert max(1 + i % 9 for i in step["asr"]) * len(step["asr"]) <= 20
+        seen.update(step["mt"])
+    assert sorted(seen) == list(range(len(mt))) and set(seen.values()) == {1}  # one epoch: each pair once
+    resumed = mixture()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [resumed.next_indices() for _ in range(3)] == [first.next_indices() for _ in range(3)]
+    with pytest.raises(ValueError, match=r"tokens_per_step\['mt'\] needs token_lengths\['mt'\]"):
+        TaskMixture({"mt": to_dataset(mt)}, {}, {}, tokens_per_step={"mt": 200})

@@ -46,6 +46,20 @@ def dataset_lengths(source: Any, frames_per_second: float = 100.0) -> np.ndarray
     return np.array([example_length(e, frames_per_second) for e in source])
 
 
+def text_token_lengths(source: Any, tokenizer: Any) -> np.ndarray:
+    """Per text example, the longer of its source and target in tokens (with special tokens): the padded length
+    a text batch costs. ``tokenizer`` is a Hugging Face tokenizer; ``source`` a ``datasets.Dataset`` or dicts."""
+
+    def column(name: str) -> list[str]:
+        texts = source[name] if hasattr(source, "column_names") else [example.get(name) for example in source]
+        return [text or "" for text in texts]
+
+    def token_counts(texts: list[str]) -> np.ndarray:
+        return np.array([len(ids) for ids in tokenizer(texts)["input_ids"]], dtype=np.int64)
+
+    return np.maximum(token_counts(column("source_text")), token_counts(column("target_text")))
+
+
 def _cut(order: Iterable[int], lengths: Sequence[int], max_tokens: int, max_batch_size: int | None) -> list[list[int]]:
     batches, batch, longest = [], [], 0
     for i in order:

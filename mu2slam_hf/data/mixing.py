@@ -1,8 +1,8 @@
 """Per-step task mixing with temperature-based language sampling (Mu2SLAM 3.1, after mSLAM).
 
 Every step draws ``examples_per_step[task]`` examples of each task (the paper: speech-only 4, text-only 8,
-ASR 1, AST 1, MT 1), or, for the tasks given ``seconds_per_step``, one length-bucketed batch of about that many
-seconds of padded audio (:class:`~mu2slam_hf.data.batching.LengthBucketBatchSampler`: similar lengths, little
+ASR 1, AST 1, MT 1), or, for the tasks given ``seconds_per_step`` (speech) or ``tokens_per_step`` (text), one
+length-bucketed batch of about that many seconds of padded audio or padded tokens (:class:`~mu2slam_hf.data.batching.LengthBucketBatchSampler`: similar lengths, little
 padding; optionally shortest first in the first epoch, a curriculum). Within a task the language (``"src-tgt"`` for AST/MT pairs, see
 :func:`~mu2slam_hf.data.schema.example_language`) is drawn with ``p_l ∝ n_l ** (1 / T)`` (T=3 text-only,
 T=2 MT, T=1 elsewhere: proportional to size), then the next example of a seeded per-language permutation
@@ -54,7 +54,9 @@ class TaskMixture:
         seconds_per_step: task -> seconds of padded audio per step (speech tasks): the task then draws one
             length-bucketed batch per step, walking a shuffled list of batches epoch after epoch (languages in
             proportion to their data), instead of ``examples_per_step`` examples.
-        shortest_first: the first epoch of the ``seconds_per_step`` tasks goes from the shortest batches to the
+        tokens_per_step: task -> padded tokens per step (text tasks), drawn as ``seconds_per_step``; the tokens of
+            each example are ``token_lengths[task]`` (see :func:`~mu2slam_hf.data.batching.text_token_lengths`).
+        shortest_first: the first epoch of the length-bucketed tasks goes from the shortest batches to the
             longest (SortaGrad); later epochs are shuffled.
     """
 
@@ -66,20 +68,28 @@ class TaskMixture:
         seed: int = 0,
         seconds_per_step: Mapping[str, float] | None = None,
         shortest_first: bool = False,
+        tokens_per_step: Mapping[str, int] | None = None,
+        token_lengths: Mapping[str, Sequence[int]] | None = None,
     ):
         unknown = set(sources) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}; expected a subset of {TASKS}")
         per_step = dict(PAPER_EXAMPLES_PER_STEP if examples_per_step is None else examples_per_step)
-        seconds_per_step = dict(seconds_per_step or {})
-        per_step.update({task: 1 for task in seconds_per_step if task in sources})
+        # Speech budgets and lengths are in frames (100 per second), text ones in tokens.
+        budgets = {task: int(seconds * 100) for task, seconds in (seconds_per_step or {}).items()}
+        budgets.update(tokens_per_step or {})
+        per_step.update({task: 1 for task in budgets if task in sources})
         self.sources = {task: source for task, source in sources.items() if per_step.get(task, 0) > 0}
+        lengths = {
+            task: dataset_lengths(self.sources[task]) for task in seconds_per_step or {} if task in self.sources
+        }
+        for task in tokens_per_step or {}:
+            if task in self.sources and task not in (token_lengths or {}):
+                raise ValueError(f"tokens_per_step[{task!r}] needs token_lengths[{task!r}] (text_token_lengths)")
+            if task in self.sources:
+                lengths[task] = np.asarray(token_lengths[task])
         self.bucketed = {
-            task: LengthBucketBatchSampler(
-                dataset_lengths(self.sources[task]), max_tokens=int(seconds * 100), seed=seed
-            )
-            for task, seconds in seconds_per_step.items()
-            if task in self.sources
+            task: LengthBucketBatchSampler(lengths[task], max_tokens=budgets[task], seed=seed) for task in lengths
         }
         self.shortest_first = shortest_first
         self._bucket_orders: dict[str, tuple[int, list[list[int]]]] = {}
@@ -117,7 +127,7 @@ class TaskMixture:
         return index
 
     def _next_bucket(self, task: str) -> list[int]:
-        """The next length-bucketed batch of a ``seconds_per_step`` task."""
+        """The next length-bucketed batch of a task with a length budget per step."""
         epoch, position = self.cursors[task].get("*", (0, 0))
         if self._bucket_orders.get(task, (None,))[0] != epoch:
             shortest_first = self.shortest_first and epoch == 0
