@@ -1101,6 +1101,12 @@ def masked_cross_entropy(
     return losses.sum() / counted.sum().clamp(min=1.0), row_sums, counted.sum(-1)
 
 
+def _with_rows_after(rows: torch.Tensor, index: int, count: int) -> torch.Tensor:
+    """`rows` (N, ...) with `count` rows inserted at `index`, each the mean of `rows[:index]`."""
+    mean = rows[:index].mean(0, keepdim=True).expand(count, *rows.shape[1:])
+    return torch.cat([rows[:index], mean, rows[index:]])
+
+
 class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
     """Mu2SLAM with the decoder LM head, the encoder MLM head and the encoder CTC head.
 
@@ -1508,6 +1514,47 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         sample = generate_kwargs.get("do_sample", config.do_sample)
         extras = ("return_dict_in_generate", "output_scores", "output_logits", "logits_processor", "generation_config")
         return beams == 1 and not sample and not any(generate_kwargs.get(key) for key in extras)
+
+    def add_text_tokens(self, count: int) -> None:
+        """Grow the text vocabulary by `count` ids (tokens just added to the tokenizer), keeping every trained row.
+
+        The unified vocabulary puts the speech codes after the text ids, so the new rows go between them and the
+        speech-code rows move up by `count` with their weights. New rows start at the mean of the text rows
+        (transformers' mean resizing); the MLM and CTC biases of new ids at the mean of theirs.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}.")
+        if count == 0:
+            return
+        text = self.config.text_vocab_size
+        old = self.model.shared
+        grown = Mu2SlamScaledEmbedding(old.num_embeddings + count, old.embedding_dim, old.padding_idx, old.embed_scale)
+        mlm_decoder = nn.Linear(old.embedding_dim, grown.num_embeddings)
+        with torch.no_grad():
+            grown.weight.copy_(_with_rows_after(old.weight, text, count))
+            mlm_decoder.bias.copy_(_with_rows_after(self.mlm_head.decoder.bias, text, count))
+            ctc_bias = nn.Parameter(_with_rows_after(self.ctc_head.bias, text, count))
+        grown.to(old.weight.device, old.weight.dtype)
+        self.model.set_input_embeddings(grown)
+        self.lm_head = nn.Linear(old.embedding_dim, grown.num_embeddings, bias=False)
+        self.lm_head.weight = grown.weight
+        mlm_decoder.weight = grown.weight
+        self.mlm_head.decoder = mlm_decoder.to(old.weight.device)
+        self.ctc_head.bias, self.ctc_head.text_vocab_size = ctc_bias, text + count
+        self.config.text_vocab_size = text + count
+
+    def add_languages(self, codes: list[str]) -> None:
+        """Append language codes (new language-embedding rows, started at the mean of the trained ones)."""
+        known = [code for code in codes if code in self.config.languages]
+        if known or len(set(codes)) != len(codes):
+            raise ValueError(f"add_languages: {sorted(set(known))} already known or codes repeated in {codes}.")
+        for module in (self.model.encoder, self.model.decoder):
+            old = module.embed_languages
+            grown = nn.Embedding(old.num_embeddings + len(codes), old.embedding_dim)
+            with torch.no_grad():
+                grown.weight.copy_(_with_rows_after(old.weight, old.num_embeddings, len(codes)))
+            module.embed_languages = grown.to(old.weight.device, old.weight.dtype)
+        self.config.languages = [*self.config.languages, *codes]
 
     def set_asr_ctc_weight(self, ctc_weight: float) -> None:
         """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.

@@ -100,15 +100,20 @@ class Mu2SlamTokenizer(PreTrainedTokenizerFast):
 
 @dataclass
 class UnknownTextReport:
-    """Per language: texts seen, texts holding unknown pieces, the unknown pieces (counted) and example texts."""
+    """Per language: texts and characters seen, texts holding unknown pieces, unknown characters, the unknown pieces
+    (counted) and example texts."""
 
     texts: Counter = field(default_factory=Counter)
+    characters: Counter = field(default_factory=Counter)
+    unknown_characters: Counter = field(default_factory=Counter)
     affected: Counter = field(default_factory=Counter)
     pieces: dict[str, Counter] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, language: str, text: str, unknown: list[str]) -> None:
         self.texts[language] += 1
+        self.characters[language] += len(text)
+        self.unknown_characters[language] += sum(len(piece) for piece in unknown)
         if unknown:
             self.affected[language] += 1
             self.pieces.setdefault(language, Counter()).update(unknown)
@@ -126,7 +131,8 @@ class UnknownTextReport:
             pieces = ", ".join(f"{piece!r} x{count}" for piece, count in self.pieces[language].most_common(8))
             examples = "; ".join(repr(text[:60]) for text in self.examples[language])
             lines.append(
-                f"  {language}: {self.affected[language]} of {self.texts[language]} texts; unknown: {pieces}; "
+                f"  {language}: {self.affected[language]} of {self.texts[language]} texts, "
+                f"{self.unknown_characters[language] / self.characters[language]:.2%} of the characters; unknown: {pieces}; "
                 f"e.g. {examples}"
             )
         lines.append("Use a tokenizer trained on text with these characters, or clean the texts.")

@@ -29,6 +29,7 @@ from mu2slam_hf import (
 )
 from mu2slam_hf.data import load_manifest, make_example, write_flac, write_manifest
 from mu2slam_hf.data.manifest import ManifestError
+from mu2slam_hf.data.training_data import DataSourceError
 from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.training import Mu2SlamTrainer, RecipeError, latest_checkpoint, load_recipe, recipe_from_dict
 from mu2slam_hf.training.cli import finetune_main, pretrain_main
@@ -304,7 +305,7 @@ def test_bad_data_is_reported_before_step_1(fault, corpus, tmp_path):
     break_it(data)
     with pytest.raises(CorpusError) as excinfo:
         run(tmp_path / "run", data)
-    assert_clear(excinfo, "nothing has been run yet", "Fix or remove these lines", *needles)
+    assert_clear(excinfo, "nothing has been run yet", "Fix or remove these rows", *needles)
     assert not any((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "train_log.jsonl").exists()
 
 
@@ -326,9 +327,12 @@ def test_rows_of_unused_tasks_only_need_to_parse(corpus, tmp_path):
 
 
 def test_a_missing_manifest_names_the_builders(tmp_path):
-    with pytest.raises(FileNotFoundError) as excinfo:
+    with pytest.raises(DataSourceError) as excinfo:
         run(tmp_path / "run", tmp_path)
-    assert_clear(excinfo, "train.jsonl", "mu2slam-build-synthetic")
+    assert_clear(excinfo, "no train.jsonl", "mu2slam-build-synthetic")
+    with pytest.raises(DataSourceError) as excinfo:
+        run(tmp_path / "run", tmp_path / "not" / "there")
+    assert_clear(excinfo, "no such folder")
 
 
 def test_load_manifest_names_file_and_line(corpus, tmp_path):

@@ -388,6 +388,34 @@ def test_save_load_round_trip_is_bit_exact_and_pickle_free(tiny_config, tmp_path
     assert torch.equal(model.generate(**kwargs), loaded.generate(**kwargs))
 
 
+def test_new_text_tokens_and_languages_keep_every_trained_output(tiny_config, tmp_path):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    text, k = tiny_config.text_vocab_size, 3
+    batch = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 3]),
+                 decoder_input_ids=torch.tensor([[1, 7, 9], [1, text + 5, 8]]), tgt_lang_ids=torch.tensor([0, 3]))  # fmt: skip
+    with torch.no_grad():
+        before = model(**batch).logits
+    ctc_bias = model.ctc_head.bias.detach().clone()
+    model.add_text_tokens(k)
+    model.add_languages(["pl"])
+    assert model.config.text_vocab_size == text + k and model.config.languages[-1] == "pl"
+    assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
+    assert model.mlm_head.decoder.weight.data_ptr() == model.model.shared.weight.data_ptr()
+    moved = batch | {"decoder_input_ids": torch.tensor([[1, 7, 9], [1, text + k + 5, 8]])}  # speech code 5 moved up
+    with torch.no_grad():
+        after = model(**moved).logits
+    torch.testing.assert_close(after[..., :text], before[..., :text])
+    torch.testing.assert_close(after[..., text + k :], before[..., text:])
+    assert torch.equal(model.ctc_head.bias[:text], ctc_bias) and model.ctc_head.bias.shape == (text + k,)
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**moved).logits, after)
+    with pytest.raises(ValueError, match=r"already known"):
+        model.add_languages(["en"])
+
+
 def test_sequence_classification_loads_a_seq2seq_checkpoint(tiny_config, tmp_path):
     seq2seq = make_model(tiny_config)
     seq2seq.save_pretrained(tmp_path)

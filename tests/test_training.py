@@ -91,6 +91,9 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "stage": "finetune", "examples_per_step": {"speech": 4}}, r"labelled tasks only"),
         ({"model": "m", "optimizer": {"betas": [0.9]}}, r"optimizer.betas: expected 2 values"),
         ({"model": "m", "loss_weights": {"mt": "high"}}, r"loss_weights.mt: expected float"),
+        ({"model": "m", "tokens_per_step": {"asr": 4000}}, r"tokens_per_step: \['asr'\] are not text tasks"),
+        ({"model": "m", "seconds_per_step": {"mt": 40}}, r"seconds_per_step: \['mt'\] are not speech tasks"),
+        ({"model": "m", "examples_per_step": {}}, r"every task has 0 examples per step"),
     ],
 )
 def test_recipe_validation_errors_are_clear(data, message):

@@ -8,6 +8,7 @@ Only the header is read (`soundfile.info`), so checking a corpus costs a fractio
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ MAX_LISTED = 20
 
 
 class CorpusError(ValueError):
-    """Problems found in a corpus; ``problems`` lists each as ``file:line: what``."""
+    """Problems found in a corpus; ``problems`` lists each as ``where: what`` (``file:line`` or ``split row N``)."""
 
     def __init__(self, data_dir: str | os.PathLike, problems: list[str], languages: Collection[str] | None):
         self.problems = problems
@@ -33,7 +34,7 @@ class CorpusError(ValueError):
         known = f" The model knows the languages {', '.join(languages)}." if languages is not None else ""
         super().__init__(
             f"{len(problems)} problem(s) in the corpus {data_dir}; nothing has been run yet:\n{listed}{more}\n"
-            f"Fix or remove these lines.{known}"
+            f"Fix or remove these rows.{known}"
         )
 
 
@@ -56,12 +57,27 @@ def check_corpus(
         if split in optional and not os.path.exists(os.path.join(data_dir, f"{split}.jsonl")):
             continue
         path = manifest_path(data_dir, split)
-        for number, row in iter_manifest_lines(path):
-            problem = _row_problem(row, tasks, languages, min_audio_seconds, audio_checked)
-            if problem:
-                problems.append(problem if isinstance(row, ManifestError) else f"{path}:{number}: {problem}")
+        rows = ((f"{path}:{number}", row) for number, row in iter_manifest_lines(path))
+        problems += row_problems(rows, tasks, languages, min_audio_seconds, audio_checked)
     if problems:
         raise CorpusError(data_dir, problems, languages)
+
+
+def row_problems(
+    rows: Iterable[tuple[str, dict[str, Any] | ManifestError]],
+    tasks: Collection[str],
+    languages: Collection[str] | None,
+    min_audio_seconds: float = MIN_AUDIO_SECONDS,
+    audio_checked: dict[str, str | None] | None = None,
+) -> list[str]:
+    """``where: what`` for every problem of ``(where, row)`` pairs in the canonical schema (see `check_corpus`)."""
+    audio_checked = {} if audio_checked is None else audio_checked
+    problems = []
+    for where, row in rows:
+        problem = _row_problem(row, tasks, languages, min_audio_seconds, audio_checked)
+        if problem:
+            problems.append(problem if isinstance(row, ManifestError) else f"{where}: {problem}")
+    return problems
 
 
 def _row_problem(
@@ -80,19 +96,25 @@ def _row_problem(
         check_example(row, languages, check_files=True)
     except DataError as error:
         return str(error)
-    path = (row.get("audio") or {}).get("path")
-    if not path:
+    audio = row.get("audio") or {}
+    if audio.get("bytes") is not None:
+        problem = _audio_problem(
+            io.BytesIO(audio["bytes"]), min_audio_seconds, f"the audio bytes of {row.get('id')!r}"
+        )
+    elif audio.get("path"):
+        if audio["path"] not in audio_checked:
+            audio_checked[audio["path"]] = _audio_problem(audio["path"], min_audio_seconds)
+        problem = audio_checked[audio["path"]]
+    else:
         return None
-    if path not in audio_checked:
-        audio_checked[path] = _audio_problem(path, min_audio_seconds)
-    problem = audio_checked[path]
     return f"example {row.get('id')!r}: {problem}" if problem else None
 
 
-def _audio_problem(path: str, min_audio_seconds: float) -> str | None:
+def _audio_problem(source: str | io.BytesIO, min_audio_seconds: float, name: str | None = None) -> str | None:
     """Whether an audio file's header reads and its clip is long enough (the samples are not decoded)."""
+    path = name or source
     try:
-        info = sf.info(path)
+        info = sf.info(source)
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         return f"unreadable audio {path} ({type(error).__name__}: {error})"
     if info.frames == 0:
@@ -105,4 +127,4 @@ def _audio_problem(path: str, min_audio_seconds: float) -> str | None:
     return None
 
 
-__all__ = ["MIN_AUDIO_SECONDS", "CorpusError", "check_corpus"]
+__all__ = ["MIN_AUDIO_SECONDS", "CorpusError", "check_corpus", "row_problems"]

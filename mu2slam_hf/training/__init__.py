@@ -1,7 +1,7 @@
 """The Accelerate loop shared by Mu2SLAM pre-training and fine-tuning.
 
     recipe = load_recipe("configuration/recipes/pretrain-small.yaml")
-    result = train(recipe, data_dir="data/synth", output_dir="runs/pt", resume=True)
+    result = train(recipe, "data/synth", output_dir="runs/pt", resume=True)
 
 Recipes (`recipe`), the Transformer schedule (`schedule`), processor/model setup (`assets`), mixture steps to
 instances (`instances`), loss accounting (`losses`), dev evaluation (`dev`), atomic checkpoints (`checkpointing`)

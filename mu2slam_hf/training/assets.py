@@ -122,3 +122,41 @@ def merged_copy(model: torch.nn.Module) -> Mu2SlamForConditionalGeneration:
     import copy
 
     return merge_lora(copy.deepcopy(model))
+
+
+def data_languages(sources: Sequence[Any]) -> list[str]:
+    """Every source and target language code of the examples, in order of first appearance."""
+    codes: dict[str, None] = {}
+    for rows in sources:
+        columns = rows.select_columns(["source_lang", "target_lang"]) if hasattr(rows, "select_columns") else rows
+        for row in columns:
+            codes.update(dict.fromkeys(code for code in (row["source_lang"], row.get("target_lang")) if code))
+    return list(codes)
+
+
+def extend_vocabulary(
+    model: Mu2SlamForConditionalGeneration, processor: Mu2SlamProcessor, sources: Sequence[Any]
+) -> tuple[list[str], list[str]]:
+    """Teach the model and processor the data's unknown characters and languages: characters the tokenizer writes
+    as ``<unk>`` become tokens (new embedding rows), unknown language codes new language embeddings.
+
+    Returns (the added characters, the added languages).
+    """
+    texts = [text for rows in sources for text in corpus_texts(_text_rows(rows))]
+    characters = sorted(
+        {char for spans in processor.tokenizer.unknown_spans(texts) for span in spans for char in span}
+    )
+    characters = [char for char in characters if not char.isspace()]
+    if characters:
+        processor.tokenizer.add_tokens(characters)
+        model.add_text_tokens(len(processor.tokenizer) - model.config.text_vocab_size)
+    languages = [code for code in data_languages(sources) if code not in model.config.languages]
+    if languages:
+        model.add_languages(languages)
+        processor.languages = [*processor.languages, *languages]
+    processor.check_model_config(model.config)
+    return characters, languages
+
+
+def _text_rows(rows: Any) -> Any:
+    return rows.select_columns(["source_text", "target_text"]) if hasattr(rows, "select_columns") else rows

@@ -10,18 +10,20 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
+from ..data.training_data import DataSourceError, TrainingData
 from ..data.validation import CorpusError
 from .loop import train
+from .preflight import UnknownTextError
 from .recipe import RecipeError, load_recipe
 from .run_folder import RunFolderError
 
 # Errors about the user's inputs: their message says what to fix, so the command prints it without a traceback.
-USER_ERRORS = (RecipeError, RunFolderError, CorpusError)
+USER_ERRORS = (RecipeError, RunFolderError, CorpusError, DataSourceError, UnknownTextError)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe YAML (configuration/recipes/*.yaml)")
-    parser.add_argument("--data", required=True, help="corpus folder with train.jsonl (and dev.jsonl)")
+    TrainingData.add_arguments(parser)
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, dev results, final model")
     folder = parser.add_mutually_exclusive_group()
     folder.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -33,6 +35,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed_precision", choices=("no", "bf16", "fp16", "launcher"), help="'launcher': accelerate's"
     )
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute layer activations")
+    parser.add_argument(
+        "--extend_vocabulary", action="store_true",
+        help="add the train texts' unknown characters as tokens and unknown languages as language embeddings",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -56,6 +62,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["mixed_precision"] = None if args.mixed_precision == "launcher" else args.mixed_precision
     if args.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
+    if args.extend_vocabulary:
+        overrides["extend_vocabulary"] = True
     return overrides
 
 
@@ -71,7 +79,7 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any], stage: str) -> N
     recipe.require_stage(stage, args.recipe)
     result = train(
         recipe,
-        args.data,
+        TrainingData.from_arguments(args),
         args.output_dir,
         resume=args.resume,
         overwrite_output_dir=args.overwrite_output_dir,

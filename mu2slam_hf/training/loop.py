@@ -25,14 +25,16 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from ..data.manifest import load_manifest
+from ..data.batching import text_token_lengths
 from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS
+from ..data.training_data import TrainingData
 from ..lora import add_lora
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from ..processing_mu2slam import Mu2SlamProcessor
 from .assets import (
     build_processor,
+    extend_vocabulary,
     init_from_checkpoint,
     load_preset,
     merged_copy,
@@ -42,7 +44,7 @@ from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temp
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
-from .preflight import check_run_data, warn_unknown_text
+from .preflight import check_run_data, refuse_unknown_text, warn_unknown_text
 from .recipe import Recipe
 from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
@@ -109,32 +111,31 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def load_train_sources(recipe: Recipe, data_dir: str) -> dict[str, Any]:
+def load_train_sources(recipe: Recipe, data: str | os.PathLike | TrainingData) -> dict[str, Any]:
     """task -> train `datasets.Dataset` of every task with examples per step (long clips dropped)."""
+    data = TrainingData.coerce(data)
     sources = {}
     limit = recipe.dataloader.max_audio_seconds
-    for task, count in {**recipe.examples_per_step, **dict.fromkeys(recipe.seconds_per_step, 1)}.items():
-        if count <= 0:
-            continue
-        dataset = load_manifest(data_dir, "train", task)
+    for task in recipe.drawn_tasks():
+        dataset = data.load(data.train_split_name, task)
         if limit and task in SPEECH_TASKS:
             dataset = dataset.filter(lambda d: d is None or d <= limit, input_columns="duration")
         if len(dataset) == 0:
-            raise ValueError(f"{data_dir}: no train examples of task {task!r} (it has {count} examples per step).")
+            raise ValueError(f"{data}: no train examples of task {task!r}, which the recipe draws every step.")
         sources[task] = dataset
     return sources
 
 
-def load_dev_examples(recipe: Recipe, data_dir: str) -> dict[str, list[dict[str, Any]]]:
-    """task -> the fixed dev subset (empty when the corpus has no dev split)."""
-    try:
-        rows = list(load_manifest(data_dir, "dev"))
-    except FileNotFoundError:
+def load_dev_examples(recipe: Recipe, data: str | os.PathLike | TrainingData) -> dict[str, list[dict[str, Any]]]:
+    """task -> the fixed dev subset (empty when the data has no eval split)."""
+    data = TrainingData.coerce(data)
+    split = data.resolved_eval_split()
+    if split is None:
         return {}
+    rows = list(data.load(split))
     output = {}
-    for task, count in {**recipe.examples_per_step, **dict.fromkeys(recipe.seconds_per_step, 1)}.items():
-        if count > 0:
-            output[task] = dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
+    for task in recipe.drawn_tasks():
+        output[task] = dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
     return output
 
 
@@ -161,6 +162,11 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         examples = [row for source in sources.values() for row in source]
         processor, config = build_processor(recipe, load_preset(recipe), examples)
         model = new_model(config, recipe.seed)
+    if resume_from is None and recipe.extend_vocabulary:
+        characters, languages = extend_vocabulary(model, processor, list(sources.values()))
+        logger.info("extend_vocabulary: added the characters %s and the languages %s", characters, languages)
+    elif resume_from is None and recipe.init_checkpoint:
+        refuse_unknown_text(processor, sources.values(), recipe.init_checkpoint)
     if recipe.ctc_weight is not None:
         model.config.ctc_loss_weight = recipe.ctc_weight
     if recipe.gradient_checkpointing:
@@ -173,11 +179,12 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
 
 
 class Mu2SlamTrainer:
-    """One training run: ``Mu2SlamTrainer(recipe, data_dir, output_dir).train(resume=...)``.
+    """One training run: ``Mu2SlamTrainer(recipe, data, output_dir).train(resume=...)``.
 
     Args:
         recipe: the validated recipe.
-        data_dir: a corpus folder of ``train.jsonl`` (and ``dev.jsonl``) manifests.
+        data: a corpus folder of ``train.jsonl`` (and ``dev.jsonl``) manifests, or any `TrainingData`
+            (a ``datasets`` folder or name, an audiofolder, CSV/TSV/JSONL tables).
         output_dir: checkpoints, logs, dev results and the final model + processor.
         log_with: Accelerate tracker ("tensorboard", or None for none).
         progress: show a tqdm bar with the per-task losses (main process).
@@ -186,12 +193,12 @@ class Mu2SlamTrainer:
     def __init__(
         self,
         recipe: Recipe,
-        data_dir: str,
+        data: str | os.PathLike | TrainingData,
         output_dir: str,
         log_with: str | None = "tensorboard",
         progress: bool = True,
     ):
-        self.recipe, self.data_dir, self.output_dir = recipe, data_dir, Path(output_dir)
+        self.recipe, self.data, self.output_dir = recipe, TrainingData.coerce(data), Path(output_dir)
         self.accelerator = make_accelerator(recipe, output_dir, log_with)
         self.log_with, self.progress = log_with, progress
         self.run_folder: RunFolder | None = None  # the main process's lock on output_dir while it trains
@@ -213,8 +220,8 @@ class Mu2SlamTrainer:
         resume_from = latest_checkpoint(self.output_dir) if resume else None
         if resume and resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
-        check_run_data(recipe, self.data_dir, resume_from)
-        sources = load_train_sources(recipe, self.data_dir)
+        check_run_data(recipe, self.data, resume_from)
+        sources = load_train_sources(recipe, self.data)
         model, self.processor = prepare_model_and_processor(recipe, sources, resume_from)
         self.config = (model.get_base_model() if recipe.lora.enabled else model).config
         self.builder = InstanceBuilder(
@@ -233,11 +240,17 @@ class Mu2SlamTrainer:
             recipe.language_temperature,
             seed=recipe.seed + 1000 * accelerator.process_index,
             seconds_per_step=recipe.seconds_per_step,
+            tokens_per_step=recipe.tokens_per_step,
+            token_lengths={
+                task: text_token_lengths(sources[task], self.processor.tokenizer)
+                for task in recipe.tokens_per_step
+                if task in sources
+            },
             shortest_first=recipe.shortest_first,
         )
-        dev_examples = load_dev_examples(recipe, self.data_dir)
+        dev_examples = load_dev_examples(recipe, self.data)
         if accelerator.is_main_process:
-            warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data_dir))
+            warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
         self.dev = DevEvaluator(
             self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed
         ) if any(dev_examples.values()) else None  # fmt: skip
@@ -455,12 +468,12 @@ def _flat_hparams(recipe: Recipe) -> dict[str, Any]:
 
 def train(
     recipe: Recipe,
-    data_dir: str,
+    data: str | os.PathLike | TrainingData,
     output_dir: str,
     resume: bool = False,
     overwrite_output_dir: bool = False,
     **kwargs,
 ) -> TrainingResult:
-    """Train with ``recipe`` on ``data_dir`` into ``output_dir`` (see `Mu2SlamTrainer` and its ``train``)."""
-    trainer = Mu2SlamTrainer(recipe, data_dir, output_dir, **kwargs)
+    """Train with ``recipe`` on ``data`` into ``output_dir`` (see `Mu2SlamTrainer` and its ``train``)."""
+    trainer = Mu2SlamTrainer(recipe, data, output_dir, **kwargs)
     return trainer.train(resume=resume, overwrite_output_dir=overwrite_output_dir)

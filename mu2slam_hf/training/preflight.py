@@ -1,56 +1,87 @@
 """What a run checks before step 1, so that a data problem never costs the steps since the last checkpoint.
 
-`check_run_data` checks the train and dev manifests once (every line parses, known tasks and the model's languages,
-audio files exist, their headers read and they are long enough), reporting all problems together.
+`check_run_data` checks the train and dev rows once (every manifest line parses, known tasks and the model's
+languages, audio files exist, their headers read and they are long enough), reporting all problems together.
 `warn_unknown_text` reports, per language, the texts the run's tokenizer would turn into ``<unk>``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from ..data.validation import check_corpus
+from ..data.training_data import TrainingData
 from ..processing_mu2slam import Mu2SlamProcessor
 from .recipe import Recipe
 
 TEXT_FIELDS = (("source_text", "source_lang"), ("target_text", "target_lang"))
 
 
-def run_languages(recipe: Recipe, resume_from: Path | None = None) -> list[str]:
-    """The language codes of the model a run trains (from its checkpoint, overrides, init folder or preset)."""
+class UnknownTextError(ValueError):
+    """Train texts hold characters the tokenizer of a trained folder cannot write."""
+
+
+def run_languages(recipe: Recipe, resume_from: Path | None = None) -> list[str] | None:
+    """The language codes of the model a run trains (from its checkpoint, overrides, init folder or preset); None
+    (any code) when the run adds the data's languages (``extend_vocabulary``)."""
     if resume_from is not None:
         return Mu2SlamConfig.from_pretrained(resume_from).languages
+    if recipe.extend_vocabulary:
+        return None
     if "languages" in recipe.model_overrides:
         return list(recipe.model_overrides["languages"])
     return Mu2SlamConfig.from_pretrained(recipe.init_checkpoint or recipe.model).languages
 
 
-def check_run_data(recipe: Recipe, data_dir: str | os.PathLike, resume_from: Path | None = None) -> None:
-    """Check the rows of the tasks the recipe draws, in ``train.jsonl`` and (when present) ``dev.jsonl``.
+def check_run_data(recipe: Recipe, data: TrainingData, resume_from: Path | None = None) -> None:
+    """Check the rows of the tasks the recipe draws, in the train split and (when there is one) the eval split.
 
-    Raises `mu2slam_hf.data.validation.CorpusError` listing every problem, or FileNotFoundError without train.jsonl.
+    Raises `mu2slam_hf.data.validation.CorpusError` listing every problem, or FileNotFoundError without train data.
     """
-    drawn = {**recipe.examples_per_step, **dict.fromkeys(recipe.seconds_per_step, 1)}  # as `load_train_sources`
-    tasks = [task for task, count in drawn.items() if count > 0]
-    languages = run_languages(recipe, resume_from)
-    check_corpus(data_dir, {"train": tasks, "dev": tasks}, languages, optional_splits=("dev",))
+    tasks = recipe.drawn_tasks()
+    splits = {data.train_split_name: tasks}
+    eval_split = data.resolved_eval_split()
+    if eval_split is not None:
+        splits[eval_split] = tasks
+    data.check(splits, run_languages(recipe, resume_from))
 
 
 def warn_unknown_text(processor: Mu2SlamProcessor, sources: Iterable[Iterable[dict[str, Any]]], where: str) -> None:
     """Log, per language, the source and target texts of ``sources`` the processor's tokenizer cannot write."""
+    texts, languages = _texts_and_languages(sources)
+    if texts:
+        processor.warn_unknown_text(texts, languages, where)
+
+
+def refuse_unknown_text(processor: Mu2SlamProcessor, sources: Iterable[Iterable[dict[str, Any]]], where: str) -> None:
+    """Raise `UnknownTextError` when train texts hold characters the (trained) tokenizer writes as ``<unk>``."""
+    texts, languages = _texts_and_languages(sources)
+    report = processor.tokenizer.unknown_text_report(zip(languages, texts, strict=True))
+    if report:
+        message = report.message(f"the train texts, with the tokenizer of {where}")
+        raise UnknownTextError(
+            message.replace(
+                "Use a tokenizer trained on text with these characters, or clean the texts.",
+                "Nothing has been run. Pass --extend_vocabulary (recipe `extend_vocabulary: true`) to add these "
+                "characters as tokens with new embedding rows, or clean the texts.",
+            )
+        )
+
+
+def _texts_and_languages(sources: Iterable[Iterable[dict[str, Any]]]) -> tuple[list[str], list[str]]:
+    """Every source and target text of ``sources`` with its language."""
     texts, languages = [], []
     for rows in sources:
         for row in _text_columns(rows):
             for text_key, lang_key in TEXT_FIELDS:
+                if text_key == "target_text" and row.get("target_text") == row.get("source_text"):
+                    continue  # an ASR transcript is both; count it once
                 if row.get(text_key):
                     texts.append(row[text_key])
                     languages.append(row.get(lang_key) or row.get("source_lang") or "?")
-    if texts:
-        processor.warn_unknown_text(texts, languages, where)
+    return texts, languages
 
 
 def _text_columns(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
@@ -60,4 +91,4 @@ def _text_columns(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     return rows
 
 
-__all__ = ["check_run_data", "run_languages", "warn_unknown_text"]
+__all__ = ["UnknownTextError", "check_run_data", "refuse_unknown_text", "run_languages", "warn_unknown_text"]

@@ -18,7 +18,7 @@ import yaml
 
 from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
-from ..data.schema import SPEECH_TASKS, TASKS
+from ..data.schema import SPEECH_TASKS, TASKS, TEXT_TASKS
 
 STAGES = ("pretrain", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
@@ -110,10 +110,14 @@ class Recipe:
     CTC on ASR rows (and, with ``ctc_ast_source``, on AST rows from their source transcript) and defaults to 0.3
     (0 turns it off); pre-training keeps the preset's weight unless set. ``seconds_per_step`` (speech tasks) makes
     a task draw one length-bucketed batch of that many seconds of padded audio per step instead of
-    ``examples_per_step``; ``shortest_first`` walks the first epoch of those batches from short to long.
+    ``examples_per_step``, and ``tokens_per_step`` (text tasks) one batch of that many padded tokens (the longer of source and target);
+    ``shortest_first`` walks the first epoch of those batches from short to long.
     ``spec_augment_from_step``: SpecAugment (when the model config enables it) acts from this step on.
     ``max_train_minutes``: also stop (evaluate, save the final model) once this much training time has passed,
     evaluation and saving not counted: runs compared at equal minutes (the learning-curve benchmark).
+    ``extend_vocabulary``: characters of the train texts the tokenizer cannot write become new tokens (embedding
+    rows) and unknown language codes new language embeddings; without it, fine-tuning a trained folder on such
+    text is refused (the model would learn to write ``<unk>``) and unknown languages are named before step 1.
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -130,6 +134,7 @@ class Recipe:
     ctc_weight: float | None = None
     ctc_ast_source: bool = False
     seconds_per_step: dict[str, float] = field(default_factory=dict)
+    tokens_per_step: dict[str, int] = field(default_factory=dict)
     shortest_first: bool = False
     spec_augment_from_step: int = 0
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
@@ -148,6 +153,7 @@ class Recipe:
     seed: int = 0
     dataloader: DataloaderRecipe = field(default_factory=DataloaderRecipe)
     lora: LoraRecipe = field(default_factory=LoraRecipe)
+    extend_vocabulary: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -163,9 +169,9 @@ class Recipe:
         unknown = set(self.examples_per_step) - set(TASKS)
         if unknown:
             raise RecipeError(f"examples_per_step: unknown task(s) {sorted(unknown)}; tasks are {list(TASKS)}.")
-        if not any(count > 0 for count in self.examples_per_step.values()) and not self.seconds_per_step:
+        if not self.drawn_tasks():
             raise RecipeError("examples_per_step: every task has 0 examples per step.")
-        if self.stage == "finetune" and any(self.examples_per_step.get(task, 0) > 0 for task in ("speech", "text")):
+        if self.stage == "finetune" and any(task in ("speech", "text") for task in self.drawn_tasks()):
             raise RecipeError("examples_per_step: fine-tuning uses labelled tasks only (asr, ast, mt).")
         self._validate_maps()
         for name in (
@@ -193,8 +199,18 @@ class Recipe:
             raise RecipeError(f"seconds_per_step: {not_speech} are not speech tasks (speech, asr, ast).")
         if any(seconds <= 0 for seconds in self.seconds_per_step.values()):
             raise RecipeError(f"seconds_per_step: budgets must be positive, got {self.seconds_per_step}.")
+        not_text = sorted(set(self.tokens_per_step) - set(TEXT_TASKS))
+        if not_text:
+            raise RecipeError(f"tokens_per_step: {not_text} are not text tasks (text, mt).")
+        if any(tokens < 1 for tokens in self.tokens_per_step.values()):
+            raise RecipeError(f"tokens_per_step: budgets must be positive, got {self.tokens_per_step}.")
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+
+    def drawn_tasks(self) -> list[str]:
+        """The tasks each step draws from: a positive ``examples_per_step`` or a length budget per step."""
+        counts = {**self.examples_per_step, **dict.fromkeys([*self.seconds_per_step, *self.tokens_per_step], 1)}
+        return [task for task, count in counts.items() if count > 0]
 
     def _validate_maps(self) -> None:
         """The free-form maps: config fields, objective names and task names, each with a usable value."""
