@@ -132,7 +132,7 @@ class UnknownTextReport:
             examples = "; ".join(repr(text[:60]) for text in self.examples[language])
             lines.append(
                 f"  {language}: {self.affected[language]} of {self.texts[language]} texts, "
-                f"{self.unknown_characters[language] / self.characters[language]:.2%} of the characters; unknown: {pieces}; "
+                f"{100 * self.unknown_characters[language] / self.characters[language]:.2g}% of the characters; unknown: {pieces}; "
                 f"e.g. {examples}"
             )
         lines.append("Use a tokenizer trained on text with these characters, or clean the texts.")
