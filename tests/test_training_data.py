@@ -97,6 +97,16 @@ def disk_data(clips) -> TrainingData:
     return TrainingData(dataset_name=str(folder), text_column_name="sentence", source_lang_column_name="locale")
 
 
+def snapshot_data(clips) -> TrainingData:
+    """A local snapshot of a Hub dataset: parquet files per split under data/ (the Hub's layout)."""
+    folder = clips["root"] / "snapshot"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    disk = datasets.load_from_disk(str(disk_data(clips).dataset_name))
+    for split, dataset in disk.items():
+        dataset.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return TrainingData(dataset_name=str(folder), text_column_name="sentence", source_lang_column_name="locale")
+
+
 def manifest_data(clips) -> TrainingData:
     root = clips["root"]
     (root / "manifest").mkdir(exist_ok=True)
@@ -110,7 +120,10 @@ def manifest_data(clips) -> TrainingData:
     return TrainingData(dataset_name=str(root / "manifest"))
 
 
-KINDS = {"table": csv_data, "audiofolder": audiofolder_data, "disk": disk_data, "manifest": manifest_data}
+KINDS = {
+    "table": csv_data, "audiofolder": audiofolder_data, "disk": disk_data, "manifest": manifest_data,
+    "hub": snapshot_data,
+}  # fmt: skip
 
 
 def essentials(rows) -> list[tuple]:
@@ -134,7 +147,7 @@ def test_every_kind_of_data_gives_the_canonical_rows_of_the_manifest(clips, kind
         ("asr", r["file"], r["text"], r["lang"], r["lang"], round(r["seconds"], 3)) for r in expected
     )
     assert data.resolved_eval_split() == ("dev" if kind == "manifest" else "validation")
-    if kind == "disk":
+    if kind in ("disk", "hub"):
         assert all(row["audio"]["bytes"] for row in rows)  # decoded later by soundfile, not torchcodec
 
 
@@ -175,7 +188,7 @@ def trained(clips, tmp_path_factory) -> Path:
     return output_dir
 
 
-@pytest.mark.parametrize("kind", ["table", "audiofolder", "disk"])
+@pytest.mark.parametrize("kind", ["table", "audiofolder", "disk", "hub"])
 def test_every_kind_trains_and_its_model_loads(clips, kind, trained, tmp_path):
     output_dir = trained if kind == "table" else tmp_path / "run"
     if kind != "table":

@@ -9,7 +9,8 @@ One :class:`TrainingData` names the data and how its columns map to the canonica
 - a ``datasets`` ``save_to_disk`` folder (a ``Dataset`` or a ``DatasetDict`` of splits);
 - an audiofolder: a folder with ``metadata.csv`` / ``metadata.jsonl`` (a ``file_name`` column of audio paths
   relative to it), at its top or in one sub-folder per split (``train/``, ``validation/``, ...);
-- a name for ``datasets.load_dataset`` (with ``dataset_config_name``; needs the Hub or its cache).
+- a name for ``datasets.load_dataset`` (with ``dataset_config_name``; needs the Hub or its cache), or a local
+  snapshot of a Hub dataset (a folder of parquet or arrow files, e.g. from ``huggingface-cli download``).
 
 or ``train_file`` (and ``validation_file``) is a CSV, TSV or JSON Lines table with an audio-path column (paths
 relative to the table) and text columns.
@@ -41,6 +42,7 @@ from .validation import CorpusError, check_corpus, row_problems
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 EVAL_SPLIT_NAMES = ("dev", "validation", "valid", "test")
+DATA_FILE_SUFFIXES = (".parquet", ".arrow")
 
 
 class DataSourceError(ValueError):
@@ -101,7 +103,7 @@ class TrainingData:
 
     @property
     def kind(self) -> str:
-        """``manifest``, ``disk``, ``audiofolder``, ``table`` or ``hub``."""
+        """``manifest``, ``disk``, ``audiofolder``, ``table`` or ``hub`` (a Hub name or a local snapshot)."""
         if self.train_file is not None:
             return "table"
         path = self.dataset_name
@@ -111,6 +113,8 @@ class TrainingData:
             return "disk"
         if _audiofolder_metadata(path):
             return "audiofolder"
+        if _has_data_files(path):
+            return "hub"  # a local snapshot of a Hub dataset: datasets.load_dataset reads its parquet/arrow files
         if os.path.isdir(path):
             raise DataSourceError(
                 f"{path}: not a corpus folder this package can read: no train.jsonl manifest (build one with "
@@ -321,6 +325,18 @@ def _audiofolder_metadata(path: str) -> dict[str, str]:
                 if os.path.isfile(os.path.join(path, entry, name)):
                     found[entry] = os.path.join(path, entry, name)
     return found
+
+
+def _has_data_files(path: str) -> bool:
+    """Whether a folder holds parquet or arrow files (at its top or one level down, as Hub snapshots do)."""
+    if not os.path.isdir(path):
+        return False
+    for root, folders, files in os.walk(path):
+        if any(name.endswith(DATA_FILE_SUFFIXES) for name in files):
+            return True
+        if root != path:
+            folders.clear()
+    return False
 
 
 def _read_table(path: str) -> datasets.Dataset:
