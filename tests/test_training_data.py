@@ -173,6 +173,14 @@ def test_translation_tables_and_manifest_language_selection(clips, tmp_path):
     manifest = manifest_data(clips)
     manifest.source_lang = "fr"
     assert {row["source_lang"] for row in manifest.load("train")} == {"fr"}
+    rows = [json.loads(line) for line in (Path(manifest.dataset_name) / "train.jsonl").read_text().splitlines()]
+    rows[0]["source_lang"] = rows[0]["target_lang"] = "xx"  # an English row: a pair this run leaves out
+    broken = clips["root"] / "manifest-broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    TrainingData(dataset_name=str(broken), source_lang="fr").check({"train": ["asr"]}, ["en", "fr"])
+    with pytest.raises(CorpusError, match=r"train.jsonl:1: example 'train-0': unknown language source_lang='xx'"):
+        TrainingData(dataset_name=str(broken)).check({"train": ["asr"]}, ["en", "fr"])
 
 
 def train_on(kind_or_data, clips, output_dir: Path, **recipe):

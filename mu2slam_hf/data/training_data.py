@@ -189,7 +189,8 @@ class TrainingData:
         """Raise a `CorpusError` listing every problem of the rows of ``splits`` (split -> tasks), before training."""
         if self.kind == "manifest":
             optional = [s for s in splits if s != self.train_split_name]
-            check_corpus(self.dataset_name, splits, languages, optional_splits=optional)
+            selected = self._selected_row if self.source_lang or self.target_lang else None
+            check_corpus(self.dataset_name, splits, languages, optional_splits=optional, selected=selected)
             return
         problems = []
         for split, tasks in splits.items():
@@ -197,6 +198,9 @@ class TrainingData:
             problems += row_problems(((f"{split} row {i}", row) for i, row in enumerate(rows)), tasks, languages)
         if problems:
             raise CorpusError(str(self), problems, languages)
+
+    def _selected_row(self, row: dict[str, Any]) -> bool:
+        return self._wanted_languages(row.get("source_lang"), row.get("target_lang"))
 
     def _wanted_languages(self, source_lang: str, target_lang: str | None) -> bool:
         if self.source_lang and source_lang != iso_code(self.source_lang):

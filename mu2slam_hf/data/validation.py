@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import soundfile as sf
@@ -44,11 +44,13 @@ def check_corpus(
     languages: Collection[str] | None,
     optional_splits: Iterable[str] = (),
     min_audio_seconds: float = MIN_AUDIO_SECONDS,
+    selected: Callable[[dict[str, Any]], bool] | None = None,
 ) -> None:
     """Raise a `CorpusError` listing every problem of the rows of ``splits`` (split -> the tasks that will be used).
 
-    Rows of other tasks are only parsed. A missing manifest is a FileNotFoundError, unless its split is in
-    ``optional_splits``. ``languages``: the codes the model knows (None: any code).
+    Rows of other tasks, and rows ``selected`` turns down (e.g. other language pairs), are only parsed. A missing
+    manifest is a FileNotFoundError, unless its split is in ``optional_splits``. ``languages``: the codes the model
+    knows (None: any code).
     """
     optional = set(optional_splits)
     problems: list[str] = []
@@ -57,7 +59,11 @@ def check_corpus(
         if split in optional and not os.path.exists(os.path.join(data_dir, f"{split}.jsonl")):
             continue
         path = manifest_path(data_dir, split)
-        rows = ((f"{path}:{number}", row) for number, row in iter_manifest_lines(path))
+        rows = (
+            (f"{path}:{number}", row)
+            for number, row in iter_manifest_lines(path)
+            if selected is None or isinstance(row, ManifestError) or selected(row)
+        )
         problems += row_problems(rows, tasks, languages, min_audio_seconds, audio_checked)
     if problems:
         raise CorpusError(data_dir, problems, languages)
