@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Collection
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
@@ -84,6 +84,8 @@ class TrainingData:
     source_lang_column_name: str | None = None
     target_lang_column_name: str | None = None
     id_column_name: str | None = None
+    # split -> canonical rows: the pre-flight check, the train sources and the dev subset read a split once
+    _canonical: dict[str, datasets.Dataset] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if (self.dataset_name is None) == (self.train_file is None):
@@ -170,12 +172,18 @@ class TrainingData:
             if not (self.source_lang or self.target_lang):
                 return dataset
             return dataset.filter(self._wanted_languages, input_columns=["source_lang", "target_lang"])
+        if split not in self._canonical:
+            self._canonical[split] = self._canonical_split(split)
+        canonical = self._canonical[split]
+        return canonical.filter(lambda t: t == task, input_columns="task") if task else canonical
+
+    def _canonical_split(self, split: str) -> datasets.Dataset:
         raw, base_dir = self._raw_split(split)
         if len(raw) == 0:
             raise DataSourceError(f"{self}: the {split!r} split has no rows.")
         self._check_columns(raw, split)
         raw = _undecoded(raw)
-        canonical = raw.map(
+        return raw.map(
             self._canonical_row,
             with_indices=True,
             fn_kwargs={"split": split, "base_dir": base_dir},
@@ -183,7 +191,6 @@ class TrainingData:
             features=FEATURES,
             desc=f"{self} [{split}] to the canonical schema",
         )
-        return canonical.filter(lambda t: t == task, input_columns="task") if task else canonical
 
     def check(self, splits: dict[str, Collection[str]], languages: Collection[str] | None) -> None:
         """Raise a `CorpusError` listing every problem of the rows of ``splits`` (split -> tasks), before training."""
@@ -292,13 +299,13 @@ class TrainingData:
         )
         where.add_argument("--train_file", help="a CSV, TSV or JSON Lines table of the training rows")  # fmt: skip
         group.add_argument("--validation_file", help="a table of the dev rows (with --train_file)")
-        for field in fields(cls):
-            if field.name not in ("dataset_name", "train_file", "validation_file"):
-                group.add_argument(f"--{field.name}", default=field.default, help=_HELP[field.name])
+        for argument in fields(cls):
+            if argument.init and argument.name not in ("dataset_name", "train_file", "validation_file"):
+                group.add_argument(f"--{argument.name}", default=argument.default, help=_HELP[argument.name])
 
     @classmethod
     def from_arguments(cls, args: Any) -> TrainingData:
-        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+        return cls(**{argument.name: getattr(args, argument.name) for argument in fields(cls) if argument.init})
 
 
 _HELP = {
