@@ -117,3 +117,28 @@ def test_manifest_round_trip_resolves_relative_paths(tmp_path):
     assert dataset[1]["audio"] is None
     assert len(load_manifest(tmp_path, "train", task="mt")) == 1
     assert len(to_dataset([])) == 0
+
+
+def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_path):
+    from mu2slam_hf.data.manifest import combine_corpora
+
+    first, second, out = tmp_path / "synth", tmp_path / "real", tmp_path / "both"
+    for folder, lang in ((first, "en"), (second, "nl")):
+        folder.mkdir()
+        rows = [
+            make_example(f"{lang}1", "asr", lang, audio=f"audio/{lang}1.flac", source_text="a", target_text="a"),
+            make_example(f"{lang}2", "mt", lang, source_text="a", target_text="b", target_lang="fr"),
+        ]
+        write_manifest(folder / "train.jsonl", rows)
+    write_manifest(first / "dev.jsonl", rows[:1])  # a split only one source has
+    summary = combine_corpora(out, [first, second], tasks=["asr"])
+    train = load_manifest(out, "train")
+    assert train["id"] == ["en1", "nl1"]  # the mt rows left out
+    assert train[1]["audio"]["path"] == str(second / "audio/nl1.flac")  # nothing copied
+    assert len(load_manifest(out, "dev")) == 1 and not (out / "test.jsonl").exists()
+    assert summary["splits"]["train"]["tasks"]["asr"] == {"en": 1, "nl": 1, "total": 2}
+    combine_corpora(out, [first, second], tasks=["asr"])  # the same combination again: rewritten
+    with pytest.raises(FileExistsError, match="already holds another corpus"):
+        combine_corpora(out, [first], tasks=["asr"])
+    with pytest.raises(FileExistsError, match="already holds another corpus"):
+        combine_corpora(first, [second])

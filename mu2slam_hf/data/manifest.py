@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import datasets
@@ -133,3 +133,46 @@ def format_summary(summary: dict[str, Any]) -> str:
         if key in summary:
             lines.append(f"{key}: {summary[key]}")
     return "\n".join(lines)
+
+
+def combine_corpora(
+    out_dir: str | os.PathLike,
+    sources: list[str | os.PathLike],
+    tasks: Collection[str] | None = None,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+) -> dict[str, Any]:
+    """Writes a corpus folder whose manifests are the concatenation of ``sources``' manifests (only ``tasks``'
+    rows when given), with absolute audio paths so no audio is copied, and returns its summary.
+
+    Training on several corpora at once (synthetic and real speech, say) then takes one ``--data`` folder. A
+    split missing from every source is left out; one missing from some sources is taken from the others.
+    ``out_dir`` must be new or a combination of the same sources and tasks (then it is rewritten): a folder of
+    any other corpus raises ``FileExistsError`` rather than being mixed into.
+    """
+    out_dir = os.path.abspath(out_dir)
+    origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
+    summary_path = os.path.join(out_dir, "summary.json")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        previous = (
+            json.load(open(summary_path, encoding="utf-8")).get("combined") if os.path.exists(summary_path) else None
+        )
+        if previous != origin:
+            raise FileExistsError(
+                f"{out_dir} already holds another corpus; choose a new folder for the combination of {sources}"
+            )
+    os.makedirs(out_dir, exist_ok=True)
+    rows_by_split: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        paths = [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]]
+        if not any(os.path.exists(p) for p in paths):
+            continue
+        rows = [
+            row for p in paths if os.path.exists(p) for row in read_manifest(p) if not tasks or row["task"] in tasks
+        ]
+        write_manifest(os.path.join(out_dir, f"{split}.jsonl"), rows)
+        rows_by_split[split] = rows
+    if not rows_by_split:
+        raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
+    summary = summarize(rows_by_split) | {"combined": origin}
+    write_summary(out_dir, summary)
+    return summary
