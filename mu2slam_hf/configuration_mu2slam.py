@@ -69,10 +69,15 @@ _INT_FIELDS = {
 # Fractions in [0, 1].
 _PROBABILITY_FIELDS = (
     "encoder_dropout", "decoder_dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
-    "decoder_noise_ratio", "mask_time_prob", "mask_feature_prob",
+    "decoder_noise_ratio", "mask_time_prob", "mask_feature_prob", "language_detection_threshold",
 )  # fmt: skip
-_NON_NEGATIVE_FLOAT_FIELDS = ("init_std", "decoder_loss_weight", "mlm_loss_weight", "ctc_loss_weight")
-_BOOL_FIELDS = ("scale_embedding", "apply_spec_augment", "tie_word_embeddings", "is_encoder_decoder", "use_cache")
+_NON_NEGATIVE_FLOAT_FIELDS = (
+    "init_std", "decoder_loss_weight", "mlm_loss_weight", "ctc_loss_weight", "language_id_loss_weight",
+)  # fmt: skip
+_BOOL_FIELDS = (
+    "scale_embedding", "apply_spec_augment", "tie_word_embeddings", "is_encoder_decoder", "use_cache",
+    "language_id_head",
+)  # fmt: skip
 
 
 def _is_number(value: Any) -> bool:
@@ -187,6 +192,12 @@ class Mu2SlamConfig(PreTrainedConfig):
         mask_time_prob / mask_time_length / mask_time_min_masks: time masking as in Whisper/wav2vec 2.0
             (`mask_time_prob * frames / mask_time_length` spans of `mask_time_length` frames, at least the minimum).
         mask_feature_prob / mask_feature_length / mask_feature_min_masks: the same over the mel bins.
+        language_id_head (`bool`): spoken language identification: a classifier over the mean of the encoder
+            states of speech encoded without a language embedding (`Mu2SlamForConditionalGeneration.detect_language`;
+            `generate` uses it when no `src_lang` is given). Added to a trained model by `add_language_id_head`.
+        language_id_loss_weight (`float`): weight of its cross-entropy in the forward's loss (`language_labels`).
+        language_detection_threshold (`float`): the lowest probability a detected language may have; below it,
+            `generate` without `src_lang` refuses the input instead of guessing.
     """
 
     model_type = "mu2slam"
@@ -235,6 +246,9 @@ class Mu2SlamConfig(PreTrainedConfig):
         mask_feature_prob: float = 0.0,
         mask_feature_length: int = 10,
         mask_feature_min_masks: int = 0,
+        language_id_head: bool = False,
+        language_id_loss_weight: float = 1.0,
+        language_detection_threshold: float = 0.5,
         pad_token_id: int = PAD_ID,
         bos_token_id: int = BOS_ID,
         eos_token_id: int = EOS_ID,
@@ -292,6 +306,9 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.mask_feature_prob = mask_feature_prob
         self.mask_feature_length = mask_feature_length
         self.mask_feature_min_masks = mask_feature_min_masks
+        self.language_id_head = language_id_head
+        self.language_id_loss_weight = language_id_loss_weight
+        self.language_detection_threshold = language_detection_threshold
         self.unk_token_id = unk_token_id
         self.mask_token_id = mask_token_id
         self.use_cache = use_cache

@@ -42,7 +42,7 @@ from .data.schema import SPEECH_TEXT_TASKS, target_language
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
-TASK_ORDER = ("asr", "ast", "mt", "classification")
+TASK_ORDER = ("asr", "ast", "mt", "classification", "lid")
 METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy", "nll")
 # sacreBLEU tokenizers for target languages whose text has no spaces between words; others use "13a".
 BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
@@ -238,7 +238,7 @@ def make_results(
 
 def row_label(task: str, source_lang: str, target_lang: str) -> str:
     """A table row's name: the language for ASR/classification, ``"src-tgt"`` for AST/MT."""
-    return source_lang if task in ("asr", "classification") else f"{source_lang}-{target_lang}"
+    return source_lang if task in ("asr", "classification", "lid") else f"{source_lang}-{target_lang}"
 
 
 def results_tables(results: dict[str, Any]) -> dict[tuple[str, str], list[tuple[str, float, int]]]:
@@ -260,13 +260,29 @@ def results_to_markdown(results: dict[str, Any]) -> str:
     """Markdown: a header naming model, data and split, then one table per task and metric."""
     lines = [f"# Evaluation of `{results['model']}` on `{results['data']}` ({results['split']})", ""]
     for (task, name), rows in results_tables(results).items():
-        column = "Language" if task in ("asr", "classification") else "Direction"
+        column = "Language" if task in ("asr", "classification", "lid") else "Direction"
         lines += [f"## {task.upper()} {name.upper() if name != 'chrf' else 'chrF'}", ""]
         lines += [f"| {column} | {name} | examples |", "|---|---:|---:|"]
         for label, value, count in rows:
             shown = f"**{label}**" if label == "average" else label
             lines.append(f"| {shown} | {_format(value)} | {count} |")
         lines.append("")
+    if results.get("language_confusion"):
+        lines += [
+            "## Language identification: confusion (clips)",
+            "",
+            confusion_to_markdown(results["language_confusion"]),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def confusion_to_markdown(confusion: dict[str, dict[str, int]]) -> str:
+    """A confusion table (rows: true language, columns: detected language, cells: clip counts)."""
+    detected = sorted({code for row in confusion.values() for code in row})
+    lines = ["| true \\ detected | " + " | ".join(detected) + " |", "|---|" + "---:|" * len(detected)]
+    for true in sorted(confusion):
+        lines.append(f"| {true} | " + " | ".join(str(confusion[true].get(code, 0)) for code in detected) + " |")
     return "\n".join(lines)
 
 
@@ -500,6 +516,68 @@ def evaluate_model(
     if with_loss:
         metrics = _merge_by_group(metrics, score_nll(target_nll(model, processor, selected, batch_size)))
     return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
+
+
+@torch.no_grad()
+def predict_languages(
+    model: Any, processor: Any, examples: Iterable[dict[str, Any]], batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """The language-identification head's answer for every speech example (audio decoded here when needed):
+    records with ``id``, ``language`` (the true ``source_lang``), ``detected`` and ``probability`` (of the
+    detected language)."""
+    speech = [decode_example(dict(e)) for e in examples if (e.get("audio") or {}).get("path") or e.get("audio")]
+    records = []
+    device, dtype = model.device, model.dtype
+    for batch in _batches(speech, batch_size):
+        audio = [example["audio"]["array"] for example in batch]
+        inputs = processor.feature_extractor(
+            audio, sampling_rate=batch[0]["audio"]["sampling_rate"], return_tensors="pt"
+        )
+        codes, probabilities = model.detect_language(
+            inputs["input_features"].to(device, dtype), inputs["attention_mask"].to(device)
+        )
+        best = probabilities.max(-1).values.tolist()
+        records += [
+            {"id": e["id"], "language": e["source_lang"], "detected": code, "probability": round(p, 4)}
+            for e, code, p in zip(batch, codes, best, strict=True)
+        ]
+    return records
+
+
+def evaluate_language_id(
+    model: Any,
+    processor: Any,
+    examples: Iterable[dict[str, Any]],
+    batch_size: int = 8,
+    return_predictions: bool = False,
+    model_name: str = "",
+    data_name: str = "",
+    split: str = "",
+) -> dict[str, Any]:
+    """Spoken language identification of the speech examples: accuracy per true language (task ``lid``) and the
+    confusion counts (``language_confusion``: true -> detected -> clips), in the evaluation JSON format."""
+    records = predict_languages(model, processor, examples, batch_size)
+    if not records:
+        raise ValueError("No speech examples to identify the language of.")
+    by_language: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for record in records:
+        by_language[record["language"]].append(record)
+        confusion[record["language"]][record["detected"]] += 1
+    metrics = [
+        metric_entry(
+            "lid",
+            lang,
+            lang,
+            "accuracy",
+            accuracy([r["language"] for r in rows], [r["detected"] for r in rows]),
+            len(rows),
+        )
+        for lang, rows in sorted(by_language.items())
+    ]
+    results = make_results(model_name, data_name, split, metrics, records if return_predictions else None)
+    results["language_confusion"] = {true: dict(sorted(row.items())) for true, row in sorted(confusion.items())}
+    return results
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -48,13 +48,14 @@ from .vocabulary import (
     PAD_ID,
     SPEECH_MODALITY,
     TEXT_MODALITY,
+    UNKNOWN_LANGUAGE_ID,
     check_vocabulary_matches,
     language_indices,
 )
 
 # Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
 TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
-                      "example_weights", "speech_mlm_mask")  # fmt: skip
+                      "example_weights", "speech_mlm_mask", "language_labels")  # fmt: skip
 
 # Every Auto class a saved folder answers to with trust_remote_code=True, wherever the package is not installed.
 # save_pretrained writes only the entry of the class it is called on, so a folder saved from the seq2seq model
@@ -122,6 +123,8 @@ class Mu2SlamSeq2SeqLMOutput(ModelOutput):
             that token count, the same for the encoder MLM (0 without `mlm_labels`). What training logs and what
             evaluation reports as NLL, without a second pass.
         encoder_attention_mask (`(B, E)`): the mask of `encoder_last_hidden_state`.
+        language_id_loss: the unweighted language-identification cross-entropy (with `language_labels`).
+        language_logits (`(B, num_languages)`): the language-identification head's scores (with `language_labels`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -138,6 +141,8 @@ class Mu2SlamSeq2SeqLMOutput(ModelOutput):
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_attention_mask: torch.LongTensor | None = None
+    language_id_loss: torch.FloatTensor | None = None
+    language_logits: torch.FloatTensor | None = None
 
 
 # ------------------------------------------------------------------------------------- building blocks
@@ -430,6 +435,43 @@ class Mu2SlamCTCHead(nn.Module):
         return F.linear(hidden_states, token_embedding[: self.text_vocab_size], self.bias)
 
 
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, D) states, (B, S) mask -> (B, D) mean over the unmasked positions."""
+    weights = mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _grown_classifier(old: nn.Linear, extra: int) -> nn.Linear:
+    """`old` with `extra` new output rows (new classes), started at the mean of the trained rows."""
+    grown = nn.Linear(old.in_features, old.out_features + extra)
+    with torch.no_grad():
+        grown.weight.copy_(_with_rows_after(old.weight, old.out_features, extra))
+        grown.bias.copy_(_with_rows_after(old.bias.unsqueeze(-1), old.out_features, extra).squeeze(-1))
+    return grown.to(old.weight.device, old.weight.dtype)
+
+
+class Mu2SlamLanguageIdHead(nn.Module):
+    """Spoken language identification: a dense layer + tanh on every encoder state, then the statistics (mean and
+    standard deviation) of those frames over the utterance (x-vector pooling), then one score per language.
+
+    The per-frame nonlinearity before pooling lets the head count frames of language-specific sounds; a mean of the
+    states alone is a linear view of the utterance average.
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        self.frames = nn.Linear(config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(2 * config.d_model, config.num_languages)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) encoder states of speech, (B, S) mask -> (B, num_languages) logits."""
+        frames = torch.tanh(self.frames(hidden_states))
+        mean = masked_mean(frames, mask)
+        deviation = masked_mean((frames - mean.unsqueeze(1)) ** 2, mask).clamp(min=1e-6).sqrt()
+        return self.classifier(self.dropout(torch.cat([mean, deviation], dim=-1)))
+
+
 # ------------------------------------------------------------------------------ fine-tuning augmentation
 
 
@@ -666,8 +708,9 @@ class RangeCheck:
                 "before batching."
             )
         if self.kind == "language":
+            unknown = f" or {UNKNOWN_LANGUAGE_ID} (language unknown)" if self.low < 0 else ""
             return ValueError(
-                f"`{self.name}` holds ids outside [0, {self.high}): {bad}. "
+                f"`{self.name}` holds ids outside [0, {self.high}){unknown}: {bad}. "
                 "Map language codes with `config.language_id(code)`."
             )
         return ValueError(
@@ -705,8 +748,12 @@ def check_forward_kwargs(module: nn.Module, kwargs: dict) -> None:
         )
 
 
-def language_check(config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str) -> RangeCheck:
-    return RangeCheck(role, lang_ids, config.num_languages, kind="language")
+def language_check(
+    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str, allow_unknown: bool = False
+) -> RangeCheck:
+    """Language ids in [0, num_languages); the encoder also takes `UNKNOWN_LANGUAGE_ID` (no language embedding)."""
+    low = UNKNOWN_LANGUAGE_ID if allow_unknown else 0
+    return RangeCheck(role, lang_ids, config.num_languages, kind="language", low=low)
 
 
 class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
@@ -736,7 +783,9 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
     def _segment(self, embeds: torch.Tensor, lang_ids: torch.Tensor, modality: int) -> torch.Tensor:
         positions = sinusoidal_positions(torch.arange(embeds.shape[1], device=embeds.device), embeds.shape[-1])
         modality_ids = torch.full_like(lang_ids, modality)
-        extra = self.embed_languages(lang_ids) + self.embed_modalities(modality_ids)
+        known = (lang_ids != UNKNOWN_LANGUAGE_ID).unsqueeze(-1)
+        language = self.embed_languages(lang_ids.clamp(min=0)) * known.to(embeds.dtype)
+        extra = language + self.embed_modalities(modality_ids)
         return embeds + positions.to(embeds.dtype) + extra.unsqueeze(1)
 
     def embed_speech(
@@ -819,8 +868,8 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         check_ranges(
             short_audio or RangeCheck("input lengths", None, 0),
             RangeCheck("input_ids", input_ids, self.config.vocab_size),
-            language_check(self.config, src_lang_ids, "src_lang_ids"),
-            language_check(self.config, text_lang if has_speech else None, "text_lang_ids"),
+            language_check(self.config, src_lang_ids, "src_lang_ids", allow_unknown=True),
+            language_check(self.config, text_lang if has_speech else None, "text_lang_ids", allow_unknown=True),
         )
 
         segments, masks = [], []
@@ -1126,6 +1175,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.mlm_head = Mu2SlamMLMHead(config)
         self.ctc_head = Mu2SlamCTCHead(config)
+        self.language_id_head = Mu2SlamLanguageIdHead(config) if config.language_id_head else None
         self.post_init()
         # The ASR pipeline's own generation defaults (num_beams=5, max_new_tokens=256, Whisper's) apply to any model
         # whose generation config leaves them unset: greedy and the model's target length are the right defaults.
@@ -1164,6 +1214,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         mlm_labels: torch.LongTensor | None = None,
         ctc_labels: torch.LongTensor | None = None,
         example_weights: torch.FloatTensor | None = None,
+        language_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Mu2SlamSeq2SeqLMOutput:
@@ -1175,6 +1226,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             ctc_labels (`(B, L_ctc)`): transcript text ids for CTC on the speech positions, -100 padded;
                 a row of only -100 does not count (mixed batches).
             example_weights (`(B,)`): per-example weight of the decoder and MLM losses (objective weights).
+            language_labels (`(B,)`): language ids of the speech for the language-identification head (-100: not
+                counted); the head reads a second encoder pass of `input_features` without a language embedding.
+                With `language_labels` and no decoder inputs, the forward is language identification alone.
             tgt_lang_ids (`(B,)`) / tgt_modality_ids (`(B,)`): language and modality of the decoder output.
             kwargs: `output_hidden_states`, `output_attentions` (eager attention), `return_dict` and the other
                 `TransformersKwargs` (`num_items_in_batch` is accepted and unused: `accepts_loss_kwargs = False`);
@@ -1189,7 +1243,14 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             RangeCheck("labels", labels, self.config.vocab_size, allow_ignore=True),
             RangeCheck("mlm_labels", mlm_labels, self.config.vocab_size, allow_ignore=True),
             RangeCheck("ctc_labels", ctc_labels, self.config.text_vocab_size, allow_ignore=True),
+            RangeCheck("language_labels", language_labels, self.config.num_languages, allow_ignore=True),
         )
+        if language_labels is not None and labels is None and decoder_input_ids is None and encoder_outputs is None:
+            if mlm_labels is not None or ctc_labels is not None:
+                raise ValueError(
+                    "`mlm_labels` and `ctc_labels` need decoder inputs (`labels`) beside `language_labels`."
+                )
+            return self._language_id_forward(input_features, attention_mask, language_labels)
         if labels is not None:
             if decoder_input_ids is None:
                 decoder_input_ids = shift_tokens_right(
@@ -1236,11 +1297,16 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             if speech_length == 0:
                 raise ValueError("`ctc_labels` were given without speech input: CTC runs on the speech positions.")
             ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], encoder_mask[:, :speech_length], ctc_labels)
+        language_id_loss = language_logits = None
+        if language_labels is not None:
+            language_logits = self.language_logits(input_features, attention_mask)
+            language_id_loss = F.cross_entropy(language_logits.float(), language_labels, ignore_index=IGNORE_INDEX)
 
         weighted = [
             (decoder_loss, self.config.decoder_loss_weight),
             (mlm_loss, self.config.mlm_loss_weight),
             (ctc_loss, self.config.ctc_loss_weight),
+            (language_id_loss, self.config.language_id_loss_weight),
         ]
         present = [part * weight for part, weight in weighted if part is not None]
         loss = torch.stack(present).sum() if present else None
@@ -1260,6 +1326,20 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
             encoder_attention_mask=encoder_mask,
+            language_id_loss=language_id_loss,
+            language_logits=language_logits,
+        )
+
+    def _language_id_forward(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor
+    ) -> Mu2SlamSeq2SeqLMOutput:
+        """Language identification alone (no decoder labels): one encoder pass without a language embedding."""
+        language_logits = self.language_logits(input_features, attention_mask)
+        language_id_loss = F.cross_entropy(language_logits.float(), language_labels, ignore_index=IGNORE_INDEX)
+        return Mu2SlamSeq2SeqLMOutput(
+            loss=language_id_loss * self.config.language_id_loss_weight,
+            language_id_loss=language_id_loss,
+            language_logits=language_logits,
         )
 
     def _mlm_loss(
@@ -1312,6 +1392,93 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             return None
         return torch.tensor(language_indices(self.config.languages, code, batch), device=device)
 
+    # ------------------------------------------------------------------------- spoken language identification
+
+    def add_language_id_head(self) -> None:
+        """Give the model a new (untrained) language-identification head over its languages (`config.language_id_head`);
+        train it with the `language-id.yaml` recipe (or a recipe's `language_id_weight`)."""
+        if self.language_id_head is not None:
+            raise ValueError("add_language_id_head: the model already has a language-identification head.")
+        self.config.language_id_head = True
+        head = Mu2SlamLanguageIdHead(self.config)
+        head.apply(self._init_weights)
+        reference = self.lm_head.weight
+        self.language_id_head = head.to(reference.device, reference.dtype).train(self.training)
+
+    def language_logits(
+        self, input_features: torch.FloatTensor, attention_mask: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        """(B, T, F) speech features (+ (B, T) mask) -> (B, num_languages) language scores of the head, which reads
+        the encoder's states of the speech encoded without a language embedding."""
+        if self.language_id_head is None:
+            raise ValueError(
+                "This model has no language-identification head. Train one from this model with the recipe "
+                "configuration/recipes/language-id.yaml (or `model.add_language_id_head()` and `language_labels`), "
+                "or pass the language of the speech (`src_lang=`)."
+            )
+        if input_features is None:
+            raise ValueError("Language identification reads speech: pass `input_features`.")
+        unknown = torch.full((input_features.shape[0],), UNKNOWN_LANGUAGE_ID, device=input_features.device)
+        encoded = self.model.encoder(
+            input_features=input_features, attention_mask=attention_mask, src_lang_ids=unknown
+        )
+        return self.language_id_head(encoded.last_hidden_state, encoded.attention_mask)
+
+    @torch.no_grad()
+    def detect_language(
+        self, input_features: torch.FloatTensor, attention_mask: torch.LongTensor | None = None, **kwargs
+    ) -> tuple[list[str], torch.FloatTensor]:
+        """The spoken language of each clip: (the most probable code per clip, `(B, num_languages)` probabilities in
+        the order of `config.languages`). Takes the processor's output; other keys are ignored."""
+        probabilities = self.language_logits(input_features, attention_mask).float().softmax(-1)
+        return [self.config.languages[i] for i in probabilities.argmax(-1).tolist()], probabilities
+
+    def _detected_language_ids(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, threshold: float | None = None
+    ) -> torch.LongTensor:
+        """(B,) ids of the detected languages; a ValueError naming the clips whose best language is less probable
+        than `threshold` (default `config.language_detection_threshold`) rather than a guess."""
+        if self.language_id_head is None:
+            raise ValueError(
+                f"`src_lang` is required: this model knows {self.config.num_languages} languages "
+                f"({', '.join(self.config.languages)}) and has no language-identification head to detect them. Pass "
+                "`src_lang=` (a code, or one per clip), or train a head with configuration/recipes/language-id.yaml."
+            )
+        threshold = self.config.language_detection_threshold if threshold is None else threshold
+        _, probabilities = self.detect_language(input_features, attention_mask)
+        best, ids = probabilities.max(-1)
+        unsure = (best < threshold).nonzero().flatten().tolist()
+        if unsure:
+            guesses = []
+            for row in unsure[:4]:
+                values, indices = probabilities[row].topk(min(2, probabilities.shape[-1]))
+                pairs = zip(values.tolist(), indices.tolist(), strict=True)
+                shown = ", ".join(f"{self.config.languages[i]} {p:.2f}" for p, i in pairs)
+                guesses.append(f"clip {row}: {shown}")
+            raise ValueError(
+                f"Could not identify the spoken language of {len(unsure)} clip(s) with probability >= {threshold:g} "
+                f"({'; '.join(guesses)}). Pass `src_lang=` for them, or a lower `language_detection_threshold`."
+            )
+        return ids
+
+    def _source_language_ids(
+        self,
+        src_lang: str | list[str] | None,
+        src_lang_ids: torch.Tensor | None,
+        reference: torch.Tensor,
+        input_features: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        threshold: float | None = None,
+    ) -> torch.Tensor | None:
+        """(B,) source language ids (B = `reference.shape[0]`): given as ids or codes; for speech of a multilingual
+        model without them, detected by the language-identification head; else None (one-language models need none).
+        """
+        if src_lang_ids is not None:
+            return src_lang_ids
+        if src_lang is not None or input_features is None or self.config.num_languages == 1:
+            return self._language_ids(src_lang, reference.shape[0], reference.device)
+        return self._detected_language_ids(input_features, attention_mask, threshold)
+
     def ctc_log_probs(self, encoder_outputs: Mu2SlamEncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """CTC log-probabilities `(B, S, text_vocab_size)` (blank = <pad>) of the speech positions, and their
         `(B,)` real lengths."""
@@ -1347,9 +1514,10 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         src_lang: str | list[str] | None,
         src_lang_ids: torch.Tensor | None,
     ) -> Mu2SlamEncoderOutput:
-        """The encoder's output for speech input, the language given by code(s) or ids."""
-        if src_lang_ids is None:
-            src_lang_ids = self._language_ids(src_lang, input_features.shape[0], input_features.device)
+        """The encoder's output for speech input, the language given by code(s) or ids (or detected)."""
+        src_lang_ids = self._source_language_ids(
+            src_lang, src_lang_ids, input_features, input_features, attention_mask
+        )
         return self.model.encoder(
             input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
         )
@@ -1415,6 +1583,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         tgt_lang_ids: torch.LongTensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
         ctc_weight: float | None = None,
+        language_detection_threshold: float | None = None,
         **kwargs,
     ) -> torch.LongTensor:
         r"""
@@ -1425,7 +1594,10 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             input_features (`(B, T, num_mel_bins)`) + attention_mask (`(B, T)`): speech input; or
             input_ids (`(B, L)`) + attention_mask (`(B, L)`): text input.
             src_lang / tgt_lang: language codes (one for the batch, or one per example), or the
-                `*_lang_ids` tensors directly.
+                `*_lang_ids` tensors directly. Speech without `src_lang` is identified by the language-identification
+                head when the model has one (`detect_language`); `tgt_lang` then defaults to the detected language.
+            language_detection_threshold: the lowest probability a detected language may have (default
+                `config.language_detection_threshold`); a clip below it is a ValueError, never a guess.
             ctc_weight: joint CTC/attention decoding for ASR (0.3 is ESPnet's usual weight): every step scores
                 the decoder's best tokens by `(1 - w) log p_att + w log p_ctc(prefix)`, which keeps the output
                 aligned with the audio (no repeated or dropped words). Works with greedy and beam search; 1 is a
@@ -1449,8 +1621,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             kwargs.pop(key, None)
         requested_modality = kwargs.pop("tgt_modality_ids", None)
         batch, device = reference.shape[0], reference.device
-        if src_lang_ids is None:
-            src_lang_ids = self._language_ids(src_lang, batch, device)
+        src_lang_ids = self._source_language_ids(
+            src_lang, src_lang_ids, reference, input_features, attention_mask, language_detection_threshold
+        )
         if tgt_lang_ids is None:
             tgt_lang_ids = self._language_ids(tgt_lang, batch, device)
         if tgt_lang_ids is None:
@@ -1554,6 +1727,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 grown.weight.copy_(_with_rows_after(old.weight, old.num_embeddings, len(codes)))
             module.embed_languages = grown.to(old.weight.device, old.weight.dtype)
+        if self.language_id_head is not None:
+            self.language_id_head.classifier = _grown_classifier(self.language_id_head.classifier, len(codes))
         self.config.languages = [*self.config.languages, *codes]
 
     def set_asr_ctc_weight(self, ctc_weight: float) -> None:

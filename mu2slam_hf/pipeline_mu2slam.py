@@ -17,7 +17,7 @@ token run.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ logger = logging.get_logger(__name__)
 TASK = "automatic-speech-recognition"
 TIMESTAMP_KINDS = ("word",)
 # Keys of a chunk's model output that are this pipeline's own; any other key came with the input and is returned.
-OUTPUT_KEYS = ("tokens", "token_frames", "feature_frames", "stride", "is_last", "logits", "token_timestamps")
+OUTPUT_KEYS = (
+    "tokens", "token_frames", "feature_frames", "stride", "is_last", "logits", "token_timestamps", "language",
+)  # fmt: skip
 
 
 def timed_words(
@@ -86,7 +88,10 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     (`chunk_length_s`, `stride_length_s`) for Mu2SLAM models; other models run as in the parent class.
 
     Returns `{"text": ...}`, plus `"chunks": [{"text": word, "timestamp": (start_s, end_s)}, ...]` with
-    `return_timestamps="word"` (transcription only: the CTC head transcribes, it cannot time a translation).
+    `return_timestamps="word"` (transcription only: the CTC head transcribes, it cannot time a translation), and
+    `"language"` (the source language's code) with `return_language=True`. Without `src_lang` in `generate_kwargs`,
+    a model with a language-identification head detects it (each chunk on its own); a clip it cannot identify with
+    `language_detection_threshold` is a ValueError.
     """
 
     def __init__(self, model, *args, **kwargs):
@@ -94,11 +99,12 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         self.is_mu2slam = getattr(model.config, "model_type", None) == "mu2slam"
         super().__init__(model, *args, **kwargs)
 
-    def _sanitize_parameters(self, ignore_warning=None, return_timestamps=None, **kwargs):
+    def _sanitize_parameters(self, ignore_warning=None, return_timestamps=None, return_language=None, **kwargs):
         if not self.is_mu2slam:
             return super()._sanitize_parameters(
-                ignore_warning=ignore_warning, return_timestamps=return_timestamps, **kwargs
-            )
+                ignore_warning=ignore_warning, return_timestamps=return_timestamps, return_language=return_language,
+                **kwargs,
+            )  # fmt: skip
         if return_timestamps not in (None, False, *TIMESTAMP_KINDS):
             raise ValueError(
                 f"return_timestamps={return_timestamps!r} is not supported by Mu2SLAM models: use "
@@ -109,6 +115,8 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         preprocess, forward, postprocess = super()._sanitize_parameters(ignore_warning=True, **kwargs)
         if return_timestamps:
             forward["return_timestamps"] = postprocess["return_timestamps"] = return_timestamps
+        if return_language is not None:
+            postprocess["return_language"] = return_language
         return preprocess, forward, postprocess
 
     def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):
@@ -116,6 +124,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             return super()._forward(model_inputs, return_timestamps=return_timestamps, **generate_kwargs)
         stride = model_inputs.pop("stride", None)
         features, mask = model_inputs["input_features"], model_inputs.get("attention_mask")
+        generate_kwargs, spoken = self._with_source_language(features, mask, generate_kwargs)
         transcribing = self._transcribes({**getattr(self, "_generate_kwargs", {}), **generate_kwargs}, len(features))
         if return_timestamps and not transcribing:
             raise ValueError(
@@ -131,6 +140,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             )
             generate_kwargs = {**generate_kwargs, "encoder_outputs": encoder_outputs}
         out = super()._forward(model_inputs, **generate_kwargs)
+        out["language"] = spoken
         if stride is not None:
             out["stride"] = stride
         if aligning:
@@ -138,6 +148,19 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
             out["feature_frames"] = frames
         return out
+
+    def _with_source_language(self, features, mask, generate_kwargs: dict) -> tuple[dict, list[str]]:
+        """`generate_kwargs` with the clips' source language ids (detected by the model's language-identification
+        head when neither `src_lang` nor `src_lang_ids` is given), and each clip's language code."""
+        languages = self.model.config.languages
+        given = generate_kwargs.get("src_lang_ids", generate_kwargs.get("src_lang"))
+        if given is None and len(languages) == 1:
+            given = languages[0]
+        if given is not None:
+            return generate_kwargs, [languages[i] for i in self._language_ids(given, len(features))]
+        threshold = generate_kwargs.pop("language_detection_threshold", None)
+        ids = self.model._detected_language_ids(features, mask, threshold)
+        return {**generate_kwargs, "src_lang_ids": ids}, [languages[i] for i in ids.tolist()]
 
     def _transcribes(self, generate_kwargs: dict, batch: int) -> bool:
         """Whether `generate` transcribes (no target language, or the source language) rather than translates."""
@@ -185,6 +208,15 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
         if not self.is_mu2slam:
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
+        result = self._text_and_words(model_outputs, return_timestamps)
+        if return_language:
+            # A long file's chunks are identified one by one; the file gets the language most of them were given.
+            # Unbatched outputs carry one code, a batch of one a list of one.
+            spoken = Counter(_single(output["language"]) for output in model_outputs)
+            result["language"] = spoken.most_common(1)[0][0]
+        return {**result, **self._extra(model_outputs)}
+
+    def _text_and_words(self, model_outputs: list[dict], return_timestamps) -> dict[str, Any]:
         if "token_frames" in model_outputs[0]:
             words = self._kept_words(model_outputs)
             if any(output.get("stride") for output in model_outputs):
@@ -197,7 +229,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             sequences = [[t for t in output["tokens"][0].tolist() if t not in special] for output in model_outputs]
             merged = merge_on_longest_common_run(sequences) if len(sequences) > 1 else sequences[0]
             result = {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
-        return {**result, **self._extra(model_outputs)}
+        return result
 
     def _kept_words(self, model_outputs: list[dict]) -> list[dict[str, Any]]:
         """The timed words of every chunk that lie outside its strides, on the file's time line."""
@@ -238,6 +270,10 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 if key not in OUTPUT_KEYS:
                     extra[key].append(value)
         return dict(extra)
+
+
+def _single(value: Any) -> Any:
+    return value[0] if isinstance(value, list | tuple) else value
 
 
 def register_asr_pipeline() -> None:

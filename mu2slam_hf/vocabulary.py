@@ -27,6 +27,9 @@ MODALITIES = {"speech": SPEECH_MODALITY, "text": TEXT_MODALITY}
 # Label value of positions no loss counts (PyTorch's cross-entropy `ignore_index` default, transformers' convention):
 # padding of `labels`, `mlm_labels`, `ctc_labels` and of speech-code targets.
 IGNORE_INDEX = -100
+# Encoder language id of speech whose language is not known (spoken language identification): the segment gets no
+# language embedding. Only the encoder takes it; the decoder always writes a known language.
+UNKNOWN_LANGUAGE_ID = -1
 # Audio sampling rate of the whole pipeline (Hz): the feature extractor, the data schema and the corpus builders.
 SAMPLING_RATE = 16_000
 

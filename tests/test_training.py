@@ -268,3 +268,41 @@ def test_bf16_autocast_and_gradient_checkpointing(corpus, tmp_path):
     for step in range(2):
         assert checkpointed[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-5)
         assert bf16[step]["loss"] == pytest.approx(reference[step]["loss"], rel=0.02)
+
+
+def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, corpus, tmp_path):
+    _, init = pretrained
+    finetune_main([
+        "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "language-id.yaml"), "--init", str(init),
+        "--data", corpus, "--output_dir", str(tmp_path), "--max_steps", "30", "--no_progress", "--no_tensorboard",
+        "--set", "seconds_per_step.asr=12", "--set", "optimizer.lr=3e-3", "--set", "log_interval=1",
+        "--set", "eval_interval=30", "--set", "dev_examples_per_task=8",
+    ])  # fmt: skip
+    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+    base = Mu2SlamForConditionalGeneration.from_pretrained(init)
+    assert model.config.language_id_head and base.language_id_head is None
+    assert all(torch.equal(p, model.state_dict()[n]) for n, p in base.state_dict().items())  # ASR/AST unchanged
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    first, last = sum(e["language_id_loss"] for e in log[:5]) / 5, sum(e["language_id_loss"] for e in log[-5:]) / 5
+    assert last < first and "loss/asr" not in log[-1]  # no decoder pass
+    dev = json.loads((tmp_path / "dev_results.json").read_text())[-1]
+    assert "dev/language_id_accuracy" in dev and "dev/asr_cer" not in dev
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"language_id_only": True}, "set `language_id_weight`"),
+        ({"language_id_only": True, "language_id_weight": 1.0, "examples_per_step": {"mt": 2}}, "speech only"),
+        ({"language_id_weight": -1.0}, "language_id_weight must be >= 0"),
+    ],
+)
+def test_language_id_recipe_errors(data, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"stage": "finetune", "model": "m", "examples_per_step": {"asr": 2}, **data})
+
+
+def test_trainable_modules_that_name_nothing_are_refused(corpus, tmp_path):
+    recipe = tiny_recipe(max_steps=1, trainable_modules=["language_head"])
+    with pytest.raises(RecipeError, match=r"\['language_head'\] name no parameter.*'language_id_head'|ctc_head"):
+        run(recipe, corpus, tmp_path)

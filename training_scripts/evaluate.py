@@ -1,4 +1,5 @@
-"""Evaluate a Mu2SLAM model on a corpus manifest: WER/CER (ASR), BLEU/chrF (AST, MT) per language or direction.
+"""Evaluate a Mu2SLAM model on a corpus manifest: WER/CER (ASR), BLEU/chrF (AST, MT) per language or direction, and
+spoken language identification accuracy with its confusion table (``lid``, on the ASR clips; needs the head).
 
 Example::
 
@@ -21,8 +22,10 @@ from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.evaluation import (
     GENERATION_TASKS,
     audio_dependence,
+    evaluate_language_id,
     evaluate_model,
     load_examples,
+    make_results,
     results_to_markdown,
     write_results,
 )
@@ -41,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="folder (or Hub id) with the model and its processor")
     parser.add_argument("--data", required=True, help="corpus folder holding <split>.jsonl")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--tasks", default=",".join(GENERATION_TASKS), help="comma-separated subset of asr,ast,mt")
+    parser.add_argument("--tasks", default=",".join(GENERATION_TASKS), help="comma-separated subset of asr,ast,mt,lid")
     parser.add_argument("--max_examples", type=positive_int, default=None, help="at most this many examples per task")
     parser.add_argument("--output", default=None, help="JSON path (default <model>/eval_<split>.json)")
     parser.add_argument("--batch_size", type=positive_int, default=16)
@@ -69,23 +72,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
-    unknown = sorted(set(tasks) - set(GENERATION_TASKS))
+    unknown = sorted(set(tasks) - {*GENERATION_TASKS, "lid"})
     if unknown:
-        raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)}.")
+        raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)},lid.")
+    generation = tuple(task for task in tasks if task != "lid")
+    read = tuple(dict.fromkeys([*generation, *(["asr"] if "lid" in tasks else [])]))  # lid reads the ASR clips
     processor = Mu2SlamProcessor.from_pretrained(args.model)
     try:  # every problem of the split at once, before anything is decoded
-        check_corpus(args.data, {args.split: tasks}, processor.languages)
+        check_corpus(args.data, {args.split: read}, processor.languages)
     except CorpusError as error:
         raise SystemExit(f"CorpusError: {error}") from None
     model = Mu2SlamForConditionalGeneration.from_pretrained(args.model).to(args.device).eval()
-    examples = load_examples(args.data, args.split, tasks, args.max_examples)
+    if "lid" in tasks and model.language_id_head is None:
+        raise SystemExit(f"{args.model} has no language-identification head: train one (recipe language-id.yaml).")
+    examples = load_examples(args.data, args.split, read, args.max_examples)
     if not examples:
-        raise SystemExit(f"No {','.join(tasks)} examples in {args.data}/{args.split}.jsonl.")
+        raise SystemExit(f"No {','.join(read)} examples in {args.data}/{args.split}.jsonl.")
+    names = {"model_name": str(args.model), "data_name": str(args.data), "split": args.split}
     results = evaluate_model(
         model,
         processor,
         examples,
-        tasks=tasks,
+        tasks=generation,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
@@ -93,10 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         decoder=args.decoder,
         return_predictions=args.save_predictions,
         with_loss=args.with_loss,
-        model_name=str(args.model),
-        data_name=str(args.data),
-        split=args.split,
-    )
+        **names,
+    ) if generation else make_results(names["model_name"], names["data_name"], args.split, [])  # fmt: skip
+    if "lid" in tasks:
+        speech = [example for example in examples if example["task"] == "asr"]
+        identified = evaluate_language_id(model, processor, speech, args.batch_size, args.save_predictions, **names)
+        results["metrics"] += identified["metrics"]
+        results["language_confusion"] = identified["language_confusion"]
+        if args.save_predictions:
+            results["language_predictions"] = identified["predictions"]
     if args.audio_dependence:
         results["audio_dependence"] = audio_dependence(model, processor, examples, args.batch_size)
         print("audio dependence (nats per token):", results["audio_dependence"])

@@ -28,6 +28,7 @@ HUB_TASKS = {
     "ast": ("automatic-speech-recognition", "Speech Translation"),
     "mt": ("translation", "Machine Translation"),
     "classification": ("text-classification", "Text Classification"),
+    "lid": ("audio-classification", "Spoken Language Identification"),
 }
 METRIC_LABELS = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF", "accuracy": "Accuracy", "nll": "NLL"}
 LOWER_IS_BETTER = {"wer", "cer", "nll"}
@@ -57,8 +58,8 @@ class CardInputs:
 
 
 def metric_pair(entry: dict[str, Any]) -> str:
-    """`fr` for ASR and classification, `fr → en` for translation tasks."""
-    if entry["task"] in ("asr", "classification"):
+    """`fr` for ASR, classification and language identification, `fr → en` for translation tasks."""
+    if entry["task"] in ("asr", "classification", "lid"):
         return entry["source_lang"]
     return f"{entry['source_lang']} → {entry['target_lang']}"
 
@@ -186,7 +187,8 @@ def usage_example(inputs: CardInputs, config: dict) -> dict[str, Any]:
     metrics = inputs.results["metrics"]
     asr = next((m["source_lang"] for m in metrics if m["task"] == "asr"), None)
     ast = next((m for m in metrics if m["task"] == "ast"), None)
-    return {"src_lang": inputs.smoke_lang or asr or config["languages"][0], "ast": ast}
+    src_lang = inputs.smoke_lang or asr or config["languages"][0]
+    return {"src_lang": src_lang, "ast": ast, "language_id": bool(config.get("language_id_head"))}
 
 
 def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template: str | os.PathLike | None = None):

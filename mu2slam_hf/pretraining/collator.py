@@ -29,6 +29,18 @@ def _pad_1d(rows: Sequence[torch.Tensor], length: int, value, dtype: torch.dtype
     return padded
 
 
+def with_language_labels(batch: dict[str, torch.Tensor], only: bool = False) -> dict[str, torch.Tensor]:
+    """A collated speech batch with `language_labels` (its source languages, the language-identification targets);
+    with ``only``, just the speech and those labels (the forward then runs language identification alone). Batches
+    without speech are returned as they are."""
+    if "input_features" not in batch:
+        return batch
+    labels = {"language_labels": batch["src_lang_ids"]}
+    if only:
+        return {"input_features": batch["input_features"], "attention_mask": batch["attention_mask"], **labels}
+    return {**batch, **labels}
+
+
 class Mu2SlamCollator:
     """List of `Mu2SlamInstance` -> dict of padded tensors named as the forward's parameters.
 

@@ -1,5 +1,5 @@
 """Periodic dev evaluation: per-task dev losses, and greedy-decoding ASR CER/WER (attention, CTC and joint),
-AST and MT BLEU.
+AST and MT BLEU; language-identification accuracy on the speech examples when the model has that head.
 
 The dev subset is fixed for the whole run (the first ``examples_per_task`` examples of each task, spread over
 languages), and so are its masks (a generator seeded once), so dev losses of different steps are comparable.
@@ -17,8 +17,8 @@ from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
 from ..data.schema import LABELLED_TASKS
-from ..evaluation import generate_predictions, score, spread_over_languages
-from ..pretraining import Mu2SlamCollator, split_by_layout
+from ..evaluation import generate_predictions, predict_languages, score, spread_over_languages
+from ..pretraining import Mu2SlamCollator, split_by_layout, with_language_labels
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 
@@ -39,6 +39,8 @@ class DevEvaluator:
         examples: task -> dev examples (already subset).
         batch_size / max_new_tokens: of the loss batches and of greedy decoding.
         seed: of the dev masks.
+        language_id: add language-identification labels to the speech loss batches (the run trains that head);
+            "only": score language identification alone (no decoder losses or decoding).
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class DevEvaluator:
         batch_size: int = 8,
         max_new_tokens: int = 64,
         seed: int = 0,
+        language_id: bool | str = False,
     ):
         self.builder = builder
+        self.language_id = language_id
         self.examples = {task: [decode_example(e) for e in rows] for task, rows in examples.items() if rows}
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -82,18 +86,26 @@ class DevEvaluator:
             for start in range(0, len(mine), self.batch_size):
                 instances = self.builder.build({task: mine[start : start + self.batch_size]}, generator)
                 for group in split_by_layout(instances):
-                    batch = {k: v.to(device) for k, v in self.collator(group).items()}
-                    outputs = model(**batch)
-                    tracker.add_rows(group, outputs.row_losses)
+                    batch = self.collator(group)
+                    if self.language_id:
+                        batch = with_language_labels(batch, only=self.language_id == "only")
+                    outputs = model(**{k: v.to(device) for k, v in batch.items()})
+                    tracker.add_output(group, outputs)
         summary = tracker.summary(accelerator)
-        return {key: value for key, value in summary.items() if "/" in key}
+        return {key: value for key, value in summary.items() if "/" in key or key == "language_id_loss"}
 
     def _generation(self, model, accelerator) -> dict[str, float]:
         """Greedy decoding of each task's dev examples; ASR also with the CTC head alone (``asr_cer_ctc``...), the
         decoder that learns first, and with joint CTC/attention scoring (``asr_cer_joint``...)."""
         metrics = {}
+        if getattr(model, "language_id_head", None) is not None:
+            speech = [e for task in ("asr", "ast") for e in self.examples.get(task, [])]
+            records = gather_object(predict_languages(model, self.builder.processor, self._shard(speech, accelerator)))
+            if records:
+                correct = sum(r["language"] == r["detected"] for r in records)
+                metrics["language_id_accuracy"] = 100.0 * correct / len(records)
         for task in LABELLED_TASKS:
-            if task not in self.examples:
+            if task not in self.examples or self.language_id == "only":
                 continue
             mine = self._shard(self.examples[task], accelerator)
             decoders = {"": {}}

@@ -30,7 +30,7 @@ from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS
 from ..data.training_data import TrainingData
 from ..lora import add_lora
-from ..pretraining import Mu2SlamCollator, split_by_layout
+from ..pretraining import Mu2SlamCollator, split_by_layout, with_language_labels
 from ..processing_mu2slam import Mu2SlamProcessor
 from .assets import (
     build_processor,
@@ -45,7 +45,7 @@ from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_resu
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 from .preflight import check_run_data, refuse_unknown_text, warn_unknown_text
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
 
@@ -165,10 +165,16 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
     if resume_from is None and recipe.extend_vocabulary:
         characters, languages = extend_vocabulary(model, processor, list(sources.values()))
         logger.info("extend_vocabulary: added the characters %s and the languages %s", characters, languages)
-    elif resume_from is None and recipe.init_checkpoint:
+    elif resume_from is None and recipe.init_checkpoint and not recipe.language_id_only:
         refuse_unknown_text(processor, sources.values(), recipe.init_checkpoint)
     if recipe.ctc_weight is not None:
         model.config.ctc_loss_weight = recipe.ctc_weight
+    if recipe.language_id_weight:
+        if model.language_id_head is None:
+            model.add_language_id_head()
+        model.config.language_id_loss_weight = recipe.language_id_weight
+    if recipe.trainable_modules:
+        train_only(model, recipe.trainable_modules)
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -176,6 +182,18 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         lora = recipe.lora
         model = add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     return model, processor
+
+
+def train_only(model: torch.nn.Module, prefixes: list[str]) -> None:
+    """Freeze every parameter whose name starts with none of ``prefixes``; a prefix that names no parameter is a
+    RecipeError listing the model's top-level modules."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unmatched:
+        top = sorted({name.split(".")[0] for name in names})
+        raise RecipeError(f"trainable_modules: {unmatched} name no parameter of the model; its modules are {top}.")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(prefix) for prefix in prefixes))
 
 
 class Mu2SlamTrainer:
@@ -251,8 +269,9 @@ class Mu2SlamTrainer:
         dev_examples = load_dev_examples(recipe, self.data)
         if accelerator.is_main_process:
             warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
+        language_id = "only" if recipe.language_id_only else bool(recipe.language_id_weight)
         self.dev = DevEvaluator(
-            self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed
+            self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed, language_id
         ) if any(dev_examples.values()) else None  # fmt: skip
         model.train()
         optimizer = build_optimizer(recipe, model, self.config.d_model)
@@ -289,15 +308,12 @@ class Mu2SlamTrainer:
             micro_loss = 0.0
             for index, group in enumerate(groups):
                 last = micro == accumulation - 1 and index == len(groups) - 1
-                batch = {k: v.to(accelerator.device) for k, v in self.collator(group).items()}
+                batch = {k: v.to(accelerator.device) for k, v in self.collate(group).items()}
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     outputs = model(**batch)
                     accelerator.backward(outputs.loss / accumulation)
                 micro_loss += outputs.loss.item()
-                tracker.add_rows(group, outputs.row_losses)
-                if outputs.ctc_loss is not None:
-                    tracker.add_total("ctc_loss", outputs.ctc_loss.item())
-                    tracker.add_total("ctc_batches", 1)
+                tracker.add_output(group, outputs)
                 self._count_inputs(group, tracker)
             tracker.add_total("loss", micro_loss)
             tracker.add_total("micro_batches", 1)
@@ -306,6 +322,14 @@ class Mu2SlamTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def collate(self, group) -> dict[str, torch.Tensor]:
+        """One batch of the model's keyword arguments (with language-identification labels when the recipe trains
+        that head)."""
+        batch = self.collator(group)
+        if self.recipe.language_id_weight:
+            batch = with_language_labels(batch, only=self.recipe.language_id_only)
+        return batch
 
     def _count_inputs(self, group, tracker: LossTracker) -> None:
         """Speech seconds and text tokens fed to the encoder (throughput)."""

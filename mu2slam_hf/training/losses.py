@@ -18,7 +18,10 @@ from ..pretraining import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
 
 OBJECTIVES = (*OBJECTIVE_WEIGHT_KEYS, "finetune")
 KEYS = tuple(f"task/{task}" for task in TASKS) + tuple(f"objective/{name}" for name in OBJECTIVES)
-TOTALS = ("loss", "ctc_loss", "ctc_batches", "micro_batches", "speech_seconds", "text_tokens")
+TOTALS = (
+    "loss", "ctc_loss", "ctc_batches", "language_id_loss", "language_id_batches", "micro_batches", "speech_seconds",
+    "text_tokens",
+)  # fmt: skip
 
 
 class LossTracker:
@@ -39,6 +42,17 @@ class LossTracker:
             self.rows[KEYS.index(f"task/{instance.task}")] += row
             self.rows[KEYS.index(f"objective/{instance.objective}")] += row
 
+    def add_output(self, instances: Sequence[Mu2SlamInstance], outputs) -> None:
+        """Everything the model's output of the batch made from ``instances`` tells: its rows' decoder and MLM
+        losses, and its CTC and language-identification losses."""
+        if outputs.row_losses is not None:
+            self.add_rows(instances, outputs.row_losses)
+        for name in ("ctc", "language_id"):
+            value = getattr(outputs, f"{name}_loss")
+            if value is not None:
+                self.add_total(f"{name}_loss", value.item())
+                self.add_total(f"{name}_batches", 1)
+
     def add_total(self, name: str, value: float | torch.Tensor) -> None:
         self.totals[TOTALS.index(name)] += float(value)
 
@@ -50,9 +64,10 @@ class LossTracker:
         summary: dict[str, float] = {}
         micro = max(totals[TOTALS.index("micro_batches")].item(), 1.0)
         summary["loss"] = totals[TOTALS.index("loss")].item() / micro
-        ctc_batches = totals[TOTALS.index("ctc_batches")].item()
-        if ctc_batches:
-            summary["ctc_loss"] = totals[TOTALS.index("ctc_loss")].item() / ctc_batches
+        for name in ("ctc", "language_id"):
+            batches = totals[TOTALS.index(f"{name}_batches")].item()
+            if batches:
+                summary[f"{name}_loss"] = totals[TOTALS.index(f"{name}_loss")].item() / batches
         for key, (dec_sum, dec_count, mlm_sum, mlm_count) in zip(KEYS, rows.tolist(), strict=True):
             kind, name = key.split("/")
             decoder = dec_sum / dec_count if dec_count else None

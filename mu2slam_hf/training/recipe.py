@@ -118,6 +118,10 @@ class Recipe:
     ``extend_vocabulary``: characters of the train texts the tokenizer cannot write become new tokens (embedding
     rows) and unknown language codes new language embeddings; without it, fine-tuning a trained folder on such
     text is refused (the model would learn to write ``<unk>``) and unknown languages are named before step 1.
+    Language identification: ``language_id_weight`` gives the model a language-identification head (when it has
+    none) and adds its cross-entropy, with this weight, on every speech batch (the label is the speech's source
+    language); ``language_id_only`` trains that loss alone (no decoder pass). ``trainable_modules``: only parameters
+    whose names start with one of these prefixes train (``[language_id_head]``: a head on a frozen model).
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -154,6 +158,9 @@ class Recipe:
     dataloader: DataloaderRecipe = field(default_factory=DataloaderRecipe)
     lora: LoraRecipe = field(default_factory=LoraRecipe)
     extend_vocabulary: bool = False
+    language_id_weight: float | None = None
+    language_id_only: bool = False
+    trainable_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
@@ -206,6 +213,20 @@ class Recipe:
             raise RecipeError(f"tokens_per_step: budgets must be positive, got {self.tokens_per_step}.")
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+        self._validate_language_id()
+
+    def _validate_language_id(self) -> None:
+        if self.language_id_weight is not None and self.language_id_weight < 0:
+            raise RecipeError(f"language_id_weight must be >= 0, got {self.language_id_weight}.")
+        if not self.language_id_only:
+            return
+        if not self.language_id_weight:
+            raise RecipeError("language_id_only: set `language_id_weight` (> 0), the weight of the loss it trains.")
+        if self.stage != "finetune":
+            raise RecipeError("language_id_only: language identification is trained in `stage: finetune`.")
+        not_speech = sorted(set(self.drawn_tasks()) - {"asr", "ast"})
+        if not_speech:
+            raise RecipeError(f"language_id_only: draws speech only (asr, ast rows), not {not_speech}.")
 
     def drawn_tasks(self) -> list[str]:
         """The tasks each step draws from: a positive ``examples_per_step`` or a length budget per step."""
