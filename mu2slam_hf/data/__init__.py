@@ -20,7 +20,7 @@ from .batching import (
 )
 from .corpora import load_corpus
 from .libreoffice import build_libreoffice
-from .manifest import load_manifest, read_manifest, summarize, write_manifest
+from .manifest import combine_corpora, load_manifest, read_manifest, summarize, write_manifest
 from .mixing import TaskMixture, temperature_probabilities
 from .schema import (
     FEATURES,
@@ -40,5 +40,5 @@ __all__ = [
     "padded_fraction", "text_token_lengths", "TaskMixture", "temperature_probabilities", "SAMPLING_RATE", "TASKS",
     "DataError", "DataSourceError", "TrainingData", "check_example", "decode_example", "decode_examples",
     "example_language", "filter_valid", "load_corpus", "load_manifest", "make_example", "read_audio",
-    "build_libreoffice", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
+    "build_libreoffice", "combine_corpora", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
 ]  # fmt: skip
