@@ -1157,10 +1157,12 @@ def _with_rows_after(rows: torch.Tensor, index: int, count: int) -> torch.Tensor
 
 
 class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
-    """Mu2SLAM with the decoder LM head, the encoder MLM head and the encoder CTC head.
+    """Mu2SLAM with the decoder LM head, the encoder MLM head, the encoder CTC head and, when the config asks for it,
+    a spoken-language-identification head.
 
     One forward serves every objective of the paper: decoder loss from `labels`, encoder MLM loss from
-    `mlm_labels` and CTC from `ctc_labels`, summed with the config's loss weights.
+    `mlm_labels` and CTC from `ctc_labels`, summed with the config's loss weights; `language_labels` add the
+    language-identification loss.
     """
 
     _tied_weights_keys = {
