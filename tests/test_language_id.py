@@ -149,6 +149,10 @@ def test_pipeline_detects_and_returns_the_language(identified):
     assert "language" not in asr(clip("fr", 1.0, rng), generate_kwargs={"max_new_tokens": 4})
     with pytest.raises(ValueError, match="Could not identify"):
         asr(clip("fr", 1.0, rng), generate_kwargs={"language_detection_threshold": 1.0, "max_new_tokens": 4})
+    long_file = np.concatenate([clip("en", 3.0, rng) for _ in range(4)])  # identified chunk by chunk
+    chunked = asr(long_file, chunk_length_s=3, return_language=True, return_timestamps="word",
+                  generate_kwargs={"max_new_tokens": 4})  # fmt: skip
+    assert chunked["language"] == "en" and len(chunked["chunks"]) > 1
 
 
 def test_language_id_evaluation_reports_accuracy_and_confusion(identified, tmp_path):
