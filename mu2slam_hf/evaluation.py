@@ -522,20 +522,13 @@ def evaluate_model(
 def predict_languages(
     model: Any, processor: Any, examples: Iterable[dict[str, Any]], batch_size: int = 8
 ) -> list[dict[str, Any]]:
-    """The language-identification head's answer for every speech example (audio decoded here when needed):
+    """The language-identification head's answer for every ASR/AST example (audio decoded here when needed):
     records with ``id``, ``language`` (the true ``source_lang``), ``detected`` and ``probability`` (of the
     detected language)."""
-    speech = [decode_example(dict(e)) for e in examples if (e.get("audio") or {}).get("path") or e.get("audio")]
+    speech = [example for example in examples if example["task"] in ("asr", "ast")]
     records = []
-    device, dtype = model.device, model.dtype
-    for batch in _batches(speech, batch_size):
-        audio = [example["audio"]["array"] for example in batch]
-        inputs = processor.feature_extractor(
-            audio, sampling_rate=batch[0]["audio"]["sampling_rate"], return_tensors="pt"
-        )
-        codes, probabilities = model.detect_language(
-            inputs["input_features"].to(device, dtype), inputs["attention_mask"].to(device)
-        )
+    for batch, inputs in _eval_batches(model, processor, speech, batch_size):
+        codes, probabilities = model.detect_language(**inputs)
         best = probabilities.max(-1).values.tolist()
         records += [
             {"id": e["id"], "language": e["source_lang"], "detected": code, "probability": round(p, 4)}

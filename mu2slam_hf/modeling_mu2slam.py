@@ -1301,8 +1301,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], encoder_mask[:, :speech_length], ctc_labels)
         language_id_loss = language_logits = None
         if language_labels is not None:
-            language_logits = self.language_logits(input_features, attention_mask)
-            language_id_loss = F.cross_entropy(language_logits.float(), language_labels, ignore_index=IGNORE_INDEX)
+            language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)
 
         weighted = [
             (decoder_loss, self.config.decoder_loss_weight),
@@ -1336,13 +1335,19 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor
     ) -> Mu2SlamSeq2SeqLMOutput:
         """Language identification alone (no decoder labels): one encoder pass without a language embedding."""
-        language_logits = self.language_logits(input_features, attention_mask)
-        language_id_loss = F.cross_entropy(language_logits.float(), language_labels, ignore_index=IGNORE_INDEX)
+        language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)
         return Mu2SlamSeq2SeqLMOutput(
             loss=language_id_loss * self.config.language_id_loss_weight,
             language_id_loss=language_id_loss,
             language_logits=language_logits,
         )
+
+    def _language_id_loss(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unweighted cross-entropy, (B, num_languages) logits) of the language-identification head."""
+        logits = self.language_logits(input_features, attention_mask)
+        return F.cross_entropy(logits.float(), language_labels, ignore_index=IGNORE_INDEX), logits
 
     def _mlm_loss(
         self, encoder_states: torch.Tensor, mlm_labels: torch.Tensor, example_weights: torch.Tensor | None
@@ -1827,8 +1832,7 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        mask = encoder_outputs.attention_mask.unsqueeze(-1).to(encoder_outputs.last_hidden_state.dtype)
-        pooled = (encoder_outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = masked_mean(encoder_outputs.last_hidden_state, encoder_outputs.attention_mask)
         logits = self.classifier(self.dropout(torch.tanh(self.pooler(self.dropout(pooled)))))
         loss = None
         if labels is not None:

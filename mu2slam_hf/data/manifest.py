@@ -153,9 +153,10 @@ def combine_corpora(
     origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        previous = (
-            json.load(open(summary_path, encoding="utf-8")).get("combined") if os.path.exists(summary_path) else None
-        )
+        previous = None
+        if os.path.exists(summary_path):
+            with open(summary_path, encoding="utf-8") as handle:
+                previous = json.load(handle).get("combined")
         if previous != origin:
             raise FileExistsError(
                 f"{out_dir} already holds another corpus; choose a new folder for the combination of {sources}"

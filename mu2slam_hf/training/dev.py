@@ -9,7 +9,7 @@ Work is split over processes and the sums / predictions are gathered.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from accelerate.utils import gather_object
 from ..data.audio import decode_example
 from ..data.schema import LABELLED_TASKS
 from ..evaluation import generate_predictions, predict_languages, score, spread_over_languages
-from ..pretraining import Mu2SlamCollator, split_by_layout, with_language_labels
+from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 
@@ -39,8 +39,9 @@ class DevEvaluator:
         examples: task -> dev examples (already subset).
         batch_size / max_new_tokens: of the loss batches and of greedy decoding.
         seed: of the dev masks.
-        language_id: add language-identification labels to the speech loss batches (the run trains that head);
-            "only": score language identification alone (no decoder losses or decoding).
+        collate: instances -> the model's keyword arguments (default: the plain collator); the training loop
+            passes its own, so dev batches carry what training batches carry (language-identification labels).
+        decode: run greedy decoding (False for a run that trains language identification alone).
     """
 
     def __init__(
@@ -50,15 +51,16 @@ class DevEvaluator:
         batch_size: int = 8,
         max_new_tokens: int = 64,
         seed: int = 0,
-        language_id: bool | str = False,
+        collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]] | None = None,
+        decode: bool = True,
     ):
         self.builder = builder
-        self.language_id = language_id
+        self.decode = decode
         self.examples = {task: [decode_example(e) for e in rows] for task, rows in examples.items() if rows}
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.seed = seed
-        self.collator = Mu2SlamCollator(builder.config)
+        self.collate = collate or Mu2SlamCollator(builder.config)
 
     @torch.no_grad()
     def evaluate(self, model, accelerator) -> dict[str, float]:
@@ -86,9 +88,7 @@ class DevEvaluator:
             for start in range(0, len(mine), self.batch_size):
                 instances = self.builder.build({task: mine[start : start + self.batch_size]}, generator)
                 for group in split_by_layout(instances):
-                    batch = self.collator(group)
-                    if self.language_id:
-                        batch = with_language_labels(batch, only=self.language_id == "only")
+                    batch = self.collate(group)
                     outputs = model(**{k: v.to(device) for k, v in batch.items()})
                     tracker.add_output(group, outputs)
         summary = tracker.summary(accelerator)
@@ -105,7 +105,7 @@ class DevEvaluator:
                 correct = sum(r["language"] == r["detected"] for r in records)
                 metrics["language_id_accuracy"] = 100.0 * correct / len(records)
         for task in LABELLED_TASKS:
-            if task not in self.examples or self.language_id == "only":
+            if task not in self.examples or not self.decode:
                 continue
             mine = self._shard(self.examples[task], accelerator)
             decoders = {"": {}}

@@ -269,9 +269,9 @@ class Mu2SlamTrainer:
         dev_examples = load_dev_examples(recipe, self.data)
         if accelerator.is_main_process:
             warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
-        language_id = "only" if recipe.language_id_only else bool(recipe.language_id_weight)
         self.dev = DevEvaluator(
-            self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed, language_id
+            self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed, self.collate,
+            decode=not recipe.language_id_only,
         ) if any(dev_examples.values()) else None  # fmt: skip
         model.train()
         optimizer = build_optimizer(recipe, model, self.config.d_model)
