@@ -113,6 +113,26 @@ def test_transformer_schedule():
     assert transformer_lr(160_000, 1024, 40_000, scale=3.0) == pytest.approx(3 * 1024**-0.5 * 160_000**-0.5)
 
 
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_decays_to_zero_anneal_by_the_last_step_and_keep_the_warmup(decay):
+    from mu2slam_hf.training.schedule import decay_factor, transformer_schedule
+
+    factors = [decay_factor(step, 10, 100, decay) for step in range(1, 101)]
+    assert factors[:10] == pytest.approx([step / 10 for step in range(1, 11)])  # the warmup is unchanged
+    assert factors[10] == pytest.approx(1.0) and all(a >= b for a, b in zip(factors[10:-1], factors[11:], strict=True))
+    assert 0.0 <= factors[-1] < 0.02 and factors[54] == pytest.approx(0.5, abs=0.02)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = transformer_schedule(optimizer, 10, 100, decay)
+    for _ in range(99):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * factors[-1])
+    with pytest.raises(ValueError, match="needs total_steps"):
+        transformer_schedule(optimizer, 10, None, decay)
+    with pytest.raises(RecipeError, match="optimizer.decay must be one of"):
+        tiny_recipe(**{"optimizer.decay": "exponential"})
+
+
 # --------------------------------------------------------------------------------------------- wiring
 
 

@@ -276,7 +276,13 @@ class Mu2SlamTrainer:
         model.train()
         optimizer = build_optimizer(recipe, model, self.config.d_model)
         # Not passed to prepare(): Accelerate would step it once per process each step.
-        self.scheduler = transformer_schedule(optimizer, recipe.optimizer.warmup_for(recipe.max_steps))
+        opt = recipe.optimizer
+        if opt.decay != "inverse_sqrt" and recipe.max_train_minutes:
+            logger.warning(
+                "optimizer.decay %r reaches 0 at max_steps (%d); a run stopped by max_train_minutes ends before it "
+                "anneals. Set max_steps to the steps the minutes buy.", opt.decay, recipe.max_steps,
+            )  # fmt: skip
+        self.scheduler = transformer_schedule(optimizer, opt.warmup_for(recipe.max_steps), recipe.max_steps, opt.decay)
         self.spec_augment = self.config.apply_spec_augment
         accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)

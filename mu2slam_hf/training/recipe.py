@@ -19,6 +19,7 @@ import yaml
 from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
 from ..data.schema import SPEECH_TASKS, TASKS, TEXT_TASKS
+from .schedule import DECAYS
 
 STAGES = ("pretrain", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
@@ -56,8 +57,9 @@ class OptimizerRecipe:
     """Adam(W) with the Transformer schedule ``lr = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``.
 
     ``lr`` (optional) sets the peak learning rate (reached at ``warmup_steps``) instead of ``lr_scale``; the shape
-    (linear warmup, then inverse square root decay) is the same. ``name``: "adam" (pre-training) or "adamw"
-    (fine-tuning, with ``weight_decay``).
+    (linear warmup, then inverse square root decay) is the same. ``decay``: "inverse_sqrt" (the paper's), or
+    "linear" / "cosine" to zero at ``max_steps`` (for runs whose length is known: the rate anneals before the end).
+    ``name``: "adam" (pre-training) or "adamw" (fine-tuning, with ``weight_decay``).
     """
 
     name: str = "adam"
@@ -69,6 +71,7 @@ class OptimizerRecipe:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     warmup_fraction: float | None = None
+    decay: str = "inverse_sqrt"
 
     def warmup_for(self, max_steps: int) -> int:
         """Warmup steps of a run: ``warmup_fraction * max_steps`` when set (a warmup sized to the run), else
@@ -197,6 +200,8 @@ class Recipe:
         fraction = self.optimizer.warmup_fraction
         if fraction is not None and not 0.0 < fraction < 1.0:
             raise RecipeError(f"optimizer.warmup_fraction must be in (0, 1), got {fraction}.")
+        if self.optimizer.decay not in DECAYS:
+            raise RecipeError(f"optimizer.decay must be one of {DECAYS}, got {self.optimizer.decay!r}.")
         if self.ctc_weight is None and self.stage == "finetune":
             self.ctc_weight = FINETUNE_CTC_WEIGHT
         if self.ctc_weight is not None and self.ctc_weight < 0:

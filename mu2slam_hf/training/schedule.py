@@ -1,4 +1,6 @@
-"""The Transformer learning-rate schedule (Vaswani et al. 2017), used by Mu2SLAM pre-training and fine-tuning."""
+"""Learning-rate schedules: the Transformer schedule (Vaswani et al. 2017) of Mu2SLAM pre-training and fine-tuning,
+and the same warmup followed by a decay to zero at the run's last step (linear or cosine) for runs of a known length.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +26,35 @@ def peak_lr(d_model: int, warmup_steps: int, scale: float) -> float:
     return scale / math.sqrt(d_model * warmup_steps)
 
 
-def transformer_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
-    """LambdaLR multiplying each group's ``lr`` (set it to the PEAK rate) by the normalised schedule.
+DECAYS = ("inverse_sqrt", "linear", "cosine")
 
-    The optimizer's learning rate after ``k`` scheduler steps is that of 1-based step ``k + 1``.
+
+def decay_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "inverse_sqrt") -> float:
+    """The learning rate at 1-based ``step`` as a fraction of the peak: a linear warmup to 1 at ``warmup_steps``,
+    then ``decay``: "inverse_sqrt" (``sqrt(warmup / step)``, never reaching 0), "linear" or "cosine" (to 0 at
+    ``total_steps``)."""
+    step = max(step, 1)
+    if decay == "inverse_sqrt":
+        return inverse_sqrt_factor(step, warmup_steps) / inverse_sqrt_factor(warmup_steps, warmup_steps)
+    if decay not in DECAYS:
+        raise ValueError(f"unknown decay {decay!r}; choose from {DECAYS}")
+    if step <= warmup_steps:
+        return step / warmup_steps
+    progress = min(
+        1.0, (step - 1 - warmup_steps) / max(1, total_steps - warmup_steps)
+    )  # the last step keeps a rate > 0
+    return 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def transformer_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None, decay: str = "inverse_sqrt"
+) -> LambdaLR:
+    """LambdaLR multiplying each group's ``lr`` (set it to the PEAK rate) by :func:`decay_factor`.
+
+    The optimizer's learning rate after ``k`` scheduler steps is that of 1-based step ``k + 1``. ``total_steps``
+    (the run's ``max_steps``) is needed by the decays to zero.
     """
-    peak = inverse_sqrt_factor(warmup_steps, warmup_steps)
-    return LambdaLR(optimizer, lambda step: inverse_sqrt_factor(step + 1, warmup_steps) / peak)
+    if decay != "inverse_sqrt" and total_steps is None:
+        raise ValueError(f"decay {decay!r} needs total_steps, the step at which the rate reaches 0")
+    total = total_steps or warmup_steps
+    return LambdaLR(optimizer, lambda step: decay_factor(step + 1, warmup_steps, total, decay))
