@@ -57,6 +57,7 @@ def receptive_field(num_layers: int = 2, kernel_size: int = 3, stride: int = 2) 
     return frames
 
 
+ENCODER_POSITIONS = ("absolute", "rotary")
 # Field -> smallest allowed value, for the integer fields (checked at construction, see `check_config_field`).
 _INT_FIELDS = {
     "text_vocab_size": 6, "codebook_size": 1, "num_mel_bins": 1, "frontend_channels": 1, "frontend_kernel_size": 1,
@@ -64,12 +65,13 @@ _INT_FIELDS = {
     "decoder_attention_heads": 1, "encoder_ffn_dim": 1, "decoder_ffn_dim": 1, "conformer_conv_kernel_size": 1,
     "max_target_positions": 1, "mask_time_length": 1, "mask_time_min_masks": 0, "mask_feature_length": 1,
     "mask_feature_min_masks": 0, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "unk_token_id": 0,
-    "mask_token_id": 0, "decoder_start_token_id": 0,
+    "mask_token_id": 0, "decoder_start_token_id": 0, "intermediate_ctc_layer": 0,
 }  # fmt: skip
 # Fractions in [0, 1].
 _PROBABILITY_FIELDS = (
     "encoder_dropout", "decoder_dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
     "decoder_noise_ratio", "mask_time_prob", "mask_feature_prob", "language_detection_threshold",
+    "intermediate_ctc_weight",
 )  # fmt: skip
 _NON_NEGATIVE_FLOAT_FIELDS = (
     "init_std", "decoder_loss_weight", "mlm_loss_weight", "ctc_loss_weight", "language_id_loss_weight",
@@ -175,6 +177,9 @@ class Mu2SlamConfig(PreTrainedConfig):
         encoder_attention_heads / decoder_attention_heads (`int`): attention heads.
         encoder_ffn_dim / decoder_ffn_dim (`int`): feed-forward hidden sizes.
         conformer_conv_kernel_size (`int`): depthwise convolution kernel of the Conformer blocks.
+        encoder_positions (`str`): how the encoder knows where a frame or token is: "absolute" (sinusoids added to
+            each segment's embeddings, the paper's) or "rotary" (RoPE on the self-attention queries and keys,
+            counted from 0 in each segment; nothing is added to the embeddings).
         hidden_act (`str`): activation of the feed-forward blocks.
         encoder_dropout / decoder_dropout (`float`): residual dropout (paper: 0 and 0.1).
         attention_dropout / activation_dropout (`float`): dropout on attention weights / FFN hidden.
@@ -185,6 +190,10 @@ class Mu2SlamConfig(PreTrainedConfig):
         objective_loss_weights (`dict[str, float]`): weight of each pre-training objective.
         decoder_loss_weight / mlm_loss_weight / ctc_loss_weight (`float`): how the model's own forward sums
             the decoder, encoder-MLM and CTC losses it is given labels for.
+        intermediate_ctc_layer (`int`): InterCTC (Lee and Watanabe, 2021): the CTC loss is also computed on the
+            output of this Conformer layer (through the encoder's final LayerNorm and the same CTC head), which
+            regularises the lower layers; 0 turns it off. Training only: decoding uses the last layer.
+        intermediate_ctc_weight (`float`): the CTC loss is `(1 - w) * CTC(last layer) + w * CTC(that layer)`.
         decoder_noise_ratio (`float`): noisy fine-tuning (paper 2.4, 0.06 there): in training only, this fraction
             of the decoder's input tokens (never the labels, never special tokens) is replaced by its nearest
             neighbour in the current token-embedding space within the same modality. 0 disables it.
@@ -225,6 +234,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         encoder_ffn_dim: int = 4096,
         decoder_ffn_dim: int = 4096,
         conformer_conv_kernel_size: int = 5,
+        encoder_positions: str = "absolute",
         hidden_act: str = "silu",
         encoder_dropout: float = 0.0,
         decoder_dropout: float = 0.1,
@@ -238,6 +248,8 @@ class Mu2SlamConfig(PreTrainedConfig):
         decoder_loss_weight: float = 1.0,
         mlm_loss_weight: float = 1.0,
         ctc_loss_weight: float = 1.0,
+        intermediate_ctc_layer: int = 0,
+        intermediate_ctc_weight: float = 0.5,
         decoder_noise_ratio: float = 0.0,
         apply_spec_augment: bool = False,
         mask_time_prob: float = 0.05,
@@ -285,6 +297,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.encoder_ffn_dim = encoder_ffn_dim
         self.decoder_ffn_dim = decoder_ffn_dim
         self.conformer_conv_kernel_size = conformer_conv_kernel_size
+        self.encoder_positions = encoder_positions
         self.hidden_act = hidden_act
         self.encoder_dropout = encoder_dropout
         self.decoder_dropout = decoder_dropout
@@ -298,6 +311,8 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.decoder_loss_weight = decoder_loss_weight
         self.mlm_loss_weight = mlm_loss_weight
         self.ctc_loss_weight = ctc_loss_weight
+        self.intermediate_ctc_layer = intermediate_ctc_layer
+        self.intermediate_ctc_weight = intermediate_ctc_weight
         self.decoder_noise_ratio = decoder_noise_ratio
         self.apply_spec_augment = apply_spec_augment
         self.mask_time_prob = mask_time_prob
@@ -317,6 +332,15 @@ class Mu2SlamConfig(PreTrainedConfig):
                 raise ValueError(f"d_model={d_model} is not divisible by {name}_attention_heads={heads}.")
         if conformer_conv_kernel_size % 2 == 0:
             raise ValueError(f"conformer_conv_kernel_size must be odd, got {conformer_conv_kernel_size}.")
+        if intermediate_ctc_layer >= encoder_layers:
+            raise ValueError(
+                f"intermediate_ctc_layer must be below encoder_layers={encoder_layers} (0 turns InterCTC off), got "
+                f"{intermediate_ctc_layer}."
+            )
+        if encoder_positions not in ENCODER_POSITIONS:
+            raise ValueError(f"encoder_positions must be one of {ENCODER_POSITIONS}, got {encoder_positions!r}.")
+        if encoder_positions == "rotary" and (d_model // encoder_attention_heads) % 2:
+            raise ValueError("encoder_positions='rotary' needs an even head size (d_model / encoder_attention_heads).")
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(
             pad_token_id=pad_token_id,

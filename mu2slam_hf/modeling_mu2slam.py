@@ -156,6 +156,21 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def rotary_angles(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE (Su et al. 2021) of integer ``positions`` (E,) -> (cos, sin), each (E, head_dim), float32."""
+    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(B, H, E, head_dim) queries or keys rotated by their positions' angles (the rotate-half form)."""
+    cos, sin = (part.to(states.dtype) for part in rotary)
+    first, second = states.chunk(2, dim=-1)
+    return states * cos + torch.cat([-second, first], dim=-1) * sin
+
+
 class Mu2SlamScaledEmbedding(nn.Embedding):
     """Token embedding multiplied by `embed_scale` (sqrt(D) when `config.scale_embedding`)."""
 
@@ -251,8 +266,10 @@ class Mu2SlamAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``rotary``: the (cos, sin) of :func:`rotary_angles` for self-attention with RoPE (the encoder's)."""
         is_cross_attention = key_value_states is not None
         query = self._heads(hidden_states, self.q_proj)
 
@@ -272,6 +289,8 @@ class Mu2SlamAttention(nn.Module):
             key, value = self._heads(source, self.k_proj), self._heads(source, self.v_proj)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
+        if rotary is not None:
+            query, key = apply_rotary(query, rotary), apply_rotary(key, rotary)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -354,11 +373,12 @@ class Mu2SlamConformerLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None,
         padding_mask: torch.Tensor,
         speech_length: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """(B, E, D) -> (B, E, D). The attention weights are recorded from `self_attn` (see `Mu2SlamEncoder`)."""
         hidden_states = hidden_states + 0.5 * self.ffn1(self.ffn1_norm(hidden_states))
-        attn_output, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, **kwargs)
+        attn_output, _ = self.self_attn(self.attn_norm(hidden_states), attention_mask, rotary=rotary, **kwargs)
         hidden_states = hidden_states + F.dropout(attn_output, self.dropout, self.training)
         hidden_states = hidden_states + self.conv(self.conv_norm(hidden_states), padding_mask, speech_length)
         hidden_states = hidden_states + 0.5 * self.ffn2(self.ffn2_norm(hidden_states))
@@ -781,12 +801,22 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         self.post_init()
 
     def _segment(self, embeds: torch.Tensor, lang_ids: torch.Tensor, modality: int) -> torch.Tensor:
-        positions = sinusoidal_positions(torch.arange(embeds.shape[1], device=embeds.device), embeds.shape[-1])
         modality_ids = torch.full_like(lang_ids, modality)
         known = (lang_ids != UNKNOWN_LANGUAGE_ID).unsqueeze(-1)
         language = self.embed_languages(lang_ids.clamp(min=0)) * known.to(embeds.dtype)
-        extra = language + self.embed_modalities(modality_ids)
-        return embeds + positions.to(embeds.dtype) + extra.unsqueeze(1)
+        embeds = embeds + (language + self.embed_modalities(modality_ids)).unsqueeze(1)
+        if self.config.encoder_positions == "rotary":
+            return embeds
+        positions = sinusoidal_positions(torch.arange(embeds.shape[1], device=embeds.device), embeds.shape[-1])
+        return embeds + positions.to(embeds.dtype)
+
+    def _rotary(self, segments: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE angles of the concatenated segments, positions counted from 0 in each (as the absolute ones are)."""
+        if self.config.encoder_positions != "rotary":
+            return None
+        device = segments[0].device
+        positions = torch.cat([torch.arange(segment.shape[1], device=device) for segment in segments])
+        return rotary_angles(positions, self.config.d_model // self.config.encoder_attention_heads)
 
     def embed_speech(
         self,
@@ -887,8 +917,9 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         attention_bias = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
         )
+        rotary = self._rotary(segments)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_bias, padding_mask, speech_length, **kwargs)
+            hidden_states = layer(hidden_states, attention_bias, padding_mask, speech_length, rotary, **kwargs)
         return Mu2SlamEncoderOutput(
             last_hidden_state=self.layer_norm(hidden_states),
             attention_mask=padding_mask,
@@ -1266,6 +1297,11 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 self.config.decoder_noise_ratio,
                 self.config.text_vocab_size,
             )
+        # InterCTC reads an intermediate encoder layer, recorded with the hidden states (returned only if asked).
+        keep_states = kwargs.get("output_hidden_states")
+        intermediate = self.config.intermediate_ctc_layer if ctc_labels is not None and encoder_outputs is None else 0
+        if intermediate:
+            kwargs["output_hidden_states"] = True
         outputs = self.model(
             input_features=input_features,
             attention_mask=attention_mask,
@@ -1298,7 +1334,14 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             speech_length = outputs.encoder_speech_length or 0
             if speech_length == 0:
                 raise ValueError("`ctc_labels` were given without speech input: CTC runs on the speech positions.")
-            ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], encoder_mask[:, :speech_length], ctc_labels)
+            speech_mask = encoder_mask[:, :speech_length]
+            ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], speech_mask, ctc_labels)
+            if intermediate:
+                middle = self.model.encoder.layer_norm(outputs.encoder_hidden_states[intermediate][:, :speech_length])
+                weight = self.config.intermediate_ctc_weight
+                ctc_loss = (1 - weight) * ctc_loss + weight * self._ctc_loss(middle, speech_mask, ctc_labels)
+        if intermediate and not keep_states:
+            outputs.encoder_hidden_states = outputs.decoder_hidden_states = None
         language_id_loss = language_logits = None
         if language_labels is not None:
             language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)

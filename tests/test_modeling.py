@@ -59,7 +59,28 @@ def test_ctc_is_weighted_by_ctc_loss_weight_not_an_objective_weight(tiny_config)
 # ------------------------------------------------------------------------------------- equivalences
 
 
-def test_eager_and_sdpa_agree(tiny_config):
+@pytest.fixture(params=["absolute", "rotary"])
+def positions_config(request, tiny_config):
+    """The tiny config with each kind of encoder positions."""
+    tiny_config.encoder_positions = request.param
+    return tiny_config
+
+
+def test_rotary_scores_depend_on_relative_positions_only():
+    from mu2slam_hf.modeling_mu2slam import apply_rotary, rotary_angles
+
+    query, key = torch.randn(1, 1, 1, 8).expand(1, 1, 40, 8), torch.randn(1, 1, 1, 8).expand(1, 1, 40, 8)
+    rotary = rotary_angles(torch.arange(40), 8)
+    scores = apply_rotary(query, rotary) @ apply_rotary(key, rotary).transpose(-1, -2)  # (1, 1, 40, 40)
+    torch.testing.assert_close(scores[0, 0, 3, 1], scores[0, 0, 30, 28])
+    torch.testing.assert_close(scores[0, 0, 1, 3], scores[0, 0, 28, 30])
+    assert not torch.isclose(scores[0, 0, 3, 1], scores[0, 0, 3, 2])
+    with pytest.raises(ValueError, match="encoder_positions must be one of"):
+        Mu2SlamConfig(encoder_positions="relative")
+
+
+def test_eager_and_sdpa_agree(positions_config):
+    tiny_config = positions_config
     eager, sdpa = make_model(tiny_config, "eager"), make_model(tiny_config, "sdpa")
     sdpa.load_state_dict(eager.state_dict())
     features, mask = random_batch(tiny_config)
@@ -83,8 +104,9 @@ def test_cached_and_uncached_greedy_decoding_identical(tiny_config):
     assert torch.equal(cached, uncached)
 
 
-def test_padding_changes_nothing_on_real_frames(tiny_config):
+def test_padding_changes_nothing_on_real_frames(positions_config):
     """One utterance alone vs padded in a batch with a longer one: same encoder output and same text."""
+    tiny_config = positions_config
     model = make_model(tiny_config)
     features, mask = random_batch(tiny_config, lengths=(141, 60))
     alone_features = features[1:, :60]
@@ -104,8 +126,9 @@ def test_padding_changes_nothing_on_real_frames(tiny_config):
     assert torch.equal(batched_ids[1], alone_ids[0])
 
 
-def test_speech_and_text_segments_are_masked_per_segment(tiny_config):
+def test_speech_and_text_segments_are_masked_per_segment(positions_config):
     """[speech; text] input: the padding of either segment never changes the other example's outputs."""
+    tiny_config = positions_config
     model = make_model(tiny_config)
     encoder = model.get_encoder()
     features, mask = random_batch(tiny_config, lengths=(100, 64))
@@ -201,6 +224,28 @@ def test_losses_count_only_labelled_positions(tiny_config):
         speech_mlm_mask=mlm_labels[:1] != -100,
     )
     torch.testing.assert_close(out.ctc_loss, alone.ctc_loss, atol=ATOL, rtol=0)
+
+
+def test_intermediate_ctc_mixes_a_lower_layer_into_the_ctc_loss(tiny_config):
+    """InterCTC: (1 - w) CTC(last layer) + w CTC(LayerNorm(layer k)) with the same head; states not returned."""
+    features, mask = random_batch(tiny_config, lengths=(100, 80))
+    transcript = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 6))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 1]), labels=transcript)
+    plain = make_model(tiny_config)
+    inter_config = Mu2SlamConfig.from_dict({**tiny_config.to_dict(), "intermediate_ctc_layer": 1})
+    inter_config.intermediate_ctc_weight = 0.25
+    inter = make_model(inter_config)
+    inter.load_state_dict(plain.state_dict())
+    out, reference = inter(**kwargs, ctc_labels=transcript), plain(**kwargs, ctc_labels=transcript)
+    assert out.encoder_hidden_states is None and out.decoder_hidden_states is None
+    states = plain.get_encoder()(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 1]),
+                                 output_hidden_states=True)  # fmt: skip
+    lower = plain.model.encoder.layer_norm(states.hidden_states[1])
+    lower_ctc = plain._ctc_loss(lower, states.attention_mask, transcript)
+    torch.testing.assert_close(out.ctc_loss, 0.75 * reference.ctc_loss + 0.25 * lower_ctc)
+    torch.testing.assert_close(out.decoder_loss, reference.decoder_loss)
+    with pytest.raises(ValueError, match="intermediate_ctc_layer must be below encoder_layers"):
+        Mu2SlamConfig(encoder_layers=2, intermediate_ctc_layer=2)
 
 
 def test_example_weights_scale_losses(tiny_config):
