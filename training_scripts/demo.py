@@ -56,9 +56,9 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # Steps per stage; `--quick` scales everything down for a smoke run. Where the budget goes follows the measured
 # learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
 # follows it, so most minutes go to fine-tuning with joint CTC/attention on length-bucketed batches of audio.
-# Measured on 2 idle cores: pre-training 3.0 s/step, stage 1 2.0 s/step, stage 2 (40 s of audio) about 0.85 s/step.
+# Measured on 2 idle cores: pre-training 3.0 s/step, stage 1 2.0 s/step, stage 2 (20 s of audio) about 0.5 s/step.
 PLANS = {
-    "demo": {"pretrain": 100, "stage1": 120, "stage2": 750},  # the README's main job, under 30 minutes
+    "demo": {"pretrain": 100, "stage1": 120, "stage2": 1300},  # the README's main job, under 30 minutes
     "long": {"pretrain": 900, "stage1": 600, "stage2": 1500},  # docs/results.md
     "quick": {"pretrain": 12, "stage1": 8, "stage2": 6},  # --quick (tests)
 }
@@ -67,9 +67,10 @@ PLANS = {
 PEAK_LR = 5e-4
 # Seconds of padded audio per step: stage 1 keeps the paper's AST 4 : ASR 2 : MT 2 ratio (clips of about 3 s).
 STAGE1_BATCH = {"seconds_per_step": {"asr": 20.0, "ast": 40.0}, "examples_per_step": {"mt": 6}}
-# Stage 2: 40 s of audio per step. ASR from scratch on all 8 languages reached dev CER 45.0 in 10 minutes with 40 s
-# (426 steps) against 51.5 with 60 s (284 steps): in this under-fitted regime more updates beat larger ones.
-STAGE2_BATCH = {"seconds_per_step": {"asr": 40.0}, "examples_per_step": {}}
+# Stage 2: 20 s of audio per step. ASR from scratch on all 8 languages, 12 minutes on one core: dev CER 39.0 with 20 s
+# (1,011 steps) against 41.1 with 40 s (573 steps) and 39.2 with 10 s (1,843); 10 minutes: 45.0 with 40 s against 51.5
+# with 60 s. In this under-fitted regime more updates beat larger ones, down to about 20 s.
+STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 
 
 def log(message: str) -> None:
