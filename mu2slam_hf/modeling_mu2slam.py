@@ -1298,7 +1298,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 self.config.text_vocab_size,
             )
         # InterCTC reads an intermediate encoder layer, recorded with the hidden states (returned only if asked).
-        keep_states = kwargs.get("output_hidden_states")
+        keep_states = kwargs.get("output_hidden_states", self.config.output_hidden_states)
         intermediate = self.config.intermediate_ctc_layer if ctc_labels is not None and encoder_outputs is None else 0
         if intermediate:
             kwargs["output_hidden_states"] = True

@@ -56,7 +56,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # Steps per stage; `--quick` scales everything down for a smoke run. Where the budget goes follows the measured
 # learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
 # follows it, so most minutes go to fine-tuning with joint CTC/attention on length-bucketed batches of audio.
-# Measured on 2 idle cores: pre-training 3.0 s/step, stage 1 2.0 s/step, stage 2 (20 s of audio) about 0.5 s/step.
+# Measured on 2 idle cores (dev evaluation included): pre-training 2.8 s/step, stage 1 2.6 s/step, stage 2 (20 s of
+# audio) 0.5 s/step.
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 120, "stage2": 1300},  # the README's main job, under 30 minutes
     "long": {"pretrain": 900, "stage1": 600, "stage2": 1500},  # docs/results.md

@@ -40,9 +40,8 @@ def decay_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "i
         raise ValueError(f"unknown decay {decay!r}; choose from {DECAYS}")
     if step <= warmup_steps:
         return step / warmup_steps
-    progress = min(
-        1.0, (step - 1 - warmup_steps) / max(1, total_steps - warmup_steps)
-    )  # the last step keeps a rate > 0
+    # Counted from the step after the warmup, so the last step still has a rate above 0.
+    progress = min(1.0, (step - 1 - warmup_steps) / max(1, total_steps - warmup_steps))
     return 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
