@@ -18,7 +18,9 @@ K candidate tokens scored per hypothesis and step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.generation import LogitsProcessor
@@ -223,6 +225,110 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
             if bool(in_ctc[row, j])
         }
         return output.to(scores.dtype)
+
+
+# --------------------------------------------------------------------------- CTC prefix beam search (+ an LM)
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
+
+
+@dataclass
+class _Prefix:
+    """A hypothesis of the prefix beam search: its tokens, text, and CTC log-probabilities of ending in blank / in
+    its last token at the current frame, plus its fused language-model score (weight and length bonus applied)."""
+
+    tokens: tuple[int, ...]
+    text: str
+    blank: float = -math.inf
+    label: float = -math.inf
+    lm: float = 0.0
+
+    @property
+    def ctc(self) -> float:
+        return _logaddexp(self.blank, self.label)
+
+
+def ctc_prefix_beam_search(
+    log_probs: torch.Tensor,
+    token_texts: list[str | None],
+    beam_size: int = 8,
+    language_model: Any = None,
+    lm_weight: float = 0.0,
+    length_bonus: float = 0.0,
+    blank: int = 0,
+    candidates_per_frame: int = 8,
+    prune_below: float = -12.0,
+) -> list[int]:
+    """The best label sequence of one utterance by frame-synchronous CTC prefix beam search (Hannun et al., 2014),
+    with optional shallow fusion of a character language model.
+
+    A hypothesis h of |h| tokens scores ``log p_ctc(h | x) + lm_weight * log p_lm(h) + length_bonus * |h|``, the
+    LM scoring the end of the sentence too (the bonus offsets the LM's cost per token, which would favour short
+    hypotheses). Each frame extends the beam only with the `candidates_per_frame` most likely tokens above
+    `prune_below` (log-probability): the rest cannot reach the beam.
+
+    Args:
+        log_probs: `(T, V)` CTC log-probabilities of the utterance's real frames.
+        token_texts: `(V,)` the text each token writes (`None`: never emitted, e.g. special tokens); needed with a
+            language model, else None.
+        language_model: a model of this utterance's language with `text_log_prob(history, text)` and
+            `log_prob(history, END)` (`ngram_lm.CharNgramModel`), or None.
+    Returns:
+        The token ids of the best hypothesis.
+    """
+    from .ngram_lm import END
+
+    fused = language_model is not None and lm_weight != 0.0
+    beam = {(): _Prefix((), "", blank=0.0)}
+    frames = log_probs.float()
+    top_values, top_ids = frames.topk(min(candidates_per_frame, frames.shape[-1]), dim=-1)
+    for values, ids in zip(top_values.tolist(), top_ids.tolist(), strict=True):
+        grown: dict[tuple[int, ...], _Prefix] = {}
+
+        def entry(tokens: tuple[int, ...], text: str, parent: _Prefix, grown=grown) -> _Prefix:
+            found = grown.get(tokens)
+            if found is None:
+                lm = parent.lm
+                if tokens != parent.tokens:
+                    lm += length_bonus
+                    if fused:
+                        lm += lm_weight * language_model.text_log_prob(parent.text, text[len(parent.text) :])
+                found = grown[tokens] = _Prefix(tokens, text, lm=lm)
+            return found
+
+        for prefix in beam.values():
+            for value, token in zip(values, ids, strict=True):
+                if value < prune_below:
+                    break
+                if token == blank:
+                    same = entry(prefix.tokens, prefix.text, prefix)
+                    same.blank = _logaddexp(same.blank, prefix.ctc + value)
+                    continue
+                piece = token_texts[token] if token_texts is not None else ""
+                if piece is None:
+                    continue
+                if not prefix.text:  # a sentence starts with its first character, not with a word marker
+                    piece = piece.lstrip(" ")
+                longer = entry((*prefix.tokens, token), prefix.text + piece, prefix)
+                if prefix.tokens and prefix.tokens[-1] == token:
+                    # A repeat without a blank between collapses into the same prefix; after a blank it is a new label.
+                    same = entry(prefix.tokens, prefix.text, prefix)
+                    same.label = _logaddexp(same.label, prefix.label + value)
+                    longer.label = _logaddexp(longer.label, prefix.blank + value)
+                else:
+                    longer.label = _logaddexp(longer.label, prefix.ctc + value)
+        ranked = sorted(grown.values(), key=lambda p: p.ctc + p.lm, reverse=True)[:beam_size]
+        beam = {p.tokens: p for p in ranked}
+
+    def final(prefix: _Prefix) -> float:
+        end = lm_weight * language_model.log_prob(prefix.text, END) if fused else 0.0
+        return prefix.ctc + prefix.lm + end
+
+    return list(max(beam.values(), key=final).tokens)
 
 
 # ------------------------------------------------------------------------------------- alignment and time

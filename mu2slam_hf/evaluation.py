@@ -236,6 +236,18 @@ def make_results(
     return results
 
 
+def averages(results: dict[str, Any], task: str) -> dict[str, float]:
+    """Mean of each metric of `task` in an evaluation JSON dict over the languages (ASR) or over the xx-en and
+    en-xx directions (AST, MT: keys like ``"bleu xx-en"``)."""
+    groups: dict[str, list[float]] = {}
+    for metric in results["metrics"]:
+        if metric["task"] != task:
+            continue
+        direction = "" if task == "asr" else (" xx-en" if metric["target_lang"] == "en" else " en-xx")
+        groups.setdefault(metric["name"] + direction, []).append(metric["value"])
+    return {name: sum(values) / len(values) for name, values in groups.items()}
+
+
 def row_label(task: str, source_lang: str, target_lang: str) -> str:
     """A table row's name: the language for ASR/classification, ``"src-tgt"`` for AST/MT."""
     return source_lang if task in ("asr", "classification", "lid") else f"{source_lang}-{target_lang}"
@@ -345,13 +357,16 @@ def generate_predictions(
     num_beams: int = 1,
     ctc_weight: float = 0.0,
     decoder: str = "attention",
+    lm_weight: float | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
 
     Speech and text examples are batched separately, each sorted by length. ``decoder="attention"`` runs
     ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring with
-    ``ctc_weight`` > 0); ``decoder="ctc"`` runs the encoder's CTC head alone (greedy). The CTC head transcribes, so
-    both CTC options apply to ASR examples; AST and MT examples are always decoded by the attention decoder.
+    ``ctc_weight`` > 0); ``decoder="ctc"`` runs the encoder's CTC head alone (greedy with ``num_beams=1``, prefix
+    beam search otherwise, with the model's CTC language model at ``lm_weight``; None: the model's default). The
+    CTC head transcribes, so both CTC options apply to ASR examples; AST and MT examples are always decoded by the
+    attention decoder.
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
     ``target_text``) and ``hypothesis``.
     """
@@ -361,7 +376,12 @@ def generate_predictions(
     asr = [example for example in examples if _task_of(example) == "asr"]
     others = [example for example in examples if _task_of(example) != "asr"]
     attention = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
-    asr_options = {"decoder": "ctc"} if decoder == "ctc" else {**attention, "ctc_weight": ctc_weight}
+    if decoder == "ctc":
+        asr_options = {"ctc_weight": 1.0, "num_beams": num_beams, "lm_weight": lm_weight}
+        if lm_weight is None and num_beams == 1:
+            asr_options.pop("num_beams")  # the model's own CTC beam width when it has a language model
+    else:
+        asr_options = {**attention, "ctc_weight": ctc_weight, "lm_weight": lm_weight or None}
     return _decode(model, processor, asr, batch_size, asr_options) + _decode(
         model, processor, others, batch_size, attention
     )
@@ -370,13 +390,10 @@ def generate_predictions(
 def _decode(
     model: Any, processor: Any, examples: list[dict[str, Any]], batch_size: int, options: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Records of :func:`generate_predictions` with one set of decoding options (``decoder="ctc"``: CTC head)."""
+    """Records of :func:`generate_predictions` with one set of `generate` options."""
     records = []
     for batch, inputs in _eval_batches(model, processor, examples, batch_size):
-        if options.get("decoder") == "ctc":
-            ids = model.ctc_greedy_decode(**inputs)
-        else:
-            ids = model.generate(**inputs, **options, do_sample=False)
+        ids = model.generate(**inputs, **options, do_sample=False)
         texts = processor.batch_decode(ids, skip_special_tokens=True)
         records += [_record(example, text) for example, text in zip(batch, texts, strict=True)]
     return records
@@ -486,6 +503,7 @@ def evaluate_model(
     num_beams: int = 1,
     ctc_weight: float = 0.0,
     decoder: str = "attention",
+    lm_weight: float | None = None,
     return_predictions: bool = False,
     with_loss: bool = False,
     model_name: str = "",
@@ -497,7 +515,8 @@ def evaluate_model(
     ASR: speech -> transcript in the source language (WER, CER); AST: speech -> ``target_text`` in
     ``target_lang`` (BLEU, chrF); MT: ``source_text`` -> ``target_text`` (BLEU, chrF). Examples of other tasks
     (or not in ``tasks``) are skipped. Greedy decoding with ``num_beams=1``, beam search otherwise.
-    ``ctc_weight`` / ``decoder`` choose joint CTC/attention or CTC-only decoding of ASR (:func:`generate_predictions`).
+    ``ctc_weight`` / ``decoder`` / ``lm_weight`` choose joint CTC/attention or CTC-only decoding of ASR, with or
+    without the CTC language model (:func:`generate_predictions`).
     ``with_loss`` adds the teacher-forced ``nll`` of the references (:func:`target_nll`) per language/direction.
 
     Returns:
@@ -510,7 +529,7 @@ def evaluate_model(
     if not selected:
         raise ValueError(f"No examples of the tasks {list(tasks)} to evaluate.")
     predictions = generate_predictions(
-        model, processor, selected, batch_size, max_new_tokens, num_beams, ctc_weight, decoder
+        model, processor, selected, batch_size, max_new_tokens, num_beams, ctc_weight, decoder, lm_weight
     )
     metrics = score_predictions(predictions)
     if with_loss:
@@ -645,6 +664,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = [
     "accuracy",
+    "averages",
     "bleu_tokenizer",
     "char_error_rate",
     "corpus_bleu",

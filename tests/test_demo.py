@@ -36,9 +36,11 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert noisy["ctc_loss_weight"] == 0.3
     evaluation = json.loads((tmp_path / "ft1" / "eval_synth.json").read_text())
     assert {m["task"] for m in evaluation["metrics"]} == {"asr", "ast", "mt"}
-    # the decoder chosen on dev (eval_synth.json) and the two others (attention alone, CTC head alone, joint)
+    # the decoder chosen on dev (eval_synth.json) and the others (attention alone, CTC head alone, joint; the CTC
+    # head with the n-gram LM when the run fitted one, which it does when dev chose the CTC head)
     evaluations = {path.name for path in (tmp_path / "ft2-noisy").glob("eval_synth*.json")}
-    assert len(evaluations) == 3 and "eval_synth.json" in evaluations, evaluations
+    fitted = (tmp_path / "ft2-noisy" / "ctc_language_model_fit.json").exists()
+    assert len(evaluations) == 3 + fitted and "eval_synth.json" in evaluations, evaluations
     assert "(chosen on dev)" in report
 
 

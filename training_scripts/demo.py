@@ -40,6 +40,7 @@ from mu2slam_hf.data import load_manifest
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
 from mu2slam_hf.data.synthetic import build_synthetic
 from mu2slam_hf.evaluation import (
+    averages,
     char_error_rate,
     evaluate_model,
     load_examples,
@@ -132,31 +133,42 @@ def run_stage(name: str, recipe_file: str, data: Path, output: Path, overrides: 
 @dataclass(frozen=True)
 class AsrDecoder:
     """One way to decode ASR: its options for `evaluate_model`, and the same decoder as `generate`'s `ctc_weight`
-    (0 attention, 1 the CTC head's best path), which also names its CER in a run's dev results."""
+    (0 attention, 1 the CTC head), which also names its CER in a run's dev results; `language_model`: the CTC head's
+    beam search with the model's character n-gram LM (its dev CER is in ctc_language_model_fit.json)."""
 
     name: str
+    tag: str
     options: dict
     ctc_weight: float
+    language_model: bool = False
 
-    @property
-    def dev_key(self) -> str:
-        return next(key for key, weight in ASR_DECODER_CTC_WEIGHTS.items() if weight == self.ctc_weight)
+    def dev_cer(self, model_dir: Path) -> float | None:
+        if self.language_model:
+            fit = model_dir / "ctc_language_model_fit.json"
+            return json.loads(fit.read_text())["dev_cer"] if fit.exists() else None
+        dev = json.loads((model_dir / "dev_results.json").read_text())[-1]
+        return next((dev[key] for key, weight in ASR_DECODER_CTC_WEIGHTS.items() if weight == self.ctc_weight
+                     and key in dev), None)  # fmt: skip
 
 
 ASR_DECODERS = (
-    AsrDecoder("attention", {"decoder": "attention", "ctc_weight": 0.0}, 0.0),
-    AsrDecoder("CTC", {"decoder": "ctc"}, 1.0),
-    AsrDecoder(f"joint ({JOINT_CTC_WEIGHT:g})", {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
+    AsrDecoder("attention", "attention", {"decoder": "attention", "ctc_weight": 0.0}, 0.0),
+    AsrDecoder("CTC, greedy", "ctc", {"decoder": "ctc", "lm_weight": 0.0}, 1.0),
+    AsrDecoder("CTC + n-gram LM, beam 8", "ctc_lm", {"decoder": "ctc"}, 1.0, language_model=True),
+    AsrDecoder(f"joint ({JOINT_CTC_WEIGHT:g})", "joint", {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
                JOINT_CTC_WEIGHT),
 )  # fmt: skip
 
 
 def dev_chosen_decoder(model_dir: Path) -> AsrDecoder:
-    """The ASR decoder with the lowest CER in the run's last dev evaluation (chosen on dev, never on test); joint
-    decoding for a run without ASR dev results."""
+    """The ASR decoder with the lowest CER in the run's last dev evaluation (chosen on dev, never on test), with
+    the CTC language model when the run fitted one that lowered the dev CER; joint decoding for a run without ASR
+    dev results."""
     weight = dev_chosen_ctc_weight(json.loads((model_dir / "dev_results.json").read_text())[-1])
     weight = JOINT_CTC_WEIGHT if weight is None else weight
-    return next(decoder for decoder in ASR_DECODERS if decoder.ctc_weight == weight)
+    fit = model_dir / "ctc_language_model_fit.json"
+    with_lm = weight == 1.0 and fit.exists() and json.loads(fit.read_text())["lm_weight"] > 0
+    return next(d for d in ASR_DECODERS if d.ctc_weight == weight and d.language_model == with_lm)
 
 
 def evaluate(
@@ -187,22 +199,25 @@ def evaluate(
         model_name=f"{name} (ASR: {decoder.name} decoding)" if "asr" in tasks else name,
         data_name=data.name,
     )
-    tag = "" if decoder == chosen else "_" + decoder.name.split()[0].lower()
+    tag = "" if decoder == chosen else "_" + decoder.tag
     write_results(results, model_dir / f"eval_{data.name}{tag}.json")
     return results
 
 
 def decoder_comparison(model_dir: Path, datasets: tuple[Path, ...], count: int) -> list[str]:
     """Markdown rows: dev CER (the last dev evaluation of the run) and test CER of each ASR decoder."""
-    dev = json.loads((model_dir / "dev_results.json").read_text())[-1]
     chosen = dev_chosen_decoder(model_dir)
     rows = ["| decoder | dev CER | " + " | ".join(f"test CER {data.name}" for data in datasets) + " |"]
     rows.append("|---|---:|" + "---:|" * len(datasets))
+    fitted = (model_dir / "ctc_language_model_fit.json").exists()
     for decoder in ASR_DECODERS:
+        if decoder.language_model and not fitted:
+            continue
         tests = [averages(evaluate(model_dir, data, ("asr",), count, decoder.name, asr_decoder=decoder), "asr")["cer"]
                  for data in datasets]  # fmt: skip
         label = decoder.name + (" (chosen on dev)" if decoder == chosen else "")
-        dev_cer = f"{dev[decoder.dev_key]:.1f}" if decoder.dev_key in dev else "-"
+        dev_cer = decoder.dev_cer(model_dir)
+        dev_cer = "-" if dev_cer is None else f"{dev_cer:.1f}"
         rows.append(f"| {label} | {dev_cer} | " + " | ".join(f"{v:.1f}" for v in tests) + " |")
     return rows
 
@@ -292,17 +307,6 @@ def write_report(
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
-
-
-def averages(results: dict, task: str) -> dict[str, float]:
-    """Mean of each metric over the languages (ASR) or over xx-en / en-xx directions (AST, MT)."""
-    groups: dict[str, list[float]] = {}
-    for metric in results["metrics"]:
-        if metric["task"] != task:
-            continue
-        direction = "" if task == "asr" else (" xx-en" if metric["target_lang"] == "en" else " en-xx")
-        groups.setdefault(metric["name"] + direction, []).append(metric["value"])
-    return {name: sum(values) / len(values) for name, values in groups.items()}
 
 
 @dataclass

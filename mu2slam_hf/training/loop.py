@@ -40,7 +40,8 @@ from .assets import (
     merged_copy,
     new_model,
 )
-from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from .ctc_language_model import fit_ctc_language_model
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
@@ -60,6 +61,9 @@ class TrainingResult:
     log: list[dict[str, float]] = field(default_factory=list)
     dev: list[dict[str, float]] = field(default_factory=list)
     output_dir: str = ""
+
+
+CTC_LM_DEV_EXAMPLES = 80
 
 
 def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | None = "tensorboard") -> Accelerator:
@@ -466,8 +470,28 @@ class Mu2SlamTrainer:
         if weight is not None:
             self.accelerator.unwrap_model(self.model).set_asr_ctc_weight(weight)
             self.accelerator.print(f"ASR decoding default (chosen on dev): ctc_weight={weight:g}")
+        if weight == 1.0 and self.recipe.ctc_language_model and self.accelerator.is_main_process:
+            self.fit_ctc_language_model()
         self.save_model_and_processor(self.output_dir)
         self.accelerator.wait_for_everyone()
+
+    def fit_ctc_language_model(self) -> None:
+        """The recipe's character n-gram LM of the train text, weight chosen on the dev ASR examples, attached to the
+        model (saved with it); the choice is written to ctc_language_model_fit.json."""
+        model = self.accelerator.unwrap_model(self.model)
+        train_rows = self.data.load(self.data.train_split_name)
+        # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
+        dev_rows = [row for row in self.data.load(self.data.resolved_eval_split()) if row["task"] == "asr"]
+        dev = dev_subset(dev_rows, max(self.recipe.dev_examples_per_task, CTC_LM_DEV_EXAMPLES))
+        fit = fit_ctc_language_model(
+            model, self.processor, train_rows, dev, self.recipe.ctc_language_model,
+            batch_size=self.recipe.eval_batch_size,
+        )  # fmt: skip
+        write_json(self.output_dir / "ctc_language_model_fit.json", fit)
+        self.accelerator.print(
+            f"CTC language model (order {fit['order']}): dev CER {fit['dev_cer_greedy']:.1f} greedy -> "
+            f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g})"
+        )
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -125,6 +125,9 @@ class Recipe:
     none) and adds its cross-entropy, with this weight, on every speech batch (the label is the speech's source
     language); ``language_id_only`` trains that loss alone (no decoder pass). ``trainable_modules``: only parameters
     whose names start with one of these prefixes train (``[language_id_head]``: a head on a frozen model).
+    ``ctc_language_model``: when the dev set picks the CTC head as the ASR decoder, fit a character n-gram language
+    model of this order to the train text at the end (weight and length bonus chosen on dev) and save it with the
+    model, as the default of CTC decoding (`training.ctc_language_model`).
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -164,6 +167,7 @@ class Recipe:
     language_id_weight: float | None = None
     language_id_only: bool = False
     trainable_modules: list[str] = field(default_factory=list)
+    ctc_language_model: int | None = None
 
     def __post_init__(self):
         self.validate()

@@ -1,0 +1,150 @@
+"""The CTC language model: a normalised character n-gram model, the prefix beam search it is fused into, and the
+model's use of it (generate, save/load, clear errors)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from test_ctc_decoding import speech_batch
+from test_evaluation import CORPUS, LANGUAGES, tiny_model, tiny_processor
+
+from mu2slam_hf.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
+from mu2slam_hf.ngram_lm import END, CharNgramLanguageModel, CharNgramModel
+from mu2slam_hf.training.ctc_language_model import corpus_sentences
+
+TEXTS = ["the snail is blocking the way", "what is that snail doing", "a snail and a fish"]
+
+
+@pytest.mark.parametrize("order", [1, 3, 5])
+def test_char_ngram_probabilities_sum_to_one(order):
+    model = CharNgramModel.from_texts(TEXTS, order)
+    unseen = "\u00a7"  # one character never seen stands for all of them
+    for history in ["", "t", "the sn", "zzz", "what is th"]:
+        total = sum(math.exp(model.log_prob(history, char)) for char in model.alphabet)
+        total += math.exp(model.log_prob(history, unseen))
+        assert total == pytest.approx(1.0, abs=1e-9)
+    assert model.log_prob("the sna", "i") > model.log_prob("the sna", "e")
+
+
+def test_language_model_save_load_round_trip_and_corrupt_file(tmp_path):
+    processor = tiny_processor()
+    lm = CharNgramLanguageModel.from_texts({"fr": TEXTS, "de": TEXTS[:1]}, processor.tokenizer, order=4)
+    lm.save(tmp_path / "lm.json")
+    loaded = CharNgramLanguageModel.load(tmp_path / "lm.json")
+    assert loaded.languages == ["de", "fr"] and loaded.token_texts == lm.token_texts
+    for history, char in [("", "t"), ("the sn", "a"), ("what is", END)]:
+        assert loaded.for_language("fr").log_prob(history, char) == lm.for_language("fr").log_prob(history, char)
+    (tmp_path / "bad.json").write_text('{"languages": {"fr": {"order": 3, "counts": {"ab": 1}}}', encoding="utf-8")
+    with pytest.raises(ValueError, match="not a readable CTC language model"):
+        CharNgramLanguageModel.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="no text of language 'it'"):
+        lm.for_language("it")
+
+
+def _labelling_log_prob(log_probs: torch.Tensor, labels: tuple[int, ...]) -> float:
+    if not labels:
+        return float(log_probs[:, 0].sum())
+    loss = torch.nn.functional.ctc_loss(
+        log_probs[:, None], torch.tensor([labels]), torch.tensor([len(log_probs)]), torch.tensor([len(labels)]),
+        reduction="sum", zero_infinity=False,
+    )  # fmt: skip
+    return -float(loss)
+
+
+def test_prefix_beam_search_finds_the_most_probable_labelling():
+    """A wide beam finds the labelling with the largest total probability over its alignments (brute force over
+    every labelling), which can differ from the best path's."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        log_probs = (torch.randn(5, 3, generator=generator) * 2).log_softmax(-1)
+        labellings = [seq for n in range(6) for seq in itertools.product((1, 2), repeat=n)]
+        best = max(labellings, key=lambda seq: _labelling_log_prob(log_probs, seq))
+        found = ctc_prefix_beam_search(log_probs, None, beam_size=64, candidates_per_frame=3, prune_below=-1e9)
+        assert tuple(found) == best, trial
+
+
+def test_the_language_model_fixes_a_spelling_the_ctc_head_gets_wrong():
+    """Frames that slightly prefer 'e' over 'a' in "snail" -> "sneil"; an LM of text with "snail" corrects it, and
+    weight 0 keeps the CTC answer."""
+    texts = [None, *"snaile "]
+    index = {char: i for i, char in enumerate(texts) if char}
+    spelled = "sn?il"
+    log_probs = torch.full((2 * len(spelled), len(texts)), -9.0)
+    for frame, char in enumerate(spelled):
+        if char == "?":
+            log_probs[2 * frame, index["e"]], log_probs[2 * frame, index["a"]] = math.log(0.55), math.log(0.44)
+        else:
+            log_probs[2 * frame, index[char]] = math.log(0.99)
+        log_probs[2 * frame + 1, 0] = math.log(0.99)
+    log_probs = log_probs.log_softmax(-1)
+    lm = CharNgramModel.from_texts(["a snail", "the snail", "snails"], order=4)
+    without = ctc_prefix_beam_search(log_probs, texts, 8, lm, lm_weight=0.0)
+    fused = ctc_prefix_beam_search(log_probs, texts, 8, lm, lm_weight=0.5, length_bonus=0.5)
+    assert "".join(texts[t] for t in without) == "sneil"
+    assert "".join(texts[t] for t in fused) == "snail"
+
+
+def _fitted(processor, model, weight=0.5, bonus=0.5, beams=4):
+    lm = CharNgramLanguageModel.from_texts(corpus_sentences(_rows(), LANGUAGES), processor.tokenizer, order=4)
+    model.set_asr_language_model(lm, weight, bonus, beams)
+    return lm
+
+
+def _rows():
+    return [
+        {"task": "text", "source_lang": language, "source_text": text} for language in LANGUAGES for text in CORPUS
+    ]
+
+
+def test_ctc_beam_search_in_generate_batch_equals_single_and_round_trips(tmp_path):
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=4)
+    clips, batch = speech_batch(processor)
+    greedy = model.generate(**batch, ctc_weight=1.0)
+    assert torch.equal(greedy, model._ctc_best_paths(model._encode_speech(
+        batch["input_features"], batch["attention_mask"], None, batch["src_lang_ids"]), bos=1))  # fmt: skip
+    _fitted(processor, model)
+    fused = model.generate(**batch, ctc_weight=1.0)  # the attached model's defaults: beam 4, weight 0.5
+    languages = ["fr", "de", "fr"]
+    for row, clip in enumerate(clips):
+        single = model.generate(**processor(audio=clip, sampling_rate=16000, src_lang=languages[row]), ctc_weight=1.0)
+        assert single[0][single[0] != 0].tolist() == fused[row][fused[row] != 0].tolist()
+    assert torch.equal(model.generate(**batch, ctc_weight=1.0, lm_weight=0.0, num_beams=1), greedy)
+    model.set_asr_ctc_weight(1.0)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.asr_language_model is not None and loaded.generation_config.asr_lm_weight == 0.5
+    assert torch.equal(loaded.generate(**batch), fused)
+
+
+def test_language_model_misuse_is_a_clear_error():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=5)
+    _, batch = speech_batch(processor)
+    with pytest.raises(ValueError, match="needs a CTC language model"):
+        model.generate(**batch, ctc_weight=1.0, lm_weight=0.3)
+    _fitted(processor, model)
+    with pytest.raises(ValueError, match="pass ctc_weight=1"):
+        model.generate(**batch, ctc_weight=0.3, lm_weight=0.3, max_new_tokens=4)
+    other = tiny_processor(texts=["xyz qrs", *CORPUS[:1]])
+    foreign = CharNgramLanguageModel.from_texts({"fr": TEXTS}, other.tokenizer)
+    if len(other.tokenizer) != len(processor.tokenizer):
+        with pytest.raises(ValueError, match="tokenizer of"):
+            model.set_asr_language_model(foreign)
+    only_fr = CharNgramLanguageModel.from_texts({"fr": TEXTS}, processor.tokenizer)
+    model.set_asr_language_model(only_fr, 0.5, 0.5, 4)
+    with pytest.raises(ValueError, match="no text of language 'de'"):
+        model.generate(**batch, ctc_weight=1.0)
+
+
+def test_greedy_ctc_decoding_is_unchanged_by_an_unweighted_language_model():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=6)
+    _, batch = speech_batch(processor)
+    _fitted(processor, model, weight=0.0, bonus=0.0, beams=8)
+    encoded = model._encode_speech(batch["input_features"], batch["attention_mask"], None, batch["src_lang_ids"])
+    log_probs, lengths = model.ctc_log_probs(encoded)
+    expected = ctc_greedy_decode(log_probs, lengths)
+    ids = model.generate(**batch, ctc_weight=1.0)
+    assert [row[1:][row[1:] != 0].tolist()[:-1] for row in ids] == expected
