@@ -326,3 +326,23 @@ def test_trainable_modules_that_name_nothing_are_refused(corpus, tmp_path):
     recipe = tiny_recipe(max_steps=1, trainable_modules=["language_head"])
     with pytest.raises(RecipeError, match=r"\['language_head'\] name no parameter.*'language_id_head'|ctc_head"):
         run(recipe, corpus, tmp_path)
+
+
+def test_a_time_limit_stops_every_process_after_the_same_step():
+    """Each process measures its own training time; with a time limit they must agree (the slowest's time), or one
+    stops while the others wait in the next step's gradient all-reduce forever."""
+    from types import SimpleNamespace
+
+    from mu2slam_hf.training.loop import Mu2SlamTrainer
+
+    class TwoProcesses:
+        num_processes, device = 2, torch.device("cpu")
+
+        def gather(self, tensor):  # the other process has trained 2 s longer
+            return torch.cat([tensor, tensor + 2.0])
+
+    limited = SimpleNamespace(recipe=SimpleNamespace(max_train_minutes=1.0), accelerator=TwoProcesses())
+    assert Mu2SlamTrainer._agreed_seconds(limited, 59.0) == 61.0
+    assert Mu2SlamTrainer._out_of_time(SimpleNamespace(recipe=limited.recipe, train_seconds=61.0))
+    unlimited = SimpleNamespace(recipe=SimpleNamespace(max_train_minutes=None), accelerator=TwoProcesses())
+    assert Mu2SlamTrainer._agreed_seconds(unlimited, 59.0) == 59.0  # no collective per step without a limit

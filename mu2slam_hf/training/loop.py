@@ -380,7 +380,7 @@ class Mu2SlamTrainer:
         for step in range(start + 1, end + 1):
             step_start = time.perf_counter()
             self.train_step(step, tracker)
-            self.train_seconds += time.perf_counter() - step_start
+            self.train_seconds = self._agreed_seconds(self.train_seconds + time.perf_counter() - step_start)
             if step % recipe.log_interval == 0 or step == end or self._out_of_time():
                 entry = self._log(step, tracker, time.perf_counter() - clock, log_path)
                 clock = time.perf_counter()
@@ -401,6 +401,16 @@ class Mu2SlamTrainer:
         if self.log_with:
             accelerator.end_training()
         return result
+
+    def _agreed_seconds(self, seconds: float) -> float:
+        """The slowest process's training time, when a time limit applies and several processes train: they must
+        stop after the same step, or those still stepping wait forever in a collective the others never join."""
+        if self.recipe.max_train_minutes is None or self.accelerator.num_processes == 1:
+            return seconds
+        gathered = self.accelerator.gather(
+            torch.tensor([seconds], dtype=torch.float64, device=self.accelerator.device)
+        )
+        return float(gathered.max())
 
     def _out_of_time(self) -> bool:
         limit = self.recipe.max_train_minutes
