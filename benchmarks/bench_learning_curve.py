@@ -5,7 +5,9 @@
     CTC/attention, char tokenizer, length-bucketed batches of 40 s of padded audio, AdamW). It stops after
     ``--minutes`` of training time (evaluation and saving not counted) and evaluates every ``--eval_interval``
     steps on the first ``--dev_examples`` dev clips: greedy CER of the attention decoder, of the CTC head and of
-    joint CTC/attention decoding (CTC weight 0.3).
+    joint CTC/attention decoding (CTC weight 0.3). At the end, the run fits the recipe's character n-gram LM to its
+    train text (when dev chose the CTC head) and the final model's CTC beam search with it is scored on the same
+    clips (``ctc+lm``, the last point only).
   - the peer: transformers' `ParakeetForCTC` (Conformer-CTC) of about the same size (hidden 256, 8 layers, FFN
     1024, 4 heads, 4x subsampling; no dropout, as our encoder) with its own `ParakeetFeatureExtractor` (log-mel
     computed once per clip, as our run caches its features), trained by the small loop below on the same train
@@ -125,7 +127,23 @@ def train_ours(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
     with torch.device("meta"):
         model = Mu2SlamForConditionalGeneration(Mu2SlamConfig.from_pretrained(output_dir))
-    return {"params": count_parameters(model)}
+    return {"params": count_parameters(model), "ctc_lm_cer": ctc_language_model_cer(recipe, args.data, output_dir)}
+
+
+def ctc_language_model_cer(recipe: Any, data: str, model_dir: Path) -> float | None:
+    """Dev CER of the final model's CTC head with the character n-gram LM the run fitted (the recipe's
+    ``ctc_language_model``, when dev chose the CTC head), on the dev clips of the curve; None without one."""
+    from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+    from mu2slam_hf.evaluation import averages, evaluate_model
+    from mu2slam_hf.training.loop import load_dev_examples
+
+    if not (model_dir / "ctc_language_model_fit.json").exists():
+        return None
+    model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = Mu2SlamProcessor.from_pretrained(model_dir)
+    dev = load_dev_examples(recipe, data)["asr"]
+    results = evaluate_model(model, processor, dev, ("asr",), batch_size=recipe.eval_batch_size, decoder="ctc")
+    return averages(results, "asr")["cer"]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -404,7 +422,8 @@ def table(points: dict[str, list[dict]]) -> str:
     ours = {p["step"]: p for p in points["ours"]}
     peer = {p["step"]: p for p in points["peer"]}
     lines = [
-        f"{'run':<15} {'steps':>6} {'min':>6} {'att':>7} {'ctc':>7} {'joint':>7} | {'peer min':>8} {'peer CER':>8}"
+        f"{'run':<15} {'steps':>6} {'min':>6} {'att':>7} {'ctc':>7} {'joint':>7} {'ctc+lm':>7} | {'peer min':>8} "
+        f"{'peer CER':>8}"
     ]
     for step in sorted(ours.keys() | peer.keys()):
         lines.append(row("scratch", step, ours.get(step), peer.get(step)))
@@ -418,7 +437,8 @@ def row(run: str, step: int, ours: dict | None, peer: dict | None) -> str:
     cer = ours["cer"] if ours else {}
     return (
         f"{run:<15} {step:>6} {fmt(ours and ours['minutes']):>6} {fmt(cer.get('attention')):>7} "
-        f"{fmt(cer.get('ctc')):>7} {fmt(cer.get('joint')):>7} | {fmt(peer and peer['minutes']):>8} "
+        f"{fmt(cer.get('ctc')):>7} {fmt(cer.get('joint')):>7} {fmt(cer.get('ctc+lm')):>7} | "
+        f"{fmt(peer and peer['minutes']):>8} "
         f"{fmt(peer and peer['cer']['ctc']):>8}"
     )
 
@@ -449,7 +469,7 @@ def plot(points: dict[str, list[dict]], path: Path, title: str) -> None:
 
     figure, (by_minutes, by_steps) = plt.subplots(1, 2, figsize=(13, 5))
     for run, run_points in points.items():
-        for decoder in ("attention", "ctc", "joint"):
+        for decoder in ("attention", "ctc", "joint", "ctc+lm"):
             shown = [p for p in run_points if decoder in p["cer"]]
             if not shown:
                 continue
@@ -495,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output_dir)
     points = {"ours": to_points(read_history(out / "ours"), DECODERS),
               "peer": to_points(read_history(out / "peer"), {"ctc": PEER_KEY})}  # fmt: skip
+    if results["ours"].get("ctc_lm_cer") is not None and points["ours"]:
+        points["ours"][-1]["cer"]["ctc+lm"] = results["ours"]["ctc_lm_cer"]  # the final model's, with its LM
     if args.demo_dir:
         points.update(demo_points(Path(args.demo_dir)))
     report(args, results, points)

@@ -32,7 +32,10 @@ def test_quick_learning_curve_has_points_of_both_models_and_a_plot(tmp_path):
     summary = json.loads((out / "learning_curve.json").read_text())
     ours, peer = summary["points"]["ours"], summary["points"]["peer"]
     assert ours and peer
-    assert set(ours[-1]["cer"]) == {"attention", "ctc", "joint"} and set(peer[-1]["cer"]) == {"ctc"}
+    # ctc+lm: the final model's CTC head with the n-gram LM its run fitted (when dev chose the CTC head)
+    fitted = (out / "ours" / "ctc_language_model_fit.json").exists()
+    assert set(ours[-1]["cer"]) == {"attention", "ctc", "joint"} | ({"ctc+lm"} if fitted else set())
+    assert set(peer[-1]["cer"]) == {"ctc"}
     assert ours[-1]["minutes"] >= 0.1 and peer[-1]["minutes"] >= 0.1  # each ran its training minutes
     assert all(value >= 0 for point in ours + peer for value in point["cer"].values())
     assert summary["params"]["ours"] > 0 and summary["params"]["peer"] > 0
