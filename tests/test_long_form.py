@@ -259,6 +259,23 @@ def test_long_form_chunks_merge_without_repeated_or_cut_words(tones, asr):
     assert default_stride["text"] == " ".join(words)
 
 
+def test_long_form_with_the_ctc_language_model(tones, asr):
+    """CTC beam search with an n-gram LM goes through the same chunking and timing as the best path."""
+    from mu2slam_hf.ngram_lm import CharNgramLanguageModel
+
+    words = sentence(12, seed=3)
+    clip, times = tones.say(words)
+    texts = [" ".join(sentence(8, seed=seed)) for seed in range(20)]
+    tones.model.set_asr_language_model(CharNgramLanguageModel.from_texts({"fr": texts}, tones.processor.tokenizer))
+    try:
+        options = {"chunk_length_s": 4, "stride_length_s": 1, "return_timestamps": "word"}
+        chunked = asr(clip, **options, generate_kwargs={**ASR, "num_beams": 4, "lm_weight": 0.3})
+    finally:
+        tones.model.set_asr_language_model(None)
+    assert chunked["text"] == " ".join(words) and [c["text"] for c in chunked["chunks"]] == words
+    np.testing.assert_allclose([c["timestamp"] for c in chunked["chunks"]], times, atol=0.06)
+
+
 def test_batched_and_single_inputs_give_the_same_output(tones, asr):
     clips = [tones.say(sentence(n, seed=n))[0] for n in (2, 7, 4)]
     options = {"chunk_length_s": 3, "stride_length_s": 0.75, "return_timestamps": "word", "generate_kwargs": ASR}
