@@ -116,8 +116,11 @@ def main() -> None:
     parser.add_argument("--chunk_length_s", type=float, default=20.0)
     parser.add_argument("--stride_length_s", type=float, default=None, help="default: a sixth of the chunk")
     parser.add_argument("--ctc_weight", type=float, default=None, help="decoding (default: the model's)")
+    parser.add_argument("--lm_weight", type=float, default=None, help="CTC decoding: its n-gram LM's weight (0: off)")
     args = parser.parse_args()
     args.generate = {} if args.ctc_weight is None else {"ctc_weight": args.ctc_weight}
+    if args.lm_weight is not None:
+        args.generate["lm_weight"] = args.lm_weight
     torch.set_num_threads(2)
     model = Mu2SlamForConditionalGeneration.from_pretrained(args.model).eval()
     processor = Mu2SlamProcessor.from_pretrained(args.model)
