@@ -1,9 +1,10 @@
-"""Training step and greedy decoding of Mu2SLAM `small` vs Speech2Text and Whisper at the same size.
+"""Training step and greedy decoding of Mu2SLAM `small` vs Speech2Text, Whisper and Moonshine at the same size.
 
-All three models run in one process on the same random 10-second batch (log-mel, 4x subsampling for each),
+All four models run in one process on the same random 10-second batch (log-mel with 4x subsampling for ours,
+Speech2Text and Whisper; Moonshine reads the 16 kHz waveform of the same length through its own convolutions),
 in fp32 and under bf16 autocast. Peers are transformers' own classes, configured to the same width and FFN
-size with layer counts chosen to match our parameter count within 10%. Prints figures and ratios; asserts
-nothing.
+size with layer counts chosen to match our parameter count within 10%. Moonshine, like ours, takes inputs of
+any length (no padding to 30 s as Whisper). Prints figures and ratios; asserts nothing.
 
     python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3] [--dtypes fp32,bf16]
 """
@@ -17,6 +18,8 @@ from contextlib import nullcontext
 
 import torch
 from transformers import (
+    MoonshineConfig,
+    MoonshineForConditionalGeneration,
     Speech2TextConfig,
     Speech2TextForConditionalGeneration,
     WhisperConfig,
@@ -32,10 +35,13 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def closest_peer(build: Callable[[int, int], torch.nn.Module], target: int) -> tuple[torch.nn.Module, int, int]:
-    """The (encoder_layers, decoder_layers) whose model size is closest to `target` parameters."""
+def closest_peer(
+    build: Callable[[int, int], torch.nn.Module], target: int, encoder_layers: int | None = None
+) -> tuple[torch.nn.Module, int, int]:
+    """The (encoder_layers, decoder_layers) whose model size is closest to `target` parameters (with the encoder
+    depth fixed when `encoder_layers` is given)."""
     best = None
-    for enc in range(1, 16):
+    for enc in [encoder_layers] if encoder_layers else range(1, 16):
         for dec in range(1, 8):
             with torch.device("meta"):
                 size = count(build(enc, dec))
@@ -93,6 +99,27 @@ def whisper(config: Mu2SlamConfig, frames: int) -> Callable[[int, int], torch.nn
     return build
 
 
+def moonshine(config: Mu2SlamConfig) -> Callable[[int, int], torch.nn.Module]:
+    def build(enc: int, dec: int):
+        peer = MoonshineConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.d_model,
+            intermediate_size=config.encoder_ffn_dim,
+            encoder_num_hidden_layers=enc,
+            decoder_num_hidden_layers=dec,
+            encoder_num_attention_heads=config.encoder_attention_heads,
+            decoder_num_attention_heads=config.decoder_attention_heads,
+            max_position_embeddings=config.max_target_positions,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+        return MoonshineForConditionalGeneration(peer)
+
+    return build
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -139,11 +166,15 @@ def main() -> None:
     ours = Mu2SlamForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     s2t, s2t_enc, s2t_dec = closest_peer(speech2text(config, frames), count(ours))
     wsp, w_enc, w_dec = closest_peer(whisper(config, frames), count(ours))
+    # Moonshine's gated decoder layers are the largest: size alone would pick a 1-layer encoder; keep ours' depth.
+    moon, m_enc, m_dec = closest_peer(moonshine(config), count(ours), encoder_layers=config.encoder_layers)
 
     features = torch.randn(args.batch, frames, config.num_mel_bins)
     mask = torch.ones(args.batch, frames, dtype=torch.long)
     labels = torch.randint(5, config.text_vocab_size, (args.batch, args.tokens))
     lang = torch.zeros(args.batch, dtype=torch.long)
+    waveform = torch.randn(args.batch, int(args.seconds * 16000))
+    waveform_mask = torch.ones_like(waveform, dtype=torch.long)
     models = {
         f"mu2slam small ({config.encoder_layers}+{config.decoder_layers} layers)": (
             ours,
@@ -159,6 +190,11 @@ def main() -> None:
             wsp,
             dict(input_features=features.transpose(1, 2).contiguous()),
             dict(input_features=features.transpose(1, 2).contiguous()),
+        ),
+        f"Moonshine ({m_enc}+{m_dec} layers)": (
+            moon,
+            dict(input_values=waveform, attention_mask=waveform_mask),
+            dict(input_values=waveform, attention_mask=waveform_mask),
         ),
     }
 
