@@ -130,8 +130,9 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def measure(model, train_inputs: dict, gen_inputs: dict, labels, dtype: str, args) -> tuple[float, float]:
-    """(seconds per training step with Adam, seconds per greedy decoding of `args.tokens` tokens)."""
+def measure(model, train_inputs: dict, gen_inputs: dict, labels, dtype: str, args) -> tuple[float, float, float]:
+    """(seconds per training step with Adam, per greedy decoding of `args.tokens` tokens, per beam search with
+    `args.beams` beams)."""
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -143,12 +144,16 @@ def measure(model, train_inputs: dict, gen_inputs: dict, labels, dtype: str, arg
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def decode():
+    def decode(beams: int):
         model.eval()
         with torch.no_grad(), autocast():
-            model.generate(**gen_inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=1)
+            model.generate(**gen_inputs, max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=beams)
 
-    return timed(train_step, args.repeats), timed(decode, args.repeats)
+    return (
+        timed(train_step, args.repeats),
+        timed(lambda: decode(1), args.repeats),
+        timed(lambda: decode(args.beams), args.repeats),
+    )
 
 
 def main() -> None:
@@ -157,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=40, help="label length and greedy decoding length")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--beams", type=int, default=5, help="beam width of the beam-search timing")
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 is very slow on CPUs without AVX512-BF16/AMX")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -199,21 +205,23 @@ def main() -> None:
     }
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {args.seconds:.0f} s")
-    print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9}")
+    print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9} {'beam s':>8}")
     results = {}
     for name, (model, train_inputs, gen_inputs) in models.items():
         for dtype in args.dtypes.split(","):
             results[name, dtype] = measure(model, train_inputs, gen_inputs, labels, dtype, args)
-            train_s, decode_s = results[name, dtype]
-            print(f"{name:34} {count(model) / 1e6:7.2f}M {dtype:>5} {train_s:13.3f} {decode_s:9.3f}")
+            train_s, greedy_s, beam_s = results[name, dtype]
+            print(f"{name:34} {count(model) / 1e6:7.2f}M {dtype:>5} {train_s:13.3f} {greedy_s:9.3f} {beam_s:8.3f}")
 
     ours_name = next(iter(models))
     print("\nratios (peer time / mu2slam time; > 1 means mu2slam is faster)")
     for name in list(models)[1:]:
         for dtype in args.dtypes.split(","):
-            train = results[name, dtype][0] / results[ours_name, dtype][0]
-            decode = results[name, dtype][1] / results[ours_name, dtype][1]
-            print(f"  vs {name:32} {dtype}: train step x{train:.2f}, greedy decoding x{decode:.2f}")
+            train, greedy, beam = (
+                peer / ours for peer, ours in zip(results[name, dtype], results[ours_name, dtype], strict=True)
+            )
+            print(f"  vs {name:32} {dtype}: train step x{train:.2f}, greedy decoding x{greedy:.2f}, "
+                  f"beam search ({args.beams}) x{beam:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
