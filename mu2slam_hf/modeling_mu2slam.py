@@ -33,7 +33,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto import modeling_auto
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-from transformers.utils import cached_file
+from transformers.utils import cached_file, logging
 from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -60,6 +60,8 @@ from .vocabulary import (
     check_vocabulary_matches,
     language_indices,
 )
+
+logger = logging.get_logger(__name__)
 
 # Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
 TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
@@ -1836,8 +1838,16 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             location, LM_FILE_NAME, _raise_exceptions_for_missing_entries=False,
             **{key: value for key, value in hub_kwargs.items() if key in keep},
         )  # fmt: skip
-        if path is not None:
-            config = self.generation_config
+        config = self.generation_config
+        if path is None:
+            if getattr(config, "asr_lm_weight", 0.0):
+                logger.warning(
+                    "%s sets asr_lm_weight=%s but has no %s: CTC decoding runs without its language model (copy the "
+                    "file beside the model, or pass lm_weight=0 to silence this).",
+                    location, config.asr_lm_weight, LM_FILE_NAME,
+                )  # fmt: skip
+                config.asr_lm_weight = 0.0
+        else:
             self.set_asr_language_model(
                 CharNgramLanguageModel.load(path),
                 getattr(config, "asr_lm_weight", 0.0),

@@ -148,3 +148,20 @@ def test_greedy_ctc_decoding_is_unchanged_by_an_unweighted_language_model():
     expected = ctc_greedy_decode(log_probs, lengths)
     ids = model.generate(**batch, ctc_weight=1.0)
     assert [row[1:][row[1:] != 0].tolist()[:-1] for row in ids] == expected
+
+
+def test_a_folder_that_lost_its_language_model_decodes_without_it_and_says_so(tmp_path, caplog):
+    from mu2slam_hf.hub.folder import UPLOAD_FILES
+    from mu2slam_hf.ngram_lm import LM_FILE_NAME
+
+    assert LM_FILE_NAME in UPLOAD_FILES  # published with the model
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=7)
+    _, batch = speech_batch(processor)
+    _fitted(processor, model)
+    model.save_pretrained(tmp_path)
+    (tmp_path / LM_FILE_NAME).unlink()
+    with caplog.at_level("WARNING"):
+        loaded = type(model).from_pretrained(tmp_path).eval()
+    assert LM_FILE_NAME in caplog.text and loaded.asr_language_model is None
+    assert torch.equal(loaded.generate(**batch, ctc_weight=1.0), model.generate(**batch, ctc_weight=1.0, lm_weight=0))

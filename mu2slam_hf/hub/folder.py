@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..ngram_lm import LM_FILE_NAME
 from .errors import PublishError
 
 # Files of a saved model + processor that belong in the upload (remote-code .py files are added from auto_map).
@@ -26,6 +27,7 @@ UPLOAD_FILES = (
     "special_tokens_map.json",
     "speech_codebook.json",
     "speech_codebook.safetensors",
+    LM_FILE_NAME,  # the CTC head's n-gram language model, when the model has one
 )
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
