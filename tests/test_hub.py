@@ -536,6 +536,25 @@ def test_card_from_recipe_real_data_and_base_model(trained, tmp_path):
     assert "fine-tuned from `someone/mu2slam-base`" in card.text
 
 
+def test_card_describes_the_default_asr_decoding_with_the_ctc_language_model(trained, tmp_path):
+    from mu2slam_hf import Mu2SlamForConditionalGeneration
+    from mu2slam_hf.ngram_lm import CharNgramLanguageModel
+
+    inputs = CardInputs("me/mu2slam-ft", load_results(trained.results))
+    assert "Decoding is greedy by default" in render_model_card(trained.folder, inputs).text
+    folder = tmp_path / "with-lm"
+    shutil.copytree(trained.folder, folder)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(folder)
+    processor = Mu2SlamProcessor.from_pretrained(folder)
+    lm = CharNgramLanguageModel.from_texts({model.config.languages[0]: ["a few words", "more words"]},
+                                           processor.tokenizer, order=3)  # fmt: skip
+    model.set_asr_language_model(lm, lm_weight=0.35, length_bonus=0.7)
+    model.set_asr_ctc_weight(1.0)
+    model.save_pretrained(folder)
+    text = render_model_card(folder, inputs).text
+    assert "character 3-gram" in text and "LM weight 0.35" in text and '{"lm_weight": 0}' in text
+
+
 def test_card_knows_every_task_and_metric_of_the_results_format():
     assert set(HUB_TASKS) == set(TASK_ORDER) and set(METRIC_LABELS) == set(METRIC_ORDER)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ngram_lm import LM_FILE_NAME
 from .folder import weight_files
 from .recipes import Recipe, recipe_strings, recipe_values
 
@@ -191,6 +192,25 @@ def usage_example(inputs: CardInputs, config: dict) -> dict[str, Any]:
     return {"src_lang": src_lang, "ast": ast, "language_id": bool(config.get("language_id_head"))}
 
 
+def asr_decoding(model_dir: Path) -> dict[str, Any]:
+    """How `generate` / `pipeline()` transcribe by default: the generation config's ASR decoder and, when saved
+    beside the model, the CTC head's n-gram language model (its languages and fusion settings)."""
+    generation_file = model_dir / "generation_config.json"
+    generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else {}
+    decoding: dict[str, Any] = {"ctc_weight": generation.get("asr_ctc_weight"), "language_model": None}
+    lm_file = model_dir / LM_FILE_NAME
+    if lm_file.is_file() and generation.get("asr_lm_weight"):
+        languages = json.loads(lm_file.read_text(encoding="utf-8"))["languages"]
+        decoding["language_model"] = {
+            "languages": sorted(languages),
+            "order": max(entry["order"] for entry in languages.values()),
+            "weight": generation["asr_lm_weight"],
+            "length_bonus": generation.get("asr_lm_length_bonus", 0.0),
+            "beams": generation.get("asr_ctc_beams", 8),
+        }
+    return decoding
+
+
 def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template: str | os.PathLike | None = None):
     """Fill the model card template (default: the packaged one); return a huggingface_hub ModelCard."""
     import jinja2
@@ -238,5 +258,6 @@ def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template
         base_model=base_model,
         synthetic=synthetic,
         usage=usage_example(inputs, config),
+        decoding=asr_decoding(folder),
     )
     return ModelCard(text)
