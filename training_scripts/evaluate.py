@@ -54,8 +54,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ctc_weight", type=float, default=0.0, help="ASR: joint CTC/attention decoding with this CTC weight (0.3)"
     )
     parser.add_argument(
-        "--decoder", choices=("attention", "ctc"), default="attention", help="ASR: ctc = the CTC head alone, greedy"
-    )
+        "--decoder", choices=("attention", "ctc"), default="attention",
+        help="ASR: ctc = the CTC head alone (greedy, or a prefix beam search with --num_beams > 1; with the model's "
+        "n-gram LM when it has one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lm_weight", type=float, default=None,
+        help="--decoder ctc: weight of the model's CTC language model (default: the model's; 0: without it)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
     parser.add_argument(
@@ -99,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_beams=args.num_beams,
         ctc_weight=args.ctc_weight,
         decoder=args.decoder,
+        lm_weight=args.lm_weight,
         return_predictions=args.save_predictions,
         with_loss=args.with_loss,
         **names,
