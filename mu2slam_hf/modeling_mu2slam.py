@@ -1731,7 +1731,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             ctc_weight = self._default_ctc_weight(input_features, src_lang_ids, batch_lang, modality)
         if ctc_weight == 1.0 and input_features is not None and self._returns_ids_only(kwargs):
             # The CTC head alone needs no decoder: its best path (greedy) or a frame-synchronous prefix beam search,
-            # 20-40x faster than transformers' token-by-token beam search that runs the decoder at every step.
+            # far faster than transformers' token-by-token beam search, which runs the decoder at every step.
             self._check_asr_rows(src_lang_ids, batch_lang)
             return self._ctc_search(encoder_outputs, src_lang_ids, kwargs.get("num_beams"), lm_weight, lm_length_bonus)
         if lm_weight:
