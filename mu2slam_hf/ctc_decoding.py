@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers.generation import LogitsProcessor
 
+from .ngram_lm import END
+
 NEG_INF = -1e30  # finite, so that (NEG_INF) + (NEG_INF) stays representable and logaddexp never yields NaN
 
 
@@ -280,8 +282,6 @@ def ctc_prefix_beam_search(
     Returns:
         The token ids of the best hypothesis.
     """
-    from .ngram_lm import END
-
     fused = language_model is not None and lm_weight != 0.0
     beam = {(): _Prefix((), "", blank=0.0)}
     frames = log_probs.float()

@@ -381,7 +381,7 @@ def generate_predictions(
         if lm_weight is None and num_beams == 1:
             asr_options.pop("num_beams")  # the model's own CTC beam width when it has a language model
     else:
-        asr_options = {**attention, "ctc_weight": ctc_weight, "lm_weight": lm_weight or None}
+        asr_options = {**attention, "ctc_weight": ctc_weight, "lm_weight": lm_weight}
     return _decode(model, processor, asr, batch_size, asr_options) + _decode(
         model, processor, others, batch_size, attention
     )

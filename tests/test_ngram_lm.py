@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 from test_ctc_decoding import speech_batch
-from test_evaluation import CORPUS, LANGUAGES, tiny_model, tiny_processor
+from test_evaluation import CORPUS, LANGUAGES, audio_example, tiny_model, tiny_processor
 
 from mu2slam_hf.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
 from mu2slam_hf.ngram_lm import END, CharNgramLanguageModel, CharNgramModel
-from mu2slam_hf.training.ctc_language_model import corpus_sentences
+from mu2slam_hf.training.ctc_language_model import LM_WEIGHTS, corpus_sentences, fit_ctc_language_model
 
 TEXTS = ["the snail is blocking the way", "what is that snail doing", "a snail and a fish"]
 
@@ -165,3 +165,20 @@ def test_a_folder_that_lost_its_language_model_decodes_without_it_and_says_so(tm
         loaded = type(model).from_pretrained(tmp_path).eval()
     assert LM_FILE_NAME in caplog.text and loaded.asr_language_model is None
     assert torch.equal(loaded.generate(**batch, ctc_weight=1.0), model.generate(**batch, ctc_weight=1.0, lm_weight=0))
+
+
+def test_fitting_chooses_the_grid_point_with_the_lowest_dev_cer_or_none():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=8)
+    dev = [audio_example(f"d{i}", "asr", lang, lang, CORPUS[i], 0.6, seed=i) for i, lang in enumerate(LANGUAGES)]
+    fit = fit_ctc_language_model(model, processor, _rows(), [*dev, {**dev[0], "task": "ast"}], order=3, num_beams=2)
+    assert fit["sentences"] == {language: len(CORPUS) for language in LANGUAGES}
+    assert len(fit["grid"]) == len(LM_WEIGHTS) * 3
+    best = min(point["dev_cer"] for point in fit["grid"])
+    if best < fit["dev_cer_greedy"]:
+        assert fit["dev_cer"] == best and fit["lm_weight"] > 0
+    else:  # no weight helps: the model keeps greedy CTC decoding by default
+        assert fit["dev_cer"] == fit["dev_cer_greedy"] and fit["lm_weight"] == 0
+    assert model.asr_language_model is not None and model.generation_config.asr_lm_weight == fit["lm_weight"]
+    with pytest.raises(ValueError, match="No train text of the dev languages"):
+        fit_ctc_language_model(model, processor, _rows()[:1], dev, order=3)

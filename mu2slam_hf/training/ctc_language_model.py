@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from ..data.audio import decode_example
 from ..evaluation import averages, evaluate_model
 from ..ngram_lm import CharNgramLanguageModel
 
@@ -48,7 +49,8 @@ def fit_ctc_language_model(
         `{"order", "sentences": {language: count}, "dev_cer_greedy", "dev_cer", "lm_weight", "length_bonus",
         "grid": [{"lm_weight", "length_bonus", "dev_cer"}, ...]}` (dev CER averaged over languages).
     """
-    dev = [example for example in dev_examples if example["task"] == "asr"]
+    # Audio read once here, not once per grid point (evaluate_model leaves decoded examples as they are).
+    dev = [decode_example(dict(example)) for example in dev_examples if example["task"] == "asr"]
     if not dev:
         raise ValueError("Choosing the CTC language model's weight needs ASR dev examples; the dev set has none.")
     languages = sorted({example["source_lang"] for example in dev})
