@@ -12,11 +12,12 @@ from transformers import (
     AutoModelForSpeechSeq2Seq,
 )
 
-from .configuration_mu2slam import Mu2SlamConfig
+from .configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from .modeling_mu2slam import (
     Mu2SlamEncoderOutput,
     Mu2SlamForConditionalGeneration,
+    Mu2SlamForRetrieval,
     Mu2SlamForSequenceClassification,
     Mu2SlamModel,
     Mu2SlamPreTrainedModel,
@@ -30,6 +31,8 @@ from .vocabulary import VocabularyLayout
 
 AutoConfig.register("mu2slam", Mu2SlamConfig, exist_ok=True)
 AutoModel.register(Mu2SlamConfig, Mu2SlamModel, exist_ok=True)
+AutoConfig.register("mu2slam_retrieval", Mu2SlamRetrievalConfig, exist_ok=True)
+AutoModel.register(Mu2SlamRetrievalConfig, Mu2SlamForRetrieval, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(Mu2SlamConfig, Mu2SlamForConditionalGeneration, exist_ok=True)
 AutoModelForSeq2SeqLM.register(Mu2SlamConfig, Mu2SlamForConditionalGeneration, exist_ok=True)
 AutoModelForSequenceClassification.register(Mu2SlamConfig, Mu2SlamForSequenceClassification, exist_ok=True)
@@ -46,8 +49,10 @@ __all__ = [
     "train_char_tokenizer",
     "train_unigram_tokenizer",
     "Mu2SlamConfig",
+    "Mu2SlamRetrievalConfig",
     "Mu2SlamEncoderOutput",
     "Mu2SlamForConditionalGeneration",
+    "Mu2SlamForRetrieval",
     "Mu2SlamForSequenceClassification",
     "Mu2SlamModel",
     "Mu2SlamPreTrainedModel",

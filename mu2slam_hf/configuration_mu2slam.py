@@ -65,20 +65,21 @@ _INT_FIELDS = {
     "decoder_attention_heads": 1, "encoder_ffn_dim": 1, "decoder_ffn_dim": 1, "conformer_conv_kernel_size": 1,
     "max_target_positions": 1, "mask_time_length": 1, "mask_time_min_masks": 0, "mask_feature_length": 1,
     "mask_feature_min_masks": 0, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "unk_token_id": 0,
-    "mask_token_id": 0, "decoder_start_token_id": 0, "intermediate_ctc_layer": 0,
+    "mask_token_id": 0, "decoder_start_token_id": 0, "intermediate_ctc_layer": 0, "retrieval_embedding_dim": 1,
 }  # fmt: skip
 # Fractions in [0, 1].
 _PROBABILITY_FIELDS = (
     "encoder_dropout", "decoder_dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
     "decoder_noise_ratio", "mask_time_prob", "mask_feature_prob", "language_detection_threshold",
-    "intermediate_ctc_weight",
+    "intermediate_ctc_weight", "retrieval_temperature",
 )  # fmt: skip
 _NON_NEGATIVE_FLOAT_FIELDS = (
     "init_std", "decoder_loss_weight", "mlm_loss_weight", "ctc_loss_weight", "language_id_loss_weight",
+    "retrieval_spread_out_weight",
 )  # fmt: skip
 _BOOL_FIELDS = (
     "scale_embedding", "apply_spec_augment", "tie_word_embeddings", "is_encoder_decoder", "use_cache",
-    "language_id_head",
+    "language_id_head", "retrieval_language_prefix",
 )  # fmt: skip
 
 
@@ -207,6 +208,14 @@ class Mu2SlamConfig(PreTrainedConfig):
         language_id_loss_weight (`float`): weight of its cross-entropy in the forward's loss (`language_labels`).
         language_detection_threshold (`float`): the lowest probability a detected language may have; below it,
             `generate` without `src_lang` refuses the input instead of guessing.
+        retrieval_embedding_dim (`int`): size of the speech/text embeddings of `Mu2SlamForRetrieval` (a projection
+            of the mean of the encoder states, L2-normalised).
+        retrieval_temperature (`float`): the starting temperature of its contrastive softmax (similarities are
+            divided by it; learned from there, as CLIP's logit scale is).
+        retrieval_spread_out_weight (`float`): weight of the spread-out regulariser (Zhang et al., 2017) on the
+            speech and the text embeddings of a batch; 0 turns it off.
+        retrieval_language_prefix (`bool`): encode each side with its language embedding (the language/modality
+            prefix of paper 001); False encodes both without one (the modality embedding stays).
     """
 
     model_type = "mu2slam"
@@ -261,6 +270,10 @@ class Mu2SlamConfig(PreTrainedConfig):
         language_id_head: bool = False,
         language_id_loss_weight: float = 1.0,
         language_detection_threshold: float = 0.5,
+        retrieval_embedding_dim: int = 256,
+        retrieval_temperature: float = 0.05,
+        retrieval_spread_out_weight: float = 0.0,
+        retrieval_language_prefix: bool = True,
         pad_token_id: int = PAD_ID,
         bos_token_id: int = BOS_ID,
         eos_token_id: int = EOS_ID,
@@ -324,6 +337,10 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.language_id_head = language_id_head
         self.language_id_loss_weight = language_id_loss_weight
         self.language_detection_threshold = language_detection_threshold
+        self.retrieval_embedding_dim = retrieval_embedding_dim
+        self.retrieval_temperature = retrieval_temperature
+        self.retrieval_spread_out_weight = retrieval_spread_out_weight
+        self.retrieval_language_prefix = retrieval_language_prefix
         self.unk_token_id = unk_token_id
         self.mask_token_id = mask_token_id
         self.use_cache = use_cache
@@ -337,6 +354,8 @@ class Mu2SlamConfig(PreTrainedConfig):
                 f"intermediate_ctc_layer must be below encoder_layers={encoder_layers} (0 turns InterCTC off), got "
                 f"{intermediate_ctc_layer}."
             )
+        if retrieval_temperature == 0:
+            raise ValueError("retrieval_temperature must be above 0 (similarities are divided by it).")
         if encoder_positions not in ENCODER_POSITIONS:
             raise ValueError(f"encoder_positions must be one of {ENCODER_POSITIONS}, got {encoder_positions!r}.")
         if encoder_positions == "rotary" and (d_model // encoder_attention_heads) % 2:
@@ -436,10 +455,44 @@ def check_processor_languages_beside(config: Mu2SlamConfig, folder: str | os.Pat
         )
 
 
+class Mu2SlamRetrievalConfig(Mu2SlamConfig):
+    """The config of `Mu2SlamForRetrieval`: every field of `Mu2SlamConfig`, under its own ``model_type`` so that
+    `AutoModel` builds the dual encoder (one Auto class maps each config type to one model class).
+
+    `from_pretrained` also reads the config of any Mu2SLAM folder (pre-trained or fine-tuned seq2seq), which is how
+    a retrieval model starts from one.
+    """
+
+    model_type = "mu2slam_retrieval"
+
+    def __init__(self, **kwargs):
+        # Defined so that transformers keeps Mu2SlamConfig's checked __init__ (it turns subclasses without one into
+        # dataclasses with a generated __init__ that would skip every field).
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> Mu2SlamRetrievalConfig:
+        check_pretrained_location(pretrained_model_name_or_path)
+        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") not in (Mu2SlamConfig.model_type, cls.model_type):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!s} holds a {config_dict.get('model_type')!r} model, not a Mu2SLAM one "
+                "(model_type 'mu2slam' or 'mu2slam_retrieval'): a retrieval model starts from a Mu2SLAM checkpoint."
+            )
+        return cls.from_dict({**config_dict, "model_type": cls.model_type}, **kwargs)
+
+    @classmethod
+    def from_mu2slam_config(cls, config: Mu2SlamConfig) -> Mu2SlamRetrievalConfig:
+        """The same fields as a retrieval config."""
+        values = {key: value for key, value in config.to_dict().items() if key not in ("model_type", "auto_map")}
+        return cls.from_dict(values)
+
+
 Mu2SlamConfig.register_for_auto_class()
 
 __all__ = [
     "Mu2SlamConfig",
+    "Mu2SlamRetrievalConfig",
     "check_config_field",
     "check_pretrained_location",
     "check_processor_languages_beside",

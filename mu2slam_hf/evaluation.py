@@ -10,8 +10,9 @@ computed on the raw (detokenized) strings, as sacreBLEU intends.
 Evaluation JSON (shared with ``mu2slam_hf.hub`` / model cards)::
 
     {"model": str, "data": str, "split": str,
-     "metrics": [{"task": "asr"|"ast"|"mt"|"classification", "source_lang": str, "target_lang": str,
-                  "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy"|"nll", "value": float, "num_examples": int}, ...]}
+     "metrics": [{"task": "asr"|"ast"|"mt"|"classification"|"lid"|"retrieval", "source_lang": str,
+                  "target_lang": str, "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy"|"nll"|"s2t_r1"|..., "value": float,
+                  "num_examples": int}, ...]}
 
 plus, only when asked for, ``"predictions": [{"id", "task", "source_lang", "target_lang", "reference",
 "hypothesis"}, ...]``. ``nll`` (only with ``evaluate_model(..., with_loss=True)``) is the teacher-forced
@@ -42,8 +43,13 @@ from .data.schema import SPEECH_TEXT_TASKS, target_language
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
-TASK_ORDER = ("asr", "ast", "mt", "classification", "lid")
-METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy", "nll")
+TASK_ORDER = ("asr", "ast", "mt", "classification", "lid", "retrieval")
+RETRIEVAL_KS = (1, 5, 10)
+# Keys some evaluations add beside the metrics (kept by `read_results`).
+OPTIONAL_RESULT_KEYS = ("language_confusion", "retrieval_candidates")
+# Recall@k of speech -> text and text -> speech retrieval (percentages, like every metric here).
+RETRIEVAL_METRICS = tuple(f"{direction}_r{k}" for direction in ("s2t", "t2s") for k in RETRIEVAL_KS)
+METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy", "nll", *RETRIEVAL_METRICS)
 # sacreBLEU tokenizers for target languages whose text has no spaces between words; others use "13a".
 BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 
@@ -279,6 +285,8 @@ def results_to_markdown(results: dict[str, Any]) -> str:
             shown = f"**{label}**" if label == "average" else label
             lines.append(f"| {shown} | {_format(value)} | {count} |")
         lines.append("")
+    if results.get("retrieval_candidates"):
+        lines += [f"Retrieval: each clip against {results['retrieval_candidates']} candidate texts.", ""]
     if results.get("language_confusion"):
         lines += [
             "## Language identification: confusion (clips)",
@@ -592,6 +600,124 @@ def evaluate_language_id(
     return results
 
 
+# ------------------------------------------------------------------------------------------ retrieval
+
+
+@torch.no_grad()
+def speech_embeddings(
+    model: Any, processor: Any, examples: Sequence[dict[str, Any]], batch_size: int = 16
+) -> torch.Tensor:
+    """(N, E) `Mu2SlamForRetrieval.encode_speech` embeddings of the examples' audio (asr/ast rows), in example order
+    (the evaluation batches: decoded here when needed, sorted by length)."""
+    indexed = [{**example, "_row": row} for row, example in enumerate(examples)]
+    rows: dict[int, torch.Tensor] = {}
+    for batch, inputs in _eval_batches(model, processor, indexed, batch_size):
+        embeds = model.encode_speech(inputs["input_features"], inputs["attention_mask"], inputs["src_lang_ids"])
+        rows.update(zip((example["_row"] for example in batch), embeds.float().cpu(), strict=True))
+    return torch.stack([rows[row] for row in range(len(examples))])
+
+
+@torch.no_grad()
+def text_embeddings(
+    model: Any, processor: Any, texts: Sequence[str], languages: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
+    """(M, E) `Mu2SlamForRetrieval.encode_text` embeddings of the texts (each in its language), in order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    output = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            encoded = processor.tokenizer(chunk, padding=True, return_tensors="pt")
+            embeds = model.encode_text(
+                encoded["input_ids"].to(device),
+                encoded["attention_mask"].to(device),
+                list(languages[start : start + batch_size]),
+            )
+            output.append(embeds.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(output) if output else torch.zeros(0, model.config.retrieval_embedding_dim)
+
+
+def recall_at_k(
+    similarity: torch.Tensor, correct: torch.Tensor, ks: Sequence[int] = RETRIEVAL_KS
+) -> dict[int, torch.Tensor]:
+    """k -> (Q,) bool: whether a right candidate is among the k most similar (similarity and correct: (Q, C))."""
+    ranked = similarity.argsort(dim=-1, descending=True)
+    hits = correct.gather(1, ranked)
+    return {k: hits[:, :k].any(-1) for k in ks}
+
+
+def retrieval_records(
+    model: Any,
+    processor: Any,
+    examples: Sequence[dict[str, Any]],
+    distractors: Sequence[tuple[str, str]] = (),
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Per example: whether retrieval found its pair within each k, both ways.
+
+    Speech -> text: the clip against every distinct (text, language) among the examples' target texts plus the
+    ``distractors`` ((text, language) pairs, e.g. train sentences); a candidate is right when it is the example's
+    target text (so Czech and Dutch clips of one English line share one right candidate). Text -> speech: the
+    example's target text against every clip; right are the clips with that target text.
+    """
+    if not examples:
+        raise ValueError("No (speech, text) examples to evaluate retrieval on.")
+    targets = [(example["target_text"], target_language(example)) for example in examples]
+    candidates = list(dict.fromkeys([*targets, *distractors]))
+    index = {candidate: i for i, candidate in enumerate(candidates)}
+    speech = speech_embeddings(model, processor, examples, batch_size)
+    texts = text_embeddings(model, processor, [t for t, _ in candidates], [lang for _, lang in candidates])
+    target_index = torch.tensor([index[target] for target in targets])
+    s2t_correct = target_index.unsqueeze(1) == torch.arange(len(candidates)).unsqueeze(0)
+    s2t = recall_at_k(speech @ texts.T, s2t_correct)
+    query_texts = texts[target_index]
+    t2s = recall_at_k(query_texts @ speech.T, target_index.unsqueeze(1) == target_index.unsqueeze(0))
+    records = []
+    for row, example in enumerate(examples):
+        record = {
+            "id": example.get("id"),
+            "source_lang": example["source_lang"],
+            "target_lang": target_language(example),
+        }
+        for k in RETRIEVAL_KS:
+            record[f"s2t_r{k}"], record[f"t2s_r{k}"] = bool(s2t[k][row]), bool(t2s[k][row])
+        records.append(record)
+    return records
+
+
+def evaluate_retrieval(
+    model: Any,
+    processor: Any,
+    examples: Sequence[dict[str, Any]],
+    distractors: Sequence[tuple[str, str]] = (),
+    batch_size: int = 16,
+    return_predictions: bool = False,
+    model_name: str = "",
+    data_name: str = "",
+    split: str = "",
+) -> dict[str, Any]:
+    """Recall@1/5/10 (percent) of speech -> text and text -> speech retrieval (see `retrieval_records`) per
+    (speech language, text language), in the evaluation JSON format; ``retrieval_candidates`` holds the size of
+    the text candidate pool."""
+    records = retrieval_records(model, processor, examples, distractors, batch_size)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["source_lang"], record["target_lang"])].append(record)
+    metrics = [
+        metric_entry("retrieval", src, tgt, name, 100.0 * sum(r[name] for r in rows) / len(rows), len(rows))
+        for (src, tgt), rows in sorted(groups.items())
+        for name in RETRIEVAL_METRICS
+    ]
+    results = make_results(model_name, data_name, split, metrics, records if return_predictions else None)
+    targets = {(e["target_text"], target_language(e)) for e in examples}
+    results["retrieval_candidates"] = len(targets | set(distractors))
+    return results
+
+
 # ------------------------------------------------------------------------------------------- files
 
 
@@ -653,7 +779,11 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
         metrics = [metric_entry(*(entry[key] for key in _METRIC_KEYS)) for entry in raw["metrics"]]
-        return make_results(raw["model"], raw["data"], raw["split"], metrics, raw.get("predictions"))
+        results = make_results(raw["model"], raw["data"], raw["split"], metrics, raw.get("predictions"))
+        for key in OPTIONAL_RESULT_KEYS:
+            if key in raw:
+                results[key] = raw[key]
+        return results
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(
             f"Results file {path!r} is not an evaluation JSON ({type(error).__name__}: {error}). Expected "

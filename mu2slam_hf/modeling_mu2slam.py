@@ -37,7 +37,12 @@ from transformers.utils import cached_file, logging
 from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location, check_processor_languages_beside
+from .configuration_mu2slam import (
+    Mu2SlamConfig,
+    Mu2SlamRetrievalConfig,
+    check_pretrained_location,
+    check_processor_languages_beside,
+)
 from .ctc_decoding import (
     CTCPrefixLogitsProcessor,
     ctc_forced_align,
@@ -76,6 +81,11 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForSpeechSeq2Seq": "modeling_mu2slam.Mu2SlamForConditionalGeneration",
     "AutoModelForSeq2SeqLM": "modeling_mu2slam.Mu2SlamForConditionalGeneration",
     "AutoModelForSequenceClassification": "modeling_mu2slam.Mu2SlamForSequenceClassification",
+}
+# A retrieval folder (its own config type) answers AutoConfig and AutoModel only, as CLIP's folders do.
+RETRIEVAL_AUTO_MAP = {
+    "AutoConfig": "configuration_mu2slam.Mu2SlamRetrievalConfig",
+    "AutoModel": "modeling_mu2slam.Mu2SlamForRetrieval",
 }
 
 # The ASR pipeline treats a model as seq2seq only when its class name is in this mapping; any other model is run
@@ -659,7 +669,8 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config and the remote code, with a complete `auto_map`."""
-        self.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+        retrieval = isinstance(self, Mu2SlamForRetrieval)
+        self.config.auto_map = dict(RETRIEVAL_AUTO_MAP if retrieval else REMOTE_CODE_AUTO_MAP)
         output = super().save_pretrained(save_directory, *args, **kwargs)
         language_model = getattr(self, "asr_language_model", None)
         if language_model is not None:
@@ -918,15 +929,29 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             language_check(self.config, text_lang if has_speech else None, "text_lang_ids", allow_unknown=True),
         )
 
+        if has_speech and not has_text and speech_mlm_mask is None and not self._records_outputs(kwargs):
+            return self._encode_speech_in_length_groups(input_features, attention_mask, src_lang_ids, kwargs)
+        text_mask = (text_attention_mask if has_speech else attention_mask) if has_text else None
+        return self._encode(
+            input_features, attention_mask, input_ids, text_mask, src_lang_ids, text_lang, speech_mlm_mask, kwargs
+        )
+
+    def _records_outputs(self, kwargs: dict) -> bool:
+        return any(kwargs.get(f"output_{name}", getattr(self.config, f"output_{name}", False))
+                   for name in ("hidden_states", "attentions"))  # fmt: skip
+
+    def _encode(
+        self, input_features, attention_mask, input_ids, text_mask, src_lang_ids, text_lang, speech_mlm_mask, kwargs
+    ) -> Mu2SlamEncoderOutput:
+        """The encoder proper, on checked inputs: the segments embedded, concatenated and run through the layers."""
         segments, masks = [], []
-        if has_speech:
+        if input_features is not None:
             embeds, mask = self.embed_speech(input_features, attention_mask, src_lang_ids, speech_mlm_mask)
             segments.append(embeds), masks.append(mask)
-        if has_text:
-            text_mask = text_attention_mask if has_speech else attention_mask
+        if input_ids is not None:
             embeds, mask = self.embed_text(input_ids, text_mask, text_lang)
             segments.append(embeds), masks.append(mask)
-        speech_length = segments[0].shape[1] if has_speech else 0
+        speech_length = segments[0].shape[1] if input_features is not None else 0
 
         hidden_states = F.dropout(torch.cat(segments, dim=1), self.dropout, self.training)
         padding_mask = torch.cat(masks, dim=1)
@@ -941,6 +966,32 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             attention_mask=padding_mask,
             speech_length=speech_length or None,
         )
+
+    def _encode_speech_in_length_groups(
+        self, input_features, attention_mask, src_lang_ids, kwargs
+    ) -> Mu2SlamEncoderOutput:
+        """Speech-only batches are encoded in groups of clips of similar length (`length_groups`) and put back in
+        one padded output. A batch that mixes short and long clips (fine-tuning steps that draw several speech tasks
+        put them in one batch) then costs about its real frames, not rows x the longest clip. Real positions are the
+        same as in one padded pass (padding never reaches them); positions past a group's longest clip are zeros."""
+        batch, frames = input_features.shape[:2]
+        lengths = attention_mask.long().sum(-1) if attention_mask is not None else None
+        groups = length_groups(lengths) if lengths is not None and batch > 1 else []
+        if len(groups) < 2:
+            return self._encode(input_features, attention_mask, None, None, src_lang_ids, None, None, kwargs)
+        width = int(self.config.speech_output_lengths(torch.tensor(frames)))
+        hidden_states = input_features.new_zeros(batch, width, self.config.d_model)
+        padding_mask = attention_mask.new_zeros(batch, width, dtype=torch.long)
+        for rows in groups:
+            length = int(lengths[rows].max())
+            part = self._encode(
+                input_features[rows, :length], attention_mask[rows, :length], None, None, src_lang_ids[rows], None,
+                None, kwargs,
+            )  # fmt: skip
+            states = part.last_hidden_state
+            hidden_states = hidden_states.index_put((rows,), F.pad(states, (0, 0, 0, width - states.shape[1])))
+            padding_mask[rows, : states.shape[1]] = part.attention_mask
+        return Mu2SlamEncoderOutput(last_hidden_state=hidden_states, attention_mask=padding_mask, speech_length=width)
 
 
 def check_speech_inputs(
@@ -2008,9 +2059,195 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
         )
 
 
+@dataclass
+class Mu2SlamRetrievalOutput(ModelOutput):
+    """
+    Args:
+        loss: `retrieval_loss` plus `config.retrieval_spread_out_weight` times `spread_out_loss` (with `return_loss`).
+        retrieval_loss: the bidirectional in-batch contrastive loss (mean of speech->text and text->speech).
+        spread_out_loss: the spread-out regulariser of the speech and the text embeddings (0 when its weight is 0).
+        logits_per_speech (`(B, B)`): scaled cosine similarities, row i: speech i against every text of the batch.
+        logits_per_text (`(B, B)`): its transpose.
+        speech_embeds / text_embeds (`(B, retrieval_embedding_dim)`): L2-normalised embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    retrieval_loss: torch.FloatTensor | None = None
+    spread_out_loss: torch.FloatTensor | None = None
+    logits_per_speech: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    speech_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+def multi_positive_contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """In-batch softmax cross-entropy where a row may have several right answers (the same sentence twice in a
+    batch, e.g. Czech and Dutch speech of one English line): -log of the probability mass on the positives.
+
+    logits (B, C), positives (B, C) bool with at least one True per row -> mean over rows.
+    """
+    log_probs = logits.float().log_softmax(-1)
+    return -torch.logsumexp(log_probs.masked_fill(~positives, float("-inf")), dim=-1).mean()
+
+
+def spread_out_loss(embeddings: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Global orthogonal regularisation (Zhang et al., 2017) of L2-normalised (B, E) embeddings over their
+    non-matching pairs (not `positives`, (B, B) bool): mean similarity pushed to 0 and its second moment to at
+    most 1/E, as for points spread uniformly on the sphere."""
+    similarity = embeddings.float() @ embeddings.float().T
+    negatives = ~positives
+    if not negatives.any():
+        return similarity.new_zeros(())
+    values = similarity[negatives]
+    return values.mean() ** 2 + F.relu(values.pow(2).mean() - 1.0 / embeddings.shape[-1])
+
+
+class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
+    """Speech-text dual encoder on the shared encoder (papers: Gomez et al. 2024; mSLAM): speech and text go through
+    the same Conformer encoder separately; the mean of each one's states over its real positions, projected and
+    L2-normalised, is its embedding. Trained with the bidirectional in-batch contrastive loss on (speech, text)
+    pairs: a transcript (speech -> text retrieval) or a translation (cross-lingual).
+
+    Loads from any Mu2SLAM checkpoint (pre-trained or fine-tuned seq2seq folders: the encoder and shared embedding are
+    taken, the projection starts new). `encode_speech` / `encode_text` give the embeddings; their dot product is the
+    cosine similarity.
+    """
+
+    config_class = Mu2SlamRetrievalConfig
+
+    def __init__(self, config: Mu2SlamConfig):
+        if not isinstance(config, Mu2SlamRetrievalConfig):
+            config = Mu2SlamRetrievalConfig.from_mu2slam_config(config)
+        super().__init__(config)
+        self.model = Mu2SlamEncoderOnlyModel(config)
+        self.projection = nn.Linear(config.d_model, config.retrieval_embedding_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.retrieval_temperature)))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(self.logit_scale, math.log(1.0 / self.config.retrieval_temperature))
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.shared
+
+    def _language_ids(self, lang: str | list[str] | torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """(B,) language ids from codes or ids; without a language (or without `retrieval_language_prefix`),
+        UNKNOWN_LANGUAGE_ID: the encoder then adds no language embedding."""
+        if lang is None or not self.config.retrieval_language_prefix:
+            return torch.full((batch,), UNKNOWN_LANGUAGE_ID, dtype=torch.long, device=device)
+        if isinstance(lang, torch.Tensor):
+            return lang.to(device).long().reshape(-1).expand(batch)
+        codes = [lang] * batch if isinstance(lang, str) else list(lang)
+        if len(codes) != batch:
+            raise ValueError(f"{len(codes)} language codes for a batch of {batch}: pass one code or one per row.")
+        return torch.tensor([self.config.language_id(code) for code in codes], dtype=torch.long, device=device)
+
+    def _embed(self, encoder_outputs: Mu2SlamEncoderOutput) -> torch.Tensor:
+        pooled = masked_mean(encoder_outputs.last_hidden_state, encoder_outputs.attention_mask)
+        return F.normalize(self.projection(pooled), dim=-1)
+
+    def encode_speech(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        src_lang: str | list[str] | torch.Tensor | None = None,
+    ) -> torch.FloatTensor:
+        """(B, T, F) log-mel features (+ (B, T) mask; the processor's) -> (B, E) L2-normalised speech embeddings.
+        `src_lang`: the spoken language (a code, one per row, or ids); None when it is not known.
+
+        The encoder takes rows of similar length together, so a batch that mixes short and long clips (a
+        contrastive batch drawn from several tasks) costs about its real frames.
+        """
+        lang_ids = self._language_ids(src_lang, input_features.shape[0], input_features.device)
+        encoded = self.model(
+            input_features=input_features, attention_mask=attention_mask, src_lang_ids=lang_ids, return_dict=True
+        )
+        return self._embed(encoded)
+
+    def encode_text(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        text_lang: str | list[str] | torch.Tensor | None = None,
+    ) -> torch.FloatTensor:
+        """(B, L) token ids (+ (B, L) mask; the processor's tokenizer) -> (B, E) L2-normalised text embeddings."""
+        lang_ids = self._language_ids(text_lang, input_ids.shape[0], input_ids.device)
+        encoded = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, src_lang_ids=lang_ids, return_dict=True
+        )
+        return self._embed(encoded)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        text_attention_mask: torch.LongTensor | None = None,
+        src_lang_ids: torch.LongTensor | None = None,
+        text_lang_ids: torch.LongTensor | None = None,
+        return_loss: bool = True,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Mu2SlamRetrievalOutput:
+        """B (speech, text) pairs -> similarities of every speech to every text, and the contrastive loss.
+
+        input_features (B, T, F) + attention_mask (B, T); input_ids (B, L) + text_attention_mask (B, L);
+        src_lang_ids / text_lang_ids (B,): languages of the speech and of the text (or none, see
+        `retrieval_language_prefix`). Rows whose texts are identical count as right answers for each other.
+        """
+        check_forward_kwargs(self, kwargs)
+        speech = self.encode_speech(input_features, attention_mask, src_lang_ids)
+        text = self.encode_text(input_ids, text_attention_mask, text_lang_ids)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        logits_per_speech = scale * speech @ text.T
+        loss = contrastive = spread = None
+        if return_loss:
+            positives = same_rows(input_ids, text_attention_mask)
+            contrastive = 0.5 * (
+                multi_positive_contrastive_loss(logits_per_speech, positives)
+                + multi_positive_contrastive_loss(logits_per_speech.T, positives)
+            )
+            spread = speech.new_zeros((), dtype=torch.float32)
+            if self.config.retrieval_spread_out_weight:
+                spread = spread_out_loss(speech, positives) + spread_out_loss(text, positives)
+            loss = contrastive + self.config.retrieval_spread_out_weight * spread
+        return Mu2SlamRetrievalOutput(
+            loss=loss,
+            retrieval_loss=contrastive,
+            spread_out_loss=spread,
+            logits_per_speech=logits_per_speech,
+            logits_per_text=logits_per_speech.T,
+            speech_embeds=speech,
+            text_embeds=text,
+        )
+
+
+def length_groups(lengths: torch.Tensor, max_padding: float = 0.25) -> list[torch.Tensor]:
+    """Row indices of (B,) lengths cut into groups, longest first, each padded by at most ``max_padding`` of its real
+    length (a new group starts when the next row is shorter than (1 - max_padding) x the group's longest)."""
+    order = lengths.argsort(descending=True)
+    values = lengths[order].tolist()
+    groups, start = [], 0
+    for index in range(1, len(values) + 1):
+        if index == len(values) or values[index] < (1.0 - max_padding) * values[start]:
+            groups.append(order[start:index])
+            start = index
+    return groups
+
+
+def same_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, B) bool: whether rows i and j hold the same token sequence (padding ignored)."""
+    ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
+    return (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
+
+
 Mu2SlamModel.register_for_auto_class("AutoModel")
 Mu2SlamForConditionalGeneration.register_for_auto_class("AutoModelForSpeechSeq2Seq")
 Mu2SlamForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+Mu2SlamForRetrieval.register_for_auto_class("AutoModel")
 
 __all__ = [
     "Mu2SlamPreTrainedModel",
@@ -2019,6 +2256,8 @@ __all__ = [
     "Mu2SlamModel",
     "Mu2SlamForConditionalGeneration",
     "Mu2SlamForSequenceClassification",
+    "Mu2SlamForRetrieval",
+    "Mu2SlamRetrievalOutput",
     "Mu2SlamEncoderOutput",
     "Mu2SlamSeq2SeqLMOutput",
 ]

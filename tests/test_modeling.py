@@ -126,6 +126,35 @@ def test_padding_changes_nothing_on_real_frames(positions_config):
     assert torch.equal(batched_ids[1], alone_ids[0])
 
 
+def test_mixed_length_batches_are_encoded_in_length_groups(positions_config):
+    """A speech batch of short and long clips (a fine-tuning step that draws ASR and AST batches of different
+    lengths) is encoded in groups of similar length: the loss, the logits on real positions and the gradients are
+    those of one padded pass (which `output_hidden_states=True` still takes)."""
+    config = positions_config
+    model = make_model(config).train()
+    config.encoder_dropout = config.decoder_dropout = config.attention_dropout = config.activation_dropout = 0.0
+    model.config.apply_spec_augment = False
+    features, mask = random_batch(config, lengths=(300, 40, 290, 45))
+    labels = torch.randint(NUM_SPECIAL_TOKENS, config.text_vocab_size, (4, 7))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 1, 2, 3]), labels=labels,
+                  ctc_labels=labels)  # fmt: skip
+    grouped = model(**kwargs)
+    grouped.loss.backward()
+    grouped_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    padded = model(**kwargs, output_hidden_states=True)
+    padded.loss.backward()
+    torch.testing.assert_close(grouped.loss, padded.loss, atol=ATOL, rtol=0)
+    torch.testing.assert_close(grouped.logits, padded.logits, atol=ATOL, rtol=0)
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(grouped_grads[name], parameter.grad, atol=1e-4, rtol=1e-3, msg=name)
+    encoded = model.get_encoder()(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0] * 4))
+    short = int(config.speech_output_lengths(40))
+    assert encoded.last_hidden_state.shape[1] == int(config.speech_output_lengths(300))
+    assert encoded.attention_mask[1].sum() == short
+
+
 def test_speech_and_text_segments_are_masked_per_segment(positions_config):
     """[speech; text] input: the padding of either segment never changes the other example's outputs."""
     tiny_config = positions_config

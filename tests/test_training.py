@@ -309,12 +309,56 @@ def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, c
     assert "dev/language_id_accuracy" in dev and "dev/asr_cer" not in dev
 
 
+def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpus, tmp_path):
+    """The shipped retrieval recipe on a pre-trained folder: the contrastive loss falls, dev reports Recall@k (no
+    decoding), the folder loads as the dual encoder, and evaluate.py --tasks retrieval scores it."""
+    from mu2slam_hf import Mu2SlamForRetrieval
+
+    _, init = pretrained
+    output_dir = tmp_path / "retrieval"
+    finetune_main([
+        "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "retrieval.yaml"), "--init", str(init),
+        "--data", corpus, "--output_dir", str(output_dir), "--max_steps", "30", "--no_progress", "--no_tensorboard",
+        "--set", "seconds_per_step.asr=16", "--set", "optimizer.lr=2e-3", "--set", "log_interval=1",
+        "--set", "eval_interval=30", "--set", "dev_examples_per_task=8",
+    ])  # fmt: skip
+    log = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    first, last = sum(e["retrieval_loss"] for e in log[:5]) / 5, sum(e["retrieval_loss"] for e in log[-5:]) / 5
+    assert last < 0.85 * first and "loss/asr" not in log[-1]
+    dev = json.loads((output_dir / "dev_results.json").read_text())[-1]
+    assert 0 <= dev["dev/retrieval_s2t_r1"] <= dev["dev/retrieval_s2t_r5"] <= 100 and "dev/asr_cer" not in dev
+    model = Mu2SlamForRetrieval.from_pretrained(output_dir)
+    base = Mu2SlamForConditionalGeneration.from_pretrained(init)
+    assert not torch.equal(model.model.encoder.layers[0].ffn1.fc1.weight, base.model.encoder.layers[0].ffn1.fc1.weight)
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    output = tmp_path / "eval.json"
+    argv = ["--model", str(output_dir), "--data", corpus, "--split", "dev", "--tasks", "retrieval"]
+    assert evaluate.main([*argv, "--retrieval_candidates", "20", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["retrieval_candidates"] == 20
+    names = {m["name"] for m in results["metrics"] if m["task"] == "retrieval"}
+    assert names == {"s2t_r1", "s2t_r5", "s2t_r10", "t2s_r1", "t2s_r5", "t2s_r10"}
+    assert "## RETRIEVAL S2T_R1" in output.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="retrieval goes alone"):
+        evaluate.main([*argv[:-1], "retrieval,asr"])
+    with pytest.raises(SystemExit, match="below the .* texts the split already has"):
+        evaluate.main([*argv, "--retrieval_candidates", "1"])
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"language_id_only": True}, "set `language_id_weight`"),
         ({"language_id_only": True, "language_id_weight": 1.0, "examples_per_step": {"mt": 2}}, "speech only"),
         ({"language_id_weight": -1.0}, "language_id_weight must be >= 0"),
+        ({"retrieval": True, "examples_per_step": {"mt": 2}}, r"retrieval: draws \(speech, text\) pairs only"),
+        ({"retrieval": True, "ctc_weight": 0.3}, r"\['ctc_weight'\] belong to the seq2seq model"),
+        ({"retrieval": True, "stage": "pretrain"}, "retrieval: the dual encoder is trained in `stage: finetune`"),
     ],
 )
 def test_language_id_recipe_errors(data, message):

@@ -1,10 +1,14 @@
-"""Evaluate a Mu2SLAM model on a corpus manifest: WER/CER (ASR), BLEU/chrF (AST, MT) per language or direction, and
-spoken language identification accuracy with its confusion table (``lid``, on the ASR clips; needs the head).
+"""Evaluate a Mu2SLAM model on a corpus manifest: WER/CER (ASR), BLEU/chrF (AST, MT) per language or direction,
+spoken language identification accuracy with its confusion table (``lid``, on the ASR clips; needs the head), or
+speech-text retrieval Recall@1/5/10 (``retrieval``, a `Mu2SlamForRetrieval` folder: every ASR and AST clip against
+the split's target texts, plus train-split texts up to ``--retrieval_candidates``).
 
 Example::
 
     python training_scripts/evaluate.py --model runs/ft2 --data data/fillets --split test --tasks asr,ast,mt \\
         --max_examples 200 --output runs/ft2/eval_test.json
+    python training_scripts/evaluate.py --model runs/retrieval --data data/synth --split test --tasks retrieval \\
+        --retrieval_candidates 500
 
 Writes the evaluation JSON (format in ``mu2slam_hf.evaluation``) and a Markdown rendering next to it (``.md``).
 """
@@ -17,16 +21,18 @@ from collections.abc import Sequence
 
 import torch
 
-from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamProcessor
 from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.evaluation import (
     GENERATION_TASKS,
     audio_dependence,
     evaluate_language_id,
     evaluate_model,
+    evaluate_retrieval,
     load_examples,
     make_results,
     results_to_markdown,
+    spread_over_languages,
     write_results,
 )
 
@@ -44,7 +50,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="folder (or Hub id) with the model and its processor")
     parser.add_argument("--data", required=True, help="corpus folder holding <split>.jsonl")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--tasks", default=",".join(GENERATION_TASKS), help="comma-separated subset of asr,ast,mt,lid")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(GENERATION_TASKS),
+        help="comma-separated subset of asr,ast,mt,lid, or retrieval alone",
+    )
+    parser.add_argument(
+        "--retrieval_pairs",
+        default="asr",
+        help="retrieval: the rows (asr, ast) whose (clip, target text) pairs are scored",
+    )
+    parser.add_argument(
+        "--retrieval_candidates", type=positive_int, default=None,
+        help="retrieval: add train-split target texts (not among the split's) until the pool has this many texts",
+    )  # fmt: skip
     parser.add_argument("--max_examples", type=positive_int, default=None, help="at most this many examples per task")
     parser.add_argument("--output", default=None, help="JSON path (default <model>/eval_<split>.json)")
     parser.add_argument("--batch_size", type=positive_int, default=16)
@@ -78,9 +97,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
-    unknown = sorted(set(tasks) - {*GENERATION_TASKS, "lid"})
+    unknown = sorted(set(tasks) - {*GENERATION_TASKS, "lid", "retrieval"})
     if unknown:
-        raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)},lid.")
+        raise SystemExit(f"Unknown task(s) {unknown}: choose from {','.join(GENERATION_TASKS)},lid,retrieval.")
+    if "retrieval" in tasks:
+        if len(tasks) > 1:
+            raise SystemExit(
+                "--tasks retrieval goes alone: a retrieval model neither generates nor identifies languages."
+            )
+        return evaluate_retrieval_main(args)
     generation = tuple(task for task in tasks if task != "lid")
     read = tuple(dict.fromkeys([*generation, *(["asr"] if "lid" in tasks else [])]))  # lid reads the ASR clips
     processor = Mu2SlamProcessor.from_pretrained(args.model)
@@ -125,6 +150,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(results_to_markdown(results))
     print(f"Wrote {json_path} and {markdown_path}.")
     return 0
+
+
+def evaluate_retrieval_main(args: argparse.Namespace) -> int:
+    """``--tasks retrieval``: Recall@k of a `Mu2SlamForRetrieval` folder, written like the other evaluations."""
+    pair_tasks = tuple(task.strip() for task in args.retrieval_pairs.split(",") if task.strip())
+    if not set(pair_tasks) <= {"asr", "ast"}:
+        raise SystemExit(f"--retrieval_pairs: (speech, text) pairs come from asr and ast rows, not {pair_tasks}.")
+    processor = Mu2SlamProcessor.from_pretrained(args.model)
+    try:
+        check_corpus(args.data, {args.split: pair_tasks}, processor.languages)
+    except CorpusError as error:
+        raise SystemExit(f"CorpusError: {error}") from None
+    model = Mu2SlamForRetrieval.from_pretrained(args.model).to(args.device).eval()
+    examples = load_examples(args.data, args.split, pair_tasks, args.max_examples)
+    if not examples:
+        raise SystemExit(f"No {','.join(pair_tasks)} examples in {args.data}/{args.split}.jsonl.")
+    distractors = []
+    if args.retrieval_candidates:
+        distractors = train_distractors(args.data, pair_tasks, examples, args.retrieval_candidates)
+    results = evaluate_retrieval(
+        model, processor, examples, distractors, args.batch_size, args.save_predictions,
+        model_name=str(args.model), data_name=str(args.data), split=args.split,
+    )  # fmt: skip
+    output = args.output or os.path.join(args.model, f"eval_{args.split}_retrieval.json")
+    json_path, markdown_path = write_results(results, output)
+    print(results_to_markdown(results))
+    print(f"Wrote {json_path} and {markdown_path}.")
+    return 0
+
+
+def train_distractors(data: str, tasks: Sequence[str], examples: list[dict], pool_size: int) -> list[tuple[str, str]]:
+    """Train-split (target text, language) pairs that are not among the examples' targets, in file order spread over
+    the target languages, enough to make a candidate pool of ``pool_size`` texts."""
+    targets = {(e["target_text"], e["target_lang"]) for e in examples}
+    if pool_size < len(targets):
+        raise SystemExit(
+            f"--retrieval_candidates {pool_size} is below the {len(targets)} texts the split already has."
+        )
+    train = [e for e in load_examples(data, "train", tasks) if (e["target_text"], e["target_lang"]) not in targets]
+    unique = list({(e["target_text"], e["target_lang"]): e for e in train}.values())
+    chosen = spread_over_languages(unique, pool_size - len(targets))
+    if len(chosen) < pool_size - len(targets):
+        raise SystemExit(f"--retrieval_candidates {pool_size}: the train split has only {len(chosen)} other texts.")
+    return [(e["target_text"], e["target_lang"]) for e in chosen]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ for group in split_by_layout(instances):
     loss = model(**Mu2SlamCollator(config)(group)).loss
 """
 
-from .collator import Mu2SlamCollator, split_by_layout, with_language_labels
+from .collator import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from .masking import (
     corrupt_text,
     denoising_decoder_sequences,
@@ -52,6 +52,7 @@ __all__ = [
     "objective_weight",
     "speech_span_mask",
     "split_by_layout",
+    "retrieval_pairs",
     "with_language_labels",
     "word_span_mask",
     "word_starts_from_offsets",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from ..vocabulary import IGNORE_INDEX
+from ..vocabulary import IGNORE_INDEX, PAD_ID
 from .objectives import Mu2SlamInstance
 
 LAYOUT_NAMES = {(True, False): "speech", (False, True): "text", (True, True): "speech+text"}
@@ -39,6 +39,22 @@ def with_language_labels(batch: dict[str, torch.Tensor], only: bool = False) -> 
     if only:
         return {"input_features": batch["input_features"], "attention_mask": batch["attention_mask"], **labels}
     return {**batch, **labels}
+
+
+def retrieval_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A collated speech-to-text fine-tuning batch -> the keyword arguments of `Mu2SlamForRetrieval.forward`: each
+    clip paired with its target text (the labels: transcript or translation, eos included) in its language."""
+    if "input_features" not in batch:
+        raise ValueError("retrieval pairs speech with text: this batch has no speech (only asr/ast rows pair).")
+    text_mask = (batch["labels"] != IGNORE_INDEX).long()
+    return {
+        "input_features": batch["input_features"],
+        "attention_mask": batch["attention_mask"],
+        "input_ids": batch["labels"].masked_fill(text_mask == 0, PAD_ID),
+        "text_attention_mask": text_mask,
+        "src_lang_ids": batch["src_lang_ids"],
+        "text_lang_ids": batch["tgt_lang_ids"],
+    }
 
 
 class Mu2SlamCollator:

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from ..configuration_mu2slam import Mu2SlamConfig
+from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.audio import decode_example
 from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from ..lora import merge_lora
-from ..modeling_mu2slam import Mu2SlamForConditionalGeneration
+from ..modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamPreTrainedModel
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
 from ..tokenization_mu2slam import Mu2SlamTokenizer, train_tokenizer
@@ -93,26 +93,38 @@ def load_preset(recipe: Recipe) -> Mu2SlamConfig:
     return Mu2SlamConfig.from_pretrained(recipe.model)
 
 
+def model_class(retrieval: bool = False) -> type[Mu2SlamPreTrainedModel]:
+    """The class a run trains: the seq2seq model, or the speech-text dual encoder (recipe ``retrieval``)."""
+    return Mu2SlamForRetrieval if retrieval else Mu2SlamForConditionalGeneration
+
+
 def init_from_checkpoint(
-    folder: str, overrides: dict[str, Any], loss_weights: dict[str, float] | None = None
-) -> tuple[Mu2SlamForConditionalGeneration, Mu2SlamProcessor]:
-    """Model + processor of a trained folder; ``overrides`` (and loss weights) are set on the model config."""
+    folder: str,
+    overrides: dict[str, Any],
+    loss_weights: dict[str, float] | None = None,
+    retrieval: bool = False,
+) -> tuple[Mu2SlamPreTrainedModel, Mu2SlamProcessor]:
+    """Model + processor of a trained folder; ``overrides`` (and loss weights) are set on the model config.
+    ``retrieval``: a `Mu2SlamForRetrieval` on the folder's encoder (its projection new unless the folder is one)."""
     processor = Mu2SlamProcessor.from_pretrained(folder)
     config = Mu2SlamConfig.from_pretrained(folder)
     extra = dict(overrides)
     if loss_weights:
         extra["objective_loss_weights"] = {**config.objective_loss_weights, **loss_weights}
     config = config_with_overrides(config, extra)
-    model = Mu2SlamForConditionalGeneration.from_pretrained(folder, config=config)
+    cls = model_class(retrieval)
+    if retrieval:
+        config = Mu2SlamRetrievalConfig.from_mu2slam_config(config)
+    model = cls.from_pretrained(folder, config=config)
     processor.check_model_config(model.config)
     return model, processor
 
 
-def new_model(config: Mu2SlamConfig, seed: int) -> Mu2SlamForConditionalGeneration:
+def new_model(config: Mu2SlamConfig, seed: int, retrieval: bool = False) -> Mu2SlamPreTrainedModel:
     """A randomly initialised model (weights drawn from ``seed``, independent of anything drawn before)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Mu2SlamForConditionalGeneration(config)
+        return model_class(retrieval)(config)
 
 
 def merged_copy(model: torch.nn.Module) -> Mu2SlamForConditionalGeneration:

@@ -17,13 +17,22 @@ from accelerate.utils import gather_object
 
 from ..data.audio import decode_example
 from ..data.schema import LABELLED_TASKS
-from ..evaluation import generate_predictions, predict_languages, score, spread_over_languages
+from ..evaluation import (
+    RETRIEVAL_METRICS,
+    generate_predictions,
+    predict_languages,
+    retrieval_records,
+    score,
+    spread_over_languages,
+)
+from ..modeling_mu2slam import Mu2SlamForRetrieval
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 
 GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
 JOINT_CTC_WEIGHT = 0.3  # ESPnet's usual weight for joint CTC/attention decoding
+DEV_LOSS_TOTALS = ("language_id_loss", "retrieval_loss")  # dev losses beside the per-task ones
 
 
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -92,12 +101,14 @@ class DevEvaluator:
                     outputs = model(**{k: v.to(device) for k, v in batch.items()})
                     tracker.add_output(group, outputs)
         summary = tracker.summary(accelerator)
-        return {key: value for key, value in summary.items() if "/" in key or key == "language_id_loss"}
+        return {key: value for key, value in summary.items() if "/" in key or key in DEV_LOSS_TOTALS}
 
     def _generation(self, model, accelerator) -> dict[str, float]:
         """Greedy decoding of each task's dev examples; ASR also with the CTC head alone (``asr_cer_ctc``...), the
         decoder that learns first, and with joint CTC/attention scoring (``asr_cer_joint``...)."""
         metrics = {}
+        if isinstance(model, Mu2SlamForRetrieval):
+            metrics.update(self._retrieval(model, accelerator))
         if getattr(model, "language_id_head", None) is not None:
             speech = [e for task in ("asr", "ast") for e in self.examples.get(task, [])]
             records = gather_object(predict_languages(model, self.builder.processor, self._shard(speech, accelerator)))
@@ -124,6 +135,17 @@ class DevEvaluator:
                     target = languages.pop() if len(languages) == 1 else None
                     metrics[f"{task}_{name}{suffix}"] = score(name, references, hypotheses, target)
         return metrics
+
+    def _retrieval(self, model, accelerator) -> dict[str, float]:
+        """Recall@1/5/10 both ways over the dev (speech, text) pairs (``retrieval_s2t_r1``...); each process
+        computes it on all of them (the candidate pool is the whole subset)."""
+        pairs = [e for task in ("asr", "ast") for e in self.examples.get(task, [])]
+        if not pairs:
+            return {}
+        records = retrieval_records(model, self.builder.processor, pairs, batch_size=self.batch_size)
+        return {
+            f"retrieval_{name}": 100.0 * sum(r[name] for r in records) / len(records) for name in RETRIEVAL_METRICS
+        }
 
 
 # Each ASR decoder the dev evaluation scores, as the CTC weight `generate` gives it: the attention decoder alone,

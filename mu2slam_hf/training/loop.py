@@ -24,13 +24,13 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..configuration_mu2slam import Mu2SlamConfig
+from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.batching import text_token_lengths
 from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS
 from ..data.training_data import TrainingData
 from ..lora import add_lora
-from ..pretraining import Mu2SlamCollator, split_by_layout, with_language_labels
+from ..pretraining import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from ..processing_mu2slam import Mu2SlamProcessor
 from .assets import (
     build_processor,
@@ -157,19 +157,23 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> tor
 
 def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_from: Path | None):
     """(model, processor) of a new run, a fine-tuning run, or (architecture only) a resumed run."""
+    retrieval = recipe.retrieval
     if resume_from is not None:
         processor = Mu2SlamProcessor.from_pretrained(resume_from)
-        model = new_model(Mu2SlamConfig.from_pretrained(resume_from), recipe.seed)  # weights: from the state
+        config_class = Mu2SlamRetrievalConfig if retrieval else Mu2SlamConfig
+        model = new_model(config_class.from_pretrained(resume_from), recipe.seed, retrieval)  # weights: the state's
     elif recipe.init_checkpoint:
-        model, processor = init_from_checkpoint(recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights)
+        model, processor = init_from_checkpoint(
+            recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights, retrieval
+        )
     else:
         examples = [row for source in sources.values() for row in source]
         processor, config = build_processor(recipe, load_preset(recipe), examples)
-        model = new_model(config, recipe.seed)
+        model = new_model(config, recipe.seed, retrieval)
     if resume_from is None and recipe.extend_vocabulary:
         characters, languages = extend_vocabulary(model, processor, list(sources.values()))
         logger.info("extend_vocabulary: added the characters %s and the languages %s", characters, languages)
-    elif resume_from is None and recipe.init_checkpoint and not recipe.language_id_only:
+    elif resume_from is None and recipe.init_checkpoint and not (recipe.language_id_only or recipe.retrieval):
         refuse_unknown_text(processor, sources.values(), recipe.init_checkpoint)
     if recipe.ctc_weight is not None:
         model.config.ctc_loss_weight = recipe.ctc_weight
@@ -275,7 +279,7 @@ class Mu2SlamTrainer:
             warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
         self.dev = DevEvaluator(
             self.builder, dev_examples, recipe.eval_batch_size, recipe.eval_max_new_tokens, recipe.seed, self.collate,
-            decode=not recipe.language_id_only,
+            decode=not (recipe.language_id_only or recipe.retrieval),
         ) if any(dev_examples.values()) else None  # fmt: skip
         model.train()
         optimizer = build_optimizer(recipe, model, self.config.d_model)
@@ -335,8 +339,10 @@ class Mu2SlamTrainer:
 
     def collate(self, group) -> dict[str, torch.Tensor]:
         """One batch of the model's keyword arguments (with language-identification labels when the recipe trains
-        that head)."""
+        that head; (speech, text) pairs for a retrieval run)."""
         batch = self.collator(group)
+        if self.recipe.retrieval:
+            return retrieval_pairs(batch)
         if self.recipe.language_id_weight:
             batch = with_language_labels(batch, only=self.recipe.language_id_only)
         return batch

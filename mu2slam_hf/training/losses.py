@@ -18,9 +18,10 @@ from ..pretraining import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
 
 OBJECTIVES = (*OBJECTIVE_WEIGHT_KEYS, "finetune")
 KEYS = tuple(f"task/{task}" for task in TASKS) + tuple(f"objective/{name}" for name in OBJECTIVES)
+AUXILIARY_LOSSES = ("ctc", "language_id", "retrieval")  # logged as the mean over the batches that had them
 TOTALS = (
-    "loss", "ctc_loss", "ctc_batches", "language_id_loss", "language_id_batches", "micro_batches", "speech_seconds",
-    "text_tokens",
+    "loss", "ctc_loss", "ctc_batches", "language_id_loss", "language_id_batches", "retrieval_loss", "retrieval_batches",
+    "micro_batches", "speech_seconds", "text_tokens",
 )  # fmt: skip
 
 
@@ -44,11 +45,12 @@ class LossTracker:
 
     def add_output(self, instances: Sequence[Mu2SlamInstance], outputs) -> None:
         """Everything the model's output of the batch made from ``instances`` tells: its rows' decoder and MLM
-        losses, and its CTC and language-identification losses."""
-        if outputs.row_losses is not None:
-            self.add_rows(instances, outputs.row_losses)
-        for name in ("ctc", "language_id"):
-            value = getattr(outputs, f"{name}_loss")
+        losses, and its CTC, language-identification and retrieval losses."""
+        row_losses = getattr(outputs, "row_losses", None)
+        if row_losses is not None:
+            self.add_rows(instances, row_losses)
+        for name in AUXILIARY_LOSSES:
+            value = getattr(outputs, f"{name}_loss", None)
             if value is not None:
                 self.add_total(f"{name}_loss", value.item())
                 self.add_total(f"{name}_batches", 1)
@@ -64,7 +66,7 @@ class LossTracker:
         summary: dict[str, float] = {}
         micro = max(totals[TOTALS.index("micro_batches")].item(), 1.0)
         summary["loss"] = totals[TOTALS.index("loss")].item() / micro
-        for name in ("ctc", "language_id"):
+        for name in AUXILIARY_LOSSES:
             batches = totals[TOTALS.index(f"{name}_batches")].item()
             if batches:
                 summary[f"{name}_loss"] = totals[TOTALS.index(f"{name}_loss")].item() / batches

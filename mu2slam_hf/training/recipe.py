@@ -128,6 +128,9 @@ class Recipe:
     ``ctc_language_model``: when the dev set picks the CTC head as the ASR decoder, fit a character n-gram language
     model of this order to the train text at the end (weight and length bonus chosen on dev) and save it with the
     model, as the default of CTC decoding (`training.ctc_language_model`).
+    ``retrieval``: train a speech-text dual encoder (`Mu2SlamForRetrieval`, from ``init_checkpoint`` or a preset)
+    with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows: a batch's other
+    rows are its negatives, so its size (``seconds_per_step``) is the number of negatives.
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -168,6 +171,7 @@ class Recipe:
     language_id_only: bool = False
     trainable_modules: list[str] = field(default_factory=list)
     ctc_language_model: int | None = None
+    retrieval: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -207,7 +211,7 @@ class Recipe:
         if self.optimizer.decay not in DECAYS:
             raise RecipeError(f"optimizer.decay must be one of {DECAYS}, got {self.optimizer.decay!r}.")
         if self.ctc_weight is None and self.stage == "finetune":
-            self.ctc_weight = FINETUNE_CTC_WEIGHT
+            self.ctc_weight = 0.0 if self.retrieval else FINETUNE_CTC_WEIGHT
         if self.ctc_weight is not None and self.ctc_weight < 0:
             raise RecipeError(f"ctc_weight must be >= 0, got {self.ctc_weight}.")
         not_speech = sorted(set(self.seconds_per_step) - set(SPEECH_TASKS))
@@ -223,6 +227,23 @@ class Recipe:
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
         self._validate_language_id()
+        self._validate_retrieval()
+
+    def _validate_retrieval(self) -> None:
+        if not self.retrieval:
+            return
+        if self.stage != "finetune":
+            raise RecipeError("retrieval: the dual encoder is trained in `stage: finetune`.")
+        not_speech = sorted(set(self.drawn_tasks()) - {"asr", "ast"})
+        if not_speech:
+            raise RecipeError(f"retrieval: draws (speech, text) pairs only (asr, ast rows), not {not_speech}.")
+        clashes = [name for name in ("language_id_weight", "ctc_language_model") if getattr(self, name)]
+        if self.ctc_weight:
+            clashes.append("ctc_weight")
+        if self.extend_vocabulary:
+            clashes.append("extend_vocabulary")
+        if clashes:
+            raise RecipeError(f"retrieval: {clashes} belong to the seq2seq model; set them to 0 / null / false.")
 
     def _validate_language_id(self) -> None:
         if self.language_id_weight is not None and self.language_id_weight < 0:
