@@ -10,8 +10,10 @@ The pushing process gets `HF_ENDPOINT` pointing at it (set before huggingface_hu
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -37,16 +39,19 @@ from mu2slam_hf import (
     Mu2SlamConfig,
     Mu2SlamFeatureExtractor,
     Mu2SlamForConditionalGeneration,
+    Mu2SlamForRetrieval,
     Mu2SlamProcessor,
+    Mu2SlamRetrievalConfig,
     build_best_rq,
     train_char_tokenizer,
 )
-from mu2slam_hf.evaluation import METRIC_ORDER, TASK_ORDER
+from mu2slam_hf.evaluation import METRIC_ORDER, RETRIEVAL_METRICS, TASK_ORDER
 from mu2slam_hf.hub import (
     MODEL_CARD_TEMPLATE,
     CardInputs,
     PublishError,
     folder_digest,
+    load_locally,
     load_recipes,
     load_results,
     publish,
@@ -630,3 +635,146 @@ def test_processor_push_to_hub_round_trip(hub, tmp_path):
     assert {"speech_codebook.safetensors", "tokenizer.json", "processor_config.json"} <= set(
         hub.repos["me/processor"].files
     )
+
+
+# ------------------------------------------------------------------------------------------ retrieval
+
+RETRIEVAL_REPO_ID = "me/mu2slam-tiny-retrieval-synth"
+RETRIEVAL_VALUES = {"en": (50.0, 75.0, 100.0, 25.0, 87.5, 100.0), "cs": (12.5, 37.5, 62.5, 0.0, 50.0, 75.0)}
+RETRIEVAL_EVAL = {
+    "model": "runs/tiny-retrieval-synth",
+    "data": "data/synthetic/test",
+    "split": "test",
+    "metrics": [
+        {
+            "task": "retrieval",
+            "source_lang": lang,
+            "target_lang": "en",
+            "name": name,
+            "value": value,
+            "num_examples": 4,
+        }
+        for lang, values in RETRIEVAL_VALUES.items()
+        for name, value in zip(RETRIEVAL_METRICS, values, strict=True)
+    ],
+    "retrieval_candidates": 40,
+}
+# Appended to the folder's modeling_mu2slam.py: its encode_speech no longer matches the installed package's.
+STALE_ENCODE_SPEECH = """
+
+_encode_speech = Mu2SlamForRetrieval.encode_speech
+Mu2SlamForRetrieval.encode_speech = lambda self, *args, **kwargs: -_encode_speech(self, *args, **kwargs)
+"""
+
+
+@pytest.fixture(scope="module")
+def retrieval(tmp_path_factory):
+    """A tiny (untrained) `Mu2SlamForRetrieval` saved with its processor, a retrieval eval JSON and a wav clip."""
+    root = tmp_path_factory.mktemp("retrieval")
+    tokenizer = train_char_tokenizer(WORDS, vocab_size=64)
+    config = Mu2SlamRetrievalConfig.from_pretrained(PRESETS / "tiny", text_vocab_size=len(tokenizer))
+    codebook = build_best_rq(seed=0, codebook_size=config.codebook_size)
+    processor = Mu2SlamProcessor(Mu2SlamFeatureExtractor(), tokenizer, codebook, languages=config.languages)
+    torch.manual_seed(0)
+    folder = root / "model"
+    Mu2SlamForRetrieval(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (root / "eval.json").write_text(json.dumps(RETRIEVAL_EVAL))
+    soundfile.write(root / "speech.wav", clips()[1], RATE)
+    return SimpleNamespace(root=root, folder=folder, results=root / "eval.json")
+
+
+@pytest.fixture(scope="module")
+def retrieval_dry_run(retrieval, tmp_path_factory):
+    """`push_to_hub.py --dry_run` of the retrieval folder (run in-process): the upload folder and what it printed."""
+    dry = tmp_path_factory.mktemp("retrieval-dry") / "upload"
+    args = ["--model", str(retrieval.folder), "--repo_id", RETRIEVAL_REPO_ID, "--results", str(retrieval.results)]
+    args += ["--audio", str(retrieval.root / "speech.wav"), "--dry_run", str(dry)]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert _load_script().main(args) == 0
+    return SimpleNamespace(folder=dry, stdout=printed.getvalue())
+
+
+def test_retrieval_dry_run_passes_the_remote_code_embedding_check(retrieval_dry_run):
+    assert "loads with trust_remote_code=True; smoke speech embedding as with the installed package" in (
+        retrieval_dry_run.stdout
+    )
+    names = {p.name for p in retrieval_dry_run.folder.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "speech_codebook.safetensors"} <= names
+    assert {"configuration_mu2slam.py", "modeling_mu2slam.py", "processing_mu2slam.py", "README.md"} <= names
+    config = json.loads((retrieval_dry_run.folder / "config.json").read_text())
+    assert config["model_type"] == "mu2slam_retrieval" and config["auto_map"]["AutoModel"].endswith("ForRetrieval")
+
+
+def test_retrieval_card_has_the_retrieval_table_and_usage(retrieval_dry_run):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(retrieval_dry_run.folder / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "feature-extraction" and "speech-text-retrieval" in data["tags"]
+    assert {r.task_type for r in card.data.eval_results} == {"feature-extraction"}
+    measured = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert measured[("cs-en", "s2t_r5")] == 37.5 and measured[("en", "t2s_r1")] == 25.0 and len(measured) == 12
+    text = card.text
+    assert "speech-text dual encoder" in text and "bidirectional in-batch contrastive loss" in text
+    assert "| speech → text | Speech→Text R@1 ↑ | Speech→Text R@5 ↑ | Speech→Text R@10 ↑ | Text→Speech R@1 ↑ |" in text
+    assert "| en → en | 50 | 75 | 100 | 25 | 87.5 | 100 | 4 |" in text and "| cs → en | 12.5 | 37.5 |" in text
+    assert "Recall@k" in text and "higher is better" in text and "against 40 candidate texts" in text
+    assert "AutoModel.from_pretrained" in text and "model.encode_speech(" in text and "model.encode_text(" in text
+    for seq2seq_only in ("| Decoder |", "automatic-speech-recognition", "AutoModelForSpeechSeq2Seq", "CTC", "WER"):
+        assert seq2seq_only not in text, seq2seq_only
+
+
+def test_retrieval_card_usage_snippet_runs_without_the_package(retrieval, retrieval_dry_run, tmp_path):
+    """The card's code block, with the dry-run folder for the repo id: it ranks the three candidate texts."""
+    readme = (retrieval_dry_run.folder / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
+    snippet = snippet.replace(f'"{RETRIEVAL_REPO_ID}"', repr(str(retrieval_dry_run.folder)))
+    shutil.copyfile(retrieval.root / "speech.wav", tmp_path / "speech.wav")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + snippet + "\nassert 'mu2slam_hf' not in sys.modules"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranked = [line.split("  ", 1) for line in result.stdout.splitlines()]
+    assert len(ranked) == 3 and all("candidate text" in text for _, text in ranked)
+    scores = [float(score) for score, _ in ranked]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= score <= 1.0 for score in scores)
+
+
+def test_stale_retrieval_remote_code_is_refused(retrieval, tmp_path):
+    folder = shutil.copytree(retrieval.folder, tmp_path / "stale")
+    with (folder / "modeling_mu2slam.py").open("a", encoding="utf-8") as code:
+        code.write(STALE_ENCODE_SPEECH)
+    with pytest.raises(
+        PublishError,
+        match=r"encode_speech embeds the smoke clip differently .*max abs difference .*\.py files are stale",
+    ):
+        publish(folder, RETRIEVAL_REPO_ID, retrieval.results, [], dry_run=tmp_path / "out")
+
+
+def test_load_locally_follows_the_config_model_type(retrieval, tmp_path):
+    model, processor = load_locally(retrieval.folder)
+    assert type(model) is Mu2SlamForRetrieval and processor.speech_codebook is not None
+    folder = shutil.copytree(retrieval.folder, tmp_path / "other")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "wav2vec2"}))
+    with pytest.raises(
+        PublishError, match=r"its config \(config\.json\) failed with ValueError: model_type 'wav2vec2'"
+    ):
+        load_locally(folder)
+
+
+def test_retrieval_card_without_a_candidate_count(retrieval, tmp_path):
+    assert load_results(retrieval.results)["retrieval_candidates"] == 40
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps({k: v for k, v in RETRIEVAL_EVAL.items() if k != "retrieval_candidates"}))
+    inputs = CardInputs(RETRIEVAL_REPO_ID, load_results(results), smoke_lang="cs")
+    text = render_model_card(retrieval.folder, inputs).text
+    assert "ranks each clip against the split's texts" in text and "candidate texts;" not in text
+    assert 'src_lang="cs"' in text and 'text_lang="en"' in text

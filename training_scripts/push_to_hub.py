@@ -8,7 +8,9 @@ Example::
 
 Before uploading it checks that the folder loads (config, safetensors weights, processor), that it loads with
 ``trust_remote_code=True`` in a fresh Python that cannot import mu2slam_hf, and that the ASR pipeline transcribes a
-smoke clip there exactly as with the installed package. See docs/publishing.md.
+smoke clip there exactly as with the installed package. A retrieval folder (``Mu2SlamForRetrieval``, model_type
+``mu2slam_retrieval``) publishes the same way: there ``AutoModel`` + ``encode_speech`` must embed the smoke clip as
+the installed package does (within 1e-5). See docs/publishing.md.
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except PublishError as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"Checked: loads with trust_remote_code=True; smoke transcription {report.transcription!r}")
+    if report.transcription is None:
+        difference = report.embedding_difference
+        smoke = f"smoke speech embedding as with the installed package (max abs difference {difference:.2g})"
+    else:
+        smoke = f"smoke transcription {report.transcription!r}"
+    print(f"Checked: loads with trust_remote_code=True; {smoke}")
     print(f"Files ({len(report.files)}): {', '.join(report.files)}")
     if report.url is None:
         print(f"Dry run: the upload folder is {report.folder} (nothing uploaded)")

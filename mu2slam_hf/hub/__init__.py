@@ -1,12 +1,14 @@
 """Publish a trained Mu2SLAM folder on the Hugging Face Hub: check it loads, write its model card, upload it.
 
-The uploaded repository holds exactly what `from_pretrained` and `pipeline(..., trust_remote_code=True)` need:
+The uploaded repository holds exactly what `from_pretrained` and `pipeline(..., trust_remote_code=True)` need
+(a seq2seq model; a `Mu2SlamForRetrieval` folder loads with `AutoModel` and is checked on its speech embedding):
 safetensors weights, config, generation config, processor (feature extractor, text tokenizer, speech codebook),
 the remote-code files, and a README.md model card filled from the config, the training recipes and the
 evaluation JSON written by `training_scripts/evaluate.py` (read with `mu2slam_hf.evaluation.read_results`).
 
 One module per job: `folder` (files, loading with the package, the upload folder), `remote_code` (the smoke
-transcription without the package), `recipes` and `card` (the model card), `upload` (token, one-commit upload).
+transcription or speech embedding without the package), `recipes` and `card` (the model card), `upload` (token,
+one-commit upload).
 
 Example:
     ```python
@@ -25,12 +27,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..evaluation import read_results
 from .card import MODEL_CARD_TEMPLATE, CardInputs, render_model_card, usage_example
 from .errors import PublishError
-from .folder import assemble_upload_folder, check_folder_files, folder_digest, load_locally, remote_code_files
+from .folder import (
+    RETRIEVAL_MODEL_TYPE,
+    assemble_upload_folder,
+    check_folder_files,
+    folder_digest,
+    load_locally,
+    remote_code_files,
+)
 from .recipes import Recipe, default_recipe_paths, load_recipes
-from .remote_code import local_transcription, remote_code_transcription, smoke_audio
+from .remote_code import (
+    EMBEDDING_TOLERANCE,
+    local_speech_embedding,
+    local_transcription,
+    remote_code_speech_embedding,
+    remote_code_transcription,
+    smoke_audio,
+)
 from .upload import resolve_token, upload
 
 __all__ = [
@@ -47,6 +65,7 @@ __all__ = [
     "load_results",
     "publish",
     "remote_code_files",
+    "remote_code_speech_embedding",
     "remote_code_transcription",
     "render_model_card",
     "resolve_token",
@@ -71,13 +90,15 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 @dataclass
 class PublishReport:
     """What `publish` did: the folder it wrote (dry run; a removed temp dir after an upload), its files, the smoke
-    transcription, and the repository and commit URLs after an upload."""
+    transcription (None for a retrieval model), the repository and commit URLs after an upload, and for a retrieval
+    model the largest difference between the remote code's and the installed package's smoke speech embedding."""
 
     folder: Path
     files: list[str]
-    transcription: str
+    transcription: str | None
     url: str | None = None
     commit_url: str | None = None
+    embedding_difference: float | None = None
 
 
 def publish(
@@ -111,8 +132,10 @@ def publish(
         token: Hub token; default HF_TOKEN or the saved login.
         base_model / datasets / languages / license: card metadata (see `CardInputs`).
         synthetic_data: force (True/False) the synthetic-data warning; None detects it from paths and recipes.
-        audio: 16 kHz file for the pipeline smoke run (default: a synthetic 1-second clip).
-        src_lang: language of the smoke run and the card's snippet (default: the first evaluated ASR language).
+        audio: 16 kHz file for the smoke run: the ASR pipeline, or `encode_speech` for a retrieval model (default: a
+            synthetic 1-second clip).
+        src_lang: language of the smoke run and the card's snippet (default: the first evaluated ASR language; for a
+            retrieval model, the speech language of the first retrieval row).
         template: a Jinja2 model card template (default: the packaged `MODEL_CARD_TEMPLATE`).
     Returns:
         A `PublishReport`; raises `PublishError` with the fix for anything that would publish a broken model.
@@ -142,16 +165,43 @@ def publish(
         folder = Path(dry_run) if dry_run is not None else Path(staging) / "upload"
         files = assemble_upload_folder(model_dir, folder, str(card))
         clip = smoke_audio(audio)
-        expected = local_transcription(model, processor, clip, lang)
-        transcription = remote_code_transcription(folder, clip, lang)
-        if transcription != expected:
-            raise PublishError(
-                f"The remote code transcribes the smoke clip as {transcription!r} but the installed mu2slam_hf says "
-                f"{expected!r}: the folder's .py files are stale. Save the model and processor again with the "
-                "current mu2slam_hf."
-            )
-        report = PublishReport(folder, files, transcription)
+        if model.config.model_type == RETRIEVAL_MODEL_TYPE:
+            difference = check_speech_embedding(model, processor, folder, clip, lang)
+            report = PublishReport(folder, files, None, embedding_difference=difference)
+        else:
+            report = PublishReport(folder, files, check_transcription(model, processor, folder, clip, lang))
         if dry_run is None:
             repo_url, commit = upload(folder, repo_id, token, private, commit_message)
             report.url, report.commit_url = str(repo_url), commit.commit_url
     return report
+
+
+def check_transcription(model: Any, processor: Any, folder: Path, clip: Any, lang: str) -> str:
+    """The remote code's smoke transcription of `clip`, which must be the installed package's."""
+    expected = local_transcription(model, processor, clip, lang)
+    transcription = remote_code_transcription(folder, clip, lang)
+    if transcription != expected:
+        raise PublishError(
+            f"The remote code transcribes the smoke clip as {transcription!r} but the installed mu2slam_hf says "
+            f"{expected!r}: the folder's .py files are stale. Save the model and processor again with the "
+            "current mu2slam_hf."
+        )
+    return transcription
+
+
+def check_speech_embedding(model: Any, processor: Any, folder: Path, clip: Any, lang: str) -> float:
+    """Max |remote - installed| of the retrieval model's smoke speech embedding (`encode_speech`); above
+    `EMBEDDING_TOLERANCE`, or another embedding size, the folder's remote code is stale."""
+    expected = local_speech_embedding(model, processor, clip, lang)
+    embedding = remote_code_speech_embedding(folder, clip, lang)
+    if embedding.shape != expected.shape:
+        found = f"{embedding.size} values instead of {expected.size}"
+    else:
+        difference = float(np.abs(embedding - expected).max())
+        if difference <= EMBEDDING_TOLERANCE:
+            return difference
+        found = f"max abs difference {difference:.3g} > {EMBEDDING_TOLERANCE:g}"
+    raise PublishError(
+        f"The remote code's encode_speech embeds the smoke clip differently from the installed mu2slam_hf ({found}): "
+        "the folder's .py files are stale. Save the model and processor again with the current mu2slam_hf."
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..ngram_lm import LM_FILE_NAME
-from .folder import weight_files
+from .folder import RETRIEVAL_MODEL_TYPE, weight_files
 from .recipes import Recipe, recipe_strings, recipe_values
 
 MODEL_CARD_TEMPLATE = resources.files(__package__) / "templates" / "mu2slam_model_card.md.jinja"
@@ -30,8 +30,18 @@ HUB_TASKS = {
     "mt": ("translation", "Machine Translation"),
     "classification": ("text-classification", "Text Classification"),
     "lid": ("audio-classification", "Spoken Language Identification"),
+    "retrieval": ("feature-extraction", "Speech-Text Retrieval"),
 }
-METRIC_LABELS = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF", "accuracy": "Accuracy", "nll": "NLL"}
+METRIC_LABELS = {
+    "wer": "WER",
+    "cer": "CER",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "accuracy": "Accuracy",
+    "nll": "NLL",
+    **{f"s2t_r{k}": f"Speech→Text R@{k}" for k in (1, 5, 10)},
+    **{f"t2s_r{k}": f"Text→Speech R@{k}" for k in (1, 5, 10)},
+}
 LOWER_IS_BETTER = {"wer", "cer", "nll"}
 BASE_MODEL_KEYS = ("base_model", "init_from", "model_name_or_path", "pretrained_model", "init_checkpoint")
 DATASET_KEYS = ("dataset", "datasets", "dataset_name", "hub_dataset", "train_data", "data")
@@ -59,7 +69,8 @@ class CardInputs:
 
 
 def metric_pair(entry: dict[str, Any]) -> str:
-    """`fr` for ASR, classification and language identification, `fr → en` for translation tasks."""
+    """`fr` for ASR, classification and language identification, `fr → en` for translation tasks and retrieval
+    (speech language → text language)."""
     if entry["task"] in ("asr", "classification", "lid"):
         return entry["source_lang"]
     return f"{entry['source_lang']} → {entry['target_lang']}"
@@ -135,7 +146,8 @@ def card_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
             examples = max(v["num_examples"] for v in values.values())
             rows.append({"pair": pair, "cells": cells, "num_examples": examples})
         columns = [METRIC_LABELS[n] + (" ↓" if n in LOWER_IS_BETTER else " ↑") for n in names]
-        tables.append({"task": task, "title": HUB_TASKS[task][1], "columns": columns, "rows": rows})
+        header = "speech → text" if task == "retrieval" else "language"
+        tables.append({"task": task, "title": HUB_TASKS[task][1], "header": header, "columns": columns, "rows": rows})
     return tables
 
 
@@ -183,9 +195,22 @@ def trainer_summary(model_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def is_retrieval(config: dict) -> bool:
+    """Whether the config is a `Mu2SlamForRetrieval` one (a speech-text dual encoder, not a seq2seq model)."""
+    return config.get("model_type") == RETRIEVAL_MODEL_TYPE
+
+
 def usage_example(inputs: CardInputs, config: dict) -> dict[str, Any]:
-    """Languages for the card's code snippet: an evaluated ASR language, and an AST entry when one was measured."""
+    """Languages for the card's code snippet: an evaluated ASR language, and an AST entry when one was measured.
+
+    For a retrieval model: the speech language (`src_lang`) and text language (`text_lang`) of an evaluated pair.
+    """
     metrics = inputs.results["metrics"]
+    if is_retrieval(config):
+        pairs = [(m["source_lang"], m["target_lang"]) for m in metrics if m["task"] == "retrieval"]
+        src_lang = inputs.smoke_lang or next((source for source, _ in pairs), config["languages"][0])
+        text_lang = next((target for source, target in pairs if source == src_lang), src_lang)
+        return {"src_lang": src_lang, "text_lang": text_lang, "ast": None, "language_id": False}
     asr = next((m["source_lang"] for m in metrics if m["task"] == "asr"), None)
     ast = next((m for m in metrics if m["task"] == "ast"), None)
     src_lang = inputs.smoke_lang or asr or config["languages"][0]
@@ -224,12 +249,14 @@ def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template
     languages = card_languages(inputs, config)
     recipe_datasets = [v for r in inputs.recipes for v in recipe_values(r.content, DATASET_KEYS)]
     datasets = _hub_ids([*inputs.datasets, *recipe_datasets])
-    tags = ["mu2slam", "speech", "speech-translation", "multilingual", "custom_code"]
+    retrieval = is_retrieval(config)
+    tags = ["mu2slam", "speech", "speech-text-retrieval" if retrieval else "speech-translation"]
+    tags += ["multilingual", "custom_code"]
     card_data = ModelCardData(
         language=languages,
         license=inputs.license,
         library_name="transformers",
-        pipeline_tag="automatic-speech-recognition",
+        pipeline_tag=HUB_TASKS["retrieval" if retrieval else "asr"][0],
         tags=tags + (["synthetic-data"] if synthetic else []),
         datasets=datasets or None,
         base_model=base_model if base_model and HUB_ID.match(base_model) else None,
@@ -257,6 +284,7 @@ def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template
         datasets=list(dict.fromkeys([*inputs.datasets, *recipe_datasets])),
         base_model=base_model,
         synthetic=synthetic,
+        retrieval=retrieval,
         usage=usage_example(inputs, config),
         decoding=asr_decoding(folder),
     )

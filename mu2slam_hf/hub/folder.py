@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,15 @@ UPLOAD_FILES = (
     "speech_codebook.safetensors",
     LM_FILE_NAME,  # the CTC head's n-gram language model, when the model has one
 )
+RETRIEVAL_MODEL_TYPE = "mu2slam_retrieval"
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+# Per config `model_type`: the installed package's config and model classes that load the folder.
+MODEL_CLASSES = {
+    "mu2slam": ("Mu2SlamConfig", "Mu2SlamForConditionalGeneration"),
+    RETRIEVAL_MODEL_TYPE: ("Mu2SlamRetrievalConfig", "Mu2SlamForRetrieval"),
+}
 
 
 def check_folder_files(model_dir: str | os.PathLike) -> None:
@@ -71,34 +78,51 @@ def weight_files(folder: Path) -> list[str]:
 
 
 def load_locally(model_dir: str | os.PathLike) -> tuple[Any, Any]:
-    """Load model and processor with the installed package, part by part; a PublishError says which part failed."""
-    from .. import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+    """Load model and processor with the installed package, part by part; a PublishError says which part failed.
 
-    parts = {
-        "config (config.json)": lambda: Mu2SlamConfig.from_pretrained(model_dir),
-        "weights (model.safetensors)": lambda: Mu2SlamForConditionalGeneration.from_pretrained(
-            model_dir, use_safetensors=True
-        ),
-        "processor (processor_config.json, tokenizer, speech codebook)": lambda: Mu2SlamProcessor.from_pretrained(
-            model_dir
-        ),
-    }
-    loaded = {}
-    for part, load in parts.items():
-        try:
-            loaded[part] = load()
-        except Exception as error:
-            raise PublishError(
-                f"The folder {str(model_dir)!r} does not load: its {part} failed with {type(error).__name__}: "
-                f"{error}. Save it again with `save_pretrained` from the current mu2slam_hf."
-            ) from error
-    model, processor = list(loaded.values())[1:]
+    The model class follows the config's `model_type` (see `MODEL_CLASSES`): a seq2seq or a retrieval model.
+    """
+    package = importlib.import_module("..", __package__)  # mu2slam_hf
+    config_part = "config (config.json)"
+    model_type = _load_part(model_dir, config_part, lambda: folder_model_type(model_dir))
+    config_class, model_class = (getattr(package, name) for name in MODEL_CLASSES[model_type])
+    _load_part(model_dir, config_part, lambda: config_class.from_pretrained(model_dir))
+    model = _load_part(
+        model_dir, "weights (model.safetensors)", lambda: model_class.from_pretrained(model_dir, use_safetensors=True)
+    )
+    processor = _load_part(
+        model_dir,
+        "processor (processor_config.json, tokenizer, speech codebook)",
+        lambda: package.Mu2SlamProcessor.from_pretrained(model_dir),
+    )
     if processor.speech_codebook is None:
         raise PublishError(
             f"The folder {str(model_dir)!r} has no speech codebook (speech_codebook.safetensors + .json): save the "
             "processor that was used for training with `processor.save_pretrained(folder)`."
         )
     return model.eval(), processor
+
+
+def folder_model_type(model_dir: str | os.PathLike) -> str:
+    """The `model_type` of the folder's config.json, one of `MODEL_CLASSES` (else a ValueError naming them)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"model_type {model_type!r} is not a Mu2SLAM model that can be published (one of {list(MODEL_CLASSES)})"
+        )
+    return model_type
+
+
+def _load_part(model_dir: str | os.PathLike, part: str, load: Callable[[], Any]) -> Any:
+    """`load()`, its error raised as a PublishError that names the folder and the part."""
+    try:
+        return load()
+    except Exception as error:
+        raise PublishError(
+            f"The folder {str(model_dir)!r} does not load: its {part} failed with {type(error).__name__}: "
+            f"{error}. Save it again with `save_pretrained` from the current mu2slam_hf."
+        ) from error
 
 
 def remote_code_files(model_dir: str | os.PathLike) -> list[str]:
