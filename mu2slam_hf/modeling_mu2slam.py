@@ -2161,8 +2161,8 @@ class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
         """(B, T, F) log-mel features (+ (B, T) mask; the processor's) -> (B, E) L2-normalised speech embeddings.
         `src_lang`: the spoken language (a code, one per row, or ids); None when it is not known.
 
-        The encoder takes rows of similar length together, so a batch that mixes short and long clips (a
-        contrastive batch drawn from several tasks) costs about its real frames.
+        The encoder takes rows of similar length together when that drops at least 30% of the padding, so a batch
+        that mixes short and long clips (a contrastive batch drawn from several tasks) costs about its real frames.
         """
         lang_ids = self._language_ids(src_lang, input_features.shape[0], input_features.device)
         encoded = self.model(
