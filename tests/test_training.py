@@ -94,6 +94,7 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "tokens_per_step": {"asr": 4000}}, r"tokens_per_step: \['asr'\] are not text tasks"),
         ({"model": "m", "seconds_per_step": {"mt": 40}}, r"seconds_per_step: \['mt'\] are not speech tasks"),
         ({"model": "m", "examples_per_step": {}}, r"every task has 0 examples per step"),
+        ({"model": "m", "ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
     ],
 )
 def test_recipe_validation_errors_are_clear(data, message):
@@ -218,6 +219,42 @@ def test_resume_gives_the_same_next_losses(corpus, tmp_path):
             assert entry[key] == pytest.approx(expected[entry["step"]][key], abs=1e-6), (entry["step"], key)
     log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 9))
+
+
+def test_weight_average_follows_the_warmed_up_ema_by_hand():
+    from mu2slam_hf.training.averaging import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for updates_before in range(40):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        average.update(model)
+        # The first update copies; after n updates the decay is min(0.9, (1 + n) / (10 + n)).
+        decay = min(0.9, (1 + updates_before) / (10 + updates_before)) if updates_before else 0.0
+        expected = decay * expected + (1 - decay) * model.weight.detach()
+    torch.testing.assert_close(average.module.weight, expected)
+    assert not average.module.weight.requires_grad and not average.module.training
+
+
+def test_weight_average_is_what_a_run_evaluates_saves_and_resumes(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = tiny_recipe(max_steps=8, checkpoint_interval=4, ema_decay=0.8)
+    run(recipe, corpus, tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    run(recipe, corpus, interrupted, stop_after=6)
+    run(recipe, corpus, interrupted, resume=True)
+    straight, resumed = (load_file(folder / "model.safetensors") for folder in (tmp_path / "straight", interrupted))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
+    # The saved model is the average, not the last iterate (which the training state keeps for resuming).
+    raw = load_file(tmp_path / "straight" / "checkpoint-8" / "training_state" / "model.safetensors")
+    assert any(not torch.equal(raw[name], straight[name]) for name in straight if name in raw)
+    dev = json.loads((tmp_path / "straight" / "dev_results.json").read_text())
+    assert dev[-1]["step"] == 8
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(corpus, tmp_path):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
@@ -40,6 +40,7 @@ from .assets import (
     merged_copy,
     new_model,
 )
+from .averaging import WeightAverage
 from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
 from .ctc_language_model import fit_ctc_language_model
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
@@ -294,6 +295,7 @@ class Mu2SlamTrainer:
         self.spec_augment = self.config.apply_spec_augment
         accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.average = self._weight_average()
         self.dev_history: list[dict[str, float]] = []
         step = 0
         if resume_from is not None:
@@ -305,6 +307,23 @@ class Mu2SlamTrainer:
         if self.log_with:
             accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
         return step
+
+    def _weight_average(self) -> WeightAverage | None:
+        """The recipe's EMA of the weights (registered, so checkpoints save it and resuming restores it)."""
+        if self.recipe.ema_decay is None:
+            return None
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise RecipeError(
+                "ema_decay: FSDP shards the weights across processes, and an average of them would need its own "
+                "sharding; train with DDP (configuration/accelerate/*ddp*.yaml) or set ema_decay: null."
+            )
+        average = WeightAverage(self.accelerator.unwrap_model(self.model), self.recipe.ema_decay)
+        self.accelerator.register_for_checkpointing(average)
+        return average
+
+    def final_model(self) -> torch.nn.Module:
+        """The weights the run evaluates on dev and saves: the weight average when the recipe keeps one."""
+        return self.average.module if self.average is not None else self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------------------------------------------- step
 
@@ -336,6 +355,8 @@ class Mu2SlamTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(accelerator.unwrap_model(model))
 
     def collate(self, group) -> dict[str, torch.Tensor]:
         """One batch of the model's keyword arguments (with language-identification labels when the recipe trains
@@ -442,7 +463,7 @@ class Mu2SlamTrainer:
         metrics = {
             "step": step,
             "train_seconds": self.train_seconds,
-            **self.dev.evaluate(self.model, self.accelerator),
+            **self.dev.evaluate(self.final_model(), self.accelerator),
         }
         self.dev_history.append(metrics)
         if self.accelerator.is_main_process:
@@ -458,13 +479,15 @@ class Mu2SlamTrainer:
     def save_model_and_processor(self, folder: Path) -> None:
         """The loadable folder: model (safetensors; LoRA merged) + processor. Collective (sharded models)."""
         accelerator = self.accelerator
-        state_dict = None if self.recipe.lora.enabled else accelerator.get_state_dict(self.model)
+        state_dict = None
+        if self.average is None and not self.recipe.lora.enabled:
+            state_dict = accelerator.get_state_dict(self.model)  # collective: every process takes part
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(self.model)
+            model = self.final_model()
             if self.recipe.lora.enabled:
-                merged_copy(unwrapped).save_pretrained(folder)
+                merged_copy(model).save_pretrained(folder)
             else:
-                unwrapped.save_pretrained(folder, state_dict=state_dict)
+                model.save_pretrained(folder, state_dict=state_dict)
             self.processor.save_pretrained(folder)
 
     def save(self, step: int, dev: list[dict[str, float]]) -> Path | None:
@@ -484,7 +507,7 @@ class Mu2SlamTrainer:
         last dev evaluation scored best as the model's default for ASR (``generation_config.asr_ctc_weight``)."""
         weight = dev_chosen_ctc_weight(self.dev_history[-1]) if self.dev_history else None
         if weight is not None:
-            self.accelerator.unwrap_model(self.model).set_asr_ctc_weight(weight)
+            self.final_model().set_asr_ctc_weight(weight)
             self.accelerator.print(f"ASR decoding default (chosen on dev): ctc_weight={weight:g}")
         if weight == 1.0 and self.recipe.ctc_language_model and self.accelerator.is_main_process:
             self.fit_ctc_language_model()
@@ -494,7 +517,7 @@ class Mu2SlamTrainer:
     def fit_ctc_language_model(self) -> None:
         """The recipe's character n-gram LM of the train text, weight chosen on the dev ASR examples, attached to the
         model (saved with it); the choice is written to ctc_language_model_fit.json."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.final_model()
         train_rows = self.data.load(self.data.train_split_name)
         # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
         dev_rows = [row for row in self.data.load(self.data.resolved_eval_split()) if row["task"] == "asr"]

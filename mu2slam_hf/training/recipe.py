@@ -131,6 +131,9 @@ class Recipe:
     ``retrieval``: train a speech-text dual encoder (`Mu2SlamForRetrieval`, from ``init_checkpoint`` or a preset)
     with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows: a batch's other
     rows are its negatives, so its size (``seconds_per_step``) is the number of negatives.
+    ``ema_decay``: keep an exponential moving average of the weights (decay warmed up as ``(1 + n) / (10 + n)``),
+    evaluate it on dev and save it as the model (`training.averaging`); the raw weights stay in the checkpoints'
+    training state for resuming.
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX) and fp32
     elsewhere.
     """
@@ -172,6 +175,7 @@ class Recipe:
     trainable_modules: list[str] = field(default_factory=list)
     ctc_language_model: int | None = None
     retrieval: bool = False
+    ema_decay: float | None = None
 
     def __post_init__(self):
         self.validate()
@@ -226,6 +230,10 @@ class Recipe:
             raise RecipeError(f"tokens_per_step: budgets must be positive, got {self.tokens_per_step}.")
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise RecipeError(
+                f"ema_decay must be in (0, 1) (e.g. 0.99), or null for no average; got {self.ema_decay}."
+            )
         self._validate_language_id()
         self._validate_retrieval()
 
