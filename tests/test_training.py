@@ -305,9 +305,9 @@ def test_finetune_with_lora_and_noise_overrides_saves_a_merged_model(pretrained,
         "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "gradual-stage1.yaml"), "--init", str(init),
         "--data", corpus, "--output_dir", str(tmp_path), "--max_steps", "2", "--lora", "--lora_r", "4",
         "--decoder_noise_ratio", "0.06", "--spec_augment", "--no_progress", "--no_tensorboard",
-        "--set", "dev_examples_per_task=2", "--set", "eval_max_new_tokens=4",
+        "--set", "dev_examples_per_task=2", "--set", "eval_max_new_tokens=4", "--set", "ema_decay=0.9",
     ])  # fmt: skip
-    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)  # the merged weight average
     assert model.config.decoder_noise_ratio == 0.06 and model.config.apply_spec_augment is True
     dev = json.loads((tmp_path / "dev_results.json").read_text())
     assert model.generation_config.asr_ctc_weight == dev_chosen_ctc_weight(dev[-1])
@@ -362,6 +362,7 @@ def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpu
     log = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
     first, last = sum(e["retrieval_loss"] for e in log[:5]) / 5, sum(e["retrieval_loss"] for e in log[-5:]) / 5
     assert last < 0.85 * first and "loss/asr" not in log[-1]
+    assert all(e["text_tokens_per_second"] > 0 and e["speech_seconds_per_second"] > 0 for e in log)
     dev = json.loads((output_dir / "dev_results.json").read_text())[-1]
     assert 0 <= dev["dev/retrieval_s2t_r1"] <= dev["dev/retrieval_s2t_r5"] <= 100 and "dev/asr_cer" not in dev
     model = Mu2SlamForRetrieval.from_pretrained(output_dir)
