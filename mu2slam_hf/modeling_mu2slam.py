@@ -2209,10 +2209,18 @@ class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
         loss = contrastive = spread = None
         if return_loss:
             positives = same_rows(input_ids, text_attention_mask)
-            contrastive = 0.5 * (
-                multi_positive_contrastive_loss(logits_per_speech, positives)
-                + multi_positive_contrastive_loss(logits_per_speech.T, positives)
-            )
+            if self.training and _distributed_world_size() > 1:
+                # Every process's rows are negatives too (CLIP's gathered loss): the loss sees the global batch.
+                all_speech, all_text, positives = gathered_pairs(speech, text, input_ids, text_attention_mask)
+                contrastive = 0.5 * (
+                    multi_positive_contrastive_loss(scale * speech @ all_text.T, positives)
+                    + multi_positive_contrastive_loss(scale * text @ all_speech.T, positives)
+                )
+            else:
+                contrastive = 0.5 * (
+                    multi_positive_contrastive_loss(logits_per_speech, positives)
+                    + multi_positive_contrastive_loss(logits_per_speech.T, positives)
+                )
             spread = speech.new_zeros((), dtype=torch.float32)
             if self.config.retrieval_spread_out_weight:
                 spread = spread_out_loss(speech, positives) + spread_out_loss(text, positives)
@@ -2248,6 +2256,43 @@ def same_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> t
     """(B, B) bool: whether rows i and j hold the same token sequence (padding ignored)."""
     ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
     return (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
+
+
+def _distributed_world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def gathered_pairs(
+    speech: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This process's (B, E) speech and text embeddings and (B, L) text rows -> every process's embeddings, (N, E)
+    each in process order, and the (B, N) bool matrix of which of them hold this process's rows' texts.
+
+    Processes may hold different B and L. The embeddings are gathered with autograd (`torch.distributed.nn`), so
+    the gradient of each process's loss reaches the process whose rows it used.
+    """
+    import torch.distributed.nn.functional as distributed_autograd
+
+    world = torch.distributed.get_world_size()
+    shape = torch.tensor(input_ids.shape, device=input_ids.device)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    torch.distributed.all_gather(shapes, shape)
+    rows = [int(s[0]) for s in shapes]
+    most_rows, longest = max(rows), max(int(s[1]) for s in shapes)
+
+    def gather_rows(values: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(values, (0, 0, 0, most_rows - values.shape[0]))
+        return torch.cat(
+            [part[:count] for part, count in zip(distributed_autograd.all_gather(padded), rows, strict=True)]
+        )
+
+    ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
+    ids = F.pad(ids, (0, longest - ids.shape[1], 0, most_rows - ids.shape[0]), value=-1)
+    all_ids = [torch.empty_like(ids) for _ in range(world)]
+    torch.distributed.all_gather(all_ids, ids)
+    all_ids = torch.cat([part[:count] for part, count in zip(all_ids, rows, strict=True)])
+    positives = (ids[: input_ids.shape[0]].unsqueeze(1) == all_ids.unsqueeze(0)).all(-1)
+    return gather_rows(speech), gather_rows(text), positives
 
 
 Mu2SlamModel.register_for_auto_class("AutoModel")

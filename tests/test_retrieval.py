@@ -193,3 +193,67 @@ def test_speech_of_mixed_lengths_is_encoded_in_length_groups():
         [model.encode_speech(features[i : i + 1, :n], mask[i : i + 1, :n], "en") for i, n in enumerate(lengths)]
     )
     torch.testing.assert_close(grouped, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+GATHERED_WORKER = r"""
+import os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+sys.path.insert(0, sys.argv[3])
+from conftest import random_batch
+from test_retrieval import FULL_BATCH_TEXTS, texts, tiny_retrieval
+
+
+def worker(rank):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model = tiny_retrieval().train()
+    features, mask = random_batch(model.config, lengths=(120, 87, 100, 64))
+    ids, text_mask = texts(FULL_BATCH_TEXTS)
+    rows = slice(2 * rank, 2 * rank + 2)
+    languages = torch.zeros(2, dtype=torch.long)
+    out = model(features[rows], ids[rows], mask[rows], text_mask[rows], languages, languages)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    loss = out.loss.detach().clone()
+    for value in (loss, grads):
+        dist.all_reduce(value)  # what DDP does with the gradients: their mean over processes
+        value /= 2
+    if rank == 0:
+        torch.save({"loss": loss, "grads": grads}, sys.argv[1])
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, nprocs=2)
+"""
+FULL_BATCH_TEXTS = [[10, 11, 2], [12, 2], [13, 14, 15, 2], [10, 11, 2]]  # rows 0 and 3 (two processes): one text
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_the_loss_of_the_global_batch(tmp_path):
+    """Under DDP each process's rows are negatives (and same-text positives) for every process's rows: two processes
+    with two rows each give the loss and gradients of one process with all four rows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script, result = tmp_path / "worker.py", tmp_path / "result.pt"
+    script.write_text(GATHERED_WORKER)
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, str(script), str(result), "29561", tests],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    gathered = torch.load(result)
+    model = tiny_retrieval().train()
+    features, mask = random_batch(model.config, lengths=(120, 87, 100, 64))
+    ids, text_mask = texts(FULL_BATCH_TEXTS)
+    languages = torch.zeros(4, dtype=torch.long)
+    out = model(features, ids, mask, text_mask, languages, languages)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(gathered["loss"], out.loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gathered["grads"], grads, rtol=1e-4, atol=1e-5)

@@ -32,6 +32,7 @@ from ..data.training_data import TrainingData
 from ..lora import add_lora
 from ..pretraining import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from ..processing_mu2slam import Mu2SlamProcessor
+from ..vocabulary import IGNORE_INDEX
 from .assets import (
     build_processor,
     extend_vocabulary,
@@ -369,12 +370,15 @@ class Mu2SlamTrainer:
         return batch
 
     def _count_inputs(self, group, tracker: LossTracker) -> None:
-        """Speech seconds and text tokens fed to the encoder (throughput)."""
+        """Speech seconds and text tokens fed to the encoder (throughput); a retrieval run encodes each row's
+        target text (its labels) as well."""
         for instance in group:
             if instance.input_features is not None:
                 tracker.add_total("speech_seconds", instance.input_features.shape[0] / 100.0)
             if instance.input_ids is not None:
                 tracker.add_total("text_tokens", instance.input_ids.shape[0])
+            elif self.recipe.retrieval:
+                tracker.add_total("text_tokens", int((instance.labels != IGNORE_INDEX).sum()))
 
     # ------------------------------------------------------------------------------------------------- loop
 

@@ -130,7 +130,8 @@ class Recipe:
     model, as the default of CTC decoding (`training.ctc_language_model`).
     ``retrieval``: train a speech-text dual encoder (`Mu2SlamForRetrieval`, from ``init_checkpoint`` or a preset)
     with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows: a batch's other
-    rows are its negatives, so its size (``seconds_per_step``) is the number of negatives.
+    rows are its negatives (every process's rows under DDP), so its size (``seconds_per_step`` times the processes)
+    is the number of negatives.
     ``ema_decay``: keep an exponential moving average of the weights (decay warmed up as ``(1 + n) / (10 + n)``),
     evaluate it on dev and save it as the model (`training.averaging`); the raw weights stay in the checkpoints'
     training state for resuming.
