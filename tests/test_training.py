@@ -255,6 +255,11 @@ def test_weight_average_is_what_a_run_evaluates_saves_and_resumes(corpus, tmp_pa
     assert any(not torch.equal(raw[name], straight[name]) for name in straight if name in raw)
     dev = json.loads((tmp_path / "straight" / "dev_results.json").read_text())
     assert dev[-1]["step"] == 8
+    # A run saved without an average cannot resume one: it says how to go on.
+    plain = tmp_path / "plain"
+    run(tiny_recipe(max_steps=4, checkpoint_interval=2), corpus, plain, stop_after=2)
+    with pytest.raises(RecipeError, match="saved without a weight average"):
+        run(tiny_recipe(max_steps=4, checkpoint_interval=2, ema_decay=0.8), corpus, plain, resume=True)
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(corpus, tmp_path):

@@ -42,7 +42,15 @@ from .assets import (
     new_model,
 )
 from .averaging import WeightAverage
-from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from .checkpointing import (
+    TRAINER_STATE_NAME,
+    latest_checkpoint,
+    load_checkpoint,
+    read_json,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+)
 from .ctc_language_model import fit_ctc_language_model
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
 from .instances import InstanceBuilder, step_generator
@@ -296,7 +304,7 @@ class Mu2SlamTrainer:
         self.spec_augment = self.config.apply_spec_augment
         accelerator.register_for_checkpointing(self.scheduler)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.average = self._weight_average()
+        self.average = self._weight_average(resume_from)
         self.dev_history: list[dict[str, float]] = []
         step = 0
         if resume_from is not None:
@@ -309,10 +317,19 @@ class Mu2SlamTrainer:
             accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
         return step
 
-    def _weight_average(self) -> WeightAverage | None:
+    def _weight_average(self, resume_from: Path | None) -> WeightAverage | None:
         """The recipe's EMA of the weights (registered, so checkpoints save it and resuming restores it)."""
+        saved = read_json(resume_from / TRAINER_STATE_NAME)["recipe"].get("ema_decay") if resume_from else None
+        if resume_from is not None and saved is not None and self.recipe.ema_decay is None:
+            logger.warning("%s holds a weight average (ema_decay %s); this run, without ema_decay, drops it and "
+                           "saves its last weights.", resume_from, saved)  # fmt: skip
         if self.recipe.ema_decay is None:
             return None
+        if resume_from is not None and saved is None:
+            raise RecipeError(
+                f"ema_decay: {resume_from} was saved without a weight average, so resuming cannot continue one. "
+                "Resume with `ema_decay: null`, or start a new run (a new --output_dir) from it with --init."
+            )
         if self.accelerator.distributed_type == DistributedType.FSDP:
             raise RecipeError(
                 "ema_decay: FSDP shards the weights across processes, and an average of them would need its own "
