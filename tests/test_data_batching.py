@@ -13,6 +13,7 @@ from mu2slam_hf.data.batching import (
     example_length,
     padded_fraction,
     random_batches,
+    until_any_process_ends,
 )
 
 
@@ -93,3 +94,49 @@ def test_stream_reports_bad_data_with_id_and_skips_or_raises(tmp_path):
     assert [e.example_id for e in reported] == ["missing", "unreadable", "empty", "language"]
     with pytest.raises(DataError, match="missing"):
         list(ShardedStream(examples, rank=0, world_size=1, on_error="raise"))
+
+
+UNEVEN_WORKER = r"""
+import os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+from mu2slam_hf.data import ShardedStream, make_example, until_any_process_ends
+
+
+def worker(rank):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    examples = [make_example(f"t{i}", "text", "en", source_text="x" * (i + 1)) for i in range(5)]  # shards 3 + 2
+    loader = DataLoader(ShardedStream(examples, rank=rank, world_size=2, decode=False), batch_size=None)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
+    steps = 0
+    for example in until_any_process_ends(loader):
+        model(torch.tensor([[float(len(example["source_text"]))]])).sum().backward()  # gradients all-reduced
+        steps += 1
+    with open(f"{sys.argv[1]}.{rank}", "w") as handle:
+        handle.write(str(steps))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_uneven_shards_end_every_process_at_the_same_step(tmp_path):
+    """Shards of 3 and 2 examples under DDP: without `until_any_process_ends` the first process would wait forever in
+    its third backward; with it both stop after two steps."""
+    import os
+    import subprocess
+    import sys
+
+    script, result = tmp_path / "worker.py", tmp_path / "steps"
+    script.write_text(UNEVEN_WORKER)
+    done = subprocess.run([sys.executable, str(script), str(result), "29563"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / f"steps.{rank}").read_text() for rank in (0, 1)] == ["2", "2"]
+    assert list(until_any_process_ends(iter([1, 2]))) == [1, 2]  # no process group: every batch

@@ -17,6 +17,7 @@ from .batching import (
     example_length,
     padded_fraction,
     text_token_lengths,
+    until_any_process_ends,
 )
 from .corpora import load_corpus
 from .libreoffice import build_libreoffice
@@ -41,4 +42,5 @@ __all__ = [
     "DataError", "DataSourceError", "TrainingData", "check_example", "decode_example", "decode_examples",
     "example_language", "filter_valid", "load_corpus", "load_manifest", "make_example", "read_audio",
     "build_libreoffice", "combine_corpora", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
+    "until_any_process_ends",
 ]  # fmt: skip

@@ -9,6 +9,9 @@ Streaming: :class:`ShardedStream` yields each example to exactly one (process, D
 index ``i`` goes to shard ``i % (world_size * num_workers)``. Use it with a plain ``DataLoader`` and pass
 ``rank=accelerator.process_index, world_size=accelerator.num_processes``; do not ``accelerator.prepare``
 that DataLoader (Accelerate would dispatch from rank 0 or re-shard it with ``IterableDatasetShard``).
+Shards can hold different numbers of batches (bucketing, bad examples skipped, a source that does not divide
+evenly); under DDP a process that runs out while another still steps would wait forever in the next gradient
+all-reduce, so iterate the loader through :func:`until_any_process_ends`.
 """
 
 from __future__ import annotations
@@ -240,3 +243,27 @@ class ShardedStream(IterableDataset):
         order = sorted(range(len(buffer)), key=lengths.__getitem__)
         for batch in _cut(order, lengths, self.max_tokens, None):
             yield [buffer[i] for i in batch]
+
+
+def until_any_process_ends(batches: Iterable[Any], device: torch.device | str = "cpu") -> Iterator[Any]:
+    """Yields ``batches`` while every process still has one, so that all processes take the same number of steps.
+
+    One all-reduce (MIN) of a flag per batch: when any process's shard is exhausted, every process stops before its
+    next step (the other shards' remaining batches are dropped for this epoch, as ``drop_last`` would). Without
+    torch.distributed initialised, yields every batch. ``device``: where the flag lives (the backend's device:
+    CPU for gloo, the process's GPU for NCCL).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield from batches
+        return
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, _EXHAUSTED)
+        flag = torch.tensor([0 if batch is _EXHAUSTED else 1], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        if not int(flag):
+            return
+        yield batch
+
+
+_EXHAUSTED = object()
