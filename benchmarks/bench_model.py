@@ -7,6 +7,7 @@ size with layer counts chosen to match our parameter count within 10%. Moonshine
 any length (no padding to 30 s as Whisper). Prints figures and ratios; asserts nothing.
 
     python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3] [--dtypes fp32,bf16]
+    python benchmarks/bench_model.py --profile     # where greedy decoding time goes: encoder vs decoder steps
 """
 
 from __future__ import annotations
@@ -156,6 +157,36 @@ def measure(model, train_inputs: dict, gen_inputs: dict, labels, dtype: str, arg
     )
 
 
+def profile_greedy(ours, s2t, features, mask, lang, args) -> None:
+    """Greedy decoding split into the encoder and the token steps, ours and Speech2Text's (fp32), and the operators
+    of our token steps (the encoder's outputs given to `generate`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    with torch.no_grad():
+        for name, model, encoder, inputs in (
+            ("mu2slam", ours.eval(), ours.model.encoder, dict(attention_mask=mask, src_lang_ids=lang)),
+            ("Speech2Text", s2t.eval(), s2t.model.encoder, dict(attention_mask=mask)),
+        ):
+            encode = timed(lambda: encoder(input_features=features, **inputs), args.repeats)  # noqa: B023
+            whole = timed(lambda: model.generate(input_features=features, **inputs, **steps), args.repeats)  # noqa: B023
+            per_token = 1000 * (whole - encode) / args.tokens
+            print(
+                f"{name:12} greedy {whole:.3f} s = encoder {encode:.3f} s + {args.tokens} steps ({per_token:.1f} ms each)"
+            )
+        encoded = ours.model.encoder(input_features=features, attention_mask=mask, src_lang_ids=lang, return_dict=True)
+        inputs = dict(
+            input_features=features, attention_mask=mask, src_lang_ids=lang, encoder_outputs=encoded, **steps
+        )
+        ours.generate(**inputs)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            ours.generate(**inputs)
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40, max_shapes_column_width=60
+    )
+    print(f"\nmu2slam: the operators of {args.tokens} greedy steps (encoder outputs given)\n{table}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -164,6 +195,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beams", type=int, default=5, help="beam width of the beam-search timing")
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 is very slow on CPUs without AVX512-BF16/AMX")
+    parser.add_argument("--profile", action="store_true", help="only split greedy decoding time (ours, Speech2Text)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -204,6 +236,8 @@ def main() -> None:
         ),
     }
 
+    if args.profile:
+        return profile_greedy(ours, s2t, features, mask, lang, args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {args.seconds:.0f} s")
     print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9} {'beam s':>8}")
     results = {}
