@@ -2209,18 +2209,15 @@ class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
         loss = contrastive = spread = None
         if return_loss:
             positives = same_rows(input_ids, text_attention_mask)
+            speech_logits, text_logits, answers = logits_per_speech, logits_per_speech.T, positives
             if self.training and _distributed_world_size() > 1:
                 # Every process's rows are negatives too (CLIP's gathered loss): the loss sees the global batch.
-                all_speech, all_text, positives = gathered_pairs(speech, text, input_ids, text_attention_mask)
-                contrastive = 0.5 * (
-                    multi_positive_contrastive_loss(scale * speech @ all_text.T, positives)
-                    + multi_positive_contrastive_loss(scale * text @ all_speech.T, positives)
-                )
-            else:
-                contrastive = 0.5 * (
-                    multi_positive_contrastive_loss(logits_per_speech, positives)
-                    + multi_positive_contrastive_loss(logits_per_speech.T, positives)
-                )
+                all_speech, all_text, answers = gathered_pairs(speech, text, input_ids, text_attention_mask)
+                speech_logits, text_logits = scale * speech @ all_text.T, scale * text @ all_speech.T
+            contrastive = 0.5 * (
+                multi_positive_contrastive_loss(speech_logits, answers)
+                + multi_positive_contrastive_loss(text_logits, answers)
+            )
             spread = speech.new_zeros((), dtype=torch.float32)
             if self.config.retrieval_spread_out_weight:
                 spread = spread_out_loss(speech, positives) + spread_out_loss(text, positives)

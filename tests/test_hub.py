@@ -438,6 +438,12 @@ def check_card(readme: Path) -> None:
     assert "Trainer state (`trainer_state.json`): 50 steps, 50.00 epochs." in card.text
 
 
+def run_without_package(python, snippet: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run a card's code block as a user would, failing if it imported mu2slam_hf (remote code only)."""
+    code = "import sys\n" + snippet + "\nassert 'mu2slam_hf' not in sys.modules"
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
 def check_usage_snippet(readme: Path, python: Path, hub: HubStandIn, tmp_path: Path, trained) -> None:
     """The card's first code block, run as written in a venv without mu2slam_hf, against the stand-in Hub."""
     snippet = re.search(r"```python\n(.*?)```", readme.read_text(), re.DOTALL).group(1)
@@ -447,14 +453,7 @@ def check_usage_snippet(readme: Path, python: Path, hub: HubStandIn, tmp_path: P
     shutil.copyfile(trained.root / "speech.wav", workdir / "speech.wav")
     env = hub_env(hub, tmp_path / "user-home")
     env.update(HF_MODULES_CACHE=str(tmp_path / "user-modules"), PATH="/usr/bin:/bin")
-    result = subprocess.run(
-        [python, "-c", "import sys\n" + snippet + "\nassert 'mu2slam_hf' not in sys.modules"],
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        env=env,
-        timeout=300,
-    )
+    result = run_without_package(python, snippet, workdir, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == WORDS[0]  # what the local model says for this clip
     commit = hub.repos[REPO_ID].commits[-1]
@@ -732,14 +731,7 @@ def test_retrieval_card_usage_snippet_runs_without_the_package(retrieval, retrie
     snippet = snippet.replace(f'"{RETRIEVAL_REPO_ID}"', repr(str(retrieval_dry_run.folder)))
     shutil.copyfile(retrieval.root / "speech.wav", tmp_path / "speech.wav")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys\n" + snippet + "\nassert 'mu2slam_hf' not in sys.modules"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+    result = run_without_package(sys.executable, snippet, tmp_path, env)
     assert result.returncode == 0, result.stderr[-3000:]
     ranked = [line.split("  ", 1) for line in result.stdout.splitlines()]
     assert len(ranked) == 3 and all("candidate text" in text for _, text in ranked)

@@ -222,6 +222,9 @@ def worker(rank):
         value /= 2
     if rank == 0:
         torch.save({"loss": loss, "grads": grads}, sys.argv[1])
+    spread = tiny_retrieval(retrieval_spread_out_weight=0.5).train()  # its term stays on this process's rows
+    out = spread(features[rows], ids[rows], mask[rows], text_mask[rows], languages, languages)
+    assert torch.isfinite(out.loss) and out.spread_out_loss > 0
     dist.destroy_process_group()
 
 

@@ -230,7 +230,7 @@ def test_weight_average_follows_the_warmed_up_ema_by_hand():
     for updates_before in range(40):
         with torch.no_grad():
             model.weight.add_(torch.randn_like(model.weight))
-        average.update(model)
+        average.update_parameters(model)
         # The first update copies; after n updates the decay is min(0.9, (1 + n) / (10 + n)).
         decay = min(0.9, (1 + updates_before) / (10 + updates_before)) if updates_before else 0.0
         expected = decay * expected + (1 - decay) * model.weight.detach()

@@ -31,20 +31,16 @@ def warmed_up_ema(decay: float):
 
 
 class WeightAverage(AveragedModel):
-    """The EMA of `model`'s parameters and buffers: ``update(model)`` after each optimizer step; ``.module`` is a
-    model of `model`'s class to evaluate and save. Its ``state_dict`` (a checkpoint's) holds the average and the
+    """The EMA of `model`'s parameters and buffers: ``update_parameters(model)`` after each optimizer step;
+    ``.module`` is a model of `model`'s class to evaluate and save. Its ``state_dict`` (a checkpoint's) holds the average and the
     number of updates, so a resumed run continues the same average."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"The weight average's decay must be in (0, 1), got {decay}.")
         super().__init__(model, multi_avg_fn=warmed_up_ema(decay), use_buffers=True)
-        self.decay = decay
         self.module.eval()
         self.module.requires_grad_(False)
-
-    def update(self, model: torch.nn.Module) -> None:
-        self.update_parameters(model)
 
 
 __all__ = ["WeightAverage", "warmed_up_ema"]

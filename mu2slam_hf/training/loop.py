@@ -374,7 +374,7 @@ class Mu2SlamTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.average is not None:
-            self.average.update(accelerator.unwrap_model(model))
+            self.average.update_parameters(accelerator.unwrap_model(model))
 
     def collate(self, group) -> dict[str, torch.Tensor]:
         """One batch of the model's keyword arguments (with language-identification labels when the recipe trains
