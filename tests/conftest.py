@@ -32,3 +32,12 @@ def random_batch(config, lengths=(120, 87), seed: int = 0):
     features = torch.randn(len(lengths), max(lengths), config.num_mel_bins, generator=generator)
     mask = (torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(-1)).long()
     return features * mask.unsqueeze(-1), mask
+
+
+def free_port() -> str:
+    """A TCP port nothing listens on now, for a test's own process group (a fixed port can meet another run's)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])

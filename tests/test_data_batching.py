@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import free_port
 from torch.utils.data import DataLoader
 
 from mu2slam_hf.data import DataError, make_example, to_dataset
@@ -97,7 +98,7 @@ def test_stream_reports_bad_data_with_id_and_skips_or_raises(tmp_path):
 
 
 UNEVEN_WORKER = r"""
-import os, sys
+import datetime, os, sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -107,7 +108,7 @@ from mu2slam_hf.data import ShardedStream, make_example, until_any_process_ends
 
 def worker(rank):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
     examples = [make_example(f"t{i}", "text", "en", source_text="x" * (i + 1)) for i in range(5)]  # shards 3 + 2
     loader = DataLoader(ShardedStream(examples, rank=rank, world_size=2, decode=False), batch_size=None)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
@@ -135,8 +136,8 @@ def test_uneven_shards_end_every_process_at_the_same_step(tmp_path):
 
     script, result = tmp_path / "worker.py", tmp_path / "steps"
     script.write_text(UNEVEN_WORKER)
-    done = subprocess.run([sys.executable, str(script), str(result), "29563"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run([sys.executable, str(script), str(result), free_port()], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert [(tmp_path / f"steps.{rank}").read_text() for rank in (0, 1)] == ["2", "2"]
     assert list(until_any_process_ends(iter([1, 2]))) == [1, 2]  # no process group: every batch

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import PRESETS, make_model, random_batch
+from conftest import PRESETS, free_port, make_model, random_batch
 from transformers import AutoConfig, AutoModel
 
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamRetrievalConfig
@@ -246,7 +246,7 @@ def test_two_processes_train_on_the_loss_of_the_global_batch(tmp_path):
     script.write_text(GATHERED_WORKER)
     tests = str(Path(__file__).parent)
     done = subprocess.run(
-        [sys.executable, str(script), str(result), "29561", tests],
+        [sys.executable, str(script), str(result), free_port(), tests],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
