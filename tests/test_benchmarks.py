@@ -1,5 +1,5 @@
-"""Benchmarks: the learning-curve instrument's --quick mode end to end on a tiny espeak-ng corpus, and how it
-places the demo job's stages on the minutes axis."""
+"""Benchmarks: the learning-curve instrument's --quick mode end to end on a tiny espeak-ng corpus, how it places
+the demo job's stages on the minutes axis, and the data-path benchmark on a tiny corpus it scales up."""
 
 import importlib.util
 import json
@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO_ROOT
 
 LEARNING_CURVE = REPO_ROOT / "benchmarks" / "bench_learning_curve.py"
+STREAMING = REPO_ROOT / "benchmarks" / "bench_streaming.py"
 
 
 def load_learning_curve():
@@ -57,3 +58,26 @@ def test_demo_stages_are_placed_after_the_stages_they_start_from(tmp_path):
     assert list(points) == ["demo/ft1", "demo/ft2-noisy"]  # pre-training had no ASR CER
     assert [p["minutes"] for p in points["demo/ft1"]] == [2.5, 3.5]  # after pre-training's 120 s
     assert points["demo/ft2-noisy"] == [{"step": 20, "minutes": pytest.approx(4.1), "cer": {"ctc": 30.0}}]  # after ft1
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_scales_a_corpus_and_measures_each_worker_count(tmp_path):
+    from mu2slam_hf.data import load_manifest
+    from mu2slam_hf.data.synthetic import build_synthetic
+
+    corpus, scaled, output = tmp_path / "corpus", tmp_path / "scaled", tmp_path / "streaming.json"
+    build_synthetic(str(corpus), ("en",), num_numbers=24, use_fillets=False, num_workers=2)
+    command = [sys.executable, str(STREAMING), "--corpus", str(corpus), "--hours", "0.02", "--scaled_dir",
+               str(scaled), "--throughput_draws", "3", "--output", str(output)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["corpus"]["hours"] >= 0.02
+    rows = load_manifest(str(scaled), "train")
+    assert len(set(rows["id"])) == len(rows)  # every copy is a row and a file of its own
+    assert [r["workers"] for r in results["throughput"]] == [0, 1, 2]
+    for run in results["throughput"] + results["one_epoch"]:
+        assert run["audio_seconds_per_second"] > 0 and run["peak_pss_mib"] > 0
+    cached, streamed = results["one_epoch"]
+    assert cached["feature_cache"] and not streamed["feature_cache"]
+    assert cached["audio_hours"] == streamed["audio_hours"] > 0  # the same epoch both ways

@@ -17,8 +17,10 @@ from mu2slam_hf.data import TaskMixture, load_manifest
 from mu2slam_hf.pretraining import Mu2SlamCollator, split_by_layout
 from mu2slam_hf.training import (
     InstanceBuilder,
+    InstanceStream,
     Mu2SlamTrainer,
     RecipeError,
+    instance_loader,
     latest_checkpoint,
     load_recipe,
     recipe_from_dict,
@@ -95,6 +97,8 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "seconds_per_step": {"mt": 40}}, r"seconds_per_step: \['mt'\] are not speech tasks"),
         ({"model": "m", "examples_per_step": {}}, r"every task has 0 examples per step"),
         ({"model": "m", "ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
+        ({"model": "m", "dataloader": {"num_workers": 2}}, r"Set dataloader.cache_features: false"),
+        ({"model": "m", "dataloader": {"num_workers": -1}}, r"num_workers must be >= 0"),
     ],
 )
 def test_recipe_validation_errors_are_clear(data, message):
@@ -186,6 +190,43 @@ def test_finetuning_instances_have_no_mask_and_ctc_on_transcripts(corpus):
     assert all(instance.ctc_labels is None for instance in no_ctc)
 
 
+def assert_same_instances(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        for name, value in vars(a).items():
+            other = getattr(b, name)
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other), name
+            else:
+                assert value == other, name
+
+
+def test_worker_processes_build_the_draws_of_the_training_process(corpus):
+    """Draws built in 2 DataLoader workers (each stepping its own copy of the mixture) are the in-process draws:
+    same examples, same masks, same mixture states; also when the stream starts from a resumed state."""
+    recipe = tiny_recipe()
+    sources = {task: load_manifest(corpus, "train", task) for task in recipe.examples_per_step}
+    processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
+    builder = InstanceBuilder(processor, config, cache_features=False)
+
+    def draws(workers, state=None, count=5):
+        mixture = TaskMixture(sources, recipe.examples_per_step, recipe.language_temperature, seed=3)
+        if state is not None:
+            mixture.load_state_dict(state)
+        loader = instance_loader(InstanceStream(mixture, builder, seed=3, process_index=1), workers)
+        return [next(loader) for _ in range(count)]
+
+    in_process, in_workers = draws(0), draws(2)
+    assert [d.index for d in in_workers] == [0, 1, 2, 3, 4]
+    for ours, theirs in zip(in_process, in_workers, strict=True):
+        assert_same_instances(ours.instances, theirs.instances)
+        assert ours.mixture_state == theirs.mixture_state
+    resumed = draws(2, state=in_process[1].mixture_state, count=3)
+    assert [d.index for d in resumed] == [2, 3, 4]
+    for ours, theirs in zip(in_process[2:], resumed, strict=True):
+        assert_same_instances(ours.instances, theirs.instances)
+
+
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -219,6 +260,22 @@ def test_resume_gives_the_same_next_losses(corpus, tmp_path):
             assert entry[key] == pytest.approx(expected[entry["step"]][key], abs=1e-6), (entry["step"], key)
     log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 9))
+
+
+def test_a_run_with_worker_processes_trains_and_resumes_as_one_without(corpus, tmp_path):
+    """dataloader.num_workers only moves where the draws are built: the losses of every step are those of an
+    in-process run, and a run interrupted and resumed with workers continues them exactly."""
+    recipe = tiny_recipe(max_steps=6, checkpoint_interval=3, dataloader={"cache_features": False})
+    in_process = run(recipe, corpus, tmp_path / "in-process")
+    workers = tiny_recipe(max_steps=6, checkpoint_interval=3, dataloader={"cache_features": False, "num_workers": 2})
+    interrupted = tmp_path / "workers"
+    run(workers, corpus, interrupted, stop_after=4)  # the last checkpoint is step 3
+    resumed = run(workers, corpus, interrupted, resume=True)
+    assert [e["step"] for e in resumed.log] == [4, 5, 6]
+    log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
+    for ours, theirs in zip(in_process.log, log, strict=True):
+        for key in ("loss", "loss/speech", "loss/text", "loss/asr", "loss/ast", "loss/mt", "grad_norm"):
+            assert theirs[key] == pytest.approx(ours[key], abs=1e-6), (ours["step"], key)
 
 
 def test_weight_average_follows_the_warmed_up_ema_by_hand():

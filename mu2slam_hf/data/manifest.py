@@ -63,12 +63,15 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     Raises `ManifestError` naming ``file:line`` for the first line that is not a JSON object of a known task.
     """
-    rows = []
+    return list(iter_manifest(path))
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """`read_manifest`, one example at a time."""
     for _, row in iter_manifest_lines(path):
         if isinstance(row, ManifestError):
             raise row
-        rows.append(row)
-    return rows
+        yield row
 
 
 def manifest_path(data_dir: str | os.PathLike, split: str) -> str:
@@ -82,7 +85,7 @@ def manifest_path(data_dir: str | os.PathLike, split: str) -> str:
 def load_manifest(data_dir: str | os.PathLike, split: str, task: str | None = None) -> datasets.Dataset:
     """``<data_dir>/<split>.jsonl`` as a ``datasets.Dataset``, optionally only one task's examples."""
     path = manifest_path(data_dir, split)
-    return to_dataset(row for row in read_manifest(path) if task is None or row["task"] == task)
+    return to_dataset(row for row in iter_manifest(path) if task is None or row["task"] == task)
 
 
 def write_summary(corpus_dir: str | os.PathLike, summary: dict[str, Any]) -> None:

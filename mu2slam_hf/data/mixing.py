@@ -150,9 +150,13 @@ class TaskMixture:
         self.step += 1
         return step
 
+    def examples(self, indices: Mapping[str, Sequence[int]]) -> dict[str, list[dict]]:
+        """task -> the examples at ``indices`` (a step of :meth:`next_indices`)."""
+        return {task: [self.sources[task][i] for i in idx] for task, idx in indices.items()}
+
     def next_batch(self) -> dict[str, list[dict]]:
         """The next step as task -> examples."""
-        return {task: [self.sources[task][i] for i in idx] for task, idx in self.next_indices().items()}
+        return self.examples(self.next_indices())
 
     def __iter__(self) -> Iterator[dict[str, list[dict]]]:
         while True:

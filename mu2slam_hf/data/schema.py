@@ -22,6 +22,7 @@ The label of a labelled example is always ``target_text``; the input is the audi
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -167,12 +168,18 @@ def filter_valid(
         yield example
 
 
-def to_dataset(examples: Iterable[dict[str, Any]]) -> datasets.Dataset:
-    """An in-memory ``datasets.Dataset`` with the canonical :data:`FEATURES`."""
-    rows = list(examples)
-    if not rows:
+def to_dataset(examples: Iterable[dict[str, Any]], chunk_size: int = 10_000) -> datasets.Dataset:
+    """An in-memory ``datasets.Dataset`` with the canonical :data:`FEATURES`.
+
+    Rows are converted ``chunk_size`` at a time, so a large corpus never exists as a list of Python dicts (several
+    times the size of its Arrow table) and ``examples`` can be a generator reading a file.
+    """
+    iterator, chunks = iter(examples), []
+    while chunk := list(itertools.islice(iterator, chunk_size)):
+        chunks.append(datasets.Dataset.from_list(chunk, features=FEATURES))
+    if not chunks:
         return datasets.Dataset.from_dict({k: [] for k in FIELDS}, features=FEATURES)
-    return datasets.Dataset.from_list(rows, features=FEATURES)
+    return chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
 
 
 def example_language(example: dict[str, Any]) -> str:

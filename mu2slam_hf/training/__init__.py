@@ -10,7 +10,7 @@ and the loop (`loop`).
 
 from .checkpointing import checkpoint_steps, latest_checkpoint, save_checkpoint
 from .dev import DevEvaluator, dev_subset
-from .instances import InstanceBuilder, step_generator
+from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader, step_generator
 from .loop import Mu2SlamTrainer, TrainingResult, make_accelerator, train
 from .losses import LossTracker
 from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
@@ -19,13 +19,16 @@ from .schedule import inverse_sqrt_factor, peak_lr, transformer_lr, transformer_
 __all__ = [
     "DevEvaluator",
     "InstanceBuilder",
+    "InstanceStream",
     "LossTracker",
+    "MixtureDraw",
     "Mu2SlamTrainer",
     "Recipe",
     "RecipeError",
     "TrainingResult",
     "checkpoint_steps",
     "dev_subset",
+    "instance_loader",
     "inverse_sqrt_factor",
     "latest_checkpoint",
     "load_recipe",

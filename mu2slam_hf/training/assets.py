@@ -8,7 +8,7 @@ checkpoint (``init_checkpoint`` / ``--init``): the saved model and processor, wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from ..vocabulary import SAMPLING_RATE
 from .recipe import Recipe
 
 
-def corpus_texts(examples: Sequence[dict[str, Any]]) -> Iterator[str]:
+def corpus_texts(examples: Iterable[dict[str, Any]]) -> Iterator[str]:
     """Every source and target text of the examples (the tokenizer's training corpus)."""
     for example in examples:
         for key in ("source_text", "target_text"):
@@ -33,7 +33,19 @@ def corpus_texts(examples: Sequence[dict[str, Any]]) -> Iterator[str]:
                 yield example[key]
 
 
-def _audio_subset(examples: Sequence[dict[str, Any]], count: int) -> Iterator[Any]:
+class ConcatenatedRows:
+    """The rows of several sources (lists or ``datasets.Dataset``), iterable more than once, without a list of every
+    row (a large corpus as Python dicts is several times its Arrow table)."""
+
+    def __init__(self, sources: Iterable[Iterable[dict[str, Any]]]):
+        self.sources = list(sources)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for source in self.sources:
+            yield from source
+
+
+def _audio_subset(examples: Iterable[dict[str, Any]], count: int) -> Iterator[Any]:
     """Decoded arrays of the first ``count`` distinct audio files of the examples."""
     seen = set()
     for example in examples:
@@ -47,9 +59,10 @@ def _audio_subset(examples: Sequence[dict[str, Any]], count: int) -> Iterator[An
 
 
 def build_processor(
-    recipe: Recipe, config: Mu2SlamConfig, train_examples: Sequence[dict[str, Any]]
+    recipe: Recipe, config: Mu2SlamConfig, train_examples: Iterable[dict[str, Any]]
 ) -> tuple[Mu2SlamProcessor, Mu2SlamConfig]:
-    """Tokenizer + normalised feature extractor + codebook for a run from a preset; the config they imply."""
+    """Tokenizer + normalised feature extractor + codebook for a run from a preset; the config they imply.
+    ``train_examples`` is iterated twice (a list, or `ConcatenatedRows`)."""
     if recipe.tokenizer.path:
         tokenizer = Mu2SlamTokenizer.from_pretrained(recipe.tokenizer.path)
     else:

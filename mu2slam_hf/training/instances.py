@@ -3,21 +3,26 @@
 Audio is decoded, featurised with the processor's feature extractor and quantised with its speech codebook; texts
 are tokenized with offsets (-> word starts). Pre-training builds every objective of the paper from each example
 (speech: eq. 2; text: eq. 3; ASR/AST and MT: forward, backward and alignment, eq. 4-6); fine-tuning builds the
-plain P(y|x) instances (no [MASK]). Masks come from a generator seeded per (seed, process, step), so a step's
-instances do not depend on what ran before it (exact resumption).
+plain P(y|x) instances (no [MASK]). Masks come from a generator seeded per (seed, process, draw), so a draw's
+instances do not depend on what ran before it (exact resumption), nor on which process builds them:
+`InstanceStream` builds the draws in DataLoader worker processes and gives the same instances as building them in
+the training process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example
+from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS, SPEECH_TEXT_TASKS, target_language
 from ..pretraining import (
     Mu2SlamInstance,
@@ -47,7 +52,6 @@ class InstanceBuilder:
         config: the model config (vocabulary layout, loss weights).
         stage: "pretrain" (masked objectives) or "finetune" (plain sequence-to-sequence).
         cache_features: keep (features, codes) per audio path in memory.
-        decode_workers: threads decoding audio (0: in the calling thread).
         ctc: fine-tuning: CTC targets on ASR rows (their transcript).
         ctc_ast_source: fine-tuning: CTC targets on AST rows from their ``source_text`` (the transcript of the
             audio), where the example has one.
@@ -60,7 +64,6 @@ class InstanceBuilder:
         config: Mu2SlamConfig,
         stage: str = "pretrain",
         cache_features: bool = True,
-        decode_workers: int = 0,
         ctc: bool = True,
         ctc_ast_source: bool = False,
         max_target_length: int | None = None,
@@ -69,7 +72,6 @@ class InstanceBuilder:
         self.config = config
         self.stage = stage
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_features else None
-        self.pool = ThreadPoolExecutor(decode_workers) if decode_workers > 0 else None
         self.ctc, self.ctc_ast_source, self.max_target_length = ctc, ctc_ast_source, max_target_length
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -99,8 +101,7 @@ class InstanceBuilder:
             return [(f, self._codes(f.unsqueeze(0), None)) for f in features_list]
         if not examples:
             return []
-        decoded = list(self.pool.map(decode_example, examples)) if self.pool else [decode_example(e) for e in examples]
-        clips = [example["audio"]["array"] for example in decoded]
+        clips = [decode_example(example)["audio"]["array"] for example in examples]
         batch = self.processor.feature_extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         features, mask = batch["input_features"], batch["attention_mask"]
         codes = self._codes(features, mask)
@@ -185,3 +186,72 @@ class InstanceBuilder:
             source_ids, _ = self.text(example["source_text"])
             return build_text_to_text_finetuning(self.config, source_ids, target_ids, source, target)
         raise ValueError(f"example {example.get('id')!r}: fine-tuning has no task {task!r} (asr, ast, mt only)")
+
+
+@dataclass
+class MixtureDraw:
+    """One draw of a `TaskMixture`, built: its instances, and the mixture's state after it (what a checkpoint
+    saves, so a resumed run continues with the next draw)."""
+
+    index: int
+    instances: list[Mu2SlamInstance]
+    mixture_state: dict[str, Any]
+
+
+class InstanceStream(IterableDataset):
+    """A run's mixture draws built into instances, in draw order, endlessly.
+
+    Iterated directly, every draw is built in the calling process and the mixture advances in place. Inside a
+    ``DataLoader`` with ``num_workers=n`` (see :func:`instance_loader`), worker ``w`` builds draws ``w, w + n, ...``
+    of its own copy of the mixture (it steps the cheap index draws of the others without reading their audio), and
+    the DataLoader hands them back in draw order: the same instances as in the calling process, while audio
+    decoding and feature extraction run beside training. Draw ``d`` uses the mask generator
+    ``step_generator(seed, process_index, d)``.
+    """
+
+    def __init__(self, mixture: TaskMixture, builder: InstanceBuilder, seed: int, process_index: int = 0):
+        self.mixture, self.builder = mixture, builder
+        self.seed, self.process_index = seed, process_index
+
+    def __iter__(self) -> Iterator[MixtureDraw]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mixture, first = self.mixture, self.mixture.step
+        while True:
+            index = mixture.step
+            indices = mixture.next_indices()
+            if (index - first) % workers == worker:
+                generator = step_generator(self.seed, self.process_index, index)
+                instances = self.builder.build(mixture.examples(indices), generator)
+                yield MixtureDraw(index, instances, mixture.state_dict())
+
+
+def instance_loader(stream: InstanceStream, num_workers: int) -> Iterator[MixtureDraw]:
+    """The stream's draws, built in ``num_workers`` DataLoader worker processes (0: in this process)."""
+    if num_workers == 0:
+        return iter(stream)
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_with_arrays)
+    return (_with_tensors(draw) for draw in loader)
+
+
+# A draw holds dozens of small tensors; sent as tensors, each would get its own shared-memory segment (a file
+# descriptor passed and mapped per tensor), which cost more than building the draw. As numpy arrays they are
+# pickled by value through the worker's pipe, and `torch.from_numpy` takes them back without a copy.
+def _with_arrays(draw: MixtureDraw) -> MixtureDraw:
+    """In the worker: every tensor of the draw's instances as a numpy array."""
+    return _map_instance_fields(draw, lambda value: value.numpy() if isinstance(value, torch.Tensor) else value)
+
+
+def _with_tensors(draw: MixtureDraw) -> MixtureDraw:
+    """In the training process: the arrays of `_with_arrays` back as tensors (no copy)."""
+    return _map_instance_fields(
+        draw, lambda value: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+    )
+
+
+def _map_instance_fields(draw: MixtureDraw, convert) -> MixtureDraw:
+    instances = [
+        dataclasses.replace(instance, **{name: convert(value) for name, value in vars(instance).items()})
+        for instance in draw.instances
+    ]
+    return dataclasses.replace(draw, instances=instances)

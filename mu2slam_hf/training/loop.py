@@ -1,8 +1,10 @@
 """The Accelerate training loop shared by pre-training and fine-tuning.
 
-Each optimizer step, for each of ``gradient_accumulation_steps`` micro-steps: draw every task's examples from the
-`TaskMixture`, build the instances (`InstanceBuilder`), group them by encoder layout (`split_by_layout`), and run
-one forward + backward per group (gradients synchronised across processes only on the last backward of the step).
+Each optimizer step, for each of ``gradient_accumulation_steps`` micro-steps: take the next draw of every task's
+examples from the `TaskMixture`, built into instances (`InstanceStream`: in this process, or in
+``dataloader.num_workers`` DataLoader worker processes, with the same result), group them by encoder layout
+(`split_by_layout`), and run one forward + backward per group (gradients synchronised across processes only on the
+last backward of the step).
 Then clip, step Adam(W) and the Transformer schedule, log, evaluate on dev and checkpoint at their intervals.
 """
 
@@ -14,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from ..pretraining import Mu2SlamCollator, retrieval_pairs, split_by_layout, wit
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..vocabulary import IGNORE_INDEX
 from .assets import (
+    ConcatenatedRows,
     build_processor,
     extend_vocabulary,
     init_from_checkpoint,
@@ -53,7 +57,7 @@ from .checkpointing import (
 )
 from .ctc_language_model import fit_ctc_language_model
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
-from .instances import InstanceBuilder, step_generator
+from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
 from .preflight import check_run_data, refuse_unknown_text, warn_unknown_text
 from .recipe import Recipe, RecipeError
@@ -177,7 +181,7 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
             recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights, retrieval
         )
     else:
-        examples = [row for source in sources.values() for row in source]
+        examples = ConcatenatedRows(sources.values())
         processor, config = build_processor(recipe, load_preset(recipe), examples)
         model = new_model(config, recipe.seed, retrieval)
     if resume_from is None and recipe.extend_vocabulary:
@@ -238,6 +242,7 @@ class Mu2SlamTrainer:
         self.accelerator = make_accelerator(recipe, output_dir, log_with)
         self.log_with, self.progress = log_with, progress
         self.run_folder: RunFolder | None = None  # the main process's lock on output_dir while it trains
+        self.draws: Iterator[MixtureDraw] | None = None  # the built mixture draws, set up by `setup`
 
     # ------------------------------------------------------------------------------------------------ setup
 
@@ -265,7 +270,6 @@ class Mu2SlamTrainer:
             self.config,
             recipe.stage,
             recipe.dataloader.cache_features,
-            recipe.dataloader.decode_workers,
             ctc=bool(recipe.ctc_weight),
             ctc_ast_source=recipe.ctc_ast_source,
         )
@@ -313,6 +317,9 @@ class Mu2SlamTrainer:
             self.dev_history = trainer_state.get("dev", [])
             step = int(trainer_state["step"])
             accelerator.print(f"Resumed from {resume_from} at step {step}.")
+        self.mixture_state = self.mixture.state_dict()  # after the last draw trained on: what a checkpoint saves
+        stream = InstanceStream(self.mixture, self.builder, recipe.seed, accelerator.process_index)
+        self.draws = instance_loader(stream, recipe.dataloader.num_workers)
         if self.log_with:
             accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
         return step
@@ -352,10 +359,9 @@ class Mu2SlamTrainer:
         # Augmentation only once the model has started to learn (SpeechBrain's augment warm-up).
         self.config.apply_spec_augment = self.spec_augment and step > recipe.spec_augment_from_step
         for micro in range(accumulation):
-            draw = self.mixture.next_batch()
-            generator = step_generator(recipe.seed, accelerator.process_index, (step - 1) * accumulation + micro)
-            instances = self.builder.build(draw, generator)
-            groups = split_by_layout(instances)
+            draw = next(self.draws)
+            self.mixture_state = draw.mixture_state
+            groups = split_by_layout(draw.instances)
             micro_loss = 0.0
             for index, group in enumerate(groups):
                 last = micro == accumulation - 1 and index == len(groups) - 1
@@ -410,6 +416,7 @@ class Mu2SlamTrainer:
         try:
             return self._train(resume, stop_after, overwrite_output_dir)
         finally:
+            self.draws = None  # stops the DataLoader worker processes, if any
             if self.run_folder is not None:
                 self.run_folder.release()
 
@@ -518,7 +525,7 @@ class Mu2SlamTrainer:
             self.output_dir,
             step,
             self.save_model_and_processor,
-            {"mixture": self.mixture.state_dict()},
+            {"mixture": self.mixture_state},
             trainer_state,
             self.recipe.keep_checkpoints,
         )

@@ -83,10 +83,12 @@ class OptimizerRecipe:
 
 @dataclass
 class DataloaderRecipe:
-    """``decode_workers``: threads decoding audio; ``cache_features``: keep each clip's log-mel and codes in memory
-    (fine for small corpora); ``max_audio_seconds``: longer training clips are skipped."""
+    """``num_workers``: DataLoader worker processes that read audio and build the training instances beside the
+    training process (0: in it), with the same draws either way; ``cache_features``: keep each clip's log-mel and
+    codes in memory (small corpora, in-process building only); ``max_audio_seconds``: longer training clips are
+    skipped."""
 
-    decode_workers: int = 0
+    num_workers: int = 0
     cache_features: bool = True
     max_audio_seconds: float | None = 30.0
 
@@ -231,6 +233,7 @@ class Recipe:
             raise RecipeError(f"tokens_per_step: budgets must be positive, got {self.tokens_per_step}.")
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+        self._validate_dataloader()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise RecipeError(
                 f"ema_decay must be in (0, 1) (e.g. 0.99), or null for no average; got {self.ema_decay}."
@@ -253,6 +256,17 @@ class Recipe:
             clashes.append("extend_vocabulary")
         if clashes:
             raise RecipeError(f"retrieval: {clashes} belong to the seq2seq model; set them to 0 / null / false.")
+
+    def _validate_dataloader(self) -> None:
+        workers = self.dataloader.num_workers
+        if workers < 0:
+            raise RecipeError(f"dataloader.num_workers must be >= 0, got {workers}.")
+        if workers > 0 and self.dataloader.cache_features:
+            raise RecipeError(
+                f"dataloader.num_workers: {workers} worker processes compute the features, and each would keep "
+                "its own copy of the in-memory feature cache. Set dataloader.cache_features: false (features "
+                "computed on the fly, for corpora larger than memory) or dataloader.num_workers: 0."
+            )
 
     def _validate_language_id(self) -> None:
         if self.language_id_weight is not None and self.language_id_weight < 0:
