@@ -32,8 +32,8 @@ def warmed_up_ema(decay: float):
 
 class WeightAverage(AveragedModel):
     """The EMA of `model`'s parameters and buffers: ``update_parameters(model)`` after each optimizer step;
-    ``.module`` is a model of `model`'s class to evaluate and save. Its ``state_dict`` (a checkpoint's) holds the average and the
-    number of updates, so a resumed run continues the same average."""
+    ``.module`` is a model of `model`'s class to evaluate and save. Its ``state_dict`` (a checkpoint's) holds the
+    average and the number of updates, so a resumed run continues the same average."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
