@@ -312,8 +312,16 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
     def _extract_torch(
         self, clips: list[np.ndarray], device: str | torch.device | None, do_normalize: bool
     ) -> tuple[torch.Tensor, list[int]]:
-        """Log-mel of a zero-padded batch: returns ``(batch, frames, feature_size)`` and the real frame counts."""
+        """Log-mel of a zero-padded batch: returns ``(batch, frames, feature_size)`` float32 and the real frame
+        counts, also when called under autocast (a bf16 mel product would keep 3 significant digits, and the
+        features would differ from the float32 ones the model was trained on)."""
         device = torch.device("cpu" if device is None else device)
+        with torch.autocast(device.type, enabled=False):
+            return self._log_mel_torch(clips, device, do_normalize)
+
+    def _log_mel_torch(
+        self, clips: list[np.ndarray], device: torch.device, do_normalize: bool
+    ) -> tuple[torch.Tensor, list[int]]:
         lengths = [self.num_frames(len(clip)) for clip in clips]
         padded = np.zeros((len(clips), max(len(clip) for clip in clips)), dtype=np.float32)
         for row, clip in zip(padded, clips, strict=True):

@@ -983,7 +983,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         if len(groups) < 2 or grouped_frames > GROUPING_MIN_SAVING * batch * int(lengths.max()):
             return self._encode(input_features, attention_mask, None, None, src_lang_ids, None, None, kwargs)
         width = int(self.config.speech_output_lengths(torch.tensor(frames)))
-        hidden_states = input_features.new_zeros(batch, width, self.config.d_model)
+        hidden_states = None  # allocated in the dtype the layers return (float32 under autocast)
         padding_mask = attention_mask.new_zeros(batch, width, dtype=torch.long)
         for rows in groups:
             length = int(lengths[rows].max())
@@ -992,6 +992,8 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
                 None, kwargs,
             )  # fmt: skip
             states = part.last_hidden_state
+            if hidden_states is None:
+                hidden_states = states.new_zeros(batch, width, self.config.d_model)
             hidden_states = hidden_states.index_put((rows,), F.pad(states, (0, 0, 0, width - states.shape[1])))
             padding_mask[rows, : states.shape[1]] = part.attention_mask
         return Mu2SlamEncoderOutput(last_hidden_state=hidden_states, attention_mask=padding_mask, speech_length=width)

@@ -70,6 +70,16 @@ def test_numpy_backend_agrees_with_torch(extractor, clips):
     np.testing.assert_allclose(torch_features["input_features"], numpy_features["input_features"], atol=1e-4)
 
 
+def test_features_are_float32_under_autocast(extractor, clips):
+    """A model evaluated under bf16 autocast (training's dev decoding, a user's pipeline) gets the same float32
+    features it was trained on, not a bf16 mel product."""
+    reference = extractor(clips, sampling_rate=SR, return_tensors="pt")["input_features"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = extractor(clips, sampling_rate=SR, return_tensors="pt")["input_features"]
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, reference, atol=0, rtol=0)
+
+
 def test_output_forms(extractor, clips):
     as_numpy = extractor(clips[:2], sampling_rate=SR)
     assert isinstance(as_numpy["input_features"], np.ndarray) and as_numpy["attention_mask"].dtype == np.int32

@@ -155,6 +155,23 @@ def test_mixed_length_batches_are_encoded_in_length_groups(positions_config):
     assert encoded.attention_mask[1].sum() == short
 
 
+def test_length_groups_under_bf16_autocast(tiny_config):
+    """Mixed-length speech encoded in length groups under bf16 autocast, from float32 or bf16 features, gives
+    the padded pass's real positions to bf16 precision."""
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config, lengths=(300, 40, 290, 45))
+    lang = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = model.get_encoder()(input_features=features, attention_mask=mask, src_lang_ids=lang,
+                                     output_hidden_states=True)  # fmt: skip
+        for dtype in (torch.float32, torch.bfloat16):
+            grouped = model.get_encoder()(input_features=features.to(dtype), attention_mask=mask, src_lang_ids=lang)
+            real = grouped.attention_mask.bool()
+            torch.testing.assert_close(
+                grouped.last_hidden_state[real].float(), padded.last_hidden_state[real].float(), atol=0.1, rtol=0.05
+            )
+
+
 def test_speech_and_text_segments_are_masked_per_segment(positions_config):
     """[speech; text] input: the padding of either segment never changes the other example's outputs."""
     tiny_config = positions_config
