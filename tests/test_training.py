@@ -389,6 +389,38 @@ def test_bf16_autocast_and_gradient_checkpointing(corpus, tmp_path):
         assert bf16[step]["loss"] == pytest.approx(reference[step]["loss"], rel=0.02)
 
 
+@pytest.mark.parametrize(
+    ("flags", "speedup", "expected"),
+    [
+        (set(), None, "no"),  # AVX2 only: emulated bf16, not even measured
+        ({"avx512_bf16"}, 4.7, "bf16"),  # an AMD EPYC with AVX512-BF16
+        ({"avx512_bf16"}, 0.52, "no"),  # an Intel Xeon whose bf16 products run at half the fp32 speed
+        ({"amx_bf16", "avx512_bf16"}, 1.2, "no"),
+    ],
+)
+def test_auto_mixed_precision_measures_bf16_on_cpus_with_the_flags(monkeypatch, flags, speedup, expected):
+    from mu2slam_hf.training import loop
+
+    measured = []
+    monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loop, "cpu_flags", lambda: flags | {"avx2"})
+    monkeypatch.setattr(loop, "cpu_bf16_speedup", lambda: measured.append(1) or speedup)
+    loop.auto_mixed_precision.cache_clear()
+    try:
+        precision, reason = loop.auto_mixed_precision()
+    finally:
+        loop.auto_mixed_precision.cache_clear()
+    assert precision == expected
+    assert len(measured) == (1 if flags else 0)
+    assert (f"{speedup:.2f}x" in reason) if flags else ("emulated" in reason)
+
+
+def test_cpu_bf16_speedup_is_a_ratio_of_timings():
+    from mu2slam_hf.training.loop import cpu_bf16_speedup
+
+    assert 0 < cpu_bf16_speedup(size=64, repeats=1) < 1000
+
+
 def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, corpus, tmp_path):
     _, init = pretrained
     finetune_main([
