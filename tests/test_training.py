@@ -138,6 +138,13 @@ def test_decays_to_zero_anneal_by_the_last_step_and_keep_the_warmup(decay):
         tiny_recipe(**{"optimizer.decay": "exponential"})
 
 
+def test_constant_decay_holds_the_peak_after_the_warmup_without_a_run_length():
+    from mu2slam_hf.training.schedule import decay_factor, transformer_schedule
+
+    assert [decay_factor(step, 4, 10, "constant") for step in (1, 2, 4, 5, 10_000)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    transformer_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 4, None, "constant")
+
+
 # --------------------------------------------------------------------------------------------- wiring
 
 

@@ -329,7 +329,7 @@ class Mu2SlamTrainer:
         optimizer = build_optimizer(recipe, model, self.config.d_model)
         # Not passed to prepare(): Accelerate would step it once per process each step.
         opt = recipe.optimizer
-        if opt.decay != "inverse_sqrt" and recipe.max_train_minutes:
+        if opt.decay in ("linear", "cosine") and recipe.max_train_minutes:
             logger.warning(
                 "optimizer.decay %r reaches 0 at max_steps (%d); a run stopped by max_train_minutes ends before it "
                 "anneals. Set max_steps to the steps the minutes buy.", opt.decay, recipe.max_steps,

@@ -58,7 +58,8 @@ class OptimizerRecipe:
 
     ``lr`` (optional) sets the peak learning rate (reached at ``warmup_steps``) instead of ``lr_scale``; the shape
     (linear warmup, then inverse square root decay) is the same. ``decay``: "inverse_sqrt" (the paper's), or
-    "linear" / "cosine" to zero at ``max_steps`` (for runs whose length is known: the rate anneals before the end).
+    "linear" / "cosine" to zero at ``max_steps`` (for runs whose length is known: the rate anneals before the end),
+    or "constant" (the peak rate after the warmup: runs of a time budget, with ``ema_decay`` doing the annealing).
     ``name``: "adam" (pre-training) or "adamw" (fine-tuning, with ``weight_decay``).
     """
 
