@@ -10,8 +10,14 @@ from test_ctc_decoding import speech_batch
 from test_evaluation import CORPUS, LANGUAGES, audio_example, tiny_model, tiny_processor
 
 from mu2slam_hf.ctc_decoding import ctc_greedy_decode, ctc_prefix_beam_search
+from mu2slam_hf.evaluation import averages, evaluate_model
 from mu2slam_hf.ngram_lm import END, CharNgramLanguageModel, CharNgramModel
-from mu2slam_hf.training.ctc_language_model import LM_WEIGHTS, corpus_sentences, fit_ctc_language_model
+from mu2slam_hf.training.ctc_language_model import (
+    LM_WEIGHTS,
+    corpus_sentences,
+    fit_ctc_language_model,
+    preferred_asr_ctc_weight,
+)
 
 TEXTS = ["the snail is blocking the way", "what is that snail doing", "a snail and a fish"]
 
@@ -180,5 +186,21 @@ def test_fitting_chooses_the_grid_point_with_the_lowest_dev_cer_or_none():
     else:  # no weight helps: the model keeps greedy CTC decoding by default
         assert fit["dev_cer"] == fit["dev_cer_greedy"] and fit["lm_weight"] == 0
     assert model.asr_language_model is not None and model.generation_config.asr_lm_weight == fit["lm_weight"]
+    assert preferred_asr_ctc_weight(fit) == 1.0  # no other decoder was scored
     with pytest.raises(ValueError, match="No train text of the dev languages"):
         fit_ctc_language_model(model, processor, _rows()[:1], dev, order=3)
+
+
+def test_a_fit_scores_the_decoder_dev_preferred_on_its_clips_and_the_better_one_is_kept():
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=8)
+    dev = [audio_example(f"d{i}", "asr", lang, lang, CORPUS[i], 0.6, seed=i) for i, lang in enumerate(LANGUAGES)]
+    fit = fit_ctc_language_model(model, processor, _rows(), dev, order=3, num_beams=2, other_ctc_weight=0.3,
+                                 max_new_tokens=8)  # fmt: skip
+    joint = evaluate_model(model, processor, dev, ("asr",), batch_size=16, max_new_tokens=8, ctc_weight=0.3)
+    assert fit["other_ctc_weight"] == 0.3 and fit["dev_cer_other"] == averages(joint, "asr")["cer"]
+    assert preferred_asr_ctc_weight(fit) == (1.0 if fit["dev_cer"] <= fit["dev_cer_other"] else 0.3)
+    # joint decoding ahead on the same clips stays the default; the CTC head with its LM ahead (or equal) replaces it
+    assert preferred_asr_ctc_weight({"dev_cer": 25.0, "other_ctc_weight": 0.3, "dev_cer_other": 22.0}) == 0.3
+    assert preferred_asr_ctc_weight({"dev_cer": 20.0, "other_ctc_weight": 0.0, "dev_cer_other": 22.0}) == 1.0
+    assert preferred_asr_ctc_weight({"dev_cer": 22.0, "other_ctc_weight": 0.3, "dev_cer_other": 22.0}) == 1.0

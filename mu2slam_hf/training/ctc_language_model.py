@@ -4,7 +4,9 @@ the fusion weight and length bonus on dev, and attach them to the model (saved w
 Train text = the train split's text-only rows and ASR transcripts, each distinct sentence once, by language. Dev
 chooses among a small grid, against decoding without the language model; a grid point is kept only if it lowers
 the dev CER (else the model keeps greedy CTC decoding as its default, and the language model is still saved for
-users who want it).
+users who want it). Where the run's dev evaluation preferred another decoder (joint CTC/attention or attention
+alone), that decoder is scored on the same dev clips, so the caller can choose between it and the CTC head with the
+language model.
 """
 
 from __future__ import annotations
@@ -41,13 +43,19 @@ def fit_ctc_language_model(
     order: int = 6,
     num_beams: int = 8,
     batch_size: int = 16,
+    other_ctc_weight: float | None = None,
+    max_new_tokens: int = 128,
 ) -> dict[str, Any]:
     """Build the language model of the dev set's languages from `train_rows`, choose weight and bonus on the ASR
     rows of `dev_examples`, and attach it to `model` (`set_asr_language_model`).
 
+    `other_ctc_weight` (below 1: joint CTC/attention, 0: attention alone): also score that decoder (greedy) on the
+    same dev rows, as ``dev_cer_other``.
+
     Returns:
         `{"order", "sentences": {language: count}, "dev_cer_greedy", "dev_cer", "lm_weight", "length_bonus",
-        "grid": [{"lm_weight", "length_bonus", "dev_cer"}, ...]}` (dev CER averaged over languages).
+        "grid": [{"lm_weight", "length_bonus", "dev_cer"}, ...]}` (dev CER averaged over languages), with
+        `"other_ctc_weight", "dev_cer_other"` when asked.
     """
     # Audio read once here, not once per grid point (evaluate_model leaves decoded examples as they are).
     dev = [decode_example(dict(example)) for example in dev_examples if example["task"] == "asr"]
@@ -75,7 +83,7 @@ def fit_ctc_language_model(
     if best["dev_cer"] >= greedy:
         best = {"lm_weight": 0.0, "length_bonus": 0.0, "dev_cer": greedy}
     model.set_asr_language_model(language_model, best["lm_weight"], best["length_bonus"], num_beams)
-    return {
+    fit = {
         "order": order,
         "sentences": {language: len(sentences) for language, sentences in texts.items()},
         "dev_cer_greedy": greedy,
@@ -84,6 +92,18 @@ def fit_ctc_language_model(
         "length_bonus": best["length_bonus"],
         "grid": grid,
     }
+    if other_ctc_weight is not None:
+        other = evaluate_model(model, processor, dev, ("asr",), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               ctc_weight=other_ctc_weight)  # fmt: skip
+        fit.update(other_ctc_weight=other_ctc_weight, dev_cer_other=averages(other, "asr")["cer"])
+    return fit
 
 
-__all__ = ["corpus_sentences", "fit_ctc_language_model"]
+def preferred_asr_ctc_weight(fit: dict[str, Any]) -> float:
+    """The ASR decoder (as `generate`'s ``ctc_weight``) to keep after a fit: 1, the CTC head (with the language model
+    where it helped), unless the fit scored another decoder (``other_ctc_weight``) lower on the same dev clips."""
+    other = fit.get("other_ctc_weight")
+    return 1.0 if other is None or fit["dev_cer"] <= fit["dev_cer_other"] else float(other)
+
+
+__all__ = ["corpus_sentences", "fit_ctc_language_model", "preferred_asr_ctc_weight"]

@@ -56,7 +56,7 @@ from .checkpointing import (
     save_checkpoint,
     write_json,
 )
-from .ctc_language_model import fit_ctc_language_model
+from .ctc_language_model import fit_ctc_language_model, preferred_asr_ctc_weight
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
 from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
@@ -563,34 +563,41 @@ class Mu2SlamTrainer:
         )
 
     def save_final(self) -> None:
-        """Model + processor at the top of output_dir (``from_pretrained(output_dir)``), with the ASR decoder the
-        last dev evaluation scored best as the model's default for ASR (``generation_config.asr_ctc_weight``)."""
+        """Model + processor at the top of output_dir (``from_pretrained(output_dir)``), with the ASR decoder dev
+        scored best as the model's default for ASR (``generation_config.asr_ctc_weight``): the best greedy decoder of
+        the last dev evaluation, or the CTC head with the recipe's language model where that is better on dev."""
         weight = dev_chosen_ctc_weight(self.dev_history[-1]) if self.dev_history else None
+        if weight is not None and self.recipe.ctc_language_model and self.accelerator.is_main_process:
+            weight = self.fit_ctc_language_model(weight)
         if weight is not None:
             self.final_model().set_asr_ctc_weight(weight)
             self.accelerator.print(f"ASR decoding default (chosen on dev): ctc_weight={weight:g}")
-        if weight == 1.0 and self.recipe.ctc_language_model and self.accelerator.is_main_process:
-            self.fit_ctc_language_model()
         self.save_model_and_processor(self.output_dir)
         self.accelerator.wait_for_everyone()
 
-    def fit_ctc_language_model(self) -> None:
-        """The recipe's character n-gram LM of the train text, weight chosen on the dev ASR examples, attached to the
-        model (saved with it); the choice is written to ctc_language_model_fit.json."""
+    def fit_ctc_language_model(self, chosen_ctc_weight: float) -> float:
+        """Fit the recipe's character n-gram LM of the train text (weight chosen on the dev ASR examples), attach it to
+        the model (saved with it), and return the ASR decoder's CTC weight to keep: 1 (the CTC head, with the LM where
+        it helped) unless ``chosen_ctc_weight``, the decoder the last dev evaluation preferred, does better on the
+        LM's dev clips. The fit is written to ctc_language_model_fit.json."""
         model = self.final_model()
         train_rows = self.data.load(self.data.train_split_name)
         # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
         dev_rows = [row for row in self.data.load(self.data.resolved_eval_split()) if row["task"] == "asr"]
         dev = dev_subset(dev_rows, max(self.recipe.dev_examples_per_task, CTC_LM_DEV_EXAMPLES))
+        other = None if chosen_ctc_weight == 1.0 else chosen_ctc_weight
         fit = fit_ctc_language_model(
             model, self.processor, train_rows, dev, self.recipe.ctc_language_model,
-            batch_size=self.recipe.eval_batch_size,
+            batch_size=self.recipe.eval_batch_size, other_ctc_weight=other, max_new_tokens=self.recipe.eval_max_new_tokens,
         )  # fmt: skip
+        weight = fit["ctc_weight_chosen"] = preferred_asr_ctc_weight(fit)
         write_json(self.output_dir / "ctc_language_model_fit.json", fit)
+        against = "" if other is None else f"; ctc_weight={other:g} greedy: {fit['dev_cer_other']:.1f}"
         self.accelerator.print(
             f"CTC language model (order {fit['order']}): dev CER {fit['dev_cer_greedy']:.1f} greedy -> "
-            f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g})"
+            f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g}){against}"
         )
+        return weight
 
 
 def _truncate_log(path: Path, step: int) -> None:
