@@ -33,7 +33,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / stage / "model.safetensors").exists()
     noisy = json.loads((tmp_path / "ft2-noisy" / "config.json").read_text())
     assert noisy["decoder_noise_ratio"] == 0.06 and noisy["apply_spec_augment"] is True
-    assert noisy["ctc_loss_weight"] == 0.3
+    assert noisy["ctc_loss_weight"] == 0.5
     evaluation = json.loads((tmp_path / "ft1" / "eval_synth.json").read_text())
     assert {m["task"] for m in evaluation["metrics"]} == {"asr", "ast", "mt"}
     # the decoder chosen on dev (eval_synth.json) and the others (attention alone, CTC head alone, joint; the CTC
