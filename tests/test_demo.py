@@ -1,8 +1,10 @@
 """The README's main job, in its quick mode: data -> pre-training -> gradual + noisy fine-tuning -> eval -> report."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO_ROOT
@@ -29,6 +31,11 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert section in report, section
     assert (tmp_path / "losses.png").stat().st_size > 10_000
     assert "ASR decoders" in report and "| CTC" in report
+    assert "Machine: " in report and "training precision" in report
+    # the quick plan's stage 2 has a time budget too, which its 6 steps fit in: the table shows the steps trained
+    assert "| stage 2 ASR noisy | " in report and report.split("| stage 2 ASR noisy | ")[1].split("\n")[0].endswith(
+        "| 6 |"
+    )
     for stage in ("pt", "ft1", "ft2-noisy"):
         assert (tmp_path / stage / "model.safetensors").exists()
     noisy = json.loads((tmp_path / "ft2-noisy" / "config.json").read_text())
@@ -60,3 +67,34 @@ def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
     assert all("nll" in row for row in rows)
     for folder in ("ft1", "ft2", "compare/gradual-ast", "compare/direct-asr"):
         assert (tmp_path / folder / "model.safetensors").exists(), folder
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "training_scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fixed_steps(tmp_path):
+    from mu2slam_hf.training import load_recipe
+
+    demo = load_demo()
+    plan = demo.PLANS["demo"]
+    stage2 = demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() + 600)[-1]
+    overrides = stage2.resolved_overrides()
+    assert 9.9 < overrides["max_train_minutes"] <= 10.0
+    assert stage2.data == tmp_path / "data" / "synth+fillets-asr" and overrides["extend_vocabulary"] is True
+    recipe = load_recipe(demo.RECIPES / stage2.recipe_file, overrides)
+    assert recipe.max_steps == demo.STAGE2_MAX_STEPS and recipe.max_train_minutes == overrides["max_train_minutes"]
+    assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
+    # past the deadline, stage 2 still trains a minute rather than not at all
+    late = demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() - 60)[-1]
+    assert late.resolved_overrides()["max_train_minutes"] == 1.0
+    # --compare: a fixed number of steps, warmup and SpecAugment at 10% / 30% of them (the same 150 / 450)
+    fixed = demo.main_stages(tmp_path, plan, quick=False)[-1]
+    assert "max_train_minutes" not in fixed.resolved_overrides()
+    recipe = load_recipe(demo.RECIPES / fixed.recipe_file, fixed.resolved_overrides())
+    assert recipe.max_steps == plan["stage2"] == 1500
+    assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
