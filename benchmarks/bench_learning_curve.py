@@ -250,7 +250,10 @@ class PeerRun:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = peer_model(len(self.tokenizer), quick, recipe.seed).to(device).train()
         self.optimizer = build_optimizer(recipe, self.model, self.model.config.encoder_config.hidden_size)
-        self.scheduler = transformer_schedule(self.optimizer, recipe.optimizer.warmup_for(recipe.max_steps))
+        opt = recipe.optimizer
+        self.scheduler = transformer_schedule(
+            self.optimizer, opt.warmup_for(recipe.max_steps), recipe.max_steps, opt.decay
+        )
         self.batches, self.make_batch = endless_batches(recipe, rows), PeerBatches(rows, self.tokenizer)
         self.precision = autocast_dtype(recipe)
 
