@@ -134,3 +134,20 @@ def test_real_speech_benchmark_cs_nl(game_dir, tmp_path):
     assert 0.5 < len(decoded["audio"]["array"]) / 16_000 < 10 and np.abs(decoded["audio"]["array"]).max() > 0.01
     info = sf.info(row["audio"]["path"])
     assert (info.samplerate, info.channels) == (16_000, 1)
+
+
+def test_all_train_groups_keeps_the_capped_builds_dev_and_test_groups_and_speaks_every_train_group():
+    from mu2slam_hf.data.synthetic import TextGroup, assign_splits, subsample
+
+    groups = [TextGroup(f"g{i}", {"en": f"sentence number {i}", "de": f"Satz Nummer {i}"}) for i in range(300)]
+    assign_splits(groups, seed=0)
+    capped = subsample(groups, 60, seed=0)
+    every_train = subsample(groups, 60, seed=0, all_train_groups=True)
+
+    def keys(chosen, split):
+        return [g.key for g in chosen if g.split == split]
+
+    for split in ("dev", "test"):
+        assert keys(every_train, split) == keys(capped, split) and keys(capped, split)
+    assert keys(every_train, "train") == [g.key for g in groups if g.split == "train"]
+    assert set(keys(capped, "train")) < set(keys(every_train, "train"))

@@ -132,8 +132,14 @@ def assign_splits(groups: list[TextGroup], seed: int = 0) -> None:
             group.split = split
 
 
-def subsample(groups: list[TextGroup], max_groups: int | None, seed: int) -> list[TextGroup]:
-    """At most ``max_groups`` groups, keeping the split proportions and at least 4 groups per split."""
+def subsample(
+    groups: list[TextGroup], max_groups: int | None, seed: int, all_train_groups: bool = False
+) -> list[TextGroup]:
+    """At most ``max_groups`` groups, keeping the split proportions and at least 4 groups per split.
+
+    ``all_train_groups``: the cap picks the dev and test groups only, the very groups the capped build picks (the
+    same draws), and every train group is kept: more training sentences, the same dev and test sets.
+    """
     if max_groups is None or len(groups) <= max_groups:
         return groups
     rng = np.random.default_rng([seed, 11])
@@ -141,7 +147,8 @@ def subsample(groups: list[TextGroup], max_groups: int | None, seed: int) -> lis
     for split, fraction in SPLIT_FRACTIONS.items():
         members = [g for g in groups if g.split == split]
         take = min(len(members), max(4, round(max_groups * fraction)))
-        chosen += [members[i] for i in sorted(rng.choice(len(members), take, replace=False))]
+        picked = [members[i] for i in sorted(rng.choice(len(members), take, replace=False))]
+        chosen += members if all_train_groups and split == "train" else picked
     return chosen
 
 
@@ -258,11 +265,14 @@ def build_synthetic(
     game_dir: str | None = None,
     cache_dir: str | None = None,
     use_fillets: bool = True,
+    all_train_groups: bool = False,
 ) -> dict[str, Any]:
     """Builds the synthetic corpus into ``out`` and returns its summary (also in ``summary.json``).
 
     Args:
         max_groups: cap on Fish Fillets text groups (None: all, about 1,300 for the 8 default languages).
+        all_train_groups: ``max_groups`` caps the dev and test groups only (the same ones as without this option);
+            every train group is spoken.
         num_numbers: number-word groups added (num2words).
         use_fillets: False builds from number words only (no apt-get needed).
     """
@@ -271,7 +281,7 @@ def build_synthetic(
     fillets = fillets_groups(game_dir or fetch_fillets(cache_dir), languages) if use_fillets else []
     numbers = number_groups(num_numbers, languages, seed)
     assign_splits(fillets + numbers, seed)  # over every candidate, so subsampling cannot move a group
-    groups = subsample(fillets, max_groups, seed) + numbers
+    groups = subsample(fillets, max_groups, seed, all_train_groups) + numbers
     lines = [(group.key, lang, text) for group in groups for lang, text in group.texts.items()]
     audio, failures = synthesize_lines(lines, out, seed, num_workers)
     synth_seconds = time.time() - start
@@ -303,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fillets-dir", help="an extracted Fish Fillets NG game folder (fetched with apt if absent)")
     parser.add_argument("--cache-dir", help="where the Fish Fillets packages are extracted")
     parser.add_argument("--no-fillets", action="store_true", help="number words only (no apt-get download)")
+    parser.add_argument(
+        "--all-train-groups", action="store_true", help="--max-groups caps the dev and test groups only"
+    )
     args = parser.parse_args(argv)
     preset = SMALL if args.small else FULL
     summary = build_synthetic(
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         max_groups=args.max_groups if args.max_groups is not None else preset["max_groups"],
         num_numbers=args.numbers if args.numbers is not None else preset["num_numbers"],
         seed=args.seed, num_workers=args.workers, game_dir=args.fillets_dir, cache_dir=args.cache_dir,
-        use_fillets=not args.no_fillets,
+        use_fillets=not args.no_fillets, all_train_groups=args.all_train_groups,
     )  # fmt: skip
     print(format_summary(summary))
     print(f"groups per split: {summary['groups']}; synthesis failures: {len(summary['failures'])}")
