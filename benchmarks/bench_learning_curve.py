@@ -29,6 +29,7 @@ logs (``ours/``, ``peer/``, ``ours.log``, ``peer.log``).
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en            # 15 min, both at once
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth --minutes 15 --eval_interval 100 \\
         --dev_examples 40 --jobs 2 --demo_dir runs/demo --output_dir runs/bench-learning-curve
+    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --set ctc_weight=0.5  # a recipe variant
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --quick    # smoke run: tiny, 0.5 min
 
 Asserts nothing. Other jobs on the machine slow both runs and so lower every curve against minutes.
@@ -86,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="threads per model (default: the cores split between the jobs)")
     parser.add_argument("--demo_dir", help="the main demo job's folder (runs/demo): add its ASR stages' dev CER")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, 0.5 minutes each")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a recipe key for both runs, as finetune.py's --set (the peer follows the optimizer keys)",
+    )  # fmt: skip
     parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
@@ -106,7 +111,9 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.seconds_per_step is not None:
         overrides["seconds_per_step.asr"] = args.seconds_per_step
-    return overrides
+    from mu2slam_hf.training.cli import parse_recipe_overrides
+
+    return {**overrides, **parse_recipe_overrides(args.set)}
 
 
 def load_benchmark_recipe(args: argparse.Namespace):
@@ -339,6 +346,8 @@ def child_command(args: argparse.Namespace, name: str) -> list[str]:
                "--dev_examples", str(args.dev_examples), "--threads", str(args.threads)]  # fmt: skip
     if args.seconds_per_step is not None:
         command += ["--seconds_per_step", str(args.seconds_per_step)]
+    for item in args.set:
+        command += ["--set", item]
     return command + (["--quick"] if args.quick else [])
 
 

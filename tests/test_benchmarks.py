@@ -60,6 +60,15 @@ def test_demo_stages_are_placed_after_the_stages_they_start_from(tmp_path):
     assert points["demo/ft2-noisy"] == [{"step": 20, "minutes": pytest.approx(4.1), "cer": {"ctc": 30.0}}]  # after ft1
 
 
+def test_learning_curve_recipe_variants_reach_both_runs():
+    bench = load_learning_curve()
+    args = bench.parse_args(["--data", "corpus", "--set", "ctc_weight=0.5", "--set", "optimizer.decay=constant"])
+    recipe = bench.load_benchmark_recipe(args)
+    assert recipe.ctc_weight == 0.5 and recipe.optimizer.decay == "constant"
+    command = bench.child_command(args, "peer")  # each child process reads the same variant
+    assert bench.recipe_overrides(bench.parse_args(command[2:])) == bench.recipe_overrides(args)
+
+
 @pytest.mark.slow
 def test_streaming_benchmark_scales_a_corpus_and_measures_each_worker_count(tmp_path):
     from mu2slam_hf.data import load_manifest

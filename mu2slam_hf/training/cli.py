@@ -48,13 +48,19 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def parse_recipe_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set`` items (``KEY=VALUE``, the key dotted, the value in YAML) as the overrides ``load_recipe`` takes."""
     overrides: dict[str, Any] = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = parse_recipe_overrides(args.set)
     for name in ("max_steps", "seed"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
