@@ -92,8 +92,9 @@ def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def build_data(root: Path, quick: bool) -> tuple[Path, Path, Path]:
-    """The synthetic corpus, the real-speech corpus, and the ASR data of stage 2: both corpora's ASR rows."""
+def build_data(root: Path, quick: bool) -> tuple[Path, Path]:
+    """The synthetic and the real-speech corpus; writes both corpora's ASR rows to ``root / STAGE2_ASR_DATA``, the
+    ASR fine-tuning data."""
     synth, fillets = root / "data" / "synth", root / "data" / "fillets"
     cache = root / "data" / "debian-cache"
     if not (synth / "summary.json").exists():
@@ -105,9 +106,8 @@ def build_data(root: Path, quick: bool) -> tuple[Path, Path, Path]:
     if not (fillets / "summary.json").exists():
         log("building the real-speech benchmark (Fish Fillets NG, cs + nl)")
         build_fillets(str(fillets), cache_dir=str(cache), levels=_quick_levels(cache) if quick else None)
-    speech = root / STAGE2_ASR_DATA
-    combine_corpora(speech, [synth, fillets], tasks=["asr"])
-    return synth, fillets, speech
+    combine_corpora(root / STAGE2_ASR_DATA, [synth, fillets], tasks=["asr"])
+    return synth, fillets
 
 
 def _quick_levels(cache: Path) -> list[str]:
@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
     train_until = None if until_minute is None else time.monotonic() + 60 * until_minute
 
     start = time.perf_counter()
-    synth, fillets, _ = build_data(root, args.quick)
+    synth, fillets = build_data(root, args.quick)
     seconds["data"] = time.perf_counter() - start
     stages = main_stages(root, plan, args.quick, train_until) + (
         compare_stages(root, plan, args.quick, args.scratch_seeds) if args.compare else []
