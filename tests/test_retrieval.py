@@ -196,7 +196,7 @@ def test_speech_of_mixed_lengths_is_encoded_in_length_groups():
 
 
 GATHERED_WORKER = r"""
-import os, sys
+import faulthandler, os, sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -206,6 +206,7 @@ from test_retrieval import FULL_BATCH_TEXTS, texts, tiny_retrieval
 
 
 def worker(rank):
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang ends with its stack in stderr, before the test's timeout
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
     dist.init_process_group("gloo", rank=rank, world_size=2)
     model = tiny_retrieval().train()
@@ -225,6 +226,7 @@ def worker(rank):
     spread = tiny_retrieval(retrieval_spread_out_weight=0.5).train()  # its term stays on this process's rows
     out = spread(features[rows], ids[rows], mask[rows], text_mask[rows], languages, languages)
     assert torch.isfinite(out.loss) and out.spread_out_loss > 0
+    dist.barrier()  # leaving while the peer still holds gloo connections can hang it at exit
     dist.destroy_process_group()
 
 
