@@ -21,8 +21,10 @@
 (i) ``--demo_dir runs/demo``: the dev CER points of the main demo job's ASR stages (``pt``, ``ft1``, ``ft2``,
   ``ft2-noisy``, whichever exist) against cumulative training minutes, from their ``dev_results.json``.
 
-Prints the parameter counts, a table (steps, minutes, our CER by decoder, peer CER), and the line
-"ours (best decoder) / peer CER at <minutes> min: <ratio>"; writes ``learning_curve.png`` (CER against minutes
+Prints the parameter counts, a table (steps, minutes, our CER by decoder, peer CER), the line
+"ours (best decoder) / peer CER at <minutes> min: <ratio>", and, where the corpus has a ``test.jsonl``, the two
+final models' CER on its ASR clips (ours with the decoder its dev chose, the peer greedy): scored once at the end,
+since a dev split of a few clips gives a noisy ratio, and never used to choose anything. Writes ``learning_curve.png`` (CER against minutes
 and steps, log y) and ``learning_curve.json`` (every point) to ``--output_dir``, with the two runs' folders and
 logs (``ours/``, ``peer/``, ``ours.log``, ``peer.log``).
 
@@ -134,23 +136,42 @@ def train_ours(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
     with torch.device("meta"):
         model = Mu2SlamForConditionalGeneration(Mu2SlamConfig.from_pretrained(output_dir))
-    return {"params": count_parameters(model), "ctc_lm_cer": ctc_language_model_cer(recipe, args.data, output_dir)}
+    return {"params": count_parameters(model), **final_model_cers(recipe, args.data, output_dir)}
 
 
-def ctc_language_model_cer(recipe: Any, data: str, model_dir: Path) -> float | None:
-    """Dev CER of the final model's CTC head with the character n-gram LM the run fitted (the recipe's
-    ``ctc_language_model``, when dev chose the CTC head), on the dev clips of the curve; None without one."""
+def final_model_cers(recipe: Any, data: str, model_dir: Path) -> dict[str, float | None]:
+    """CERs of the final model: ``ctc_lm_cer``, its CTC head with the character n-gram LM the run fitted, on the dev
+    clips of the curve (None without a fitted LM); ``test_cer``, the decoder its run chose on dev, on the held-out
+    test clips (None without a test split)."""
     from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
     from mu2slam_hf.evaluation import averages, evaluate_model
     from mu2slam_hf.training.loop import load_dev_examples
 
-    if not (model_dir / "ctc_language_model_fit.json").exists():
-        return None
     model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = Mu2SlamProcessor.from_pretrained(model_dir)
-    dev = load_dev_examples(recipe, data)["asr"]
-    results = evaluate_model(model, processor, dev, ("asr",), batch_size=recipe.eval_batch_size, decoder="ctc")
-    return averages(results, "asr")["cer"]
+    weight = float(getattr(model.generation_config, "asr_ctc_weight", 0.0) or 0.0)
+    decoding = {"decoder": "ctc"} if weight == 1.0 else {"decoder": "attention", "ctc_weight": weight}
+
+    def cer(examples: list[dict[str, Any]], **options: Any) -> float:
+        results = evaluate_model(model, processor, examples, ("asr",), batch_size=recipe.eval_batch_size,
+                                 max_new_tokens=recipe.eval_max_new_tokens, **options)  # fmt: skip
+        return averages(results, "asr")["cer"]
+
+    fitted = (model_dir / "ctc_language_model_fit.json").exists()
+    test = held_out_examples(data)
+    return {
+        "ctc_lm_cer": cer(load_dev_examples(recipe, data)["asr"], decoder="ctc") if fitted else None,
+        "test_cer": cer(test, **decoding) if test else None,
+        "test_clips": len(test),
+    }
+
+
+def held_out_examples(data: str) -> list[dict[str, Any]]:
+    """The corpus's test ASR clips (``test.jsonl``; none without it): each final model is scored on them once, at
+    the end, to read the dev curves against more clips than dev has. Nothing is chosen on them."""
+    from mu2slam_hf.evaluation import load_examples
+
+    return load_examples(data, "test", ("asr",)) if (Path(data) / "test.jsonl").exists() else []
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -254,6 +275,7 @@ class PeerRun:
         rows = load_train_sources(recipe, data_dir)["asr"]  # the clips our run trains on (long ones dropped)
         self.tokenizer = train_tokenizer(recipe.tokenizer.kind, corpus_texts(list(rows)), recipe.tokenizer.vocab_size)
         self.dev = [decode_example(example) for example in load_dev_examples(recipe, data_dir)["asr"]]
+        self.test = [decode_example(example) for example in held_out_examples(data_dir)]
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = peer_model(len(self.tokenizer), quick, recipe.seed).to(device).train()
         self.optimizer = build_optimizer(recipe, self.model, self.model.config.encoder_config.hidden_size)
@@ -275,7 +297,7 @@ class PeerRun:
             seconds += time.perf_counter() - start
             last = step == recipe.max_steps or seconds >= 60 * recipe.max_train_minutes
             if step % recipe.eval_interval == 0 or last:
-                cer = self.dev_cer()
+                cer = self.cer(self.dev)
                 history.append({"step": step, "train_seconds": seconds, PEER_KEY: cer, "train_loss": mean(losses)})
                 write_json(output_dir / "dev_results.json", history)
                 print(
@@ -300,22 +322,22 @@ class PeerRun:
         return loss.item()
 
     @torch.no_grad()
-    def dev_cer(self) -> float:
-        """Greedy CTC CER (percent) on the dev clips, in batches of the recipe's eval_batch_size."""
+    def cer(self, examples: list[dict[str, Any]]) -> float:
+        """Greedy CTC CER (percent) on decoded ASR `examples`, in batches of the recipe's eval_batch_size."""
         from mu2slam_hf.ctc_decoding import ctc_greedy_decode
         from mu2slam_hf.evaluation import char_error_rate
 
         model, size = self.model.eval(), self.recipe.eval_batch_size
         hypotheses = []
-        for start in range(0, len(self.dev), size):
-            batch = pad_features(features_of(self.make_batch.feature_extractor, self.dev[start : start + size]))
+        for start in range(0, len(examples), size):
+            batch = pad_features(features_of(self.make_batch.feature_extractor, examples[start : start + size]))
             with autocast(model.device, self.precision):
                 logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits
             lengths = model._get_subsampling_output_length(batch["attention_mask"].sum(-1))
             ids = ctc_greedy_decode(logits.float().cpu(), lengths, blank=model.config.pad_token_id)
             hypotheses += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         model.train()
-        return char_error_rate([example["target_text"] for example in self.dev], hypotheses)
+        return char_error_rate([example["target_text"] for example in examples], hypotheses)
 
 
 def mean(values: list[float]) -> float:
@@ -326,7 +348,8 @@ def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     """The peer's run into output_dir; returns its parameter count."""
     run = PeerRun(load_benchmark_recipe(args), args.data, args.quick)
     run.train(output_dir)
-    return {"params": count_parameters(run.model)}
+    test = {"test_cer": run.cer(run.test), "test_clips": len(run.test)} if run.test else {"test_cer": None}
+    return {"params": count_parameters(run.model), **test}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -472,6 +495,26 @@ def final_line(final: dict[str, Any]) -> str:
     )
 
 
+def test_comparison(results: dict[str, dict]) -> dict[str, Any] | None:
+    """The final models' CERs on the held-out test clips (ours: the decoder its dev chose), or None without them."""
+    ours, peer = results["ours"].get("test_cer"), results["peer"].get("test_cer")
+    if ours is None or peer is None:
+        return None
+    return {
+        "ours": ours,
+        "peer": peer,
+        "ratio": ours / peer if peer else math.inf,
+        "clips": results["ours"]["test_clips"],
+    }
+
+
+def test_line(test: dict[str, Any], dev_decoder: str) -> str:
+    return (
+        f"held-out test ({test['clips']} clips, the final models; ours decoded as its dev chose, best dev decoder "
+        f"{dev_decoder}): ours / peer CER {test['ours']:.2f} / {test['peer']:.2f} = {test['ratio']:.3f}"
+    )
+
+
 def plot(points: dict[str, list[dict]], path: Path, title: str) -> None:
     """CER against minutes (every run) and against steps (the two scratch runs), log y."""
     import matplotlib
@@ -506,11 +549,14 @@ def report(args: argparse.Namespace, results: dict[str, dict], points: dict[str,
     print(table(points))
     final = final_comparison(points)
     print(final_line(final))
+    test = test_comparison(results)
+    if test:
+        print(test_line(test, final["decoder"]))
     title = f"{args.data}: {args.minutes:g} min each, {args.jobs} job(s) x {args.threads} thread(s)"
     plot(points, out / "learning_curve.png", title)
     summary = {"command": sys.argv, "jobs": args.jobs, "threads": args.threads, "minutes": args.minutes,
                "recipe_overrides": recipe_overrides(args), "params": {k: v["params"] for k, v in results.items()},
-               "final": final, "points": points}  # fmt: skip
+               "final": final, "test": test, "points": points}  # fmt: skip
     (out / "learning_curve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"wrote {out / 'learning_curve.png'} and {out / 'learning_curve.json'}")
 

@@ -26,6 +26,7 @@ def test_quick_learning_curve_has_points_of_both_models_and_a_plot(tmp_path):
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     build_synthetic(str(corpus), ("en",), num_numbers=24, use_fillets=False, num_workers=2)
+    (corpus / "test.jsonl").write_text((corpus / "dev.jsonl").read_text())  # this small build has no ASR test clips
     command = [sys.executable, str(LEARNING_CURVE), "--data", str(corpus), "--quick", "--minutes", "0.1",
                "--eval_interval", "5", "--output_dir", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
@@ -42,6 +43,11 @@ def test_quick_learning_curve_has_points_of_both_models_and_a_plot(tmp_path):
     assert summary["params"]["ours"] > 0 and summary["params"]["peer"] > 0
     assert (out / "learning_curve.png").stat().st_size > 0
     assert "ours (best decoder: " in done.stdout and "/ peer CER at " in done.stdout
+    # the final models on the corpus's held-out test clips, scored once at the end
+    test_clips = sum(1 for line in (corpus / "test.jsonl").open() if json.loads(line)["task"] == "asr")
+    assert summary["test"]["clips"] == test_clips > 0
+    assert summary["test"]["ours"] >= 0 and summary["test"]["peer"] >= 0
+    assert f"held-out test ({test_clips} clips" in done.stdout
 
 
 def test_demo_stages_are_placed_after_the_stages_they_start_from(tmp_path):
