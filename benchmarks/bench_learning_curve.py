@@ -24,9 +24,9 @@
 Prints the parameter counts, a table (steps, minutes, our CER by decoder, peer CER), the line
 "ours (best decoder) / peer CER at <minutes> min: <ratio>", and, where the corpus has a ``test.jsonl``, the two
 final models' CER on its ASR clips (ours with the decoder its dev chose, the peer greedy): scored once at the end,
-since a dev split of a few clips gives a noisy ratio, and never used to choose anything. Writes ``learning_curve.png`` (CER against minutes
-and steps, log y) and ``learning_curve.json`` (every point) to ``--output_dir``, with the two runs' folders and
-logs (``ours/``, ``peer/``, ``ours.log``, ``peer.log``).
+since a dev split of a few clips gives a noisy ratio, and never used to choose anything. Writes
+``learning_curve.png`` (CER against minutes and steps, log y) and ``learning_curve.json`` (every point) to
+``--output_dir``, with the two runs' folders and logs (``ours/``, ``peer/``, ``ours.log``, ``peer.log``).
 
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en            # 15 min, both at once
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth --minutes 15 --eval_interval 100 \\
@@ -345,7 +345,7 @@ def mean(values: list[float]) -> float:
 
 
 def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
-    """The peer's run into output_dir; returns its parameter count."""
+    """The peer's run into output_dir; returns its parameter count and its final CER on the held-out test clips."""
     run = PeerRun(load_benchmark_recipe(args), args.data, args.quick)
     run.train(output_dir)
     test = {"test_cer": run.cer(run.test), "test_clips": len(run.test)} if run.test else {"test_cer": None}
