@@ -145,12 +145,12 @@ def final_model_cers(recipe: Any, data: str, model_dir: Path) -> dict[str, float
     test clips (None without a test split)."""
     from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
     from mu2slam_hf.evaluation import averages, evaluate_model
+    from mu2slam_hf.training.dev import dev_chosen_asr_decoding
     from mu2slam_hf.training.loop import load_dev_examples
 
     model = Mu2SlamForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = Mu2SlamProcessor.from_pretrained(model_dir)
-    weight = float(getattr(model.generation_config, "asr_ctc_weight", 0.0) or 0.0)
-    decoding = {"decoder": "ctc"} if weight == 1.0 else {"decoder": "attention", "ctc_weight": weight}
+    decoding = dev_chosen_asr_decoding(model.generation_config.to_dict())
 
     def cer(examples: list[dict[str, Any]], **options: Any) -> float:
         results = evaluate_model(model, processor, examples, ("asr",), batch_size=recipe.eval_batch_size,
@@ -348,8 +348,8 @@ def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     """The peer's run into output_dir; returns its parameter count and its final CER on the held-out test clips."""
     run = PeerRun(load_benchmark_recipe(args), args.data, args.quick)
     run.train(output_dir)
-    test = {"test_cer": run.cer(run.test), "test_clips": len(run.test)} if run.test else {"test_cer": None}
-    return {"params": count_parameters(run.model), **test}
+    test_cer = run.cer(run.test) if run.test else None
+    return {"params": count_parameters(run.model), "test_cer": test_cer, "test_clips": len(run.test)}
 
 
 # --------------------------------------------------------------------------------------------- running

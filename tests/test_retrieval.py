@@ -226,7 +226,7 @@ def worker(rank):
     spread = tiny_retrieval(retrieval_spread_out_weight=0.5).train()  # its term stays on this process's rows
     out = spread(features[rows], ids[rows], mask[rows], text_mask[rows], languages, languages)
     assert torch.isfinite(out.loss) and out.spread_out_loss > 0
-    dist.barrier()  # leaving while the peer still holds gloo connections can hang it at exit
+    dist.barrier()  # leave together: a gloo process whose peer has gone can hang in its teardown
     dist.destroy_process_group()
 
 

@@ -29,7 +29,7 @@ from mu2slam_hf.training import (
 )
 from mu2slam_hf.training.assets import build_processor, load_preset
 from mu2slam_hf.training.cli import finetune_main
-from mu2slam_hf.training.dev import dev_chosen_ctc_weight
+from mu2slam_hf.training.dev import dev_chosen_asr_decoding, dev_chosen_ctc_weight
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
 FAST = {
@@ -252,6 +252,16 @@ def test_short_run_lowers_every_task_loss_and_saves_loadable_folders(pretrained)
     # The ASR decoder dev scored best is the saved model's default for ASR.
     assert model.generation_config.asr_ctc_weight == dev_chosen_ctc_weight(dev[-1])
     assert latest_checkpoint(output_dir).name == "checkpoint-30"
+
+
+def test_the_dev_chosen_asr_decoder_becomes_evaluation_options():
+    """The saved choice (`asr_ctc_weight`, with or without the CTC LM) maps to the `evaluate_model` options that
+    decode the same way; joint decoding when a model has no choice."""
+    assert dev_chosen_asr_decoding({"asr_ctc_weight": 0.0}) == {"decoder": "attention", "ctc_weight": 0.0}
+    assert dev_chosen_asr_decoding({"asr_ctc_weight": 0.3}) == {"decoder": "attention", "ctc_weight": 0.3}
+    assert dev_chosen_asr_decoding({"asr_ctc_weight": 1.0, "asr_lm_weight": 0.5}) == {"decoder": "ctc"}
+    assert dev_chosen_asr_decoding({"asr_ctc_weight": 1.0}) == {"decoder": "ctc", "lm_weight": 0.0}
+    assert dev_chosen_asr_decoding({}) == {"decoder": "attention", "ctc_weight": 0.3}
 
 
 def test_resume_gives_the_same_next_losses(corpus, tmp_path):

@@ -49,7 +49,7 @@ from mu2slam_hf.evaluation import (
     write_results,
 )
 from mu2slam_hf.training import load_recipe, train
-from mu2slam_hf.training.dev import ASR_DECODER_CTC_WEIGHTS, JOINT_CTC_WEIGHT
+from mu2slam_hf.training.dev import ASR_DECODER_CTC_WEIGHTS, JOINT_CTC_WEIGHT, dev_chosen_asr_decoding
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configuration" / "recipes"
@@ -182,11 +182,8 @@ def dev_chosen_decoder(model_dir: Path) -> AsrDecoder:
     """The model's default ASR decoder, which its run chose on dev, never on test (`generation_config.asr_ctc_weight`:
     the best greedy decoder of the last dev evaluation, or the CTC head with the run's n-gram LM where that was
     better; see `Mu2SlamTrainer.save_final`); joint decoding for a run without ASR dev results."""
-    generation = json.loads((model_dir / "generation_config.json").read_text())
-    weight = generation.get("asr_ctc_weight")
-    weight = JOINT_CTC_WEIGHT if weight is None else weight
-    with_lm = weight == 1.0 and generation.get("asr_lm_weight", 0.0) > 0
-    return next(d for d in ASR_DECODERS if d.ctc_weight == weight and d.language_model == with_lm)
+    options = dev_chosen_asr_decoding(json.loads((model_dir / "generation_config.json").read_text()))
+    return next(d for d in ASR_DECODERS if d.options == options)
 
 
 def evaluate(

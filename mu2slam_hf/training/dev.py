@@ -165,6 +165,22 @@ def dev_chosen_ctc_weight(metrics: dict[str, float]) -> float | None:
     return ASR_DECODER_CTC_WEIGHTS[min(scored, key=scored.get)]
 
 
+def dev_chosen_asr_decoding(generation_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`evaluate_model` options of a fine-tuned model's default ASR decoder, which its run chose on dev, never on test
+    (``generation_config.asr_ctc_weight``, see `Mu2SlamTrainer.save_final`): the attention decoder (0), joint
+    CTC/attention greedy decoding, or the CTC head (1), with the run's n-gram LM where ``asr_lm_weight`` > 0 and
+    greedy otherwise. Joint decoding for a model without a choice (no ASR dev results)."""
+    weight = generation_config.get("asr_ctc_weight")
+    weight = JOINT_CTC_WEIGHT if weight is None else float(weight)
+    if weight != 1.0:
+        return {"decoder": "attention", "ctc_weight": weight}
+    return (
+        {"decoder": "ctc"}
+        if (generation_config.get("asr_lm_weight") or 0.0) > 0
+        else {"decoder": "ctc", "lm_weight": 0.0}
+    )
+
+
 def write_dev_results(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
     """All dev evaluations so far, as one JSON list (rewritten atomically)."""
     from .checkpointing import write_json
