@@ -53,20 +53,33 @@ def test_quick_demo_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
-    """--compare --jobs 2: every (a)-(d) configuration is trained (in dependency order) and evaluated."""
+    """--compare --jobs 2: every (a)-(d) configuration is trained for ASR and AST with two seeds (in dependency
+    order) and evaluated; every claim is set against the seed spread."""
     command = [sys.executable, str(REPO_ROOT / "training_scripts" / "demo.py"), "--output_dir", str(tmp_path)]
-    command += ["--quick", "--compare", "--jobs", "2", "--scratch_seeds", "2"]
+    command += ["--quick", "--compare", "--jobs", "2", "--seeds", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    rows = [line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| (")]
-    names = {row.split(" | ")[0].removeprefix("| ") for row in rows}
-    assert names == {
-        "(a) scratch", "(a) scratch, seed 1", "(b) direct ASR", "(b) direct AST", "(c) gradual ASR",
-        "(c) gradual AST", "(c) stage 1 (MT)", "(d) gradual ASR + noisy", "(d) gradual AST + noisy",
-    }  # fmt: skip
-    assert all("nll" in row for row in rows)
-    for folder in ("ft1", "ft2", "compare/gradual-ast", "compare/direct-asr"):
-        assert (tmp_path / folder / "model.safetensors").exists(), folder
+    demo = load_demo()
+    for configuration in demo.CONFIGURATIONS:
+        for task in ("asr", "ast"):
+            for seed in (0, 1):
+                folder = demo.compared_folder(tmp_path, configuration, task, seed)
+                assert (folder / "model.safetensors").exists(), folder
+                (state,) = folder.glob("checkpoint-*/trainer_state.json")
+                assert json.loads(state.read_text())["recipe"]["seed"] == seed
+    assert (tmp_path / "ft1-seed1" / "model.safetensors").exists()
+    values = json.loads((tmp_path / "comparison.json").read_text())
+    assert set(values) == {"asr, synth", "asr, fillets", "ast, synth", "ast, fillets"}
+    assert all(
+        len(seeds) == 2 for table in values.values() for metrics in table.values() for seeds in metrics.values()
+    )
+    comparison = (tmp_path / "comparison.md").read_text()
+    claims = [line for line in comparison.splitlines() if line.startswith(("| pre-training", "| gradual", "| noisy"))]
+    assert {line.split(" | ")[0].removeprefix("| ") for line in claims} == set(demo.CLAIMS)
+    assert all(
+        line.split(" | ")[-1].removesuffix(" |") in ("holds", "reversed", "within seed noise") for line in claims
+    )
+    assert any(" | cer | " in line for line in claims) and any(" | nll" in line for line in claims)
 
 
 def load_demo():

@@ -15,10 +15,11 @@
 5. transcribes and translates sample test audio through `pipeline("automatic-speech-recognition")`;
 6. writes `report.md` with the tables and `losses.png` with the loss curves.
 
-`--compare` then trains the configurations the paper compares, each with the same fine-tuning step budget, and
-writes `comparison.md` (the paper's claims in miniature: pre-training helps, gradual beats direct, noise helps):
-(a) from scratch on the labelled data only, (b) pre-trained + direct fine-tuning, (c) pre-trained + gradual,
-(d) gradual + noisy; for ASR and for AST.
+`--compare` then trains the configurations the paper compares, for ASR and for AST, each with the same fine-tuning
+step budget and with `--seeds` seeds (2 by default), and writes `comparison.md` (the paper's claims in miniature:
+pre-training helps, gradual beats direct, noise helps, each difference set against the seed spread): (a) from scratch,
+(b) pre-trained + direct fine-tuning, (c) pre-trained + gradual, (d) gradual + noisy.
+`--plan long --compare --jobs 2` is sized to take under 2 hours on 2 CPU cores.
 
 Step counts are far below the paper's: the point is a working, measured recipe on a laptop-sized budget.
 """
@@ -63,7 +64,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # (dev evaluation included): pre-training 2.8 s/step, stage 1 2.6 s/step, stage 2 (20 s of audio) 0.3-0.5 s/step.
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 120, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
-    "long": {"pretrain": 900, "stage1": 600, "stage2": 1500},  # docs/results.md
+    # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
+    "long": {"pretrain": 300, "stage1": 120, "stage2": 1000},
     "quick": {"pretrain": 12, "stage1": 8, "stage2": 6, "stage2_until_minute": 60.0},  # --quick (tests)
 }
 # `--compare` trains every stage 2 for `stage2` steps (equal budgets). A time-budgeted stage 2 warms up and starts
@@ -416,9 +418,7 @@ def _progress(stage: Stage) -> str:
 def main_stages(root: Path, plan: dict, quick: bool, train_until: float | None = None) -> list[Stage]:
     """Pre-training (every objective), gradual stage 1 (AST + ASR + MT), and stage 2 ASR with noisy fine-tuning:
     ``plan["stage2"]`` steps, or, with ``train_until`` (a time.monotonic() deadline), as many as fit before it."""
-    pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
-    stage2 = stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_ASR, **noisy(plan["stage2"]),
-                             dev_examples_per_task=8 if quick else 40)  # fmt: skip
+    stage2 = asr_overrides(plan["stage2"], quick, **starting_from(root / "ft1"), **noisy(plan["stage2"]))
     if train_until is not None:
         steps = plan["stage2"] if quick else STAGE2_MAX_STEPS
         stage2.update(max_steps=steps, eval_interval=steps, checkpoint_interval=steps, spec_augment_from_step=
@@ -426,11 +426,21 @@ def main_stages(root: Path, plan: dict, quick: bool, train_until: float | None =
         stage2.update({"optimizer.warmup_fraction": None, "optimizer.warmup_steps": min(STAGE2_WARMUP_STEPS, steps)})
     return [
         Stage("pre-training", "pretrain-small.yaml", root / "pt", stage_overrides(plan["pretrain"], quick)),
-        Stage("stage 1", "gradual-stage1.yaml", root / "ft1",
-              stage_overrides(plan["stage1"], quick, **pt, **STAGE1_BATCH, ctc_ast_source=True), ("pre-training",)),
+        Stage("stage 1", "gradual-stage1.yaml", root / "ft1", stage1_overrides(root, plan, quick), ("pre-training",)),
         Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy", stage2, ("stage 1",), train_until,
               root / STAGE2_ASR_DATA),
     ]  # fmt: skip
+
+
+def stage1_overrides(root: Path, plan: dict, quick: bool, **extra) -> dict:
+    """Stage 1 (AST + ASR + MT, with CTC on the AST source) from the pre-trained model in ``root / "pt"``."""
+    return stage_overrides(plan["stage1"], quick, **starting_from(root / "pt"), **STAGE1_BATCH, ctc_ast_source=True,
+                           **extra)  # fmt: skip
+
+
+def asr_overrides(steps: int, quick: bool, **extra) -> dict:
+    """Stage 2 ASR (and every ASR fine-tuning run of --compare): synthetic + real speech, dev CER on 40 clips."""
+    return stage_overrides(steps, quick, **STAGE2_ASR, dev_examples_per_task=8 if quick else 40, **extra)
 
 
 def starting_from(folder: Path) -> dict:
@@ -448,88 +458,158 @@ FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noi
 NOISY = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
 
 
-def compare_stages(root: Path, plan: dict, quick: bool, scratch_seeds: int = 1) -> list[Stage]:
-    """(a) scratch on the labelled data (multi-task, as stage 1), (b) direct ASR / AST from the pre-trained model,
-    (c) stage 2 ASR / AST from stage 1, (d) stage 2 AST + noisy; (d) for ASR is the main job's stage 2.
+def seeded(folder: Path, seed: int) -> Path:
+    """The folder of a compared run with ``seed``: seed 0 is the main job's (or the comparison's first) run."""
+    return folder if seed == 0 else folder.with_name(f"{folder.name}-seed{seed}")
 
-    Fine-tuning budgets are equal: (a) and (b) get stage 1 + stage 2 steps. ASR fine-tuning ((b), (c), (d)) trains on
-    the synthetic and the real ASR data, as the main job's stage 2; (a) on the synthetic corpus, as stage 1 (so its
-    real-speech figures measure transfer, not fine-tuning). (a) needs no pre-training, so its extra
-    seeds (``scratch_seeds`` > 1: the seed noise of the comparison) fill the time a second job would otherwise wait
-    for it.
+
+# The paper's claims, each a pair of configurations (baseline, claimed better) in the order of CONFIGURATIONS.
+CONFIGURATIONS = ("(a) scratch", "(b) pre-trained + direct", "(c) pre-trained + gradual", "(d) gradual + noisy")
+CLAIMS = {
+    "pre-training helps": ("(a) scratch", "(b) pre-trained + direct"),
+    "gradual beats direct": ("(b) pre-trained + direct", "(c) pre-trained + gradual"),
+    "noisy fine-tuning helps": ("(c) pre-trained + gradual", "(d) gradual + noisy"),
+}
+COMPARED_TASKS = ("asr", "ast")
+
+
+def compared_folder(root: Path, configuration: str, task: str, seed: int) -> Path:
+    """Where ``configuration`` (one of CONFIGURATIONS) fine-tuned for ``task`` with ``seed`` is trained; (c) and (d)
+    for ASR are the main job's stage 2 folders (``ft2`` only exists with ``--compare``)."""
+    compare = root / "compare"
+    folders = {
+        "(a) scratch": compare / f"scratch-{task}",
+        "(b) pre-trained + direct": compare / f"direct-{task}",
+        "(c) pre-trained + gradual": root / "ft2" if task == "asr" else compare / "gradual-ast",
+        "(d) gradual + noisy": root / "ft2-noisy" if task == "asr" else compare / "gradual-ast-noisy",
+    }
+    return seeded(folders[configuration], seed)
+
+
+def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[Stage]:
+    """Every configuration of CONFIGURATIONS for ASR and for AST, each with seeds 0..``seeds``-1 (the seed noise
+    that every difference in comparison.md is set against). Stage 1 runs once more for each seed beyond 0, and
+    (c) / (d) of that seed start from it; the one pre-trained model is shared.
+
+    Fine-tuning budgets are equal: (a) and (b) get stage 1 + stage 2 steps of the stage 2 recipe; (c) and (d) stage
+    1, then stage 2. (a) trains the same recipe as (b) from random weights (with a character tokenizer of its own
+    train text, as pre-training builds one), so it needs no pre-trained model and fills the first job's minutes.
+    ASR trains on the synthetic and the real speech, as the main job's stage 2.
     """
     budget = plan["stage1"] + plan["stage2"]
-    model = str(REPO / "configuration" / "models" / ("tiny" if quick else "small"))
-    pt, ft1 = starting_from(root / "pt"), starting_from(root / "ft1")
-    folder = root / "compare"
-    scratch = [
-        Stage(scratch_name(seed), "gradual-stage1.yaml", scratch_folder(root, seed),
-              stage_overrides(budget, quick, model=model, init_checkpoint=None, seed=seed, **STAGE1_BATCH,
-                              ctc_ast_source=True))
-        for seed in range(scratch_seeds)
-    ]  # fmt: skip
-    return scratch + [
-        Stage("(b) direct ASR", "gradual-stage2-asr.yaml", folder / "direct-asr",
-              stage_overrides(budget, quick, **pt, **STAGE2_ASR), ("pre-training",), data=root / STAGE2_ASR_DATA),
-        Stage("(b) direct AST", "gradual-stage2-ast.yaml", folder / "direct-ast",
-              stage_overrides(budget, quick, **pt), ("pre-training",)),
-        Stage("(c) gradual ASR", "gradual-stage2-asr.yaml", root / "ft2",
-              stage_overrides(plan["stage2"], quick, **ft1, **STAGE2_ASR), ("stage 1",), data=root / STAGE2_ASR_DATA),
-        Stage("(c) gradual AST", "gradual-stage2-ast.yaml", folder / "gradual-ast",
-              stage_overrides(plan["stage2"], quick, **ft1), ("stage 1",)),
-        Stage("(d) gradual AST + noisy", "gradual-stage2-ast.yaml", folder / "gradual-ast-noisy",
-              stage_overrides(plan["stage2"], quick, **ft1, **noisy(plan["stage2"])), ("stage 1",)),
-    ]  # fmt: skip
-
-
-def scratch_name(seed: int) -> str:
-    return "(a) scratch" + (f", seed {seed}" if seed else "")
-
-
-def scratch_folder(root: Path, seed: int) -> Path:
-    return root / "compare" / ("scratch" + (f"-seed{seed}" if seed else ""))
-
-
-def compared_models(root: Path, scratch_seeds: int = 1) -> dict[str, tuple[Path, tuple[str, ...]]]:
-    """Configuration name -> (model folder, tasks it is evaluated on)."""
-    compare = root / "compare"
-    return {
-        **{scratch_name(seed): (scratch_folder(root, seed), ("asr", "ast", "mt")) for seed in range(scratch_seeds)},
-        "(b) direct ASR": (compare / "direct-asr", ("asr",)),
-        "(b) direct AST": (compare / "direct-ast", ("ast",)),
-        "(c) gradual ASR": (root / "ft2", ("asr",)),
-        "(c) gradual AST": (compare / "gradual-ast", ("ast",)),
-        "(c) stage 1 (MT)": (root / "ft1", ("mt",)),
-        "(d) gradual ASR + noisy": (root / "ft2-noisy", ("asr",)),
-        "(d) gradual AST + noisy": (compare / "gradual-ast-noisy", ("ast",)),
+    preset = {
+        "model": str(REPO / "configuration" / "models" / ("tiny" if quick else "small")),
+        "init_checkpoint": None,
     }
+    pt = starting_from(root / "pt")
+    stage1, stages = [], []
+    for seed in range(seeds):
+        ft1 = starting_from(seeded(root / "ft1", seed))
+        after_ft1 = ("stage 1" + (f", seed {seed}" if seed else ""),)
+        if seed:
+            stage1.append(Stage(after_ft1[0], "gradual-stage1.yaml", seeded(root / "ft1", seed),
+                                stage1_overrides(root, plan, quick, seed=seed), ("pre-training",)))  # fmt: skip
+        runs = {
+            "(a) scratch": (budget, preset, (), {}),
+            "(b) pre-trained + direct": (budget, pt, ("pre-training",), {}),
+            "(c) pre-trained + gradual": (plan["stage2"], ft1, after_ft1, {}),
+            "(d) gradual + noisy": (plan["stage2"], ft1, after_ft1, noisy(plan["stage2"])),
+        }
+        for configuration, (steps, start, after, extra) in runs.items():
+            for task in COMPARED_TASKS:
+                if seed == 0 and task == "asr" and configuration == "(d) gradual + noisy":
+                    continue  # the main job's stage 2
+                name = f"{configuration} {task.upper()}" + (f", seed {seed}" if seed else "")
+                folder = compared_folder(root, configuration, task, seed)
+                if task == "asr":
+                    stage = Stage(name, "gradual-stage2-asr.yaml", folder,
+                                  asr_overrides(steps, quick, **start, **extra, seed=seed), after,
+                                  data=root / STAGE2_ASR_DATA)  # fmt: skip
+                else:
+                    stage = Stage(name, "gradual-stage2-ast.yaml", folder,
+                                  stage_overrides(steps, quick, **start, **extra, seed=seed), after)  # fmt: skip
+                stages.append(stage)
+    # the runs without a pre-trained model first (they fill the second job while pre-training runs), then the stage 1
+    # runs the gradual ones wait for
+    return [s for s in stages if not s.after] + stage1 + [s for s in stages if s.after]
 
 
-def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, scratch_seeds: int = 1) -> Path:
-    """Evaluate (a)-(d) on both test sets (with the teacher-forced NLL) and write comparison.md."""
-    rows = []
-    for name, (folder, tasks) in compared_models(root, scratch_seeds).items():
-        for data in (synth, fillets):
-            data_tasks = tuple(task for task in tasks if task != "mt" or data == synth)  # no MT in Fish Fillets
-            if not data_tasks:
-                continue
-            results = evaluate(folder, data, data_tasks, count, name, with_loss=True)
-            rows += [(name, data.name, task, averages(results, task)) for task in data_tasks]
+def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, seeds: int = 2) -> Path:
+    """Evaluate every compared model on both test sets (with the teacher-forced NLL); write comparison.md (each
+    configuration's mean and per-seed values, and each claim's difference against the seed spread) and
+    comparison.json (every value)."""
+    values: dict[str, dict[str, dict[str, list[float]]]] = {}  # "asr, synth" -> configuration -> metric -> seeds
+    for task in COMPARED_TASKS:
+        for configuration in CONFIGURATIONS:
+            for seed in range(seeds):
+                folder = compared_folder(root, configuration, task, seed)
+                for data in (synth, fillets):
+                    name = f"{configuration} {task.upper()}, seed {seed}"
+                    results = evaluate(folder, data, (task,), count, name, with_loss=True)
+                    metrics = values.setdefault(f"{task}, {data.name}", {}).setdefault(configuration, {})
+                    for metric, value in averages(results, task).items():
+                        metrics.setdefault(metric, []).append(value)
+    (root / "comparison.json").write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     lines = ["# Recipe comparison (measured by `python training_scripts/demo.py --compare`)", ""]
     lines += [
         f"Fine-tuning budget: {plan['stage1'] + plan['stage2']} steps for (a) and (b); (c)/(d) = stage 1 "
-        f"({plan['stage1']}) + stage 2 ({plan['stage2']}) after {plan['pretrain']} pre-training steps. "
-        f"Test subsets: the first {count} examples per task. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced "
-        "nats per target token. Averages over languages (ASR) or over xx-en / en-xx directions.",
+        f"({plan['stage1']}) + stage 2 ({plan['stage2']}) after {plan['pretrain']} pre-training steps. Seeds "
+        f"0-{seeds - 1} for every configuration (one shared pre-trained model). Test subsets: the first {count} "
+        "examples per task, spread over languages. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced nats per "
+        "target token. Averages over languages (ASR) or over xx-en / en-xx directions (AST). Each cell: the mean over "
+        "seeds (each seed's value).",
         "",
     ]
-    lines += ["| configuration | test data | task | metrics |", "|---|---|---|---|"]
-    for name, data, task, values in rows:
-        shown = ", ".join(f"{k} {v:.2f}" if k.startswith("nll") else f"{k} {v:.1f}" for k, v in sorted(values.items()))
-        lines.append(f"| {name} | {data} | {task} | {shown} |")
+    for table, configurations in values.items():
+        metrics = sorted({metric for by_metric in configurations.values() for metric in by_metric})
+        lines += [f"## {table.split(', ')[0].upper()}, test set {table.split(', ')[1]}", ""]
+        lines += ["| configuration | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        for configuration, by_metric in configurations.items():
+            cells = [_mean_and_seeds(metric, by_metric[metric]) for metric in metrics]
+            lines.append(f"| {configuration} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## The paper's claims", "", CLAIM_RULE, ""]
+    lines += ["| claim | task, test set | metric | baseline | claimed better | gain | seed range | verdict |"]
+    lines += ["|---|---|---|---:|---:|---:|---:|---|"]
+    for claim, (baseline, better) in CLAIMS.items():
+        for table, configurations in values.items():
+            for metric in sorted(configurations[baseline]):
+                lines.append(claim_row(claim, table, metric, configurations[baseline][metric],
+                                       configurations[better][metric]))  # fmt: skip
     path = root / "comparison.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+CLAIM_RULE = (
+    "gain: how much better the claimed configuration's mean is (lower CER/WER/NLL, higher BLEU/chrF count as "
+    "positive). seed range: the larger of the two configurations' spreads over seeds (max - min). The verdict is "
+    "`holds` where the gain exceeds the seed range, `reversed` where the loss does, and `within seed noise` otherwise."
+)
+
+
+def claim_row(claim: str, table: str, metric: str, baseline: list[float], better: list[float]) -> str:
+    """One Markdown row of the claims table (see CLAIM_RULE)."""
+    sign = -1.0 if metric.split()[0] in ("cer", "wer", "nll") else 1.0
+    gain = sign * (_mean(better) - _mean(baseline))
+    spread = max(max(baseline) - min(baseline), max(better) - min(better))
+    verdict = "holds" if gain > spread else "reversed" if -gain > spread else "within seed noise"
+    digits = _digits(metric)
+    return (f"| {claim} | {table} | {metric} | {_mean(baseline):.{digits}f} | {_mean(better):.{digits}f} "
+            f"| {gain:+.{digits}f} | {spread:.{digits}f} | {verdict} |")  # fmt: skip
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _digits(metric: str) -> int:
+    return 3 if metric.startswith("nll") else 2 if metric.startswith("bleu") else 1
+
+
+def _mean_and_seeds(metric: str, values: list[float]) -> str:
+    digits = _digits(metric)
+    return f"{_mean(values):.{digits}f} (" + " / ".join(f"{v:.{digits}f}" for v in values) + ")"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -539,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", choices=sorted(PLANS), default="demo", help="step budgets (ignored with --quick)")
     parser.add_argument("--compare", action="store_true", help="also train and compare (a)-(d) (extra time)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (each gets cores/jobs threads)")
-    parser.add_argument("--scratch_seeds", type=int, default=1, help="--compare: train (a) with seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=2, help="--compare: train every configuration with seeds 0..N-1")
     parser.add_argument("--test_examples", type=int, default=None, help="test examples per task (default 64)")
     args = parser.parse_args(argv)
     root = Path(args.output_dir)
@@ -556,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
     synth, fillets = build_data(root, args.quick)
     seconds["data"] = time.perf_counter() - start
     stages = main_stages(root, plan, args.quick, train_until) + (
-        compare_stages(root, plan, args.quick, args.scratch_seeds) if args.compare else []
+        compare_stages(root, plan, args.quick, args.seeds) if args.compare else []
     )
     start = time.perf_counter()
     trained = run_stages(stages, synth, args.jobs)
@@ -584,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report.read_text())
     if args.compare:
         start = time.perf_counter()
-        comparison = compare(root, synth, fillets, plan, count, args.scratch_seeds)
+        comparison = compare(root, synth, fillets, plan, count, args.seeds)
         extra = sum(value for name, value in trained.items() if name not in FOLDERS)
         log(
             f"comparison: training wall {training_wall / 60:.1f} min for all stages (the runs beyond the main job "
