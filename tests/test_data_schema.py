@@ -119,6 +119,19 @@ def test_manifest_round_trip_resolves_relative_paths(tmp_path):
     assert len(to_dataset([])) == 0
 
 
+def test_a_manifest_is_memory_mapped_and_read_again_when_it_is_written_again(tmp_path):
+    rows = [make_example(f"t{i}", "text", "nl", source_text=f"zin {i}") for i in range(3)]
+    write_manifest(tmp_path / "train.jsonl", rows)
+    first = load_manifest(tmp_path, "train")
+    assert first.cache_files and first["id"] == ["t0", "t1", "t2"]  # an Arrow file, not rows held in memory
+    assert load_manifest(tmp_path, "train")["id"] == first["id"]  # from the cache
+    write_manifest(tmp_path / "train.jsonl", rows[:1] + [make_example("new", "text", "nl", source_text="nieuw")])
+    assert load_manifest(tmp_path, "train")["id"] == ["t0", "new"]  # never a stale cache
+    assert len(load_manifest(tmp_path, "train", task="asr")) == 0  # no rows of the task: empty, not an error
+    (tmp_path / "dev.jsonl").write_text("")
+    assert len(load_manifest(tmp_path, "dev")) == 0
+
+
 def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_path):
     from mu2slam_hf.data.manifest import combine_corpora
 

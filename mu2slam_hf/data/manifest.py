@@ -15,8 +15,9 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 
-from .schema import FIELDS, TASKS, to_dataset
+from .schema import FEATURES, FIELDS, TASKS, to_dataset
 
 
 def write_manifest(path: str | os.PathLike, examples: Iterable[dict[str, Any]]) -> int:
@@ -82,10 +83,40 @@ def manifest_path(data_dir: str | os.PathLike, split: str) -> str:
     return path
 
 
+# Part of the key of `load_manifest`'s cache: raise it when the rows read from a manifest change for the same file.
+ROW_FORMAT = 1
+
+
 def load_manifest(data_dir: str | os.PathLike, split: str, task: str | None = None) -> datasets.Dataset:
-    """``<data_dir>/<split>.jsonl`` as a ``datasets.Dataset``, optionally only one task's examples."""
-    path = manifest_path(data_dir, split)
-    return to_dataset(row for row in iter_manifest(path) if task is None or row["task"] == task)
+    """``<data_dir>/<split>.jsonl`` as a ``datasets.Dataset``, optionally only one task's examples.
+
+    The rows are memory-mapped from an Arrow file that ``datasets`` writes to its cache (``HF_DATASETS_CACHE``) on
+    the first load, so a corpus of millions of rows is not held in memory and later loads are near instant. The
+    cache is keyed by the manifest's path, size and modification time (and `ROW_FORMAT`): a manifest written again
+    is read again. Raises `ManifestError` naming ``file:line`` for a line that is not an example.
+    """
+    path = os.path.abspath(manifest_path(data_dir, split))
+    stat = os.stat(path)
+    key = {"path": path, "task": task, "size": stat.st_size, "modified": stat.st_mtime_ns, "inode": stat.st_ino,
+           "row_format": ROW_FORMAT}  # fmt: skip
+    try:
+        return datasets.Dataset.from_generator(_manifest_rows, features=FEATURES, gen_kwargs=key)
+    except DatasetGenerationError as error:
+        if isinstance(error.__cause__, ManifestError):
+            raise error.__cause__ from None
+        raise
+    except ValueError:
+        # `datasets` refuses to build a dataset of no rows: an empty manifest, or none of this task
+        if next(_manifest_rows(**key), None) is not None:
+            raise
+        return to_dataset(())
+
+
+def _manifest_rows(path: str, task: str | None, **cache_key: Any) -> Iterator[dict[str, Any]]:
+    """The examples of ``path`` (of ``task`` when given); ``cache_key`` only keys `load_manifest`'s Arrow cache."""
+    for row in iter_manifest(path):
+        if task is None or row["task"] == task:
+            yield {field: row.get(field) for field in FIELDS}
 
 
 def write_summary(corpus_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
