@@ -65,7 +65,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 120, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
-    "long": {"pretrain": 300, "stage1": 120, "stage2": 1000},
+    # (an AST step costs about twice an ASR step: AST's stage 2 is shorter)
+    "long": {"pretrain": 300, "stage1": 120, "stage2": 1000, "stage2_ast": 400},
     "quick": {"pretrain": 12, "stage1": 8, "stage2": 6, "stage2_until_minute": 60.0},  # --quick (tests)
 }
 # `--compare` trains every stage 2 for `stage2` steps (equal budgets). A time-budgeted stage 2 warms up and starts
@@ -486,6 +487,11 @@ def compared_folder(root: Path, configuration: str, task: str, seed: int) -> Pat
     return seeded(folders[configuration], seed)
 
 
+def stage2_steps(plan: dict, task: str) -> int:
+    """Stage 2 steps of ``task`` in --compare: ``plan["stage2_<task>"]`` where the plan has one, else ``stage2``."""
+    return plan.get(f"stage2_{task}", plan["stage2"])
+
+
 def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[Stage]:
     """Every configuration of CONFIGURATIONS for ASR and for AST, each with seeds 0..``seeds``-1 (the seed noise
     that every difference in comparison.md is set against). Stage 1 runs once more for each seed beyond 0, and
@@ -496,7 +502,6 @@ def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[
     train text, as pre-training builds one), so it needs no pre-trained model and fills the first job's minutes.
     ASR trains on the synthetic and the real speech, as the main job's stage 2.
     """
-    budget = plan["stage1"] + plan["stage2"]
     preset = {
         "model": str(REPO / "configuration" / "models" / ("tiny" if quick else "small")),
         "init_checkpoint": None,
@@ -509,14 +514,15 @@ def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[
         if seed:
             stage1.append(Stage(after_ft1[0], "gradual-stage1.yaml", seeded(root / "ft1", seed),
                                 stage1_overrides(root, plan, quick, seed=seed), ("pre-training",)))  # fmt: skip
-        runs = {
-            "(a) scratch": (budget, preset, (), {}),
-            "(b) pre-trained + direct": (budget, pt, ("pre-training",), {}),
-            "(c) pre-trained + gradual": (plan["stage2"], ft1, after_ft1, {}),
-            "(d) gradual + noisy": (plan["stage2"], ft1, after_ft1, noisy(plan["stage2"])),
-        }
-        for configuration, (steps, start, after, extra) in runs.items():
-            for task in COMPARED_TASKS:
+        for task in COMPARED_TASKS:
+            stage2 = stage2_steps(plan, task)
+            runs = {
+                "(a) scratch": (plan["stage1"] + stage2, preset, (), {}),
+                "(b) pre-trained + direct": (plan["stage1"] + stage2, pt, ("pre-training",), {}),
+                "(c) pre-trained + gradual": (stage2, ft1, after_ft1, {}),
+                "(d) gradual + noisy": (stage2, ft1, after_ft1, noisy(stage2)),
+            }
+            for configuration, (steps, start, after, extra) in runs.items():
                 if seed == 0 and task == "asr" and configuration == "(d) gradual + noisy":
                     continue  # the main job's stage 2
                 name = f"{configuration} {task.upper()}" + (f", seed {seed}" if seed else "")
@@ -551,9 +557,13 @@ def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, seed
                         metrics.setdefault(metric, []).append(value)
     (root / "comparison.json").write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     lines = ["# Recipe comparison (measured by `python training_scripts/demo.py --compare`)", ""]
+    budgets = "; ".join(
+        f"{task.upper()}: {plan['stage1'] + stage2_steps(plan, task)} steps for (a) and (b), stage 1 ({plan['stage1']})"
+        f" + stage 2 ({stage2_steps(plan, task)}) for (c) and (d)"
+        for task in COMPARED_TASKS
+    )
     lines += [
-        f"Fine-tuning budget: {plan['stage1'] + plan['stage2']} steps for (a) and (b); (c)/(d) = stage 1 "
-        f"({plan['stage1']}) + stage 2 ({plan['stage2']}) after {plan['pretrain']} pre-training steps. Seeds "
+        f"Fine-tuning budgets: {budgets}; after {plan['pretrain']} pre-training steps. Seeds "
         f"0-{seeds - 1} for every configuration (one shared pre-trained model). Test subsets: the first {count} "
         "examples per task, spread over languages. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced nats per "
         "target token. Averages over languages (ASR) or over xx-en / en-xx directions (AST). Each cell: the mean over "
