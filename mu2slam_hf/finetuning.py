@@ -59,6 +59,9 @@ class Mu2SlamSeq2SeqCollator:
         task: "asr", "ast" or "mt" for every example; None takes each example's ``task`` (one modality a batch).
         ctc: CTC targets on ASR rows.
         ctc_ast_source: CTC targets on AST rows from their ``source_text`` (the transcript), where present.
+        mt_source_mlm: mask this fraction of each MT source's words and add the encoder's MLM loss there (the
+            recipes' key of that name; from scratch, MT needs it). Masks are drawn from torch's global generator,
+            and an evaluation collator should leave it at 0 so eval losses score the whole source.
         max_target_length: truncate labels to this many ids (eos kept); None keeps them whole.
         pad_to_multiple_of: round T / L / U up to a multiple of this.
     """
@@ -72,6 +75,7 @@ class Mu2SlamSeq2SeqCollator:
         ctc_ast_source: bool = False,
         max_target_length: int | None = None,
         pad_to_multiple_of: int | None = None,
+        mt_source_mlm: float = 0.0,
     ):
         if task is not None and task not in LABELLED_TASKS:
             raise ValueError(f"task must be one of {LABELLED_TASKS} or None, got {task!r}.")
@@ -87,6 +91,7 @@ class Mu2SlamSeq2SeqCollator:
             ctc=ctc,
             ctc_ast_source=ctc_ast_source,
             max_target_length=max_target_length,
+            mt_source_mlm=mt_source_mlm,
         )
         self.collator = Mu2SlamCollator(config, pad_to_multiple_of)
 

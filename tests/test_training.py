@@ -29,7 +29,12 @@ from mu2slam_hf.training import (
 )
 from mu2slam_hf.training.assets import build_processor, load_preset
 from mu2slam_hf.training.cli import finetune_main
-from mu2slam_hf.training.dev import dev_chosen_asr_decoding, dev_chosen_ctc_weight
+from mu2slam_hf.training.dev import (
+    dev_chosen_asr_decoding,
+    dev_chosen_ctc_weight,
+    encoder_spread,
+    warn_collapsed_encoder,
+)
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
 FAST = {
@@ -97,6 +102,11 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "seconds_per_step": {"mt": 40}}, r"seconds_per_step: \['mt'\] are not speech tasks"),
         ({"model": "m", "examples_per_step": {}}, r"every task has 0 examples per step"),
         ({"model": "m", "ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
+        (
+            {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "mt_source_mlm": 1.0},
+            r"mt_source_mlm is the fraction of source words",
+        ),
+        ({"model": "m", "mt_source_mlm": 0.15}, r"mt_source_mlm is for fine-tuning"),
         ({"model": "m", "dataloader": {"num_workers": 2}}, r"Set dataloader.cache_features: false"),
         ({"model": "m", "dataloader": {"num_workers": -1}}, r"num_workers must be >= 0"),
     ],
@@ -195,6 +205,32 @@ def test_finetuning_instances_have_no_mask_and_ctc_on_transcripts(corpus):
                 assert processor.tokenizer.decode(instance.ctc_labels.tolist()) == expected
     no_ctc = InstanceBuilder(processor, config, stage="finetune", ctc=False).build(step, step_generator(0, 0, 0))
     assert all(instance.ctc_labels is None for instance in no_ctc)
+
+
+def test_mt_source_mlm_masks_a_span_of_source_words_in_training_only(corpus):
+    """``mt_source_mlm``: the MT source loses one whole-word span to [MASK]/random/kept tokens, the encoder gets MLM
+    targets there (and the model an MLM loss); the evaluation builder and a ratio of 0 leave the source whole."""
+    recipe = tiny_recipe()
+    rows = load_manifest(corpus, "train", "mt")
+    processor, config = build_processor(recipe, load_preset(recipe), list(rows))
+    example = max(rows, key=lambda row: len(row["source_text"].split()))
+    builder = InstanceBuilder(processor, config, stage="finetune", mt_source_mlm=0.5)
+    (masked,) = builder.build({"mt": [example]}, step_generator(0, 0, 3))
+    (whole,) = builder.for_evaluation().build({"mt": [example]}, step_generator(0, 0, 3))
+    source = processor.tokenizer(example["source_text"])["input_ids"]
+    assert whole.input_ids.tolist() == source and whole.text_mlm_labels is None
+    targets = masked.text_mlm_labels
+    positions = (targets != -100).nonzero().flatten()
+    assert len(positions) > 0 and targets[positions].tolist() == [source[i] for i in positions]
+    assert positions.tolist() == list(range(positions[0], positions[-1] + 1))  # one contiguous span
+    assert int(positions[-1]) < len(source) - 1  # eos is never masked
+    assert masked.input_ids[targets == -100].tolist() == [t for i, t in enumerate(source) if targets[i] == -100]
+    assert torch.equal(masked.labels, whole.labels)
+    (plain,) = InstanceBuilder(processor, config, stage="finetune").build({"mt": [example]}, step_generator(0, 0, 3))
+    assert plain.text_mlm_labels is None and plain.input_ids.tolist() == source
+    outputs = Mu2SlamForConditionalGeneration(config)(**Mu2SlamCollator(config)([masked]))
+    assert outputs.mlm_loss is not None and torch.isfinite(outputs.mlm_loss)
+    assert torch.allclose(outputs.loss, outputs.decoder_loss + config.mlm_loss_weight * outputs.mlm_loss)
 
 
 def assert_same_instances(first, second):
@@ -539,3 +575,19 @@ def test_a_time_limit_stops_every_process_after_the_same_step():
     assert Mu2SlamTrainer._out_of_time(SimpleNamespace(recipe=limited.recipe, train_seconds=61.0))
     unlimited = SimpleNamespace(recipe=SimpleNamespace(max_train_minutes=None), accelerator=TwoProcesses())
     assert Mu2SlamTrainer._agreed_seconds(unlimited, 59.0) == 59.0  # no collective per step without a limit
+
+
+def test_encoder_spread_tells_a_collapsed_encoder(caplog):
+    """0 when every real position holds one vector (padding ignored), about 1 for unrelated states; the loop warns
+    on a dev spread under `COLLAPSED_ENCODER_SPREAD` and names the task and the fix."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    constant = torch.ones(2, 4, 8) * torch.randn(8)
+    constant[0, 3] = 5.0  # a padded position does not count
+    total, count = encoder_spread(constant, mask)
+    assert count == 1 and total == pytest.approx(0.0, abs=1e-6)
+    total, _ = encoder_spread(torch.randn(2, 4, 256), mask)
+    assert 0.9 < total < 1.1
+    with caplog.at_level("WARNING"):
+        collapsed = warn_collapsed_encoder({"dev/encoder_spread/mt": 0.004, "dev/encoder_spread/asr": 0.7}, 300)
+    assert collapsed == ["mt"] and "mt_source_mlm" in caplog.text and "step 300" in caplog.text

@@ -527,11 +527,19 @@ def build_text_to_text_finetuning(
     source_lang_id: int,
     target_lang_id: int,
     weight: float = 1.0,
+    masking: tuple[torch.Tensor, torch.Generator | None, float] | None = None,
 ) -> Mu2SlamInstance:
-    """Gradual fine-tuning stage 1 (MT): plain P(y|x), no [MASK], no MLM."""
+    """MT fine-tuning: P(y|x). With ``masking`` = (word starts (L,), generator, ratio), one span of that fraction of
+    the source's words is corrupted as in text MLM (80/10/10) and the encoder predicts it (``text_mlm_labels``): an
+    encoder-side loss that keeps the encoder's positions apart while the decoder is still a language model."""
     check_text(config, source_ids)
     check_text(config, target_ids)
     decoder_input_ids, labels = full_decoder_sequences(target_ids.long(), config.decoder_start_token_id)
+    input_ids, mlm_labels = source_ids.long(), None
+    if masking is not None:
+        word_starts, generator, ratio = masking
+        input_ids, mask = _masked_text(config, source_ids.long(), word_starts, generator, ratio)
+        mlm_labels = masked_targets(source_ids.long(), mask)
     return Mu2SlamInstance(
         objective=FINETUNE,
         task="mt",
@@ -541,5 +549,6 @@ def build_text_to_text_finetuning(
         tgt_modality_id=TEXT_MODALITY,
         decoder_input_ids=decoder_input_ids,
         labels=labels,
-        input_ids=source_ids.long(),
+        input_ids=input_ids,
+        text_mlm_labels=mlm_labels,
     )

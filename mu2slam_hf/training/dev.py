@@ -1,5 +1,6 @@
 """Periodic dev evaluation: per-task dev losses, and greedy-decoding ASR CER/WER (attention, CTC and joint),
-AST and MT BLEU; language-identification accuracy on the speech examples when the model has that head.
+AST and MT BLEU; language-identification accuracy on the speech examples when the model has that head; and each
+task's encoder spread (`encoder_spread`), which tells a collapsed encoder before the metrics can.
 
 The dev subset is fixed for the whole run (the first ``examples_per_task`` examples of each task, spread over
 languages), and so are its masks (a generator seeded once), so dev losses of different steps are comparable.
@@ -8,6 +9,7 @@ Work is split over processes and the sums / predictions are gathered.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,9 +32,43 @@ from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
 
+logger = logging.getLogger(__name__)
 GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
 JOINT_CTC_WEIGHT = 0.3  # ESPnet's usual weight for joint CTC/attention decoding
 DEV_LOSS_TOTALS = ("language_id_loss", "retrieval_loss")  # dev losses beside the per-task ones
+# Below this spread the encoder gives nearly one vector for every position. Measured on MT from scratch: 0.96 at
+# init; without an encoder-side loss 0.03 after 100 steps and 0.004 after 300, the decoder by then a language model
+# that ignores the source; with `mt_source_mlm` 0.15 about 0.9 at step 400, the decoder reading the source.
+COLLAPSED_ENCODER_SPREAD = 0.1
+
+
+def encoder_spread(states: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(sum, count) for the spread of a batch's encoder states (B, E, D) over its real positions (mask (B, E)): the
+    mean distance of a position's state from the mean state of all of them, over their mean norm. 0 when every
+    position holds the same vector (a collapsed encoder the decoder cannot read); about 1 for unrelated states."""
+    real = states[mask.bool()].float()
+    if real.shape[0] < 2:
+        return 0.0, 0.0
+    spread = (real - real.mean(0)).norm(dim=-1).mean() / real.norm(dim=-1).mean().clamp_min(1e-6)
+    return float(spread), 1.0
+
+
+def warn_collapsed_encoder(metrics: Mapping[str, float], step: int) -> list[str]:
+    """Log a warning for each task whose dev encoder spread is below `COLLAPSED_ENCODER_SPREAD`; returns them."""
+    prefix = "dev/encoder_spread/"
+    collapsed = [
+        key.removeprefix(prefix)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and value < COLLAPSED_ENCODER_SPREAD
+    ]
+    for task in collapsed:
+        logger.warning(
+            "step %d: the encoder gives nearly one vector for every position of the %s dev inputs (spread %.3f < "
+            "%.1f), so the decoder cannot read its input. Give the encoder a loss of its own: `mt_source_mlm` (MT), "
+            "`ctc_weight` (ASR) or `ctc_ast_source` (AST), or start from a pre-trained model.",
+            step, task, metrics[prefix + task], COLLAPSED_ENCODER_SPREAD,
+        )  # fmt: skip
+    return collapsed
 
 
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -44,7 +80,8 @@ class DevEvaluator:
     """Evaluates a model on a fixed dev subset.
 
     Args:
-        builder: the run's `InstanceBuilder` (same processor and objectives as training).
+        builder: the run's `InstanceBuilder` (same processor and objectives as training; its training-only
+            corruption of fine-tuning sources is left out, see `InstanceBuilder.for_evaluation`).
         examples: task -> dev examples (already subset).
         batch_size / max_new_tokens: of the loss batches and of greedy decoding.
         seed: of the dev masks.
@@ -63,7 +100,7 @@ class DevEvaluator:
         collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]] | None = None,
         decode: bool = True,
     ):
-        self.builder = builder
+        self.builder = builder.for_evaluation()
         self.decode = decode
         self.examples = {task: [decode_example(e) for e in rows] for task, rows in examples.items() if rows}
         self.batch_size = batch_size
@@ -92,7 +129,8 @@ class DevEvaluator:
         tracker = LossTracker()
         generator = step_generator(self.seed, accelerator.process_index, 2**31)
         device = accelerator.device
-        for task, examples in self.examples.items():
+        spreads = torch.zeros(len(self.examples), 2, dtype=torch.float64, device=device)  # (sum, count) per task
+        for index, (task, examples) in enumerate(self.examples.items()):
             mine = self._shard(examples, accelerator)
             for start in range(0, len(mine), self.batch_size):
                 instances = self.builder.build({task: mine[start : start + self.batch_size]}, generator)
@@ -100,8 +138,17 @@ class DevEvaluator:
                     batch = self.collate(group)
                     outputs = model(**{k: v.to(device) for k, v in batch.items()})
                     tracker.add_output(group, outputs)
+                    states = getattr(outputs, "encoder_last_hidden_state", None)
+                    if states is not None and outputs.encoder_attention_mask is not None:
+                        spreads[index] += torch.tensor(encoder_spread(states, outputs.encoder_attention_mask))
         summary = tracker.summary(accelerator)
-        return {key: value for key, value in summary.items() if "/" in key or key in DEV_LOSS_TOTALS}
+        metrics = {key: value for key, value in summary.items() if "/" in key or key in DEV_LOSS_TOTALS}
+        if accelerator.num_processes > 1:
+            spreads = accelerator.reduce(spreads, "sum")
+        for task, (total, count) in zip(self.examples, spreads.tolist(), strict=True):
+            if count:
+                metrics[f"encoder_spread/{task}"] = total / count
+        return metrics
 
     def _generation(self, model, accelerator) -> dict[str, float]:
         """Greedy decoding of each task's dev examples; ASR also with the CTC head alone (``asr_cer_ctc``...), the

@@ -11,6 +11,7 @@ the training process.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class InstanceBuilder:
         ctc_ast_source: fine-tuning: CTC targets on AST rows from their ``source_text`` (the transcript of the
             audio), where the example has one.
         max_target_length: fine-tuning: truncate target texts to this many ids (eos kept).
+        mt_source_mlm: fine-tuning: mask this fraction of each MT source's words (one whole-word span, corrupted
+            as pre-training's text MLM) and give the encoder MLM targets there (0: plain MT). See `for_evaluation`.
     """
 
     def __init__(
@@ -67,12 +70,21 @@ class InstanceBuilder:
         ctc: bool = True,
         ctc_ast_source: bool = False,
         max_target_length: int | None = None,
+        mt_source_mlm: float = 0.0,
     ):
         self.processor = processor
         self.config = config
         self.stage = stage
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_features else None
         self.ctc, self.ctc_ast_source, self.max_target_length = ctc, ctc_ast_source, max_target_length
+        self.mt_source_mlm = mt_source_mlm
+
+    def for_evaluation(self) -> InstanceBuilder:
+        """This builder without the training-only corruption of fine-tuning inputs (``mt_source_mlm``): dev losses
+        score translation of the whole source, as decoding sees it. Shares the feature cache."""
+        evaluation = copy.copy(self)
+        evaluation.mt_source_mlm = 0.0
+        return evaluation
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -157,7 +169,7 @@ class InstanceBuilder:
         config, source = self.config, self.lang(example["source_lang"])
         target = self.lang(target_language(example))
         if self.stage == "finetune":
-            return [self._finetune(task, example, audio, source, target)]
+            return [self._finetune(task, example, audio, source, target, generator)]
         if task == "speech":
             return [build_speech_only(config, *audio, source, generator)]
         if task == "text":
@@ -171,7 +183,9 @@ class InstanceBuilder:
             return build_mt_pretraining(config, src_ids, src_starts, tgt_ids, tgt_starts, source, target, generator)
         raise ValueError(f"example {example.get('id')!r}: unknown task {task!r}")
 
-    def _finetune(self, task: str, example: dict, audio, source: int, target: int) -> Mu2SlamInstance:
+    def _finetune(
+        self, task: str, example: dict, audio, source: int, target: int, generator: torch.Generator | None
+    ) -> Mu2SlamInstance:
         target_ids = self.target_ids(example["target_text"])
         if task in SPEECH_TEXT_TASKS:
             ctc_ids = None
@@ -183,8 +197,9 @@ class InstanceBuilder:
                 self.config, audio[0], target_ids, source, target, task=task, ctc_text_ids=ctc_ids
             )
         if task == "mt":
-            source_ids, _ = self.text(example["source_text"])
-            return build_text_to_text_finetuning(self.config, source_ids, target_ids, source, target)
+            source_ids, word_starts = self.text(example["source_text"])
+            masking = (word_starts, generator, self.mt_source_mlm) if self.mt_source_mlm else None
+            return build_text_to_text_finetuning(self.config, source_ids, target_ids, source, target, masking=masking)
         raise ValueError(f"example {example.get('id')!r}: fine-tuning has no task {task!r} (asr, ast, mt only)")
 
 

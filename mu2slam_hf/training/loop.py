@@ -57,7 +57,7 @@ from .checkpointing import (
     write_json,
 )
 from .ctc_language_model import fit_ctc_language_model, preferred_asr_ctc_weight
-from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, write_dev_results
+from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, warn_collapsed_encoder, write_dev_results
 from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
 from .preflight import check_run_data, refuse_unknown_text, warn_unknown_text
@@ -304,6 +304,7 @@ class Mu2SlamTrainer:
             recipe.dataloader.cache_features,
             ctc=bool(recipe.ctc_weight),
             ctc_ast_source=recipe.ctc_ast_source,
+            mt_source_mlm=recipe.mt_source_mlm,
         )
         self.collator = Mu2SlamCollator(self.config)
         self.mixture = TaskMixture(
@@ -527,6 +528,7 @@ class Mu2SlamTrainer:
         }
         self.dev_history.append(metrics)
         if self.accelerator.is_main_process:
+            warn_collapsed_encoder(metrics, step)
             write_dev_results(self.output_dir / "dev_results.json", self.dev_history)
             shown = {k: round(v, 3) for k, v in metrics.items() if k.startswith("dev/") and "_loss/" not in k}
             self.accelerator.print(f"step {step} dev: {shown}")

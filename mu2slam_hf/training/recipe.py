@@ -114,7 +114,11 @@ class Recipe:
 
     Learning: ``ctc_weight`` is the weight of the encoder's CTC loss (``config.ctc_loss_weight``); fine-tuning puts
     CTC on ASR rows (and, with ``ctc_ast_source``, on AST rows from their source transcript) and defaults to 0.3
-    (0 turns it off); pre-training keeps the preset's weight unless set. ``seconds_per_step`` (speech tasks) makes
+    (0 turns it off); pre-training keeps the preset's weight unless set. ``mt_source_mlm`` is the same kind of
+    encoder-side loss for MT fine-tuning: that fraction of each source's words (one whole-word span, corrupted as
+    pre-training's text MLM) is masked in training and the encoder predicts them (``config.mlm_loss_weight``). Without
+    it an MT model trained from scratch collapses its encoder to one vector for every token within a hundred steps
+    and its decoder never reads the source. ``seconds_per_step`` (speech tasks) makes
     a task draw one length-bucketed batch of that many seconds of padded audio per step instead of
     ``examples_per_step``, and ``tokens_per_step`` (text tasks) one batch of that many padded tokens (the longer of source and target);
     ``shortest_first`` walks the first epoch of those batches from short to long.
@@ -153,6 +157,7 @@ class Recipe:
     loss_weights: dict[str, float] = field(default_factory=dict)
     ctc_weight: float | None = None
     ctc_ast_source: bool = False
+    mt_source_mlm: float = 0.0
     seconds_per_step: dict[str, float] = field(default_factory=dict)
     tokens_per_step: dict[str, int] = field(default_factory=dict)
     shortest_first: bool = False
@@ -209,6 +214,14 @@ class Recipe:
         ):
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.mt_source_mlm < 1.0:
+            raise RecipeError(
+                f"mt_source_mlm is the fraction of source words masked, in [0, 1); got {self.mt_source_mlm}."
+            )
+        if self.mt_source_mlm and self.stage != "finetune":
+            raise RecipeError(
+                "mt_source_mlm is for fine-tuning; pre-training's MT objectives mask the source already."
+            )
         if self.keep_checkpoints < 1:
             raise RecipeError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}.")
         if self.optimizer.warmup_steps < 1:
