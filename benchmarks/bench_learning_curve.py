@@ -18,6 +18,11 @@
   ``--jobs 2`` (default) trains both at once in two processes with ``--threads`` threads each (default: the cores
   split between the jobs, one each on 2 cores); ``--jobs 1`` trains them one after the other with all the cores.
   Both always get the same thread count, so their minutes are comparable.
+(iii) ``--task mt``: text translation from scratch on a corpus folder of MT rows (e.g. the de->en rows of
+  ``mu2slam-build-text``): our run with configuration/recipes/mt-scratch-small.yaml for ``--minutes`` (default
+  60), dev NLL and greedy BLEU every ``--eval_interval`` steps (default 400) on the first ``--dev_examples`` pairs
+  (default 200), then the final model's greedy BLEU and chrF on up to 400 test pairs. No peer runs here: per step,
+  an equal-size `MarianMTModel` learned as fast as ours on the same batches (docs/results.md).
 (i) ``--demo_dir runs/demo``: the dev CER points of the main demo job's ASR stages (``pt``, ``ft1``, ``ft2``,
   ``ft2-noisy``, whichever exist) against cumulative training minutes, from their ``dev_results.json``.
 
@@ -33,6 +38,7 @@ since a dev split of a few clips gives a noisy ratio, and never used to choose a
         --dev_examples 40 --jobs 2 --demo_dir runs/demo --output_dir runs/bench-learning-curve
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --set ctc_weight=0.5  # a recipe variant
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --quick    # smoke run: tiny, 0.5 min
+    python benchmarks/bench_learning_curve.py --task mt --data runs/mt/de-en --output_dir runs/bench-mt   # 60 min
 
 Asserts nothing. Other jobs on the machine slow both runs and so lower every curve against minutes.
 """
@@ -54,9 +60,13 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "configuration" / "recipes" / "asr-scratch-small.yaml"
+RECIPES = {task: REPO / "configuration" / "recipes" / f"{task}-scratch-small.yaml" for task in ("asr", "mt")}
 TINY_PRESET = "configuration/models/tiny"
-DEFAULTS = {"minutes": 15.0, "eval_interval": 100, "dev_examples": 40}
+DEFAULTS = {
+    "asr": {"minutes": 15.0, "eval_interval": 100, "dev_examples": 40},
+    "mt": {"minutes": 60.0, "eval_interval": 400, "dev_examples": 200},
+}
+MT_TEST_PAIRS = 400
 QUICK = {"minutes": 0.5, "eval_interval": 10, "dev_examples": 8}
 # The quick preset's recipe changes beyond the model: fewer clips for the feature statistics, shorter decoding.
 QUICK_OVERRIDES = {"model": TINY_PRESET, "speech_codebook.normalization_examples": 16, "eval_max_new_tokens": 32}
@@ -79,11 +89,14 @@ PEER_KEY = "dev/asr_cer_ctc"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="corpus folder with train.jsonl and dev.jsonl (ASR rows)")
+    parser.add_argument("--data", required=True, help="corpus folder with train.jsonl and dev.jsonl (ASR or MT rows)")
+    parser.add_argument("--task", choices=("asr", "mt"), default="asr", help="asr: ours and the peer; mt: ours alone")
     parser.add_argument("--output_dir", default="runs/bench-learning-curve")
-    parser.add_argument("--minutes", type=float, help="training minutes per model (default 15; --quick 0.5)")
-    parser.add_argument("--eval_interval", type=int, help="steps between dev evaluations (default 100; --quick 10)")
-    parser.add_argument("--dev_examples", type=int, help="dev clips evaluated (default 40; --quick 8)")
+    parser.add_argument("--minutes", type=float, help="training minutes per model (asr 15, mt 60; --quick 0.5)")
+    parser.add_argument(
+        "--eval_interval", type=int, help="steps between dev evaluations (asr 100, mt 400; --quick 10)"
+    )
+    parser.add_argument("--dev_examples", type=int, help="dev clips or pairs evaluated (asr 40, mt 200; --quick 8)")
     parser.add_argument("--seconds_per_step", type=float, help="seconds of padded audio per batch (recipe: 40)")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="2: both models at once; 1: in turn")
     parser.add_argument("--threads", type=int, help="threads per model (default: the cores split between the jobs)")
@@ -95,11 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
+    for key, value in (QUICK if args.quick else DEFAULTS[args.task]).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.threads is None:
-        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.threads is None:  # MT trains one run: it gets every core
+        args.threads = max(1, (os.cpu_count() or 1) // (1 if args.task == "mt" else args.jobs))
     return args
 
 
@@ -121,7 +134,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def load_benchmark_recipe(args: argparse.Namespace):
     from mu2slam_hf.training import load_recipe
 
-    return load_recipe(RECIPE, recipe_overrides(args))
+    return load_recipe(RECIPES[args.task], recipe_overrides(args))
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -352,19 +365,98 @@ def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     return {"params": count_parameters(run.model), "test_cer": test_cer, "test_clips": len(run.test)}
 
 
+# ---------------------------------------------------------------------------------------------- MT (iii)
+
+
+def train_ours_mt(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """Our MT run; returns the parameter count and the final model's greedy BLEU / chrF on the test pairs."""
+    from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+    from mu2slam_hf.evaluation import averages, evaluate_model, load_examples
+    from mu2slam_hf.training import train
+
+    recipe = load_benchmark_recipe(args)
+    train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(output_dir).eval()
+    result: dict[str, Any] = {"params": count_parameters(model), "test_pairs": 0}
+    if (Path(args.data) / "test.jsonl").exists():
+        test = load_examples(args.data, "test", ("mt",), max_examples=MT_TEST_PAIRS)
+        processor = Mu2SlamProcessor.from_pretrained(output_dir)
+        scores = averages(evaluate_model(model, processor, test, ("mt",), batch_size=recipe.eval_batch_size,
+                                         max_new_tokens=recipe.eval_max_new_tokens), "mt")  # fmt: skip
+        result.update(test_pairs=len(test), **{f"test_{name}": mean_over_directions(scores, name) for name in
+                                               ("bleu", "chrf")})  # fmt: skip
+    return result
+
+
+def mean_over_directions(scores: dict[str, float], metric: str) -> float | None:
+    """The mean of ``metric`` over the directions of `averages` (keys ``"bleu xx-en"``, ``"bleu en-xx"``)."""
+    values = [value for key, value in scores.items() if key.split()[0] == metric]
+    return sum(values) / len(values) if values else None
+
+
+def mt_points(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"step", "minutes", "bleu", "nll"}`` of every evaluation with a dev BLEU."""
+    return [
+        {"step": e["step"], "minutes": e["train_seconds"] / 60, "bleu": e["dev/mt_bleu"], "nll": e.get("dev/loss/mt")}
+        for e in history
+        if "dev/mt_bleu" in e and "train_seconds" in e
+    ]
+
+
+def plot_mt(points: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Dev BLEU and dev NLL against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    minutes = [p["minutes"] for p in points]
+    for axis, key, label in ((axes[0], "bleu", "dev BLEU (greedy)"), (axes[1], "nll", "dev NLL (nats/token)")):
+        axis.plot(minutes, [p[key] for p in points], marker="o", markersize=3)
+        axis.set(xlabel="training minutes (evaluation excluded)", ylabel=label)
+        axis.grid(True, alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main_mt(args: argparse.Namespace) -> None:
+    """(iii): our MT run, its table, learning_curve.png and learning_curve.json."""
+    out = Path(args.output_dir)
+    print(f"training ours (MT) for {args.minutes:g} min, {args.threads} thread(s); log in {out}/ours.log", flush=True)
+    result = finish_child(args, "ours", start_child(args, "ours"))
+    points = mt_points(read_history(out / "ours"))
+    print(f"parameters: ours {result['params'] / 1e6:.2f}M")
+    print(f"{'steps':>6} {'min':>6} {'dev NLL':>8} {'dev BLEU':>9}")
+    for p in points:
+        print(f"{p['step']:>6} {p['minutes']:>6.1f} {fmt(p['nll']):>8} {fmt(p['bleu'], 1):>9}")
+    if result["test_pairs"]:
+        print(f"test ({result['test_pairs']} pairs, the final model, greedy): BLEU {fmt(result['test_bleu'], 1)}, "
+              f"chrF {fmt(result['test_chrf'], 1)}")  # fmt: skip
+    plot_mt(points, out / "learning_curve.png", f"{args.data}: MT, {args.minutes:g} min, {args.threads} thread(s)")
+    summary = {"command": sys.argv, "task": "mt", "threads": args.threads, "minutes": args.minutes,
+               "recipe_overrides": recipe_overrides(args), "params": {"ours": result["params"]},
+               "test": {k: v for k, v in result.items() if k.startswith("test_")}, "points": {"ours": points}}  # fmt: skip
+    (out / "learning_curve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"wrote {out / 'learning_curve.png'} and {out / 'learning_curve.json'}")
+
+
 # --------------------------------------------------------------------------------------------- running
 
 
 def child(args: argparse.Namespace) -> None:
     """One model's run in this process; prints ``RESULT {json}``."""
     torch.set_num_threads(args.threads)
-    run = train_ours if args.child == "ours" else train_peer
+    run = {"ours": train_ours_mt if args.task == "mt" else train_ours, "peer": train_peer}[args.child]
     result = run(args, Path(args.output_dir) / args.child)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def child_command(args: argparse.Namespace, name: str) -> list[str]:
-    command = [sys.executable, __file__, "--child", name, "--data", args.data, "--output_dir", args.output_dir,
+    command = [sys.executable, __file__, "--child", name, "--task", args.task, "--data", args.data,
+               "--output_dir", args.output_dir,
                "--minutes", str(args.minutes), "--eval_interval", str(args.eval_interval),
                "--dev_examples", str(args.dev_examples), "--threads", str(args.threads)]  # fmt: skip
     if args.seconds_per_step is not None:
@@ -566,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.child:
         return child(args)
+    if args.task == "mt":
+        return main_mt(args)
     order = "side by side" if args.jobs == 2 else "one after the other"
     print(f"training ours and the peer {order} for {args.minutes:g} min each, {args.threads} thread(s) each; "
           f"logs in {args.output_dir}/ours.log and peer.log", flush=True)  # fmt: skip

@@ -96,3 +96,28 @@ def test_streaming_benchmark_scales_a_corpus_and_measures_each_worker_count(tmp_
     cached, streamed = results["one_epoch"]
     assert cached["feature_cache"] and not streamed["feature_cache"]
     assert cached["audio_hours"] == streamed["audio_hours"] > 0  # the same epoch both ways
+
+
+@pytest.mark.slow
+def test_quick_mt_learning_curve_has_bleu_and_nll_points_and_a_test_score(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    words = [("eins", "one"), ("zwei", "two"), ("drei", "three"), ("vier", "four"), ("fünf", "five")]
+    for split, count in (("train", 40), ("dev", 8), ("test", 6)):
+        with (corpus / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
+            for i in range(count):
+                pair = [words[(i + k) % 5] for k in range(1 + i % 4)]
+                row = {"id": f"{split}-{i}", "task": "mt", "audio": None, "source_lang": "de", "target_lang": "en",
+                       "source_text": " ".join(de for de, _ in pair), "target_text": " ".join(en for _, en in pair),
+                       "duration": None, "speaker": None}  # fmt: skip
+                handle.write(json.dumps(row) + "\n")
+    command = [sys.executable, str(LEARNING_CURVE), "--task", "mt", "--data", str(corpus), "--quick", "--minutes",
+               "0.05", "--eval_interval", "5", "--output_dir", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "learning_curve.json").read_text())
+    points = summary["points"]["ours"]
+    assert points and points[-1]["minutes"] >= 0.05 and all(p["nll"] > 0 and p["bleu"] >= 0 for p in points)
+    assert summary["test"]["test_pairs"] == 6 and summary["test"]["test_bleu"] >= 0
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert "test (6 pairs, the final model, greedy): BLEU" in done.stdout
