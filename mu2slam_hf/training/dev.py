@@ -140,7 +140,8 @@ class DevEvaluator:
                     tracker.add_output(group, outputs)
                     states = getattr(outputs, "encoder_last_hidden_state", None)
                     if states is not None and outputs.encoder_attention_mask is not None:
-                        spreads[index] += torch.tensor(encoder_spread(states, outputs.encoder_attention_mask))
+                        spread = encoder_spread(states, outputs.encoder_attention_mask)
+                        spreads[index] += torch.tensor(spread, dtype=spreads.dtype, device=device)
         summary = tracker.summary(accelerator)
         metrics = {key: value for key, value in summary.items() if "/" in key or key in DEV_LOSS_TOTALS}
         if accelerator.num_processes > 1:
