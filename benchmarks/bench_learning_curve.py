@@ -179,12 +179,14 @@ def final_model_cers(recipe: Any, data: str, model_dir: Path) -> dict[str, float
     }
 
 
-def held_out_examples(data: str) -> list[dict[str, Any]]:
-    """The corpus's test ASR clips (``test.jsonl``; none without it): each final model is scored on them once, at
-    the end, to read the dev curves against more clips than dev has. Nothing is chosen on them."""
+def held_out_examples(data: str, task: str = "asr", max_examples: int | None = None) -> list[dict[str, Any]]:
+    """The corpus's test rows of ``task`` (``test.jsonl``; none without it; at most ``max_examples``): each final
+    model is scored on them once, at the end, to read the dev curves against more examples than dev has. Nothing is
+    chosen on them."""
     from mu2slam_hf.evaluation import load_examples
 
-    return load_examples(data, "test", ("asr",)) if (Path(data) / "test.jsonl").exists() else []
+    path = Path(data) / "test.jsonl"
+    return load_examples(data, "test", (task,), max_examples=max_examples) if path.exists() else []
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -371,15 +373,15 @@ def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 def train_ours_mt(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     """Our MT run; returns the parameter count and the final model's greedy BLEU / chrF on the test pairs."""
     from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
-    from mu2slam_hf.evaluation import averages, evaluate_model, load_examples
+    from mu2slam_hf.evaluation import averages, evaluate_model
     from mu2slam_hf.training import train
 
     recipe = load_benchmark_recipe(args)
     train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
     model = Mu2SlamForConditionalGeneration.from_pretrained(output_dir).eval()
     result: dict[str, Any] = {"params": count_parameters(model), "test_pairs": 0}
-    if (Path(args.data) / "test.jsonl").exists():
-        test = load_examples(args.data, "test", ("mt",), max_examples=MT_TEST_PAIRS)
+    test = held_out_examples(args.data, "mt", MT_TEST_PAIRS)
+    if test:
         processor = Mu2SlamProcessor.from_pretrained(output_dir)
         scores = averages(evaluate_model(model, processor, test, ("mt",), batch_size=recipe.eval_batch_size,
                                          max_new_tokens=recipe.eval_max_new_tokens), "mt")  # fmt: skip
