@@ -77,12 +77,15 @@ class CTCPrefixScorer:
     """
 
     def __init__(self, log_probs: torch.Tensor, blank: int = 0):
-        self.log_probs = log_probs.float()
+        # Kept as (B, V, T): each step reads the whole time series of a few candidate tokens, contiguous this way.
+        # Indexing (B, T, V) instead costs a strided read per frame and token (or a copy of the hypotheses' whole
+        # rows), more than the rest of a step with a subword vocabulary.
+        self.by_token = log_probs.float().transpose(1, 2).contiguous()
         self.blank = blank
 
     def initial_state(self, utterance: int) -> torch.Tensor:
         """`(T, 2)` state of the empty prefix: only blanks so far."""
-        blanks = self.log_probs[utterance, :, self.blank].cumsum(0)
+        blanks = self.by_token[utterance, self.blank].cumsum(0)
         return torch.stack([torch.full_like(blanks, NEG_INF), blanks], dim=-1)
 
     def extend(
@@ -104,21 +107,14 @@ class CTCPrefixScorer:
         Returns:
             `(N, K)` log prefix probabilities of h + c, and their states `(N, K, T, 2)`.
         """
-        x = self.log_probs[utterances]  # (N, T, V)
-        x_c = torch.gather(x, 2, candidates.unsqueeze(1).expand(-1, x.shape[1], -1))  # (N, T, K)
-        x_blank = x[:, :, self.blank].unsqueeze(-1)  # (N, T, 1)
+        x_c = self.by_token[utterances[:, None], candidates].transpose(1, 2)  # (N, T, K)
+        x_blank = self.by_token[utterances, self.blank].unsqueeze(-1)  # (N, T, 1)
         total = torch.logaddexp(states[..., 0], states[..., 1]).unsqueeze(-1)  # (N, T, 1)
         # A repeated token needs a blank in between: only the paths of h ending in blank may continue with it.
         repeat = (candidates == last_tokens.unsqueeze(-1)).unsqueeze(1)  # (N, 1, K)
         phi = torch.where(repeat, states[..., 1].unsqueeze(-1), total)  # (N, T, K)
-        frames = x.shape[1]
-        r_n = torch.empty_like(x_c)
-        r_b = torch.empty_like(x_c)
         start = torch.where(empty.unsqueeze(-1), x_c[:, 0], torch.full_like(x_c[:, 0], NEG_INF))
-        r_n[:, 0], r_b[:, 0] = start, NEG_INF
-        for t in range(1, frames):
-            r_n[:, t] = torch.logaddexp(r_n[:, t - 1], phi[:, t - 1]) + x_c[:, t]
-            r_b[:, t] = torch.logaddexp(r_n[:, t - 1], r_b[:, t - 1]) + x_blank[:, t]
+        r_n, r_b = _forward_variables(start, phi, x_c, x_blank)
         # psi = P(h + c is a prefix): c first emitted at frame t, after h was complete at t - 1.
         emitted = torch.cat([start.unsqueeze(1), phi[:, :-1] + x_c[:, 1:]], dim=1)  # (N, T, K)
         scores = torch.logsumexp(emitted, dim=1)
@@ -129,6 +125,39 @@ class CTCPrefixScorer:
     def final_score(states: torch.Tensor) -> torch.Tensor:
         """`(N,)` log-probability that the hypotheses are the whole output (their end-of-sentence score)."""
         return torch.logaddexp(states[:, -1, 0], states[:, -1, 1])
+
+
+# Per-frame log-probabilities are floored here (padded frames hold NEG_INF) so that their running sums stay exact in
+# float64; a path through a floored frame still has a log-probability of at most FRAME_FLOOR, zero once exponentiated.
+FRAME_FLOOR = -1e10
+
+
+def _forward_variables(
+    start: torch.Tensor, phi: torch.Tensor, x_c: torch.Tensor, x_blank: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward variables of h + c at every frame, `(N, T, K)` each, without a loop over frames.
+
+    The recurrences ``r_n[t] = logaddexp(r_n[t-1], phi[t-1]) + x_c[t]`` (``r_n[0] = start``) and
+    ``r_b[t] = logaddexp(r_n[t-1], r_b[t-1]) + x_blank[t]`` (``r_b[0] = -inf``) are linear in probability space,
+    so with the running sums ``A[t] = x_c[1] + ... + x_c[t]`` they have the closed forms
+    ``r_n[t] = A[t] + logaddexp(start, logcumsumexp_{s<t}(phi[s] - A[s]))`` and likewise for ``r_b``: one
+    ``logcumsumexp`` over frames per variable instead of T sequential steps per decoding step.
+    """
+    dtype = x_c.dtype
+    start, phi = start.double(), phi.double()
+    x_c, x_blank = x_c.double().clamp(min=FRAME_FLOOR), x_blank.double().clamp(min=FRAME_FLOOR)
+    a = torch.cat([torch.zeros_like(x_c[:, :1]), x_c[:, 1:]], dim=1).cumsum(1)  # (N, T, K)
+    before = torch.logcumsumexp(phi[:, :-1] - a[:, :-1], dim=1)  # (N, T - 1, K): the paths entering c by frame t
+    r_n = a + torch.cat([start.unsqueeze(1), torch.logaddexp(start.unsqueeze(1), before)], dim=1)
+    b = torch.cat([torch.zeros_like(x_blank[:, :1]), x_blank[:, 1:]], dim=1).cumsum(1)  # (N, T, 1)
+    r_b = b[:, 1:] + torch.logcumsumexp(r_n[:, :-1] - b[:, :-1], dim=1)
+    r_b = torch.cat([torch.full_like(r_n[:, :1], NEG_INF), r_b], dim=1)
+    return _impossible_as_neg_inf(r_n).to(dtype), _impossible_as_neg_inf(r_b).to(dtype)
+
+
+def _impossible_as_neg_inf(values: torch.Tensor) -> torch.Tensor:
+    """NEG_INF wherever a path had to pass a floored frame (no real path comes near FRAME_FLOOR / 2)."""
+    return values.masked_fill(values <= FRAME_FLOOR / 2, NEG_INF)
 
 
 class CTCPrefixLogitsProcessor(LogitsProcessor):

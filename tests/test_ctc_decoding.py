@@ -8,7 +8,13 @@ import pytest
 import torch
 from test_evaluation import tiny_model, tiny_processor
 
-from mu2slam_hf.ctc_decoding import CTCPrefixLogitsProcessor, CTCPrefixScorer, ctc_greedy_decode, mask_padded_frames
+from mu2slam_hf.ctc_decoding import (
+    NEG_INF,
+    CTCPrefixLogitsProcessor,
+    CTCPrefixScorer,
+    ctc_greedy_decode,
+    mask_padded_frames,
+)
 from mu2slam_hf.training.dev import dev_chosen_ctc_weight
 
 RATE = 16000
@@ -65,6 +71,42 @@ def test_padded_frames_do_not_change_scores():
     short, _ = alone.extend(torch.tensor([0]), alone.initial_state(0)[None], torch.tensor([-1]),
                             torch.tensor([True]), candidates)  # fmt: skip
     torch.testing.assert_close(padded, short)
+
+
+def sequential_extend(log_probs, states, last, empty, candidates, blank=0):
+    """The frame-by-frame recurrence of the CTC prefix score (ESPnet's), as reference for the closed form."""
+    x_c = torch.gather(log_probs, 2, candidates.unsqueeze(1).expand(-1, log_probs.shape[1], -1))
+    x_blank = log_probs[:, :, blank].unsqueeze(-1)
+    total = torch.logaddexp(states[..., 0], states[..., 1]).unsqueeze(-1)
+    phi = torch.where((candidates == last.unsqueeze(-1)).unsqueeze(1), states[..., 1].unsqueeze(-1), total)
+    r_n, r_b = torch.empty_like(x_c), torch.empty_like(x_c)
+    r_n[:, 0] = torch.where(empty.unsqueeze(-1), x_c[:, 0], torch.full_like(x_c[:, 0], NEG_INF))
+    r_b[:, 0] = NEG_INF
+    for t in range(1, log_probs.shape[1]):
+        r_n[:, t] = torch.logaddexp(r_n[:, t - 1], phi[:, t - 1]) + x_c[:, t]
+        r_b[:, t] = torch.logaddexp(r_n[:, t - 1], r_b[:, t - 1]) + x_blank[:, t]
+    return torch.stack([r_n, r_b], dim=-1).permute(0, 2, 1, 3)
+
+
+def test_prefix_states_equal_the_frame_by_frame_recurrence_on_long_padded_utterances():
+    """The closed form (running sums and logcumsumexp) gives the states of the sequential recurrence, over 300
+    frames of a peaked model (log-probabilities down to -60), with padding, repeats and impossible prefixes."""
+    torch.manual_seed(4)
+    frames, vocab = 300, 12
+    log_probs = torch.log_softmax(8 * torch.randn(3, frames, vocab), -1)
+    lengths = torch.tensor([300, 170, 2])
+    masked = mask_padded_frames(log_probs, lengths)
+    scorer = CTCPrefixScorer(masked)
+    states = torch.stack([scorer.initial_state(u) for u in range(3)])
+    last, empty = torch.tensor([-1, -1, -1]), torch.tensor([True, True, True])
+    for _ in range(4):  # four tokens: the third utterance (2 frames) cannot hold them
+        candidates = torch.tensor([[3, 5, 7], [5, 2, 9], [1, 3, 4]])
+        _, new_states = scorer.extend(torch.arange(3), states, last, empty, candidates)
+        expected = sequential_extend(masked.float(), states, last, empty, candidates)
+        possible = expected > NEG_INF / 2
+        assert torch.equal(possible, new_states > NEG_INF / 2)
+        torch.testing.assert_close(new_states[possible], expected[possible], rtol=1e-5, atol=1e-3)
+        states, last, empty = new_states[:, 0], candidates[:, 0], torch.tensor([False, False, False])
 
 
 def test_greedy_ctc_merges_repeats_and_drops_blanks():
