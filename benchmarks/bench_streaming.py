@@ -1,6 +1,7 @@
 """The training loop's data path: how fast audio is read and featurised into training instances with 0, 1 and 2
 DataLoader worker processes (`dataloader.num_workers`), and the peak memory of one epoch over a large corpus with
-features computed on the fly in workers (streaming) against the in-memory feature cache (`cache_features`).
+features computed on the fly in workers against the in-memory feature cache (`cache_features`), and of the same
+epoch read as a stream (`--streaming`: `StreamingTaskMixture`, a window of rows at a time).
 
 The data path is the loop's own: a `TaskMixture` of length-bucketed ASR batches (`seconds_per_step`) whose draws an
 `InstanceStream` builds with the fine-tuning `InstanceBuilder` of `--recipe`; no model runs, so the figures are the
@@ -28,9 +29,11 @@ from pathlib import Path
 
 import soxr
 
-from mu2slam_hf.data import TaskMixture, load_manifest
+from mu2slam_hf.data import TaskMixture, TrainingData, load_manifest
 from mu2slam_hf.data.audio import read_audio, write_flac
 from mu2slam_hf.data.manifest import write_manifest
+from mu2slam_hf.data.mixing import step_budgets
+from mu2slam_hf.data.streaming import StreamingTaskMixture
 from mu2slam_hf.training import InstanceBuilder, InstanceStream, instance_loader, load_recipe
 from mu2slam_hf.training.assets import build_processor, load_preset
 
@@ -105,16 +108,18 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_draws(corpus: str, recipe_path: str, workers: int, cache: bool, draws: int | None) -> dict:
-    """Builds ``draws`` draws (None: one epoch of the ASR batches); audio seconds per second and peak memory."""
+def run_draws(corpus: str, recipe_path: str, workers: int, cache: bool, draws: int | None, streaming: bool) -> dict:
+    """Builds ``draws`` draws (None: one epoch of the ASR batches); audio seconds per second and peak memory.
+    ``streaming``: the mixture of ``--streaming`` runs (the manifest read as a stream, a window at a time)."""
     recipe = load_recipe(recipe_path)
     sources = {"asr": load_manifest(corpus, "train", "asr")}
     examples = sources["asr"].select(range(min(2000, len(sources["asr"]))))
     processor, config = build_processor(recipe, load_preset(recipe), list(examples))
-    mixture = TaskMixture(sources, {}, {}, seed=recipe.seed, seconds_per_step=recipe.seconds_per_step)
-    draws = draws or len(mixture.bucketed["asr"].epoch_batches(0))
-    builder = InstanceBuilder(processor, config, stage="finetune", cache_features=cache)
+    del examples, sources  # a streaming run holds no table
     with PeakMemory() as memory:
+        mixture = new_mixture(corpus, recipe, streaming)
+        draws = draws or epoch_draws(new_mixture(corpus, recipe, streaming))
+        builder = InstanceBuilder(processor, config, stage="finetune", cache_features=cache)
         start = time.perf_counter()
         loader = instance_loader(InstanceStream(mixture, builder, recipe.seed), workers)
         frames = sum(i.input_features.shape[0] for _ in range(draws) for i in next(loader).instances)
@@ -122,6 +127,7 @@ def run_draws(corpus: str, recipe_path: str, workers: int, cache: bool, draws: i
     return {
         "workers": workers,
         "feature_cache": cache,
+        "streaming": streaming,
         "draws": draws,
         "audio_hours": round(frames / 100 / 3600, 3),
         "seconds": round(seconds, 1),
@@ -130,9 +136,32 @@ def run_draws(corpus: str, recipe_path: str, workers: int, cache: bool, draws: i
     }
 
 
-def in_fresh_process(corpus: str, recipe_path: str, workers: int, cache: bool, draws: int | None) -> dict:
+def new_mixture(corpus: str, recipe, streaming: bool) -> TaskMixture | StreamingTaskMixture:
+    """The loop's mixture of the corpus's ASR rows under the recipe's seconds per step."""
+    budgets = step_budgets(recipe.seconds_per_step, {})
+    if streaming:
+        data = TrainingData(dataset_name=corpus, streaming=True)
+        return StreamingTaskMixture({"asr": lambda: data.stream("train", "asr")}, budgets, seed=recipe.seed,
+                                    window=recipe.dataloader.stream_window)  # fmt: skip
+    sources = {"asr": load_manifest(corpus, "train", "asr")}
+    return TaskMixture(sources, {}, {}, seed=recipe.seed, seconds_per_step=recipe.seconds_per_step)
+
+
+def epoch_draws(mixture: TaskMixture | StreamingTaskMixture) -> int:
+    """The draws of the first pass over the ASR rows (index draws only, no audio read)."""
+    if isinstance(mixture, TaskMixture):
+        return len(mixture.bucketed["asr"].epoch_batches(0))
+    draws = 0
+    while mixture.next_indices() and mixture.state_dict()["tasks"]["asr"]["pass"] == 0:
+        draws += 1
+    return draws
+
+
+def in_fresh_process(corpus: str, recipe_path: str, workers: int, cache: bool, draws: int | None,
+                     streaming: bool = False) -> dict:  # fmt: skip
     """`run_draws` in a new interpreter: memory an earlier measurement freed stays in a process's heap."""
     options = [f"--workers={workers}", f"--draws={draws or 0}", *(["--cache"] if cache else [])]
+    options += ["--streaming"] if streaming else []
     command = [sys.executable, __file__, "--measure", "--corpus", corpus, "--recipe", recipe_path, *options]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -150,9 +179,11 @@ def main() -> None:
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one run_draws, in a subprocess
     parser.add_argument("--draws", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--streaming", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(run_draws(args.corpus, args.recipe, args.workers[0], args.cache, args.draws or None)))
+        print(json.dumps(run_draws(args.corpus, args.recipe, args.workers[0], args.cache, args.draws or None,
+                                   args.streaming)))  # fmt: skip
         return
     corpus, results = args.corpus, {}
     if args.hours:
@@ -168,6 +199,7 @@ def main() -> None:
     results["one_epoch"] = [
         in_fresh_process(corpus, args.recipe, 0, True, None),
         in_fresh_process(corpus, args.recipe, max(args.workers), False, None),
+        in_fresh_process(corpus, args.recipe, max(args.workers), False, None, streaming=True),
     ]
     print(json.dumps(results, indent=2))
     if args.output:

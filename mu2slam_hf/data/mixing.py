@@ -35,6 +35,15 @@ def temperature_probabilities(counts: Mapping[str, int], temperature: float) -> 
     return {lang: w / total for lang, w in weights.items()}
 
 
+def step_budgets(
+    seconds_per_step: Mapping[str, float] | None, tokens_per_step: Mapping[str, int] | None
+) -> dict[str, int]:
+    """task -> the padded size of its batch each step: frames for speech tasks (100 per second), tokens for text."""
+    budgets = {task: int(seconds * 100) for task, seconds in (seconds_per_step or {}).items()}
+    budgets.update(tokens_per_step or {})
+    return budgets
+
+
 def _language_keys(source: Any) -> list[str]:
     """Per-example language keys, read column-wise from a ``datasets.Dataset`` when possible."""
     if hasattr(source, "column_names"):
@@ -75,9 +84,7 @@ class TaskMixture:
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}; expected a subset of {TASKS}")
         per_step = dict(PAPER_EXAMPLES_PER_STEP if examples_per_step is None else examples_per_step)
-        # Speech budgets and lengths are in frames (100 per second), text ones in tokens.
-        budgets = {task: int(seconds * 100) for task, seconds in (seconds_per_step or {}).items()}
-        budgets.update(tokens_per_step or {})
+        budgets = step_budgets(seconds_per_step, tokens_per_step)
         per_step.update({task: 1 for task in budgets if task in sources})
         self.sources = {task: source for task, source in sources.items() if per_step.get(task, 0) > 0}
         lengths = {
@@ -173,6 +180,11 @@ class TaskMixture:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "rng" not in state:
+            raise ValueError(
+                "this mixture state was saved by a run that streamed its data (--streaming); resume it with "
+                "--streaming, or start a new run from its weights (--init)"
+            )
         self.step = int(state["step"])
         self.rng = np.random.default_rng(self.seed)
         self.rng.bit_generator.state = state["rng"]

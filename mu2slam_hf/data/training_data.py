@@ -33,6 +33,7 @@ from typing import Any
 
 import datasets
 import soundfile as sf
+from datasets.distributed import split_dataset_by_node
 
 from .corpora import _speech, _text_pair, iso_code
 from .manifest import load_manifest
@@ -67,6 +68,10 @@ class TrainingData:
         source_lang, target_lang: ISO 639-1 codes (or names such as ``fr_fr``, ``german``) of every row.
         source_lang_column_name, target_lang_column_name: per-row languages instead.
         id_column_name: a column of example ids (default: ``<split>-<row number>``).
+        streaming: read the training split as a stream (:meth:`stream`: ``datasets.IterableDataset``, rows
+            mapped to the canonical schema as they are read, a Hub dataset without downloading it first) instead
+            of a table with random access; the run then batches each window of rows (see
+            `mu2slam_hf.data.streaming.StreamingTaskMixture`).
     """
 
     dataset_name: str | None = None
@@ -84,6 +89,7 @@ class TrainingData:
     source_lang_column_name: str | None = None
     target_lang_column_name: str | None = None
     id_column_name: str | None = None
+    streaming: bool = False
     # split -> canonical rows: the pre-flight check, the train sources and the dev subset read a split once
     _canonical: dict[str, datasets.Dataset] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -177,6 +183,56 @@ class TrainingData:
         canonical = self._canonical[split]
         return canonical.filter(lambda t: t == task, input_columns="task") if task else canonical
 
+    def stream(
+        self, split: str, task: str | None = None, rank: int = 0, world_size: int = 1
+    ) -> datasets.IterableDataset:
+        """Split ``split`` as an `IterableDataset` of canonical rows (only ``task``'s when given), in the data's
+        order, with clip durations read from the audio headers as rows arrive. Under several processes each
+        ``rank`` reads its own part (``datasets.distributed.split_dataset_by_node``)."""
+        if self.kind == "manifest":
+            rows = self.load(split, task).to_iterable_dataset()
+        else:
+            raw, base_dir = self._raw_stream(split)
+            self._check_columns(raw, split)
+            rows = _undecoded(raw).map(
+                self._canonical_row,
+                with_indices=True,
+                fn_kwargs={"split": split, "base_dir": base_dir},
+                remove_columns=self._column_names(raw),
+                features=FEATURES,
+            )
+            if task:
+                rows = rows.filter(lambda t: t == task, input_columns="task")
+        return split_dataset_by_node(rows, rank, world_size) if world_size > 1 else rows
+
+    def _raw_stream(self, split: str) -> tuple[datasets.IterableDataset, str]:
+        """The split as the user's columns, streamed: `load_dataset(streaming=True)` for a Hub name or snapshot
+        (nothing downloaded ahead), a local table or folder read in order from its Arrow file."""
+        if self.kind != "hub":
+            raw, base_dir = self._raw_split(split)
+            if len(raw) == 0:
+                raise DataSourceError(f"{self}: the {split!r} split has no rows.")
+            return raw.to_iterable_dataset(), base_dir
+        try:
+            return datasets.load_dataset(
+                self.dataset_name, self.dataset_config_name, split=split, streaming=True
+            ), os.getcwd()
+        except (OSError, ValueError) as error:
+            raise DataSourceError(
+                f"{self.dataset_name}: datasets.load_dataset({self.dataset_name!r}, {self.dataset_config_name!r}, "
+                f"split={split!r}, streaming=True) failed: {type(error).__name__}: {error}"
+            ) from error
+
+    @staticmethod
+    def _column_names(raw: datasets.Dataset | datasets.IterableDataset) -> list[str]:
+        """The columns, from the features or (a stream without them) its first row."""
+        if raw.column_names is not None:
+            return list(raw.column_names)
+        first = next(iter(raw.take(1)), None)
+        if first is None:
+            raise DataSourceError("the stream has no rows.")
+        return list(first)
+
     def _canonical_split(self, split: str) -> datasets.Dataset:
         raw, base_dir = self._raw_split(split)
         if len(raw) == 0:
@@ -242,7 +298,7 @@ class TrainingData:
                 f"split={split!r}) failed: {type(error).__name__}: {error}"
             ) from error
 
-    def _check_columns(self, raw: datasets.Dataset, split: str) -> None:
+    def _check_columns(self, raw: datasets.Dataset | datasets.IterableDataset, split: str) -> None:
         wanted = {
             "text_column_name": self.text_column_name,
             "source_text_column_name": self.source_text_column_name,
@@ -254,10 +310,11 @@ class TrainingData:
             wanted["audio_column_name"] = self.audio_column_name  # without a source text column, rows are speech
         if self.task == "mt" and not self.source_text_column_name:
             raise DataSourceError("task 'mt' needs source_text_column_name (the column of source sentences).")
+        columns = self._column_names(raw)
         for argument, column in wanted.items():
-            if column is not None and column not in raw.column_names:
+            if column is not None and column not in columns:
                 raise DataSourceError(
-                    f"{self} [{split}]: no column {column!r} ({argument}); its columns are {raw.column_names}. "
+                    f"{self} [{split}]: no column {column!r} ({argument}); its columns are {columns}. "
                     f"Pass --{argument} with one of them."
                 )
         if not (self.source_lang or self.source_lang_column_name):
@@ -299,8 +356,9 @@ class TrainingData:
         )
         where.add_argument("--train_file", help="a CSV, TSV or JSON Lines table of the training rows")  # fmt: skip
         group.add_argument("--validation_file", help="a table of the dev rows (with --train_file)")
+        group.add_argument("--streaming", action="store_true", help=_HELP["streaming"])
         for argument in fields(cls):
-            if argument.init and argument.name not in ("dataset_name", "train_file", "validation_file"):
+            if argument.init and argument.name not in ("dataset_name", "train_file", "validation_file", "streaming"):
                 group.add_argument(f"--{argument.name}", default=argument.default, help=_HELP[argument.name])
 
     @classmethod
@@ -321,6 +379,8 @@ _HELP = {
     "source_lang_column_name": "a column of source languages instead of --source_lang",
     "target_lang_column_name": "a column of target languages instead of --target_lang",
     "id_column_name": "a column of example ids (default: <split>-<row>)",
+    "streaming": "read the training split as a stream, in windows of dataloader.stream_window rows (corpora larger "
+    "than the disk or memory; a Hub dataset without downloading it first)",
 }
 
 

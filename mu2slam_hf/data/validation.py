@@ -27,13 +27,19 @@ MAX_LISTED = 20
 class CorpusError(ValueError):
     """Problems found in a corpus; ``problems`` lists each as ``where: what`` (``file:line`` or ``split row N``)."""
 
-    def __init__(self, data_dir: str | os.PathLike, problems: list[str], languages: Collection[str] | None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        problems: list[str],
+        languages: Collection[str] | None,
+        when: str = "nothing has been run yet",
+    ):
         self.problems = problems
         listed = "\n".join(f"  - {problem}" for problem in problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         known = f" The model knows the languages {', '.join(languages)}." if languages is not None else ""
         super().__init__(
-            f"{len(problems)} problem(s) in the corpus {data_dir}; nothing has been run yet:\n{listed}{more}\n"
+            f"{len(problems)} problem(s) in the corpus {data_dir}; {when}:\n{listed}{more}\n"
             f"Fix or remove these rows.{known}"
         )
 

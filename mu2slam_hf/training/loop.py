@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 
 from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.batching import text_token_lengths
-from ..data.mixing import TaskMixture
+from ..data.mixing import TaskMixture, step_budgets
 from ..data.schema import SPEECH_TASKS
+from ..data.streaming import StreamingTaskMixture, first_rows
 from ..data.training_data import TrainingData
 from ..lora import add_lora
 from ..pretraining import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
@@ -60,7 +61,14 @@ from .ctc_language_model import fit_ctc_language_model, preferred_asr_ctc_weight
 from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, warn_collapsed_encoder, write_dev_results
 from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
-from .preflight import check_run_data, refuse_unknown_text, warn_unknown_text
+from .preflight import (
+    check_run_data,
+    check_stream_rows,
+    check_train_window,
+    refuse_unknown_text,
+    run_languages,
+    warn_unknown_text,
+)
 from .recipe import Recipe, RecipeError
 from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
@@ -174,17 +182,65 @@ def load_train_sources(recipe: Recipe, data: str | os.PathLike | TrainingData) -
     return sources
 
 
+def train_streams(recipe: Recipe, data: TrainingData, rank: int, world_size: int) -> dict[str, Any]:
+    """task -> a function opening this process's stream of that task's train rows (long clips dropped)."""
+    tasks = recipe.drawn_tasks()
+    unbudgeted = sorted(set(tasks) - set(recipe.seconds_per_step) - set(recipe.tokens_per_step))
+    if unbudgeted:
+        raise RecipeError(
+            f"--streaming batches every task by length, and the recipe draws {unbudgeted} by examples_per_step "
+            f"(language sampling by temperature needs each language's size, which a stream does not tell ahead). "
+            f"Give them seconds_per_step (speech tasks) or tokens_per_step (text tasks), or train without --streaming."
+        )
+    return {
+        task: functools.partial(_open_train_stream, data, task, rank, world_size, recipe.dataloader.max_audio_seconds)
+        for task in tasks
+    }
+
+
+def _open_train_stream(data: TrainingData, task: str, rank: int, world_size: int, limit: float | None):
+    stream = data.stream(data.train_split_name, task, rank, world_size)
+    if limit and task in SPEECH_TASKS:
+        stream = stream.filter(lambda d: d is None or d <= limit, input_columns="duration")
+    return stream
+
+
+def first_windows(
+    recipe: Recipe, data: TrainingData, streams: dict[str, Any], resume_from: Path | None
+) -> dict[str, list[dict[str, Any]]]:
+    """task -> the first ``stream_window`` train rows of each stream, checked: what a streaming run knows of its
+    data before step 1 (a new tokenizer and the speech codebook's statistics are fit on them)."""
+    languages, window = run_languages(recipe, resume_from), recipe.dataloader.stream_window
+    sources = {}
+    for task, open_stream in streams.items():
+        rows = first_rows(open_stream(), window)
+        if not rows:
+            raise ValueError(f"{data}: no train examples of task {task!r}, which the recipe draws every step.")
+        check_stream_rows(data, recipe.drawn_tasks(), languages, data.train_split_name, rows, 0)
+        sources[task] = rows
+    return sources
+
+
 def load_dev_examples(recipe: Recipe, data: str | os.PathLike | TrainingData) -> dict[str, list[dict[str, Any]]]:
     """task -> the fixed dev subset (empty when the data has no eval split)."""
-    data = TrainingData.coerce(data)
+    rows = eval_rows(recipe, TrainingData.coerce(data))
+    return {
+        task: dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
+        for task in recipe.drawn_tasks()
+    } if rows else {}  # fmt: skip
+
+
+def eval_rows(recipe: Recipe, data: TrainingData) -> list[dict[str, Any]]:
+    """The rows of the eval split the dev subsets are taken from (none without one). Streaming data: the first
+    ``stream_window`` rows of the eval split's stream, checked here (a stream is not checked ahead)."""
     split = data.resolved_eval_split()
     if split is None:
-        return {}
-    rows = list(data.load(split))
-    output = {}
-    for task in recipe.drawn_tasks():
-        output[task] = dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
-    return output
+        return []
+    if not data.streaming:
+        return list(data.load(split))
+    rows = first_rows(data.stream(split), recipe.dataloader.stream_window)
+    check_stream_rows(data, recipe.drawn_tasks(), run_languages(recipe), split, rows, 0)
+    return rows
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> torch.optim.Optimizer:
@@ -293,34 +349,26 @@ class Mu2SlamTrainer:
         resume_from = latest_checkpoint(self.output_dir) if resume else None
         if resume and resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
-        check_run_data(recipe, self.data, resume_from)
-        sources = load_train_sources(recipe, self.data)
+        streams = None
+        if self.data.streaming:
+            streams = train_streams(recipe, self.data, accelerator.process_index, accelerator.num_processes)
+            sources = first_windows(recipe, self.data, streams, resume_from)
+        else:
+            check_run_data(recipe, self.data, resume_from)
+            sources = load_train_sources(recipe, self.data)
         model, self.processor = prepare_model_and_processor(recipe, sources, resume_from)
         self.config = (model.get_base_model() if recipe.lora.enabled else model).config
         self.builder = InstanceBuilder(
             self.processor,
             self.config,
             recipe.stage,
-            recipe.dataloader.cache_features,
+            recipe.dataloader.cache_features and streams is None,  # a stream's clips are not seen twice soon
             ctc=bool(recipe.ctc_weight),
             ctc_ast_source=recipe.ctc_ast_source,
             mt_source_mlm=recipe.mt_source_mlm,
         )
         self.collator = Mu2SlamCollator(self.config)
-        self.mixture = TaskMixture(
-            sources,
-            recipe.examples_per_step,
-            recipe.language_temperature,
-            seed=recipe.seed + 1000 * accelerator.process_index,
-            seconds_per_step=recipe.seconds_per_step,
-            tokens_per_step=recipe.tokens_per_step,
-            token_lengths={
-                task: text_token_lengths(sources[task], self.processor.tokenizer)
-                for task in recipe.tokens_per_step
-                if task in sources
-            },
-            shortest_first=recipe.shortest_first,
-        )
+        self.mixture = self._mixture(sources, streams, resume_from)
         dev_examples = load_dev_examples(recipe, self.data)
         if accelerator.is_main_process:
             warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
@@ -356,6 +404,32 @@ class Mu2SlamTrainer:
         if self.log_with:
             accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
         return step
+
+    def _mixture(
+        self, sources: dict[str, Any], streams: dict[str, Any] | None, resume_from: Path | None
+    ) -> TaskMixture | StreamingTaskMixture:
+        """The run's per-step draws: over the train tables, or (``--streaming``) over the train streams."""
+        recipe = self.recipe
+        seed = recipe.seed + 1000 * self.accelerator.process_index
+        text_lengths = functools.partial(text_token_lengths, tokenizer=self.processor.tokenizer)
+        if streams is not None:
+            check = functools.partial(
+                check_train_window, self.data, recipe.drawn_tasks(), run_languages(recipe, resume_from)
+            )
+            return StreamingTaskMixture(
+                streams, step_budgets(recipe.seconds_per_step, recipe.tokens_per_step), seed,
+                recipe.dataloader.stream_window, recipe.shortest_first, text_lengths, check_window=check,
+            )  # fmt: skip
+        return TaskMixture(
+            sources,
+            recipe.examples_per_step,
+            recipe.language_temperature,
+            seed=seed,
+            seconds_per_step=recipe.seconds_per_step,
+            tokens_per_step=recipe.tokens_per_step,
+            token_lengths={task: text_lengths(sources[task]) for task in recipe.tokens_per_step if task in sources},
+            shortest_first=recipe.shortest_first,
+        )
 
     def _weight_average(self, resume_from: Path | None) -> WeightAverage | None:
         """The recipe's EMA of the weights (registered, so checkpoints save it and resuming restores it)."""
@@ -583,9 +657,10 @@ class Mu2SlamTrainer:
         it helped) unless ``chosen_ctc_weight``, the decoder the last dev evaluation preferred, does better on the
         LM's dev clips. The fit is written to ctc_language_model_fit.json."""
         model = self.final_model()
-        train_rows = self.data.load(self.data.train_split_name)
+        split = self.data.train_split_name
+        train_rows = self.data.stream(split) if self.data.streaming else self.data.load(split)
         # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
-        dev_rows = [row for row in self.data.load(self.data.resolved_eval_split()) if row["task"] == "asr"]
+        dev_rows = [row for row in eval_rows(self.recipe, self.data) if row["task"] == "asr"]
         dev = dev_subset(dev_rows, max(self.recipe.dev_examples_per_task, CTC_LM_DEV_EXAMPLES))
         other = None if chosen_ctc_weight == 1.0 else chosen_ctc_weight
         fit = fit_ctc_language_model(

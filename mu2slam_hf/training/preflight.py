@@ -7,12 +7,13 @@ languages, audio files exist, their headers read and they are long enough), repo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.training_data import TrainingData
+from ..data.validation import CorpusError, row_problems
 from ..processing_mu2slam import Mu2SlamProcessor
 from .recipe import Recipe
 
@@ -46,6 +47,33 @@ def check_run_data(recipe: Recipe, data: TrainingData, resume_from: Path | None 
     if eval_split is not None:
         splits[eval_split] = tasks
     data.check(splits, run_languages(recipe, resume_from))
+
+
+def check_stream_rows(
+    data: TrainingData,
+    tasks: Collection[str],
+    languages: Collection[str] | None,
+    split: str,
+    rows: Sequence[dict[str, Any]],
+    first_row: int,
+    when: str = "nothing has been run yet",
+) -> None:
+    """Check rows of a streamed split as they are read (a stream cannot be checked whole before step 1): raise a
+    `CorpusError` naming each bad row by its place in the stream (``split row N``)."""
+    numbered = ((f"{split} row {first_row + i}", row) for i, row in enumerate(rows))
+    problems = row_problems(numbered, tasks, languages)
+    if problems:
+        raise CorpusError(str(data), problems, languages, when=when)
+
+
+def check_train_window(
+    data: TrainingData, tasks: Collection[str], languages: Collection[str] | None, task: str,
+    rows: Sequence[dict[str, Any]], first_row: int,
+) -> None:  # fmt: skip
+    """`StreamingTaskMixture`'s check of each window of train rows it reads after the first."""
+    when = (f"found when training reached them (the {task} rows from {first_row} on); the checkpoints written so "
+            f"far are kept, and --resume continues from the last one once the rows are fixed or filtered out")  # fmt: skip
+    check_stream_rows(data, tasks, languages, data.train_split_name, rows, first_row, when)
 
 
 def warn_unknown_text(processor: Mu2SlamProcessor, sources: Iterable[Iterable[dict[str, Any]]], where: str) -> None:
@@ -91,4 +119,12 @@ def _text_columns(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     return rows
 
 
-__all__ = ["UnknownTextError", "check_run_data", "refuse_unknown_text", "run_languages", "warn_unknown_text"]
+__all__ = [
+    "UnknownTextError",
+    "check_run_data",
+    "check_stream_rows",
+    "check_train_window",
+    "refuse_unknown_text",
+    "run_languages",
+    "warn_unknown_text",
+]

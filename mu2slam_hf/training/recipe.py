@@ -87,11 +87,13 @@ class DataloaderRecipe:
     """``num_workers``: DataLoader worker processes that read audio and build the training instances beside the
     training process (0: in it), with the same draws either way; ``cache_features``: keep each clip's log-mel and
     codes in memory (small corpora, in-process building only); ``max_audio_seconds``: longer training clips are
-    skipped."""
+    skipped; ``stream_window``: with ``--streaming``, the rows of a task read and batched together (memory: this
+    many rows per task, and per worker process)."""
 
     num_workers: int = 0
     cache_features: bool = True
     max_audio_seconds: float | None = 30.0
+    stream_window: int = 4096
 
 
 @dataclass
@@ -275,6 +277,8 @@ class Recipe:
         workers = self.dataloader.num_workers
         if workers < 0:
             raise RecipeError(f"dataloader.num_workers must be >= 0, got {workers}.")
+        if self.dataloader.stream_window < 1:
+            raise RecipeError(f"dataloader.stream_window must be at least 1 row, got {self.dataloader.stream_window}.")
         if workers > 0 and self.dataloader.cache_features:
             raise RecipeError(
                 f"dataloader.num_workers: {workers} worker processes compute the features, and each would keep "
