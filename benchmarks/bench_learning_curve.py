@@ -22,7 +22,10 @@
   ``mu2slam-build-text``): our run with configuration/recipes/mt-scratch-small.yaml for ``--minutes`` (default
   60), dev NLL and greedy BLEU every ``--eval_interval`` steps (default 400) on the first ``--dev_examples`` pairs
   (default 200), then the final model's greedy BLEU and chrF on up to 400 test pairs. No peer runs here: per step,
-  an equal-size `MarianMTModel` learned as fast as ours on the same batches (docs/results.md).
+  an equal-size `MarianMTModel` learned as fast as ours on the same batches (docs/results.md). ``--task ast``: the
+  same for speech translation, with configuration/recipes/ast-scratch-small.yaml on a corpus folder of AST rows and
+  the MT rows of the same pair (e.g. ``mu2slam-build-text --langs de --speech-hours 12``; defaults 60 minutes, dev
+  every 250 steps on 64 clips, 400 test clips).
 (i) ``--demo_dir runs/demo``: the dev CER points of the main demo job's ASR stages (``pt``, ``ft1``, ``ft2``,
   ``ft2-noisy``, whichever exist) against cumulative training minutes, from their ``dev_results.json``.
 
@@ -39,6 +42,7 @@ since a dev split of a few clips gives a noisy ratio, and never used to choose a
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --set ctc_weight=0.5  # a recipe variant
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --quick    # smoke run: tiny, 0.5 min
     python benchmarks/bench_learning_curve.py --task mt --data runs/mt/de-en --output_dir runs/bench-mt   # 60 min
+    python benchmarks/bench_learning_curve.py --task ast --data runs/ast/de-en --output_dir runs/bench-ast  # 60 min
 
 Asserts nothing. Other jobs on the machine slow both runs and so lower every curve against minutes.
 """
@@ -60,13 +64,15 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {task: REPO / "configuration" / "recipes" / f"{task}-scratch-small.yaml" for task in ("asr", "mt")}
+RECIPES = {task: REPO / "configuration" / "recipes" / f"{task}-scratch-small.yaml" for task in ("asr", "mt", "ast")}
 TINY_PRESET = "configuration/models/tiny"
 DEFAULTS = {
     "asr": {"minutes": 15.0, "eval_interval": 100, "dev_examples": 40},
     "mt": {"minutes": 60.0, "eval_interval": 400, "dev_examples": 200},
+    "ast": {"minutes": 60.0, "eval_interval": 250, "dev_examples": 64},
 }
-MT_TEST_PAIRS = 400
+TRANSLATION_TASKS = ("mt", "ast")  # ours alone, scored by BLEU
+TEST_EXAMPLES = {"mt": 400, "ast": 400}  # translation test pairs scored at the end
 QUICK = {"minutes": 0.5, "eval_interval": 10, "dev_examples": 8}
 # The quick preset's recipe changes beyond the model: fewer clips for the feature statistics, shorter decoding.
 QUICK_OVERRIDES = {"model": TINY_PRESET, "speech_codebook.normalization_examples": 16, "eval_max_new_tokens": 32}
@@ -90,13 +96,20 @@ PEER_KEY = "dev/asr_cer_ctc"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="corpus folder with train.jsonl and dev.jsonl (ASR or MT rows)")
-    parser.add_argument("--task", choices=("asr", "mt"), default="asr", help="asr: ours and the peer; mt: ours alone")
-    parser.add_argument("--output_dir", default="runs/bench-learning-curve")
-    parser.add_argument("--minutes", type=float, help="training minutes per model (asr 15, mt 60; --quick 0.5)")
     parser.add_argument(
-        "--eval_interval", type=int, help="steps between dev evaluations (asr 100, mt 400; --quick 10)"
+        "--task",
+        choices=("asr", *TRANSLATION_TASKS),
+        default="asr",
+        help="asr: ours and the peer; mt, ast: ours alone",
     )
-    parser.add_argument("--dev_examples", type=int, help="dev clips or pairs evaluated (asr 40, mt 200; --quick 8)")
+    parser.add_argument("--output_dir", default="runs/bench-learning-curve")
+    parser.add_argument("--minutes", type=float, help="training minutes per model (asr 15, mt/ast 60; --quick 0.5)")
+    parser.add_argument(
+        "--eval_interval", type=int, help="steps between dev evaluations (asr 100, mt 400, ast 250; --quick 10)"
+    )
+    parser.add_argument(
+        "--dev_examples", type=int, help="dev clips or pairs evaluated (asr 40, mt 200, ast 64; --quick 8)"
+    )
     parser.add_argument("--seconds_per_step", type=float, help="seconds of padded audio per batch (recipe: 40)")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="2: both models at once; 1: in turn")
     parser.add_argument("--threads", type=int, help="threads per model (default: the cores split between the jobs)")
@@ -111,8 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else DEFAULTS[args.task]).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.threads is None:  # MT trains one run: it gets every core
-        args.threads = max(1, (os.cpu_count() or 1) // (1 if args.task == "mt" else args.jobs))
+    if args.threads is None:  # translation trains one run: it gets every core
+        args.threads = max(1, (os.cpu_count() or 1) // (1 if args.task in TRANSLATION_TASKS else args.jobs))
     return args
 
 
@@ -367,11 +380,11 @@ def train_peer(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     return {"params": count_parameters(run.model), "test_cer": test_cer, "test_clips": len(run.test)}
 
 
-# ---------------------------------------------------------------------------------------------- MT (iii)
+# ------------------------------------------------------------------------------------ MT and AST (iii)
 
 
-def train_ours_mt(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
-    """Our MT run; returns the parameter count and the final model's greedy BLEU / chrF on the test pairs."""
+def train_ours_translation(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """Our MT or AST run; returns the parameter count and the final model's greedy BLEU / chrF on the test pairs."""
     from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
     from mu2slam_hf.evaluation import averages, evaluate_model
     from mu2slam_hf.training import train
@@ -380,11 +393,11 @@ def train_ours_mt(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     train(recipe, args.data, str(output_dir), overwrite_output_dir=True, log_with=None, progress=False)
     model = Mu2SlamForConditionalGeneration.from_pretrained(output_dir).eval()
     result: dict[str, Any] = {"params": count_parameters(model), "test_pairs": 0}
-    test = held_out_examples(args.data, "mt", MT_TEST_PAIRS)
+    test = held_out_examples(args.data, args.task, TEST_EXAMPLES[args.task])
     if test:
         processor = Mu2SlamProcessor.from_pretrained(output_dir)
-        scores = averages(evaluate_model(model, processor, test, ("mt",), batch_size=recipe.eval_batch_size,
-                                         max_new_tokens=recipe.eval_max_new_tokens), "mt")  # fmt: skip
+        scores = averages(evaluate_model(model, processor, test, (args.task,), batch_size=recipe.eval_batch_size,
+                                         max_new_tokens=recipe.eval_max_new_tokens), args.task)  # fmt: skip
         result.update(test_pairs=len(test), **{f"test_{name}": mean_over_directions(scores, name) for name in
                                                ("bleu", "chrf")})  # fmt: skip
     return result
@@ -396,16 +409,17 @@ def mean_over_directions(scores: dict[str, float], metric: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def mt_points(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``{"step", "minutes", "bleu", "nll"}`` of every evaluation with a dev BLEU."""
+def translation_points(history: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """``{"step", "minutes", "bleu", "nll"}`` of every evaluation with a dev BLEU of ``task``."""
     return [
-        {"step": e["step"], "minutes": e["train_seconds"] / 60, "bleu": e["dev/mt_bleu"], "nll": e.get("dev/loss/mt")}
+        {"step": e["step"], "minutes": e["train_seconds"] / 60, "bleu": e[f"dev/{task}_bleu"],
+         "nll": e.get(f"dev/loss/{task}")}
         for e in history
-        if "dev/mt_bleu" in e and "train_seconds" in e
-    ]
+        if f"dev/{task}_bleu" in e and "train_seconds" in e
+    ]  # fmt: skip
 
 
-def plot_mt(points: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_translation(points: list[dict[str, Any]], path: Path, title: str) -> None:
     """Dev BLEU and dev NLL against training minutes."""
     import matplotlib
 
@@ -424,12 +438,13 @@ def plot_mt(points: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def main_mt(args: argparse.Namespace) -> None:
-    """(iii): our MT run, its table, learning_curve.png and learning_curve.json."""
-    out = Path(args.output_dir)
-    print(f"training ours (MT) for {args.minutes:g} min, {args.threads} thread(s); log in {out}/ours.log", flush=True)
+def main_translation(args: argparse.Namespace) -> None:
+    """(iii): our MT or AST run, its table, learning_curve.png and learning_curve.json."""
+    out, task = Path(args.output_dir), args.task
+    print(f"training ours ({task.upper()}) for {args.minutes:g} min, {args.threads} thread(s); log in {out}/ours.log",
+          flush=True)  # fmt: skip
     result = finish_child(args, "ours", start_child(args, "ours"))
-    points = mt_points(read_history(out / "ours"))
+    points = translation_points(read_history(out / "ours"), task)
     print(f"parameters: ours {result['params'] / 1e6:.2f}M")
     print(f"{'steps':>6} {'min':>6} {'dev NLL':>8} {'dev BLEU':>9}")
     for p in points:
@@ -437,8 +452,9 @@ def main_mt(args: argparse.Namespace) -> None:
     if result["test_pairs"]:
         print(f"test ({result['test_pairs']} pairs, the final model, greedy): BLEU {fmt(result['test_bleu'], 1)}, "
               f"chrF {fmt(result['test_chrf'], 1)}")  # fmt: skip
-    plot_mt(points, out / "learning_curve.png", f"{args.data}: MT, {args.minutes:g} min, {args.threads} thread(s)")
-    summary = {"command": sys.argv, "task": "mt", "threads": args.threads, "minutes": args.minutes,
+    title = f"{args.data}: {task.upper()}, {args.minutes:g} min, {args.threads} thread(s)"
+    plot_translation(points, out / "learning_curve.png", title)
+    summary = {"command": sys.argv, "task": task, "threads": args.threads, "minutes": args.minutes,
                "recipe_overrides": recipe_overrides(args), "params": {"ours": result["params"]},
                "test": {k: v for k, v in result.items() if k.startswith("test_")}, "points": {"ours": points}}  # fmt: skip
     (out / "learning_curve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -451,7 +467,8 @@ def main_mt(args: argparse.Namespace) -> None:
 def child(args: argparse.Namespace) -> None:
     """One model's run in this process; prints ``RESULT {json}``."""
     torch.set_num_threads(args.threads)
-    run = {"ours": train_ours_mt if args.task == "mt" else train_ours, "peer": train_peer}[args.child]
+    ours = train_ours_translation if args.task in TRANSLATION_TASKS else train_ours
+    run = {"ours": ours, "peer": train_peer}[args.child]
     result = run(args, Path(args.output_dir) / args.child)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -660,8 +677,8 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.child:
         return child(args)
-    if args.task == "mt":
-        return main_mt(args)
+    if args.task in TRANSLATION_TASKS:
+        return main_translation(args)
     order = "side by side" if args.jobs == 2 else "one after the other"
     print(f"training ours and the peer {order} for {args.minutes:g} min each, {args.threads} thread(s) each; "
           f"logs in {args.output_dir}/ours.log and peer.log", flush=True)  # fmt: skip

@@ -100,6 +100,15 @@ def test_streaming_benchmark_scales_a_corpus_and_measures_each_worker_count(tmp_
     assert cached["draws"] == streamed["draws"]
 
 
+def quick_translation_curve(task: str, corpus, out) -> tuple[subprocess.CompletedProcess, dict]:
+    """bench_learning_curve.py --quick for an MT or AST corpus folder: the finished process and its summary."""
+    command = [sys.executable, str(LEARNING_CURVE), "--task", task, "--data", str(corpus), "--quick", "--minutes",
+               "0.05", "--eval_interval", "5", "--output_dir", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, json.loads((out / "learning_curve.json").read_text())
+
+
 @pytest.mark.slow
 def test_quick_mt_learning_curve_has_bleu_and_nll_points_and_a_test_score(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
@@ -113,13 +122,24 @@ def test_quick_mt_learning_curve_has_bleu_and_nll_points_and_a_test_score(tmp_pa
                        "source_text": " ".join(de for de, _ in pair), "target_text": " ".join(en for _, en in pair),
                        "duration": None, "speaker": None}  # fmt: skip
                 handle.write(json.dumps(row) + "\n")
-    command = [sys.executable, str(LEARNING_CURVE), "--task", "mt", "--data", str(corpus), "--quick", "--minutes",
-               "0.05", "--eval_interval", "5", "--output_dir", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((out / "learning_curve.json").read_text())
+    done, summary = quick_translation_curve("mt", corpus, out)
     points = summary["points"]["ours"]
     assert points and points[-1]["minutes"] >= 0.05 and all(p["nll"] > 0 and p["bleu"] >= 0 for p in points)
     assert summary["test"]["test_pairs"] == 6 and summary["test"]["test_bleu"] >= 0
     assert (out / "learning_curve.png").stat().st_size > 0
     assert "test (6 pairs, the final model, greedy): BLEU" in done.stdout
+
+
+@pytest.mark.slow
+def test_quick_ast_learning_curve_has_bleu_points_and_a_test_score(tmp_path):
+    from mu2slam_hf.data.synthetic import build_synthetic
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    build_synthetic(str(corpus), ("de", "en"), num_numbers=24, use_fillets=False, num_workers=2)
+    (corpus / "test.jsonl").write_text((corpus / "dev.jsonl").read_text())  # this small build has no AST test clips
+    _, summary = quick_translation_curve("ast", corpus, out)
+    points = summary["points"]["ours"]
+    assert summary["task"] == "ast" and points and all(p["nll"] > 0 and p["bleu"] >= 0 for p in points)
+    test_clips = sum(1 for line in (corpus / "test.jsonl").open() if json.loads(line)["task"] == "ast")
+    assert summary["test"]["test_pairs"] == test_clips > 0 and summary["test"]["test_bleu"] >= 0
+    assert (out / "learning_curve.png").stat().st_size > 0
