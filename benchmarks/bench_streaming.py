@@ -27,10 +27,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import soxr
-
 from mu2slam_hf.data import TaskMixture, TrainingData, load_manifest
-from mu2slam_hf.data.audio import read_audio, write_flac
+from mu2slam_hf.data.audio import read_audio, speed_perturb, write_flac
 from mu2slam_hf.data.manifest import write_manifest
 from mu2slam_hf.data.mixing import step_budgets
 from mu2slam_hf.data.streaming import StreamingTaskMixture
@@ -42,10 +40,7 @@ SPEEDS = (1.0, 0.9, 1.1, 0.95, 1.05, 0.92, 1.08, 0.97, 1.03)
 
 def _perturbed_copy(job: tuple[dict, float, str]) -> dict:
     row, speed, path = job
-    audio = read_audio(row["audio"]["path"])
-    # Speed perturbation: resample to rate / speed and play back at the original rate (tempo and pitch change).
-    if speed != 1.0:
-        audio = soxr.resample(audio, 16000, round(16000 / speed))
+    audio = speed_perturb(read_audio(row["audio"]["path"]), speed)
     duration = write_flac(path, audio)
     copy = Path(path).parent.name
     return {**row, "id": f"{row['id']}-{copy}", "audio": {"path": path}, "duration": duration}

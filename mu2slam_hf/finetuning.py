@@ -62,6 +62,8 @@ class Mu2SlamSeq2SeqCollator:
         mt_source_mlm: mask this fraction of each MT source's words and add the encoder's MLM loss there (the
             recipes' key of that name; from scratch, MT needs it). Masks are drawn from torch's global generator,
             and an evaluation collator should leave it at 0 so eval losses score the whole source.
+        speed_perturbation: speed factors (e.g. ``(0.9, 1.0, 1.1)``): each clip is played at one of them, drawn
+            from torch's global generator; leave it empty for an evaluation collator.
         max_target_length: truncate labels to this many ids (eos kept); None keeps them whole.
         pad_to_multiple_of: round T / L / U up to a multiple of this.
     """
@@ -76,6 +78,7 @@ class Mu2SlamSeq2SeqCollator:
         max_target_length: int | None = None,
         pad_to_multiple_of: int | None = None,
         mt_source_mlm: float = 0.0,
+        speed_perturbation: Sequence[float] = (),
     ):
         if task is not None and task not in LABELLED_TASKS:
             raise ValueError(f"task must be one of {LABELLED_TASKS} or None, got {task!r}.")
@@ -92,6 +95,7 @@ class Mu2SlamSeq2SeqCollator:
             ctc_ast_source=ctc_ast_source,
             max_target_length=max_target_length,
             mt_source_mlm=mt_source_mlm,
+            speed_perturbation=speed_perturbation,
         )
         self.collator = Mu2SlamCollator(config, pad_to_multiple_of)
 

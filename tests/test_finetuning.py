@@ -210,6 +210,10 @@ def test_collator_builds_speech_and_text_batches():
     ctc = batch["ctc_labels"][1]
     assert processor.tokenizer.decode(ctc[ctc >= 0].tolist()) == "die katze"
     assert "ctc_labels" not in Mu2SlamSeq2SeqCollator(processor, config, task="asr", ctc=False)(examples)
+    # speed perturbation: each clip played at a drawn factor (torch's global generator), here always 2x faster
+    fast = Mu2SlamSeq2SeqCollator(processor, config, task="asr", speed_perturbation=(2.0,))(examples)
+    assert abs(int(fast["attention_mask"][1].sum()) - frames / 2) <= 2
+    assert torch.equal(fast["labels"], batch["labels"])
 
     mt = [{"id": "m", "task": "mt", "source_text": "hello world", "target_text": "le chat", "source_lang": "en",
            "target_lang": "fr", "audio": None}]  # fmt: skip

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -109,6 +110,12 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "mt_source_mlm": 0.15}, r"mt_source_mlm is for fine-tuning"),
         ({"model": "m", "dataloader": {"num_workers": 2}}, r"Set dataloader.cache_features: false"),
         ({"model": "m", "dataloader": {"num_workers": -1}}, r"num_workers must be >= 0"),
+        ({"model": "m", "speed_perturbation": [0.9, 3.0]}, r"speed_perturbation: factors must be in \[0.5, 2.0\]"),
+        ({"model": "m", "speed_perturbation": 1.1}, r"speed_perturbation: expected a list"),
+        (
+            {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "speed_perturbation": [0.9, 1.1]},
+            r"speed_perturbation: the recipe draws no speech task",
+        ),
     ],
 )
 def test_recipe_validation_errors_are_clear(data, message):
@@ -233,6 +240,48 @@ def test_mt_source_mlm_masks_a_span_of_source_words_in_training_only(corpus):
     assert torch.allclose(outputs.loss, outputs.decoder_loss + config.mlm_loss_weight * outputs.mlm_loss)
 
 
+def test_speed_perturb_plays_a_tone_faster_and_shorter():
+    """Kaldi's speed perturbation: a 440 Hz tone at speed f lasts 1/f as long and sounds at 440 f Hz."""
+    from mu2slam_hf.data.audio import speed_perturb
+
+    rate = 16000
+    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    assert speed_perturb(tone, 1.0) is tone
+    for factor in (0.9, 1.1):
+        fast = speed_perturb(tone, factor)
+        assert fast.dtype == np.float32 and abs(len(fast) - rate / factor) <= 2
+        spectrum = np.abs(np.fft.rfft(fast[2000:-2000] * np.hanning(len(fast) - 4000)))
+        peak = np.argmax(spectrum) * rate / (len(fast) - 4000)
+        assert peak == pytest.approx(440 * factor, abs=3)
+
+
+def test_speed_perturbation_draws_a_factor_per_clip_in_training_only(corpus):
+    """Each clip is played at a factor drawn from the step's generator (the same generator, the same features), its
+    frames shrink or grow by that factor, the cache keeps each (clip, factor), and evaluation hears the audio as is."""
+    recipe = tiny_recipe()
+    rows = load_manifest(corpus, "train", "asr")
+    processor, config = build_processor(recipe, load_preset(recipe), list(rows))
+    examples = [rows[i] for i in range(8)]
+    plain = InstanceBuilder(processor, config, stage="finetune", cache_features=False)
+    perturbed = InstanceBuilder(processor, config, stage="finetune", speed_perturbation=(0.8, 1.25))
+    factors = perturbed.speed_factors(len(examples), step_generator(0, 0, 5))
+    assert set(factors) == {0.8, 1.25}  # 8 draws of 2 factors, this seed
+    first = perturbed.speech(examples, step_generator(0, 0, 5))
+    again = InstanceBuilder(processor, config, stage="finetune", speed_perturbation=(0.8, 1.25), cache_features=False)
+    for (features, _), (same, _) in zip(first, again.speech(examples, step_generator(0, 0, 5)), strict=True):
+        assert torch.equal(features, same)
+    for (features, _), (reference, _), factor in zip(first, plain.speech(examples), factors, strict=True):
+        assert abs(features.shape[0] - reference.shape[0] / factor) <= 2
+    assert set(perturbed.cache) == {(e["audio"]["path"], f) for e, f in zip(examples, factors, strict=True)}
+    evaluation = perturbed.for_evaluation()
+    assert evaluation.speed_perturbation == () and perturbed.speed_perturbation == (0.8, 1.25)
+    for (features, _), (reference, _) in zip(evaluation.speech(examples), plain.speech(examples), strict=True):
+        assert torch.equal(features, reference)
+    precomputed = [{**examples[0], "input_features": first[0][0].numpy()}]
+    with pytest.raises(ValueError, match="precomputed `input_features`"):
+        InstanceBuilder(processor, config, stage="finetune", speed_perturbation=(0.9, 1.1)).speech(precomputed)
+
+
 def assert_same_instances(first, second):
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
@@ -244,13 +293,15 @@ def assert_same_instances(first, second):
                 assert value == other, name
 
 
-def test_worker_processes_build_the_draws_of_the_training_process(corpus):
+@pytest.mark.parametrize("speed_perturbation", [(), (0.9, 1.0, 1.1)])
+def test_worker_processes_build_the_draws_of_the_training_process(corpus, speed_perturbation):
     """Draws built in 2 DataLoader workers (each stepping its own copy of the mixture) are the in-process draws:
-    same examples, same masks, same mixture states; also when the stream starts from a resumed state."""
+    same examples, same masks, same speed factors, same mixture states; also when the stream starts from a
+    resumed state."""
     recipe = tiny_recipe()
     sources = {task: load_manifest(corpus, "train", task) for task in recipe.examples_per_step}
     processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
-    builder = InstanceBuilder(processor, config, cache_features=False)
+    builder = InstanceBuilder(processor, config, cache_features=False, speed_perturbation=speed_perturbation)
 
     def draws(workers, state=None, count=5):
         mixture = TaskMixture(sources, recipe.examples_per_step, recipe.language_temperature, seed=3)
@@ -301,7 +352,9 @@ def test_the_dev_chosen_asr_decoder_becomes_evaluation_options():
 
 
 def test_resume_gives_the_same_next_losses(corpus, tmp_path):
-    recipe = tiny_recipe(max_steps=8, checkpoint_interval=4, model_overrides={"decoder_dropout": 0.1})
+    recipe = tiny_recipe(
+        max_steps=8, checkpoint_interval=4, model_overrides={"decoder_dropout": 0.1}, speed_perturbation=[0.9, 1.1]
+    )
     straight = run(recipe, corpus, tmp_path / "straight")
     interrupted = tmp_path / "interrupted"
     run(recipe, corpus, interrupted, stop_after=6)  # "killed" after step 6: the last checkpoint is step 4

@@ -26,6 +26,18 @@ def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLI
     return array
 
 
+def speed_perturb(array: np.ndarray, factor: float, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """The clip played ``factor`` times faster (Kaldi's speed perturbation: tempo and pitch change together).
+
+    Resampled from ``sampling_rate`` to ``sampling_rate / factor`` and read back at ``sampling_rate``, so a
+    clip of N samples gets about N / factor. ``array``: (N,) float32 mono.
+    """
+    if factor == 1.0:
+        return array
+    rate = round(sampling_rate / factor)
+    return soxr.resample(array, sampling_rate, rate, quality="HQ").astype(np.float32, copy=False)
+
+
 def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Reads a file path or encoded bytes into float32 mono at ``target_rate``. Raises soundfile/OS errors."""
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source

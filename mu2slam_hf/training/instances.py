@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from ..data.audio import decode_example
+from ..data.audio import decode_example, speed_perturb
 from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS, SPEECH_TEXT_TASKS, target_language
 from ..pretraining import (
@@ -59,6 +59,9 @@ class InstanceBuilder:
         max_target_length: fine-tuning: truncate target texts to this many ids (eos kept).
         mt_source_mlm: fine-tuning: mask this fraction of each MT source's words (one whole-word span, corrupted
             as pre-training's text MLM) and give the encoder MLM targets there (0: plain MT). See `for_evaluation`.
+        speed_perturbation: speed factors (e.g. ``(0.9, 1.0, 1.1)``); each clip of a training batch is played at one
+            of them, drawn uniformly from the batch's generator (Kaldi's speed perturbation). The cache keeps each
+            (clip, factor) it has featurised. Empty: the audio as it is. See `for_evaluation`.
     """
 
     def __init__(
@@ -71,49 +74,79 @@ class InstanceBuilder:
         ctc_ast_source: bool = False,
         max_target_length: int | None = None,
         mt_source_mlm: float = 0.0,
+        speed_perturbation: Sequence[float] = (),
     ):
         self.processor = processor
         self.config = config
         self.stage = stage
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_features else None
+        self.cache: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] | None = {} if cache_features else None
         self.ctc, self.ctc_ast_source, self.max_target_length = ctc, ctc_ast_source, max_target_length
         self.mt_source_mlm = mt_source_mlm
+        self.speed_perturbation = tuple(speed_perturbation)
 
     def for_evaluation(self) -> InstanceBuilder:
-        """This builder without the training-only corruption of fine-tuning inputs (``mt_source_mlm``): dev losses
-        score translation of the whole source, as decoding sees it. Shares the feature cache."""
+        """This builder without the training-only corruption of inputs (``mt_source_mlm``, ``speed_perturbation``):
+        dev losses score the whole source and the audio as decoding sees them. Shares the feature cache."""
         evaluation = copy.copy(self)
         evaluation.mt_source_mlm = 0.0
+        evaluation.speed_perturbation = ()
         return evaluation
 
     # ------------------------------------------------------------------------------------------ inputs
 
-    def speech(self, examples: Sequence[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(features (T, F), codes (S,)) of each example's audio."""
-        keys = [(example.get("audio") or {}).get("path") for example in examples]
-        missing = [i for i, key in enumerate(keys) if self.cache is None or key is None or key not in self.cache]
-        computed = dict(zip(missing, self._featurise([examples[i] for i in missing]), strict=True))
+    def speech(
+        self, examples: Sequence[dict[str, Any]], generator: torch.Generator | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(features (T, F), codes (S,)) of each example's audio, at a speed drawn from ``generator`` (torch's
+        global generator when None) when the builder has ``speed_perturbation``."""
+        factors = self.speed_factors(len(examples), generator)
+        keys = [
+            ((example.get("audio") or {}).get("path"), factor)
+            for example, factor in zip(examples, factors, strict=True)
+        ]
+        cached = self.cache or {}
+        missing = [i for i, key in enumerate(keys) if key[0] is None or key not in cached]
+        featurised = self._featurise([examples[i] for i in missing], [factors[i] for i in missing])
+        computed = dict(zip(missing, featurised, strict=True))
         results = []
         for index, key in enumerate(keys):
             if index in computed:
                 results.append(computed[index])
-                if self.cache is not None and key is not None:
+                if self.cache is not None and key[0] is not None:
                     self.cache[key] = computed[index]
             else:
-                results.append(self.cache[key])
+                results.append(cached[key])
         return results
 
-    def _featurise(self, examples: Sequence[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(features, codes) of each example; codes only for pre-training (fine-tuning has no speech targets)."""
+    def speed_factors(self, count: int, generator: torch.Generator | None) -> list[float]:
+        """One speed factor per clip: drawn uniformly from ``speed_perturbation``, else 1.0."""
+        if not self.speed_perturbation:
+            return [1.0] * count
+        draws = torch.randint(len(self.speed_perturbation), (count,), generator=generator).tolist()
+        return [float(self.speed_perturbation[i]) for i in draws]
+
+    def _featurise(
+        self, examples: Sequence[dict[str, Any]], factors: Sequence[float]
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(features, codes) of each example played at its speed factor; codes only for pre-training (fine-tuning
+        has no speech targets). Precomputed ``input_features`` are used as they are."""
         precomputed = [e for e in examples if e.get("input_features") is not None]
         if precomputed and len(precomputed) < len(examples):
             raise ValueError("Pass `input_features` for every example of a batch or for none.")
+        if precomputed and self.speed_perturbation:
+            raise ValueError(
+                "speed_perturbation changes the audio before its features are computed, but these examples carry "
+                "precomputed `input_features`: pass the audio instead, or leave speed_perturbation empty."
+            )
         if precomputed:
             features_list = [torch.as_tensor(np.asarray(e["input_features"]), dtype=torch.float32) for e in examples]
             return [(f, self._codes(f.unsqueeze(0), None)) for f in features_list]
         if not examples:
             return []
-        clips = [decode_example(example)["audio"]["array"] for example in examples]
+        clips = [
+            speed_perturb(decode_example(example)["audio"]["array"], factor)
+            for example, factor in zip(examples, factors, strict=True)
+        ]
         batch = self.processor.feature_extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         features, mask = batch["input_features"], batch["attention_mask"]
         codes = self._codes(features, mask)
@@ -153,7 +186,7 @@ class InstanceBuilder:
         """Every instance of one mixture step, task by task in the order of ``step``."""
         instances = []
         for task, examples in step.items():
-            speech = self.speech(examples) if task in SPEECH_TASKS else [None] * len(examples)
+            speech = self.speech(examples, generator) if task in SPEECH_TASKS else [None] * len(examples)
             for example, audio in zip(examples, speech, strict=True):
                 instances += self.build_example(task, example, audio, generator)
         return instances

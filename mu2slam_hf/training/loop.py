@@ -366,6 +366,7 @@ class Mu2SlamTrainer:
             ctc=bool(recipe.ctc_weight),
             ctc_ast_source=recipe.ctc_ast_source,
             mt_source_mlm=recipe.mt_source_mlm,
+            speed_perturbation=recipe.speed_perturbation,
         )
         self.collator = Mu2SlamCollator(self.config)
         self.mixture = self._mixture(sources, streams, resume_from)

@@ -23,6 +23,7 @@ from .schedule import DECAYS
 
 STAGES = ("pretrain", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+MIN_SPEED, MAX_SPEED = 0.5, 2.0  # speed_perturbation factors: beyond these, speech stops sounding like speech
 FINETUNE_CTC_WEIGHT = 0.3  # ESPnet's joint CTC/attention weight; attention-only small models stall for long
 
 
@@ -125,6 +126,8 @@ class Recipe:
     ``examples_per_step``, and ``tokens_per_step`` (text tasks) one batch of that many padded tokens (the longer of source and target);
     ``shortest_first`` walks the first epoch of those batches from short to long.
     ``spec_augment_from_step``: SpecAugment (when the model config enables it) acts from this step on.
+    ``speed_perturbation``: speed factors (e.g. ``[0.9, 1.0, 1.1]``, Kaldi's); each training clip is played at one
+    of them, drawn per clip from the step's seeded generator (dev and decoding hear the audio as it is).
     ``max_train_minutes``: also stop (evaluate, save the final model) once this much training time has passed,
     evaluation and saving not counted: runs compared at equal minutes (the learning-curve benchmark).
     ``extend_vocabulary``: characters of the train texts the tokenizer cannot write become new tokens (embedding
@@ -164,6 +167,7 @@ class Recipe:
     tokens_per_step: dict[str, int] = field(default_factory=dict)
     shortest_first: bool = False
     spec_augment_from_step: int = 0
+    speed_perturbation: list[float] = field(default_factory=list)
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     gradient_accumulation_steps: int = 1
     mixed_precision: str | None = "no"
@@ -249,6 +253,7 @@ class Recipe:
             raise RecipeError(f"tokens_per_step: budgets must be positive, got {self.tokens_per_step}.")
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
+        self._validate_speed_perturbation()
         self._validate_dataloader()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise RecipeError(
@@ -272,6 +277,18 @@ class Recipe:
             clashes.append("extend_vocabulary")
         if clashes:
             raise RecipeError(f"retrieval: {clashes} belong to the seq2seq model; set them to 0 / null / false.")
+
+    def _validate_speed_perturbation(self) -> None:
+        factors = self.speed_perturbation
+        if not isinstance(factors, list | tuple) or not all(isinstance(f, int | float) for f in factors):
+            raise RecipeError(f"speed_perturbation is a list of speed factors, e.g. [0.9, 1.0, 1.1]; got {factors!r}.")
+        if any(not MIN_SPEED <= f <= MAX_SPEED for f in factors):
+            raise RecipeError(
+                f"speed_perturbation: factors must be in [{MIN_SPEED}, {MAX_SPEED}] (1.0 is the audio as it is; "
+                f"Kaldi uses 0.9, 1.0, 1.1); got {factors}."
+            )
+        if factors and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
+            raise RecipeError("speed_perturbation: the recipe draws no speech task, so there is no audio to perturb.")
 
     def _validate_dataloader(self) -> None:
         workers = self.dataloader.num_workers
