@@ -13,8 +13,8 @@
     computed once per clip, as our run caches its features), trained by the small loop below on the same train
     clips with the same character vocabulary (trained as the recipe trains it; the CTC blank is an extra id), the
     same batches (our `LengthBucketBatchSampler`, same seed, seconds per step and first-epoch order), AdamW with
-    the recipe's peak lr, warmup, schedule, betas, weight decay and clipping, for the same training minutes;
-    greedy CTC CER on the same dev clips at the same step intervals (`char_error_rate`).
+    the recipe's peak lr, warmup, schedule, betas, weight decay, clipping and speed perturbation, for the same
+    training minutes; greedy CTC CER on the same dev clips at the same step intervals (`char_error_rate`).
   ``--jobs 2`` (default) trains both at once in two processes with ``--threads`` threads each (default: the cores
   split between the jobs, one each on 2 cores); ``--jobs 1`` trains them one after the other with all the cores.
   Both always get the same thread count, so their minutes are comparable.
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, 0.5 minutes each")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="a recipe key for both runs, as finetune.py's --set (the peer follows the optimizer keys)",
+        help="a recipe key for both runs, as finetune.py's --set (the peer follows the optimizer and speed_perturbation keys)",
     )  # fmt: skip
     parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -222,25 +222,36 @@ def peer_model(text_vocab_size: int, quick: bool, seed: int) -> torch.nn.Module:
 
 
 class PeerBatches:
-    """Padded Parakeet batches of train clips: log-mel features computed once per clip (as our run caches its
-    features), CTC labels from our tokenizer (no eos; padding -100)."""
+    """Padded Parakeet batches of train clips: log-mel features computed once per clip and speed (as our run caches
+    its features), CTC labels from our tokenizer (no eos; padding -100). With the recipe's ``speed_perturbation``,
+    each clip is played at a factor drawn uniformly per clip, as in our run (from a generator of the recipe's seed)."""
 
-    def __init__(self, rows: Any, tokenizer: Any):
+    def __init__(self, rows: Any, tokenizer: Any, speed_perturbation: tuple[float, ...] = (), seed: int = 0):
         from transformers import ParakeetFeatureExtractor
 
         self.rows, self.tokenizer = rows, tokenizer
         self.feature_extractor = ParakeetFeatureExtractor(feature_size=80)
-        self.features: dict[int, torch.Tensor] = {}
+        self.features: dict[tuple[int, float], torch.Tensor] = {}
+        self.speed_perturbation = tuple(speed_perturbation)
+        self.generator = torch.Generator().manual_seed(seed)
 
-    def clip_features(self, index: int) -> torch.Tensor:
-        from mu2slam_hf.data.audio import decode_example
+    def clip_features(self, index: int, factor: float) -> torch.Tensor:
+        from mu2slam_hf.data.audio import decode_example, speed_perturb
 
-        if index not in self.features:
-            self.features[index] = features_of(self.feature_extractor, [decode_example(self.rows[index])])[0]
-        return self.features[index]
+        if (index, factor) not in self.features:
+            example = decode_example(self.rows[index])
+            audio = {**example["audio"], "array": speed_perturb(example["audio"]["array"], factor)}
+            self.features[index, factor] = features_of(self.feature_extractor, [{**example, "audio": audio}])[0]
+        return self.features[index, factor]
+
+    def factors(self, count: int) -> list[float]:
+        if not self.speed_perturbation:
+            return [1.0] * count
+        draws = torch.randint(len(self.speed_perturbation), (count,), generator=self.generator).tolist()
+        return [float(self.speed_perturbation[i]) for i in draws]
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        features = [self.clip_features(i) for i in indices]
+        features = [self.clip_features(i, f) for i, f in zip(indices, self.factors(len(indices)), strict=True)]
         texts = [self.rows[i]["target_text"] for i in indices]
         labels = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         return {
@@ -311,7 +322,8 @@ class PeerRun:
         self.scheduler = transformer_schedule(
             self.optimizer, opt.warmup_for(recipe.max_steps), recipe.max_steps, opt.decay
         )
-        self.batches, self.make_batch = endless_batches(recipe, rows), PeerBatches(rows, self.tokenizer)
+        self.batches = endless_batches(recipe, rows)
+        self.make_batch = PeerBatches(rows, self.tokenizer, tuple(recipe.speed_perturbation), recipe.seed)
         self.precision = autocast_dtype(recipe)
 
     def train(self, output_dir: Path) -> list[dict[str, float]]:

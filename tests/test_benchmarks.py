@@ -75,6 +75,23 @@ def test_learning_curve_recipe_variants_reach_both_runs():
     assert bench.recipe_overrides(bench.parse_args(command[2:])) == bench.recipe_overrides(args)
 
 
+def test_peer_plays_each_clip_at_a_speed_drawn_as_ours():
+    import numpy as np
+
+    from mu2slam_hf.tokenization_mu2slam import train_tokenizer
+
+    bench = load_learning_curve()
+    tone = np.sin(np.arange(16_000) * 2 * np.pi * 440 / 16_000).astype(np.float32)
+    rows = [{"id": "tone", "audio": {"array": tone, "sampling_rate": 16_000}, "target_text": "ab"}]
+    tokenizer = train_tokenizer("char", ["ab"], 64)
+    as_recorded = bench.PeerBatches(rows, tokenizer)([0])["input_features"].shape[1]
+    faster = bench.PeerBatches(rows, tokenizer, (1.25,))([0])["input_features"].shape[1]
+    assert faster == pytest.approx(as_recorded / 1.25, abs=2)  # 1.25x faster: a fifth fewer frames
+    draws = bench.PeerBatches(rows, tokenizer, (0.9, 1.1), seed=3).factors(16)
+    assert draws == bench.PeerBatches(rows, tokenizer, (0.9, 1.1), seed=3).factors(16)  # the recipe's seed
+    assert set(draws) == {0.9, 1.1}
+
+
 @pytest.mark.slow
 def test_streaming_benchmark_scales_a_corpus_and_measures_each_worker_count(tmp_path):
     from mu2slam_hf.data import load_manifest
