@@ -19,6 +19,7 @@ K candidate tokens scored per hypothesis and step.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,10 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
         pre_beam: candidate tokens scored per hypothesis and step; by default ``max(10, 1.5 * num_beams)``, and
             every token when ``ctc_weight`` is 1 (then the attention scores play no part, so they must not pick
             the candidates either: a pure CTC prefix search).
+        language_models: shallow fusion (ESPnet's joint CTC/attention decoding with an LM): one character model per
+            utterance (`ngram_lm.CharNgramModel`, its ``text_log_prob`` / ``log_prob``) adds
+            ``lm_weight * log p_lm(c | h) + length_bonus`` to each candidate token c, and ``lm_weight *
+            log p_lm(end | h)`` to end of sentence. Needs ``token_texts`` (the text each token writes).
     """
 
     def __init__(
@@ -192,9 +197,17 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
         prompt_length: int = 1,
         pre_beam: int | None = None,
         blank: int = 0,
+        language_models: Sequence[Any] | None = None,
+        token_texts: Sequence[str | None] | None = None,
+        lm_weight: float = 0.0,
+        length_bonus: float = 0.0,
     ):
         if not 0.0 < ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in (0, 1] for joint decoding, got {ctc_weight}.")
+        if language_models is not None and token_texts is None:
+            raise ValueError("language_models need token_texts: the text each token id writes.")
+        self.language_models = language_models if lm_weight or length_bonus else None
+        self.token_texts, self.lm_weight, self.length_bonus = token_texts, lm_weight, length_bonus
         self.scorer = CTCPrefixScorer(mask_padded_frames(ctc_log_probs.float(), lengths, blank), blank)
         self.ctc_vocab = ctc_log_probs.shape[-1]
         self.weight = ctc_weight
@@ -242,6 +255,8 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
         prefix_scores = torch.where(is_eos, eos_scores, torch.where(in_ctc, prefix_scores, NEG_INF))
 
         joint = (1 - self.weight) * attention.gather(1, candidates) + self.weight * (prefix_scores - previous[:, None])
+        if self.language_models is not None:
+            joint = joint + self._language_model_scores(utterances, prefixes, candidates, in_ctc).to(device)
         impossible = (prefix_scores <= NEG_INF / 2) & ~is_eos
         output = torch.full_like(attention, float("-inf"))
         output.scatter_(1, candidates, joint.masked_fill(impossible, float("-inf")))
@@ -256,6 +271,29 @@ class CTCPrefixLogitsProcessor(LogitsProcessor):
             if bool(in_ctc[row, j])
         }
         return output.to(scores.dtype)
+
+    def _language_model_scores(
+        self, utterances: list[int], prefixes: list[tuple[int, ...]], candidates: torch.Tensor, in_ctc: torch.Tensor
+    ) -> torch.Tensor:
+        """`(N, K + 1)` fused LM scores of the candidates: ``lm_weight * log p_lm + length_bonus`` for a token,
+        ``lm_weight * log p_lm(end)`` for end of sentence, -inf for a token that writes no text (never emitted, as
+        in `ctc_prefix_beam_search`), 0 for tokens outside the CTC vocabulary (CTC already rules them out)."""
+        scores = torch.zeros(candidates.shape)
+        for row, (utterance, prefix) in enumerate(zip(utterances, prefixes, strict=True)):
+            model, text = self.language_models[utterance], self._text(prefix)
+            for j, token in enumerate(candidates[row].tolist()):
+                if token == self.eos:
+                    scores[row, j] = self.lm_weight * model.log_prob(text, END)
+                elif bool(in_ctc[row, j]) and self.token_texts[token] is None:
+                    scores[row, j] = float("-inf")
+                elif bool(in_ctc[row, j]):
+                    piece = self.token_texts[token] if text else self.token_texts[token].lstrip(" ")
+                    scores[row, j] = self.lm_weight * model.text_log_prob(text, piece) + self.length_bonus
+        return scores
+
+    def _text(self, prefix: tuple[int, ...]) -> str:
+        """The text a hypothesis has written (a sentence starts with its first character, not a word marker)."""
+        return "".join(self.token_texts[token] or "" for token in prefix).lstrip(" ")
 
 
 # --------------------------------------------------------------------------- CTC prefix beam search (+ an LM)

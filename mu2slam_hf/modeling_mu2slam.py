@@ -1737,7 +1737,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 default `generation_config.asr_ctc_beams`) adds `lm_weight * log p_lm + lm_length_bonus` per token
                 from the model's character n-gram language model of each row's language (`set_asr_language_model`),
                 which fixes the spelling the CTC head gets wrong. Default: `generation_config.asr_lm_weight` /
-                `asr_lm_length_bonus` when the model has a language model, else 0.
+                `asr_lm_length_bonus` when the model has a language model, else 0. With `0 < ctc_weight < 1` the
+                same terms join the joint CTC/attention score of each candidate token (shallow fusion, ESPnet's
+                decoding with an LM); there they default to 0.
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
                 these inputs when the caller has already run the encoder, ...). Training-only
                 keys of a collated batch (`labels`, `decoder_input_ids`, `ctc_labels`, ...) are ignored, so a
@@ -1790,14 +1792,16 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             # far faster than transformers' token-by-token beam search, which runs the decoder at every step.
             self._check_asr_rows(src_lang_ids, batch_lang)
             return self._ctc_search(encoder_outputs, src_lang_ids, kwargs.get("num_beams"), lm_weight, lm_length_bonus)
-        if lm_weight:
+        if (lm_weight or lm_length_bonus) and not ctc_weight:
             raise ValueError(
-                "lm_weight fuses the CTC language model into the CTC head's beam search: pass ctc_weight=1 (and "
-                "neither sampling nor dict outputs), or lm_weight=0."
+                "lm_weight fuses the CTC language model into joint CTC/attention decoding (0 < ctc_weight < 1) or "
+                "the CTC head's beam search (ctc_weight=1): pass a ctc_weight, or lm_weight=0."
             )
         if ctc_weight:
             processors.append(
-                self._ctc_prefix_processor(encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs)
+                self._ctc_prefix_processor(
+                    encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs, lm_weight, lm_length_bonus
+                )
             )
         return super().generate(
             encoder_outputs=encoder_outputs,
@@ -1836,12 +1840,8 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         """`(B, L)` ids of the CTC head's transcripts (generate's layout): the best path, or a prefix beam search
         with the language model fused in (defaults from the generation config, see `generate`)."""
         config, language_model = self.generation_config, self.asr_language_model
-        if lm_weight and language_model is None:
-            raise ValueError(
-                f"lm_weight={lm_weight} needs a CTC language model: this model has none. Build one with "
-                "`CharNgramLanguageModel.from_texts` and attach it with `model.set_asr_language_model`, or pass "
-                "lm_weight=0."
-            )
+        if lm_weight:
+            self._required_language_model(lm_weight)
         if lm_weight is None:
             lm_weight = float(getattr(config, "asr_lm_weight", 0.0) or 0.0) if language_model is not None else 0.0
         if length_bonus is None:
@@ -1862,6 +1862,15 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             )
             rows.append([bos, *tokens, self.config.eos_token_id])
         return self._padded_ids(rows, log_probs.device)
+
+    def _required_language_model(self, lm_weight: float) -> CharNgramLanguageModel:
+        if self.asr_language_model is None:
+            raise ValueError(
+                f"lm_weight={lm_weight} needs a CTC language model: this model has none. Build one with "
+                "`CharNgramLanguageModel.from_texts` and attach it with `model.set_asr_language_model`, or pass "
+                "lm_weight=0."
+            )
+        return self.asr_language_model
 
     def set_asr_language_model(
         self, language_model: CharNgramLanguageModel | None, lm_weight: float = 0.3, length_bonus: float = 0.3,
@@ -1977,16 +1986,31 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         return weight if self._all_rows_asr(src_lang_ids, tgt_lang_ids) else 0.0
 
     def _ctc_prefix_processor(
-        self, encoder_outputs, src_lang_ids, tgt_lang_ids, ctc_weight: float, generate_kwargs: dict
+        self,
+        encoder_outputs,
+        src_lang_ids,
+        tgt_lang_ids,
+        ctc_weight: float,
+        generate_kwargs: dict,
+        lm_weight: float | None = None,
+        length_bonus: float | None = None,
     ) -> CTCPrefixLogitsProcessor:
-        """Joint CTC/attention scoring for ASR (the CTC head transcribes: it cannot score a translation)."""
+        """Joint CTC/attention scoring for ASR (the CTC head transcribes: it cannot score a translation), with the
+        model's n-gram LM fused in where ``lm_weight`` or ``length_bonus`` is given (None: 0, the LM is not used)."""
         self._check_asr_rows(src_lang_ids, tgt_lang_ids)
         log_probs, lengths = self.ctc_log_probs(encoder_outputs)
         config = generate_kwargs.get("generation_config") or self.generation_config
         num_beams = generate_kwargs.get("num_beams") or config.num_beams or 1
+        lm_weight, length_bonus = float(lm_weight or 0.0), float(length_bonus or 0.0)
+        models, texts = None, None
+        if lm_weight or length_bonus:
+            language_model = self._required_language_model(lm_weight)
+            codes = [self.config.languages[int(i)] for i in src_lang_ids.tolist()]
+            models, texts = [language_model.for_language(code) for code in codes], language_model.token_texts
         return CTCPrefixLogitsProcessor(
-            log_probs, lengths, ctc_weight, num_beams, self.config.eos_token_id, blank=self.config.pad_token_id
-        )
+            log_probs, lengths, ctc_weight, num_beams, self.config.eos_token_id, blank=self.config.pad_token_id,
+            language_models=models, token_texts=texts, lm_weight=lm_weight, length_bonus=length_bonus,
+        )  # fmt: skip
 
 
 class Mu2SlamEncoderOnlyModel(Mu2SlamPreTrainedModel):

@@ -15,6 +15,7 @@ from mu2slam_hf.ctc_decoding import (
     ctc_greedy_decode,
     mask_padded_frames,
 )
+from mu2slam_hf.ngram_lm import END, CharNgramLanguageModel, CharNgramModel
 from mu2slam_hf.training.dev import dev_chosen_ctc_weight
 
 RATE = 16000
@@ -131,6 +132,39 @@ def test_joint_decoding_follows_the_ctc_path_when_ctc_dominates():
         ids = torch.cat([ids, torch.tensor([[token]])], dim=-1)
 
 
+def test_joint_decoding_adds_the_language_model_score_of_each_candidate():
+    """Shallow fusion: each candidate token gains lm_weight * log p_lm(token | text so far) + the length bonus, end
+    of sentence lm_weight * log p_lm(end | text); the CTC and attention terms are those of joint decoding alone."""
+    torch.manual_seed(0)
+    frames, ctc_vocab, eos = 6, 8, 2
+    ctc = torch.log_softmax(torch.randn(1, frames, ctc_vocab), -1)
+    texts = [None, None, None, "a", "b", " ", "c", "d", None, None]  # ids 8, 9: outside the CTC vocabulary
+    lm = CharNgramModel.from_texts(["ab cd", "abc", "dc ba"], order=3)
+    plain = CTCPrefixLogitsProcessor(ctc, torch.tensor([frames]), 0.5, num_beams=1, eos_token_id=eos, pre_beam=9)
+    fused = CTCPrefixLogitsProcessor(ctc, torch.tensor([frames]), 0.5, num_beams=1, eos_token_id=eos, pre_beam=9,
+                                     language_models=[lm], token_texts=texts, lm_weight=0.7, length_bonus=0.2)  # fmt: skip
+    attention = torch.randn(1, 10)
+    ids = torch.tensor([[1]])
+    for next_token in (5, 3, 4, None):  # " ab": a leading word marker writes nothing
+        without, with_lm = plain(ids, attention.clone()), fused(ids, attention.clone())
+        written = "".join(texts[i] for i in ids[0, 1:].tolist()).lstrip(" ")
+        for token in range(10):
+            if torch.isinf(without[0, token]):
+                assert torch.isinf(with_lm[0, token])
+                continue
+            if token == eos:
+                gain = 0.7 * lm.log_prob(written, END)
+            elif texts[token] is None:  # writes no text: never emitted, as in the CTC head's LM search
+                assert torch.isinf(with_lm[0, token])
+                continue
+            else:
+                piece = texts[token] if written else texts[token].lstrip(" ")
+                gain = 0.7 * lm.text_log_prob(written, piece) + 0.2
+            assert with_lm[0, token] - without[0, token] == pytest.approx(gain, abs=1e-4)
+        if next_token is not None:
+            ids = torch.cat([ids, torch.tensor([[next_token]])], dim=-1)
+
+
 def speech_batch(processor, seconds=(0.6, 0.9, 0.45)):
     rng = np.random.default_rng(0)
     clips = [(0.1 * rng.standard_normal(int(s * RATE))).astype(np.float32) for s in seconds]
@@ -148,6 +182,24 @@ def test_joint_decoding_batch_equals_single(num_beams):
         single = processor(audio=clip, sampling_rate=RATE, src_lang=["fr", "de", "fr"][index])
         alone = processor.batch_decode(model.generate(**single, **options), skip_special_tokens=True)[0]
         assert alone == together[index]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_joint_decoding_with_a_language_model_batch_equals_single(num_beams):
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=1)
+    lm = CharNgramLanguageModel.from_texts({"fr": ["le chat noir", "la nuit"], "de": ["die nacht"]},
+                                           processor.tokenizer, order=3)  # fmt: skip
+    model.set_asr_language_model(lm)
+    clips, batch = speech_batch(processor)
+    options = {"ctc_weight": 0.3, "lm_weight": 0.5, "lm_length_bonus": 0.5, "num_beams": num_beams}
+    together = model.generate(**batch, **options, max_new_tokens=8)
+    assert not torch.equal(together, model.generate(**batch, ctc_weight=0.3, num_beams=num_beams, max_new_tokens=8))
+    together = processor.batch_decode(together, skip_special_tokens=True)
+    for index, clip in enumerate(clips):
+        single = processor(audio=clip, sampling_rate=RATE, src_lang=["fr", "de", "fr"][index])
+        alone = processor.batch_decode(model.generate(**single, **options, max_new_tokens=8), skip_special_tokens=True)
+        assert alone[0] == together[index]
 
 
 def test_ctc_greedy_decode_matches_the_head_argmax_and_batches():

@@ -128,11 +128,12 @@ def test_language_model_misuse_is_a_clear_error():
     processor = tiny_processor()
     model = tiny_model(processor, seed=5)
     _, batch = speech_batch(processor)
-    with pytest.raises(ValueError, match="needs a CTC language model"):
-        model.generate(**batch, ctc_weight=1.0, lm_weight=0.3)
+    for ctc_weight in (1.0, 0.3):  # the CTC head's beam search, joint decoding
+        with pytest.raises(ValueError, match="needs a CTC language model"):
+            model.generate(**batch, ctc_weight=ctc_weight, lm_weight=0.3, max_new_tokens=4)
     _fitted(processor, model)
-    with pytest.raises(ValueError, match="pass ctc_weight=1"):
-        model.generate(**batch, ctc_weight=0.3, lm_weight=0.3, max_new_tokens=4)
+    with pytest.raises(ValueError, match="pass a ctc_weight"):  # the attention decoder alone has no LM fusion
+        model.generate(**batch, ctc_weight=0.0, lm_weight=0.3, max_new_tokens=4)
     other = tiny_processor(texts=["xyz qrs", *CORPUS[:1]])
     foreign = CharNgramLanguageModel.from_texts({"fr": TEXTS}, other.tokenizer)
     if len(other.tokenizer) != len(processor.tokenizer):

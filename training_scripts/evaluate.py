@@ -79,7 +79,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--lm_weight", type=float, default=None,
-        help="--decoder ctc: weight of the model's CTC language model (default: the model's; 0: without it)",
+        help="ASR: weight of the model's CTC language model, with --decoder ctc (default: the model's; 0: without "
+        "it) or fused into joint decoding with --ctc_weight between 0 and 1 (default 0)",
     )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true", help="add every hypothesis to the JSON")
