@@ -117,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, 0.5 minutes each")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="a recipe key for both runs, as finetune.py's --set (the peer follows the optimizer and speed_perturbation keys)",
+        help="a recipe key for both runs, as finetune.py's --set (the peer follows the optimizer and "
+        "speed_perturbation keys)",
     )  # fmt: skip
     parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -245,10 +246,9 @@ class PeerBatches:
         return self.features[index, factor]
 
     def factors(self, count: int) -> list[float]:
-        if not self.speed_perturbation:
-            return [1.0] * count
-        draws = torch.randint(len(self.speed_perturbation), (count,), generator=self.generator).tolist()
-        return [float(self.speed_perturbation[i]) for i in draws]
+        from mu2slam_hf.data.audio import draw_speed_factors
+
+        return draw_speed_factors(self.speed_perturbation, count, self.generator)
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         features = [self.clip_features(i, f) for i, f in zip(indices, self.factors(len(indices)), strict=True)]

@@ -371,8 +371,8 @@ def generate_predictions(
 
     Speech and text examples are batched separately, each sorted by length. ``decoder="attention"`` runs
     ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring with
-    ``ctc_weight`` > 0, with the model's CTC language model fused in at ``lm_weight``); ``decoder="ctc"`` runs the encoder's CTC head alone (greedy with ``num_beams=1``, prefix
-    beam search otherwise, with the model's CTC language model at ``lm_weight``; None: the model's default). The
+    ``ctc_weight`` > 0, with the model's CTC language model fused in at ``lm_weight``); ``decoder="ctc"`` runs the
+    encoder's CTC head alone (greedy with ``num_beams=1``, prefix beam search otherwise, with the model's CTC language model at ``lm_weight``; None: the model's default). The
     CTC head transcribes, so both CTC options apply to ASR examples; AST and MT examples are always decoded by the
     attention decoder.
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 
 from ..vocabulary import SAMPLING_RATE
 from .schema import DataError, OnError, handle_error
@@ -36,6 +37,15 @@ def speed_perturb(array: np.ndarray, factor: float, sampling_rate: int = SAMPLIN
         return array
     rate = round(sampling_rate / factor)
     return soxr.resample(array, sampling_rate, rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def draw_speed_factors(speeds: Sequence[float], count: int, generator: torch.Generator | None) -> list[float]:
+    """One speed factor per clip, drawn uniformly from ``speeds`` with ``generator`` (torch's global generator when
+    None); 1.0 for every clip when ``speeds`` is empty."""
+    if not speeds:
+        return [1.0] * count
+    draws = torch.randint(len(speeds), (count,), generator=generator).tolist()
+    return [float(speeds[i]) for i in draws]
 
 
 def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..configuration_mu2slam import Mu2SlamConfig
-from ..data.audio import decode_example, speed_perturb
+from ..data.audio import decode_example, draw_speed_factors, speed_perturb
 from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS, SPEECH_TEXT_TASKS, target_language
 from ..pretraining import (
@@ -120,10 +120,7 @@ class InstanceBuilder:
 
     def speed_factors(self, count: int, generator: torch.Generator | None) -> list[float]:
         """One speed factor per clip: drawn uniformly from ``speed_perturbation``, else 1.0."""
-        if not self.speed_perturbation:
-            return [1.0] * count
-        draws = torch.randint(len(self.speed_perturbation), (count,), generator=generator).tolist()
-        return [float(self.speed_perturbation[i]) for i in draws]
+        return draw_speed_factors(self.speed_perturbation, count, generator)
 
     def _featurise(
         self, examples: Sequence[dict[str, Any]], factors: Sequence[float]
