@@ -79,7 +79,7 @@ _NON_NEGATIVE_FLOAT_FIELDS = (
 )  # fmt: skip
 _BOOL_FIELDS = (
     "scale_embedding", "apply_spec_augment", "tie_word_embeddings", "is_encoder_decoder", "use_cache",
-    "language_id_head", "retrieval_language_prefix",
+    "language_id_head", "language_id_all_layers", "retrieval_language_prefix",
 )  # fmt: skip
 
 
@@ -206,6 +206,9 @@ class Mu2SlamConfig(PreTrainedConfig):
             states of speech encoded without a language embedding (`Mu2SlamForConditionalGeneration.detect_language`;
             `generate` uses it when no `src_lang` is given). Added to a trained model by `add_language_id_head`.
         language_id_loss_weight (`float`): weight of its cross-entropy in the forward's loss (`language_labels`).
+        language_id_all_layers (`bool`): the head reads a learned softmax-weighted sum of every encoder layer's
+            states (the embeddings and each layer's output, as SUPERB's probes do) instead of the last layer's. An
+            encoder fine-tuned long for ASR keeps the language in its middle layers more than in its last.
         language_detection_threshold (`float`): the lowest probability a detected language may have; below it,
             `generate` without `src_lang` refuses the input instead of guessing.
         retrieval_embedding_dim (`int`): size of the speech/text embeddings of `Mu2SlamForRetrieval` (a projection
@@ -269,6 +272,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         mask_feature_min_masks: int = 0,
         language_id_head: bool = False,
         language_id_loss_weight: float = 1.0,
+        language_id_all_layers: bool = False,
         language_detection_threshold: float = 0.5,
         retrieval_embedding_dim: int = 256,
         retrieval_temperature: float = 0.05,
@@ -336,6 +340,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.mask_feature_min_masks = mask_feature_min_masks
         self.language_id_head = language_id_head
         self.language_id_loss_weight = language_id_loss_weight
+        self.language_id_all_layers = language_id_all_layers
         self.language_detection_threshold = language_detection_threshold
         self.retrieval_embedding_dim = retrieval_embedding_dim
         self.retrieval_temperature = retrieval_temperature

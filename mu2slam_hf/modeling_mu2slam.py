@@ -500,12 +500,25 @@ class Mu2SlamLanguageIdHead(nn.Module):
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__()
+        # One weight per encoder state (the embeddings, then each layer's output): `config.language_id_all_layers`.
+        states = config.encoder_layers + 1
+        self.layer_weights = nn.Parameter(torch.zeros(states)) if config.language_id_all_layers else None
         self.frames = nn.Linear(config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(2 * config.d_model, config.num_languages)
 
+    def mix_layers(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The encoder's `hidden_states` (each (B, S, D)) -> their softmax(layer_weights)-weighted sum (B, S, D)."""
+        if len(hidden_states) != self.layer_weights.shape[0]:
+            raise ValueError(
+                f"The language-identification head weighs {self.layer_weights.shape[0]} encoder states, but the "
+                f"encoder returned {len(hidden_states)}: the head was trained for another encoder depth."
+            )
+        weights = self.layer_weights.softmax(-1).to(hidden_states[0].dtype)
+        return torch.einsum("l,lbsd->bsd", weights, torch.stack(hidden_states))
+
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) encoder states of speech, (B, S) mask -> (B, num_languages) logits."""
+        """(B, S, D) encoder states of speech (or their layer mix), (B, S) mask -> (B, num_languages) logits."""
         frames = torch.tanh(self.frames(hidden_states))
         mean = masked_mean(frames, mask)
         deviation = masked_mean((frames - mean.unsqueeze(1)) ** 2, mask).clamp(min=1e-6).sqrt()
@@ -684,6 +697,8 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
             init.zeros_(module.decoder.bias)
         elif isinstance(module, Mu2SlamCTCHead):
             init.zeros_(module.bias)
+        elif isinstance(module, Mu2SlamLanguageIdHead) and module.layer_weights is not None:
+            init.zeros_(module.layer_weights)  # every layer weighed equally at first
         elif isinstance(module, nn.Conv2d | Mu2SlamSpeechProjection):
             init_speech_frontend_layer(module)
 
@@ -1543,10 +1558,14 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         if input_features is None:
             raise ValueError("Language identification reads speech: pass `input_features`.")
         unknown = torch.full((input_features.shape[0],), UNKNOWN_LANGUAGE_ID, device=input_features.device)
+        head = self.language_id_head
+        all_layers = head.layer_weights is not None
         encoded = self.model.encoder(
-            input_features=input_features, attention_mask=attention_mask, src_lang_ids=unknown
-        )
-        return self.language_id_head(encoded.last_hidden_state, encoded.attention_mask)
+            input_features=input_features, attention_mask=attention_mask, src_lang_ids=unknown,
+            output_hidden_states=all_layers,
+        )  # fmt: skip
+        states = head.mix_layers(encoded.hidden_states) if all_layers else encoded.last_hidden_state
+        return head(states, encoded.attention_mask)
 
     @torch.no_grad()
     def detect_language(

@@ -170,3 +170,32 @@ def test_language_id_evaluation_reports_accuracy_and_confusion(identified, tmp_p
     assert results["language_confusion"] == {"en": {"en": 2}, "fr": {"fr": 2}}
     markdown = results_to_markdown(results)
     assert "## LID ACCURACY" in markdown and "| en | 2 |" in markdown
+
+
+def test_head_over_all_layers_weighs_every_encoder_state(tmp_path):
+    model, processor = make_pair()
+    model.config.language_id_all_layers = True
+    model.add_language_id_head()
+    head = model.language_id_head
+    rng = np.random.default_rng(7)
+    batch = processor(audio=[clip("fr", 1.0, rng), clip("en", 0.6, rng)], sampling_rate=RATE)
+    unknown = torch.full((2,), UNKNOWN_LANGUAGE_ID)
+    encoded = model.model.encoder(batch["input_features"], batch["attention_mask"], src_lang_ids=unknown,
+                                  output_hidden_states=True)  # fmt: skip
+    states = torch.stack(encoded.hidden_states)
+    assert head.layer_weights.shape == (model.config.encoder_layers + 1,) == states.shape[:1]
+    # Untrained: every state weighed equally.
+    torch.testing.assert_close(model.language_logits(**batch), head(states.mean(0), encoded.attention_mask))
+    with torch.no_grad():
+        head.layer_weights.copy_(torch.tensor([-1e4] * (states.shape[0] - 1) + [0.0]))
+    torch.testing.assert_close(model.language_logits(**batch), head(encoded.last_hidden_state, encoded.attention_mask))
+    loss = model(batch["input_features"], batch["attention_mask"], language_labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    assert head.layer_weights.grad is not None
+    with pytest.raises(ValueError, match="another encoder depth"):
+        head.mix_layers(encoded.hidden_states[1:])
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.language_id_all_layers is True
+    torch.testing.assert_close(loaded.language_id_head.layer_weights, head.layer_weights)
+    torch.testing.assert_close(loaded.language_logits(**batch), model.eval().language_logits(**batch))

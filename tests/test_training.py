@@ -538,6 +538,7 @@ def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, c
     model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
     base = Mu2SlamForConditionalGeneration.from_pretrained(init)
     assert model.config.language_id_head and base.language_id_head is None
+    assert model.config.language_id_all_layers and model.language_id_head.layer_weights.abs().sum() > 0  # mixed
     assert all(torch.equal(p, model.state_dict()[n]) for n, p in base.state_dict().items())  # ASR/AST unchanged
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     first, last = sum(e["language_id_loss"] for e in log[:5]) / 5, sum(e["language_id_loss"] for e in log[-5:]) / 5
