@@ -145,7 +145,7 @@ def test_streaming_training_has_the_losses_of_in_memory_training(clips, tmp_path
         assert _losses(result) == pytest.approx(in_memory, rel=1e-5), name
     data = manifest_data(clips)
     data.streaming = True
-    workers = {"dataloader": {"num_workers": 2, "cache_features": False}, "ctc_language_model": 3}
+    workers = {"dataloader": {"num_workers": 2}, "ctc_language_model": 3}  # the default cache_features: moot here
     result = train_on(data, clips, tmp_path / "workers", **{**STREAMING_RECIPE, **workers})
     assert _losses(result) == pytest.approx(in_memory, rel=1e-4)
     fit = json.loads((tmp_path / "workers" / "ctc_language_model_fit.json").read_text())
@@ -211,3 +211,18 @@ def test_two_processes_stream_their_own_rows_and_resume(clips, tmp_path):  # noq
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "loss" in entry][-2:] == [4, 5]
     Mu2SlamForConditionalGeneration.from_pretrained(tmp_path / "run")
+
+
+def test_streamed_dev_rows_are_checked_against_the_model_languages(clips):  # noqa: F811
+    """The loop checks the streamed dev rows against the languages of the model it built (a resumed or
+    vocabulary-extended model's own), not only those the recipe names."""
+    from mu2slam_hf.training.loop import eval_rows
+    from mu2slam_hf.training.recipe import recipe_from_dict
+
+    data = manifest_data(clips)
+    data.streaming = True
+    recipe = recipe_from_dict({**RECIPE, **STREAMING_RECIPE})
+    languages = sorted({row["lang"] for row in clips["validation"]})
+    assert len(eval_rows(recipe, data, languages)) == len(clips["validation"])
+    with pytest.raises(CorpusError, match=r"dev row 0: example 'validation-0': unknown"):
+        eval_rows(recipe, data, ["xx"])

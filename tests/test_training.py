@@ -108,7 +108,6 @@ def test_recipe_rejects_unknown_keys_by_name():
             r"mt_source_mlm is the fraction of source words",
         ),
         ({"model": "m", "mt_source_mlm": 0.15}, r"mt_source_mlm is for fine-tuning"),
-        ({"model": "m", "dataloader": {"num_workers": 2}}, r"Set dataloader.cache_features: false"),
         ({"model": "m", "dataloader": {"num_workers": -1}}, r"num_workers must be >= 0"),
         ({"model": "m", "speed_perturbation": [0.9, 3.0]}, r"speed_perturbation: factors must be in \[0.5, 2.0\]"),
         ({"model": "m", "speed_perturbation": 1.1}, r"speed_perturbation: expected a list"),
@@ -121,6 +120,13 @@ def test_recipe_rejects_unknown_keys_by_name():
 def test_recipe_validation_errors_are_clear(data, message):
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(data)
+
+
+def test_feature_cache_with_workers_is_an_error_only_in_memory():
+    recipe = recipe_from_dict({"model": "m", "dataloader": {"num_workers": 2}})
+    with pytest.raises(RecipeError, match=r"Set dataloader.cache_features: false"):
+        recipe.check_feature_cache(streaming=False)
+    recipe.check_feature_cache(streaming=True)  # a streaming run caches nothing
 
 
 def test_shipped_recipes_load():

@@ -221,25 +221,29 @@ def first_windows(
     return sources
 
 
-def load_dev_examples(recipe: Recipe, data: str | os.PathLike | TrainingData) -> dict[str, list[dict[str, Any]]]:
-    """task -> the fixed dev subset (empty when the data has no eval split)."""
-    rows = eval_rows(recipe, TrainingData.coerce(data))
+def load_dev_examples(
+    recipe: Recipe, data: str | os.PathLike | TrainingData, languages: list[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """task -> the fixed dev subset (empty when the data has no eval split). ``languages``: the model's, which
+    streamed rows are checked against (default: those the recipe names, see `run_languages`)."""
+    rows = eval_rows(recipe, TrainingData.coerce(data), languages)
     return {
         task: dev_subset([row for row in rows if row["task"] == task], recipe.dev_examples_per_task)
         for task in recipe.drawn_tasks()
     } if rows else {}  # fmt: skip
 
 
-def eval_rows(recipe: Recipe, data: TrainingData) -> list[dict[str, Any]]:
+def eval_rows(recipe: Recipe, data: TrainingData, languages: list[str] | None = None) -> list[dict[str, Any]]:
     """The rows of the eval split the dev subsets are taken from (none without one). Streaming data: the first
-    ``stream_window`` rows of the eval split's stream, checked here (a stream is not checked ahead)."""
+    ``stream_window`` rows of the eval split's stream, checked here against ``languages`` (the model's; default:
+    the recipe's, see `run_languages`), as a stream is not checked ahead."""
     split = data.resolved_eval_split()
     if split is None:
         return []
     if not data.streaming:
         return list(data.load(split))
     rows = first_rows(data.stream(split), recipe.dataloader.stream_window)
-    check_stream_rows(data, recipe.drawn_tasks(), run_languages(recipe), split, rows, 0)
+    check_stream_rows(data, recipe.drawn_tasks(), languages or run_languages(recipe), split, rows, 0)
     return rows
 
 
@@ -349,6 +353,7 @@ class Mu2SlamTrainer:
         resume_from = latest_checkpoint(self.output_dir) if resume else None
         if resume and resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
+        recipe.check_feature_cache(self.data.streaming)
         streams = None
         if self.data.streaming:
             streams = train_streams(recipe, self.data, accelerator.process_index, accelerator.num_processes)
@@ -370,7 +375,7 @@ class Mu2SlamTrainer:
         )
         self.collator = Mu2SlamCollator(self.config)
         self.mixture = self._mixture(sources, streams, resume_from)
-        dev_examples = load_dev_examples(recipe, self.data)
+        dev_examples = load_dev_examples(recipe, self.data, self.config.languages)  # resumed or extended too
         if accelerator.is_main_process:
             warn_unknown_text(self.processor, [*sources.values(), *dev_examples.values()], str(self.data))
         self.dev = DevEvaluator(
@@ -661,7 +666,7 @@ class Mu2SlamTrainer:
         split = self.data.train_split_name
         train_rows = self.data.stream(split) if self.data.streaming else self.data.load(split)
         # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
-        dev_rows = [row for row in eval_rows(self.recipe, self.data) if row["task"] == "asr"]
+        dev_rows = [row for row in eval_rows(self.recipe, self.data, self.config.languages) if row["task"] == "asr"]
         dev = dev_subset(dev_rows, max(self.recipe.dev_examples_per_task, CTC_LM_DEV_EXAMPLES))
         other = None if chosen_ctc_weight == 1.0 else chosen_ctc_weight
         fit = fit_ctc_language_model(

@@ -296,7 +296,13 @@ class Recipe:
             raise RecipeError(f"dataloader.num_workers must be >= 0, got {workers}.")
         if self.dataloader.stream_window < 1:
             raise RecipeError(f"dataloader.stream_window must be at least 1 row, got {self.dataloader.stream_window}.")
-        if workers > 0 and self.dataloader.cache_features:
+
+    def check_feature_cache(self, streaming: bool) -> None:
+        """A run that reads its data in memory keeps each clip's features (``cache_features``); worker processes
+        would each keep a copy of that cache. Streaming runs cache nothing (a stream's clips do not come back soon),
+        so there the setting is moot. Checked by the training loop, which knows whether it streams."""
+        workers = self.dataloader.num_workers
+        if workers > 0 and self.dataloader.cache_features and not streaming:
             raise RecipeError(
                 f"dataloader.num_workers: {workers} worker processes compute the features, and each would keep "
                 "its own copy of the in-memory feature cache. Set dataloader.cache_features: false (features "
