@@ -316,6 +316,11 @@ def write_report(
     lines += [
         "## pipeline() on test audio",
         "",
+        "Transcripts by the stage 2 model (the decoder its dev set chose); translations by the stage 1 model, whose",
+        "AST had 120 steps on a few hundred sentences per language (its BLEU is in the stage 1 tables above): the",
+        "demo spends its minutes on ASR, and speech translation from scratch needs far more steps and sentences",
+        "(docs/results.md: BLEU 4.4 after 60 minutes of de->en on 12 hours of LibreOffice help sentences).",
+        "",
         "| direction | transcript (reference) | CER | translation (reference) |",
     ]
     lines += ["|---|---|---:|---|"]
