@@ -538,8 +538,8 @@ def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, c
     finetune_main([
         "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "language-id.yaml"), "--init", str(init),
         "--data", corpus, "--output_dir", str(tmp_path), "--max_steps", "30", "--no_progress", "--no_tensorboard",
-        "--set", "seconds_per_step.asr=12", "--set", "optimizer.lr=3e-3", "--set", "log_interval=1",
-        "--set", "eval_interval=30", "--set", "dev_examples_per_task=8",
+        "--set", "examples_per_step.asr=4", "--set", "optimizer.lr=3e-3", "--set", "log_interval=1",
+        "--set", "eval_interval=30", "--set", "dev_examples_per_task=8", "--set", "checkpoint_interval=30",
     ])  # fmt: skip
     model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
     base = Mu2SlamForConditionalGeneration.from_pretrained(init)
