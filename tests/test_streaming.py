@@ -226,3 +226,9 @@ def test_streamed_dev_rows_are_checked_against_the_model_languages(clips):  # no
     assert len(eval_rows(recipe, data, languages)) == len(clips["validation"])
     with pytest.raises(CorpusError, match=r"dev row 0: example 'validation-0': unknown"):
         eval_rows(recipe, data, ["xx"])
+
+
+def test_worker_processes_with_the_in_memory_feature_cache_are_refused_before_the_output_folder(clips, tmp_path):  # noqa: F811
+    with pytest.raises(RecipeError, match=r"Set dataloader.cache_features: false"):
+        train_on(manifest_data(clips), clips, tmp_path / "run", dataloader={"num_workers": 2})
+    assert not (tmp_path / "run").exists()

@@ -344,6 +344,7 @@ class Mu2SlamTrainer:
         The output folder is claimed first (see `claim_run_folder`), and the data checked before anything is built.
         """
         recipe, accelerator = self.recipe, self.accelerator
+        recipe.check_feature_cache(self.data.streaming)  # before the output folder is touched
         set_seed(recipe.seed)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
@@ -353,7 +354,6 @@ class Mu2SlamTrainer:
         resume_from = latest_checkpoint(self.output_dir) if resume else None
         if resume and resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s, starting from scratch.", self.output_dir)
-        recipe.check_feature_cache(self.data.streaming)
         streams = None
         if self.data.streaming:
             streams = train_streams(recipe, self.data, accelerator.process_index, accelerator.num_processes)
