@@ -2114,9 +2114,11 @@ class Mu2SlamRetrievalOutput(ModelOutput):
         loss: `retrieval_loss` plus `config.retrieval_spread_out_weight` times `spread_out_loss` (with `return_loss`).
         retrieval_loss: the bidirectional in-batch contrastive loss (mean of speech->text and text->speech).
         spread_out_loss: the spread-out regulariser of the speech and the text embeddings (0 when its weight is 0).
-        logits_per_speech (`(B, B)`): scaled cosine similarities, row i: speech i against every text of the batch.
+        logits_per_speech (`(B, B)`): scaled cosine similarities, row i: query i (speech, or the source text of a
+            translation pair) against every text of the batch.
         logits_per_text (`(B, B)`): its transpose.
-        speech_embeds / text_embeds (`(B, retrieval_embedding_dim)`): L2-normalised embeddings.
+        speech_embeds / text_embeds (`(B, retrieval_embedding_dim)`): L2-normalised embeddings of the queries and of
+            the texts.
     """
 
     loss: torch.FloatTensor | None = None
@@ -2231,41 +2233,55 @@ class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        input_features: torch.FloatTensor,
-        input_ids: torch.LongTensor,
+        input_features: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         text_attention_mask: torch.LongTensor | None = None,
         src_lang_ids: torch.LongTensor | None = None,
         text_lang_ids: torch.LongTensor | None = None,
         return_loss: bool = True,
+        source_input_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Mu2SlamRetrievalOutput:
-        """B (speech, text) pairs -> similarities of every speech to every text, and the contrastive loss.
+        """B (query, text) pairs -> similarities of every query to every text, and the contrastive loss.
 
-        input_features (B, T, F) + attention_mask (B, T); input_ids (B, L) + text_attention_mask (B, L);
-        src_lang_ids / text_lang_ids (B,): languages of the speech and of the text (or none, see
-        `retrieval_language_prefix`). Rows whose texts are identical count as right answers for each other.
+        The queries are speech, input_features (B, T, F) + attention_mask (B, T), or the source texts of translation
+        pairs, source_input_ids (B, L') + attention_mask (B, L'): paper 001 adds translation pairs to the
+        speech-text pairs, which carries cross-lingual matching over to speech. input_ids (B, L) +
+        text_attention_mask (B, L): the texts; src_lang_ids / text_lang_ids (B,): languages of the queries and of
+        the texts (or none, see `retrieval_language_prefix`). Rows whose texts are identical count as right answers
+        for each other. `speech_embeds` and `logits_per_speech` hold the queries' whatever their modality.
         """
         check_forward_kwargs(self, kwargs)
-        speech = self.encode_speech(input_features, attention_mask, src_lang_ids)
+        if (input_features is None) == (source_input_ids is None):
+            raise ValueError(
+                "Mu2SlamForRetrieval.forward takes one kind of query: speech (input_features) or source texts "
+                "(source_input_ids), each with its attention_mask."
+            )
+        if input_ids is None:
+            raise ValueError("Mu2SlamForRetrieval.forward needs the texts to match (input_ids).")
+        if input_features is not None:
+            queries = self.encode_speech(input_features, attention_mask, src_lang_ids)
+        else:
+            queries = self.encode_text(source_input_ids, attention_mask, src_lang_ids)
         text = self.encode_text(input_ids, text_attention_mask, text_lang_ids)
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits_per_speech = scale * speech @ text.T
+        logits_per_speech = scale * queries @ text.T
         loss = contrastive = spread = None
         if return_loss:
             positives = same_rows(input_ids, text_attention_mask)
-            speech_logits, text_logits, answers = logits_per_speech, logits_per_speech.T, positives
+            query_logits, text_logits, answers = logits_per_speech, logits_per_speech.T, positives
             if self.training and _distributed_world_size() > 1:
                 # Every process's rows are negatives too (CLIP's gathered loss): the loss sees the global batch.
-                all_speech, all_text, answers = gathered_pairs(speech, text, input_ids, text_attention_mask)
-                speech_logits, text_logits = scale * speech @ all_text.T, scale * text @ all_speech.T
+                all_queries, all_text, answers = gathered_pairs(queries, text, input_ids, text_attention_mask)
+                query_logits, text_logits = scale * queries @ all_text.T, scale * text @ all_queries.T
             contrastive = 0.5 * (
-                multi_positive_contrastive_loss(speech_logits, answers)
+                multi_positive_contrastive_loss(query_logits, answers)
                 + multi_positive_contrastive_loss(text_logits, answers)
             )
-            spread = speech.new_zeros((), dtype=torch.float32)
+            spread = queries.new_zeros((), dtype=torch.float32)
             if self.config.retrieval_spread_out_weight:
-                spread = spread_out_loss(speech, positives) + spread_out_loss(text, positives)
+                spread = spread_out_loss(queries, positives) + spread_out_loss(text, positives)
             loss = contrastive + self.config.retrieval_spread_out_weight * spread
         return Mu2SlamRetrievalOutput(
             loss=loss,
@@ -2273,7 +2289,7 @@ class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
             spread_out_loss=spread,
             logits_per_speech=logits_per_speech,
             logits_per_text=logits_per_speech.T,
-            speech_embeds=speech,
+            speech_embeds=queries,
             text_embeds=text,
         )
 

@@ -144,8 +144,51 @@ def test_retrieval_pairs_take_the_labels_as_the_text_side():
     assert pairs["text_attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert pairs["text_lang_ids"].tolist() == [0, 0] and pairs["src_lang_ids"].tolist() == [0, 7]
     assert "decoder_input_ids" not in pairs
-    with pytest.raises(ValueError, match="no speech"):
-        retrieval_pairs({"input_ids": torch.zeros(1, 2), "labels": torch.zeros(1, 2)})
+    with pytest.raises(ValueError, match="no labels"):
+        retrieval_pairs({"input_features": torch.zeros(1, 50, 80), "attention_mask": torch.ones(1, 50)})
+
+
+def test_translation_rows_pair_their_source_text_with_the_target():
+    """Paper 001's translation pairs: an mt batch's source text is the query, its target the text to match."""
+    batch = {
+        "input_ids": torch.tensor([[20, 21, 2], [22, 2, PAD_ID]]),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        "labels": torch.tensor([[10, 11, 2], [12, 2, -100]]),
+        "decoder_input_ids": torch.zeros(2, 3, dtype=torch.long),
+        "src_lang_ids": torch.tensor([7, 5]),
+        "tgt_lang_ids": torch.tensor([0, 0]),
+    }
+    pairs = retrieval_pairs(batch)
+    assert pairs["source_input_ids"].tolist() == [[20, 21, 2], [22, 2, PAD_ID]] and "input_features" not in pairs
+    assert pairs["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert pairs["input_ids"].tolist() == [[10, 11, 2], [12, 2, PAD_ID]]
+    assert pairs["src_lang_ids"].tolist() == [7, 5] and pairs["text_lang_ids"].tolist() == [0, 0]
+
+
+def test_text_queries_are_scored_as_the_text_embeddings_of_their_sources():
+    model = tiny_retrieval()
+    sources, source_mask = texts([[20, 21, 2], [22, 2], [23, 24, 25, 2]])
+    ids, text_mask = texts([[10, 11, 12, 2], [13, 2], [14, 15, 2]])
+    src_langs, tgt_langs = torch.tensor([7, 5, 7]), torch.tensor([0, 0, 0])
+    out = model(
+        input_ids=ids, attention_mask=source_mask, text_attention_mask=text_mask, src_lang_ids=src_langs,
+        text_lang_ids=tgt_langs, source_input_ids=sources,
+    )  # fmt: skip
+    queries = model.encode_text(sources, source_mask, src_langs)
+    torch.testing.assert_close(out.speech_embeds, queries)
+    scale = 1.0 / model.config.retrieval_temperature
+    torch.testing.assert_close(out.logits_per_speech, scale * queries @ model.encode_text(ids, text_mask, tgt_langs).T)
+    targets = torch.arange(3)
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(out.logits_per_speech, targets)
+        + torch.nn.functional.cross_entropy(out.logits_per_text, targets)
+    )
+    torch.testing.assert_close(out.loss, expected)
+    features, mask = random_batch(model.config, lengths=(90, 90, 90))
+    with pytest.raises(ValueError, match="one kind of query"):
+        model(features, ids, mask, text_mask, source_input_ids=sources)
+    with pytest.raises(ValueError, match="one kind of query"):
+        model(input_ids=ids, text_attention_mask=text_mask)
 
 
 def test_recall_at_k_counts_any_right_candidate_within_k():

@@ -554,8 +554,9 @@ def test_language_id_recipe_trains_only_the_head_of_a_frozen_model(pretrained, c
 
 
 def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpus, tmp_path):
-    """The shipped retrieval recipe on a pre-trained folder: the contrastive loss falls, dev reports Recall@k (no
-    decoding), the folder loads as the dual encoder, and evaluate.py --tasks retrieval scores it."""
+    """The shipped retrieval recipe on a pre-trained folder, with translation pairs beside the speech: the
+    contrastive loss falls, dev reports Recall@k (no decoding), the folder loads as the dual encoder, and
+    evaluate.py --tasks retrieval scores it."""
     from mu2slam_hf import Mu2SlamForRetrieval
 
     _, init = pretrained
@@ -563,7 +564,8 @@ def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpu
     finetune_main([
         "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "retrieval.yaml"), "--init", str(init),
         "--data", corpus, "--output_dir", str(output_dir), "--max_steps", "30", "--no_progress", "--no_tensorboard",
-        "--set", "seconds_per_step.asr=16", "--set", "optimizer.lr=2e-3", "--set", "log_interval=1",
+        "--set", "seconds_per_step.asr=16", "--set", "examples_per_step.mt=4", "--set", "optimizer.lr=2e-3",
+        "--set", "log_interval=1",
         "--set", "eval_interval=30", "--set", "dev_examples_per_task=8",
     ])  # fmt: skip
     log = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
@@ -601,7 +603,8 @@ def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpu
         ({"language_id_only": True}, "set `language_id_weight`"),
         ({"language_id_only": True, "language_id_weight": 1.0, "examples_per_step": {"mt": 2}}, "speech only"),
         ({"language_id_weight": -1.0}, "language_id_weight must be >= 0"),
-        ({"retrieval": True, "examples_per_step": {"mt": 2}}, r"retrieval: draws \(speech, text\) pairs only"),
+        ({"retrieval": True, "examples_per_step": {"mt": 2}}, "retrieval: draw asr or ast rows too"),
+        ({"retrieval": True, "examples_per_step": {"asr": 2, "mt": 2}, "mt_source_mlm": 0.15}, "mt_source_mlm"),
         ({"retrieval": True, "ctc_weight": 0.3}, r"\['ctc_weight'\] belong to the seq2seq model"),
         ({"retrieval": True, "stage": "pretrain"}, "retrieval: the dual encoder is trained in `stage: finetune`"),
     ],

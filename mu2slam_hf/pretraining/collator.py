@@ -42,13 +42,20 @@ def with_language_labels(batch: dict[str, torch.Tensor], only: bool = False) -> 
 
 
 def retrieval_pairs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A collated speech-to-text fine-tuning batch -> the keyword arguments of `Mu2SlamForRetrieval.forward`: each
-    clip paired with its target text (the labels: transcript or translation, eos included) in its language."""
-    if "input_features" not in batch:
-        raise ValueError("retrieval pairs speech with text: this batch has no speech (only asr/ast rows pair).")
+    """A collated fine-tuning batch -> the keyword arguments of `Mu2SlamForRetrieval.forward`: each row's query
+    (its clip, or for mt rows its source text) paired with its target text (the labels: transcript or translation,
+    eos included) in its language."""
+    if "labels" not in batch:
+        raise ValueError("retrieval pairs a query with its target text: this batch has no labels.")
     text_mask = (batch["labels"] != IGNORE_INDEX).long()
+    if "input_features" in batch:
+        query = {"input_features": batch["input_features"]}
+    elif "input_ids" in batch:
+        query = {"source_input_ids": batch["input_ids"]}
+    else:
+        raise ValueError("retrieval pairs speech or a source text with its target: this batch has neither alone.")
     return {
-        "input_features": batch["input_features"],
+        **query,
         "attention_mask": batch["attention_mask"],
         "input_ids": batch["labels"].masked_fill(text_mask == 0, PAD_ID),
         "text_attention_mask": text_mask,

@@ -513,7 +513,7 @@ class Mu2SlamTrainer:
                 tracker.add_total("speech_seconds", instance.input_features.shape[0] / 100.0)
             if instance.input_ids is not None:
                 tracker.add_total("text_tokens", instance.input_ids.shape[0])
-            elif self.recipe.retrieval:
+            if self.recipe.retrieval:
                 tracker.add_total("text_tokens", int((instance.labels != IGNORE_INDEX).sum()))
 
     # ------------------------------------------------------------------------------------------------- loop

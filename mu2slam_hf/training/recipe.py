@@ -141,9 +141,10 @@ class Recipe:
     model of this order to the train text at the end (weight and length bonus chosen on dev) and save it with the
     model, as the default of CTC decoding (`training.ctc_language_model`).
     ``retrieval``: train a speech-text dual encoder (`Mu2SlamForRetrieval`, from ``init_checkpoint`` or a preset)
-    with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows: a batch's other
-    rows are its negatives (every process's rows under DDP), so its size (``seconds_per_step`` times the processes)
-    is the number of negatives.
+    with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows, and on the
+    (source, target) text pairs of drawn mt rows (translation pairs carry cross-lingual matching over to speech):
+    a batch's other rows of its kind are its negatives (every process's rows under DDP), so its size
+    (``seconds_per_step`` times the processes) is the number of negatives.
     ``ema_decay``: keep an exponential moving average of the weights (decay warmed up as ``(1 + n) / (10 + n)``),
     evaluate it on dev and save it as the model (`training.averaging`); the raw weights stay in the checkpoints'
     training state for resuming.
@@ -267,10 +268,12 @@ class Recipe:
             return
         if self.stage != "finetune":
             raise RecipeError("retrieval: the dual encoder is trained in `stage: finetune`.")
-        not_speech = sorted(set(self.drawn_tasks()) - {"asr", "ast"})
-        if not_speech:
-            raise RecipeError(f"retrieval: draws (speech, text) pairs only (asr, ast rows), not {not_speech}.")
-        clashes = [name for name in ("language_id_weight", "ctc_language_model") if getattr(self, name)]
+        # Fine-tuning draws asr, ast and mt rows only: each pairs a query (clip or source text) with its target.
+        if not set(self.drawn_tasks()) & {"asr", "ast"}:
+            raise RecipeError("retrieval: draw asr or ast rows too; the dual encoder is evaluated on speech.")
+        clashes = [
+            name for name in ("language_id_weight", "ctc_language_model", "mt_source_mlm") if getattr(self, name)
+        ]
         if self.ctc_weight:
             clashes.append("ctc_weight")
         if self.extend_vocabulary:
