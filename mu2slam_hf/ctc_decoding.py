@@ -52,6 +52,62 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int
     return output
 
 
+def pause_segments(
+    log_probs: torch.Tensor,
+    min_pause_frames: int,
+    blank: int = 0,
+    blank_probability: float = 0.9,
+    max_frames: int | None = None,
+) -> list[tuple[int, int]]:
+    """Frame ranges `[start, end)` of one recording cut at its pauses, tiling its T frames.
+
+    A pause is a run of at least `min_pause_frames` frames that the CTC head gives to blank with at least
+    `blank_probability`; the cut lies in its middle. A long recording of several sentences (a file of many
+    utterances) is then decoded sentence by sentence, as the model was trained. A range still longer than
+    `max_frames` is cut again in the middle of its longest blank run (of those in its middle half, where there are
+    any): between two words rather than inside one.
+
+    log_probs `(T, V)`; returns `[(0, T)]` when there is no pause and no limit.
+    """
+    frames = log_probs.shape[0]
+    runs = _blank_runs((log_probs[:, blank] >= math.log(blank_probability)).tolist())
+    cuts = [
+        (start + end) // 2 for start, end in runs if end - start >= min_pause_frames and 0 < start and end < frames
+    ]
+    bounds = [0, *cuts, frames]
+    segments = list(zip(bounds, bounds[1:], strict=False))
+    if max_frames is None:
+        return segments
+    return [piece for start, end in segments for piece in _split_long(runs, start, end, max_frames)]
+
+
+def _blank_runs(quiet: list[bool]) -> list[tuple[int, int]]:
+    """`[start, end)` of every run of True."""
+    runs, start = [], None
+    for frame, is_quiet in enumerate([*quiet, False]):
+        if is_quiet and start is None:
+            start = frame
+        elif not is_quiet and start is not None:
+            runs.append((start, frame))
+            start = None
+    return runs
+
+
+def _split_long(runs: list[tuple[int, int]], start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
+    if end - start <= max_frames:
+        return [(start, end)]
+    inside = [(a, b) for a, b in runs if start < (a + b) // 2 < end]
+    quarter = (end - start) // 4
+    middle = [(a, b) for a, b in inside if start + quarter <= (a + b) // 2 <= end - quarter]
+    candidates = middle or inside
+    if candidates:
+        a, b = max(candidates, key=lambda run: (run[1] - run[0], -abs(run[0] + run[1] - start - end)))
+        cut = (a + b) // 2
+    else:
+        cut = (start + end) // 2
+    return _split_long(runs, start, cut, max_frames) + _split_long(runs, cut, end, max_frames)
+
+
 def mask_padded_frames(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> torch.Tensor:
     """`(B, T, V)` log-probs where every frame past a row's length emits blank with probability 1.
 

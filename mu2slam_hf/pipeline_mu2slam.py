@@ -6,17 +6,22 @@ subclasses it and changes what it does for Mu2SLAM models only; any other model 
 `register_asr_pipeline` (called where the model class is defined, so also by the model's remote code) makes it the
 class that `pipeline("automatic-speech-recognition", ...)` builds.
 
-Transcription (target language = source language): each chunk's transcript (whatever `generate` wrote: greedy,
-beam, joint CTC/attention) is aligned to the chunk's CTC log-probabilities (`Mu2SlamForConditionalGeneration.
-ctc_align`, Viterbi), which gives every word its frames, hence its seconds (`FrameClock`). A chunk keeps the words
-whose middle lies outside its strides (the overlaps it shares with its neighbours); the kept parts of successive
-chunks tile the file, so every word is kept once, by the chunk that heard it whole (as long as a word is shorter
-than twice the stride). Translation has no times to cut on: its chunk outputs are merged on their longest common
-token run.
+Transcription (target language = source language) of a long file, in two passes. The chunks only find the pauses:
+the CTC head's frames of each chunk outside its strides are joined (the kept parts of successive chunks tile the
+file), and every run of at least `PAUSE_S` of blank frames is a pause (`pause_segments`). The stretches between
+pauses (sentences, as the models were trained on) are then transcribed one by one, whatever the decoder (greedy,
+beam, joint CTC/attention, the CTC head with its LM), from the file's features. Decoded inside a chunk, next to the
+end of one sentence and the start of another, speech is transcribed worse: on a 3-minute file of test sentences the
+demo model's WER was 6-8 points above the same sentences decoded one by one, and is within 2 of it this way
+(docs/results.md). A transcript is aligned to its CTC log-probabilities (`Mu2SlamForConditionalGeneration.
+ctc_align`, Viterbi), which gives every word its frames, hence its seconds (`FrameClock`). A stretch longer than
+the chunk length is cut in its longest pause between words. Translation has no pauses to cut on: its chunk outputs are merged on
+their longest common token run.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -25,7 +30,7 @@ import torch
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.utils import logging
 
-from .ctc_decoding import FrameClock, word_spans
+from .ctc_decoding import FrameClock, pause_segments, word_spans
 from .vocabulary import SAMPLING_RATE, language_indices
 
 logger = logging.get_logger(__name__)
@@ -35,7 +40,13 @@ TIMESTAMP_KINDS = ("word",)
 # Keys of a chunk's model output that are this pipeline's own; any other key came with the input and is returned.
 OUTPUT_KEYS = (
     "tokens", "token_frames", "feature_frames", "stride", "is_last", "logits", "token_timestamps", "language",
+    "ctc_log_probs", "ctc_frames", "src_lang_ids", "chunk_features",
 )  # fmt: skip
+# A run of blank frames of the CTC head at least this long is a pause between two stretches of a long file that are
+# transcribed on their own: the pauses between sentences, not the shorter ones between words. The head counts as
+# blank where it gives blank at least PAUSE_BLANK_PROBABILITY.
+PAUSE_S, PAUSE_BLANK_PROBABILITY = 0.4, 0.9
+SEGMENT_BATCH_SIZE = 8  # stretches transcribed together
 
 
 def timed_words(
@@ -117,6 +128,8 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             forward["return_timestamps"] = postprocess["return_timestamps"] = return_timestamps
         if return_language is not None:
             postprocess["return_language"] = return_language
+        postprocess["generate_kwargs"] = {k: v for k, v in forward.items() if k != "return_timestamps"}
+        postprocess["chunk_length_s"] = kwargs.get("chunk_length_s")
         return preprocess, forward, postprocess
 
     def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):
@@ -131,6 +144,8 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 "Word timestamps come from the CTC head, which transcribes the audio: they exist for speech "
                 "recognition only (tgt_lang == src_lang), not for translation."
             )
+        if stride is not None and transcribing:
+            return self._pause_finding_pass(model_inputs, stride, spoken)
         aligning = transcribing and bool(return_timestamps or stride is not None)
         languages = {key: generate_kwargs[key] for key in ("src_lang", "src_lang_ids") if key in generate_kwargs}
         encoder_outputs = None
@@ -148,6 +163,21 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
             out["feature_frames"] = frames
         return out
+
+    def _pause_finding_pass(self, model_inputs: dict, stride, spoken: list[str]) -> dict[str, Any]:
+        """A chunk of a long file to transcribe: its CTC log-probabilities `(B, S, V)` with their lengths `(B,)`, its
+        features `(B, T, F)` and language ids `(B,)`, which postprocess joins with the other chunks' to find the
+        pauses and transcribe the stretches between them."""
+        features, mask = model_inputs.pop("input_features"), model_inputs.pop("attention_mask", None)
+        model_inputs.pop("num_frames", None)
+        is_last = model_inputs.pop("is_last")
+        ids = torch.tensor([self.model.config.languages.index(code) for code in spoken], device=features.device)
+        log_probs, lengths = self.model.ctc_log_probs(self.model._encode_speech(features, mask, None, ids))
+        frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
+        return {
+            "is_last": is_last, "ctc_log_probs": log_probs, "ctc_frames": lengths, "chunk_features": features,
+            "feature_frames": frames, "src_lang_ids": ids, "stride": stride, "language": spoken, **model_inputs,
+        }  # fmt: skip
 
     def _with_source_language(self, features, mask, generate_kwargs: dict) -> tuple[dict, list[str]]:
         """`generate_kwargs` with the clips' source language ids (detected by the model's language-identification
@@ -205,10 +235,24 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             logger.warning(f"{error} Timing the CTC head's own transcript of this clip instead of the decoder's.")
             return self.model.ctc_align(features, row_mask, src_lang_ids=ids)[0]
 
-    def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
+    def postprocess(
+        self,
+        model_outputs,
+        decoder_kwargs=None,
+        return_timestamps=None,
+        return_language=None,
+        generate_kwargs=None,
+        chunk_length_s=None,
+    ):
         if not self.is_mu2slam:
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
-        result = self._text_and_words(model_outputs, return_timestamps)
+        if "ctc_log_probs" in model_outputs[0]:
+            with torch.inference_mode():
+                result = self._transcribe_between_pauses(
+                    model_outputs, return_timestamps, generate_kwargs or {}, chunk_length_s
+                )
+        else:
+            result = self._text_and_words(model_outputs, return_timestamps)
         if return_language:
             # A long file's chunks are identified one by one; the file gets the language most of them were given.
             # Unbatched outputs carry one code, a batch of one a list of one.
@@ -218,48 +262,114 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     def _text_and_words(self, model_outputs: list[dict], return_timestamps) -> dict[str, Any]:
         if "token_frames" in model_outputs[0]:
-            words = self._kept_words(model_outputs)
-            if any(output.get("stride") for output in model_outputs):
-                text = " ".join(word["text"] for word in words if word["text"])
-            else:
-                text = self.tokenizer.decode(model_outputs[0]["tokens"][0], skip_special_tokens=True)
-            result = {"text": text, "chunks": words} if return_timestamps else {"text": text}
-        else:
-            special = set(self.tokenizer.all_special_ids)
-            sequences = [[t for t in output["tokens"][0].tolist() if t not in special] for output in model_outputs]
-            merged = merge_on_longest_common_run(sequences) if len(sequences) > 1 else sequences[0]
-            result = {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
-        return result
+            text = self.tokenizer.decode(model_outputs[0]["tokens"][0], skip_special_tokens=True)
+            if not return_timestamps:
+                return {"text": text}
+            return {"text": text, "chunks": self._timed_words(model_outputs[0], 0, 0.0)}
+        special = set(self.tokenizer.all_special_ids)
+        sequences = [[t for t in output["tokens"][0].tolist() if t not in special] for output in model_outputs]
+        merged = merge_on_longest_common_run(sequences) if len(sequences) > 1 else sequences[0]
+        return {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
 
-    def _kept_words(self, model_outputs: list[dict]) -> list[dict[str, Any]]:
-        """The timed words of every chunk that lie outside its strides, on the file's time line."""
+    def _timed_words(self, output: dict, row: int, offset_s: float) -> list[dict[str, Any]]:
+        """Row ``row`` of a decoded batch as timed words, ``offset_s`` seconds into the file."""
         clock = FrameClock.for_model(self.model.config, self.feature_extractor)
-        rate = self.feature_extractor.sampling_rate
-        kept, chunk_start, previous = [], 0, None
+        duration_s = self._covered_samples(int(output["feature_frames"][row])) / self.feature_extractor.sampling_rate
+        valid = output["token_frames"][row][:, 0] >= 0
+        alignment = [
+            (int(token), int(start), int(end))
+            for token, (start, end) in zip(
+                output["tokens"][row][valid], output["token_frames"][row][valid], strict=True
+            )
+        ]
+        return [
+            {"text": word["text"], "timestamp": tuple(round(t + offset_s, 3) for t in word["timestamp"])}
+            for word in timed_words(alignment, self.tokenizer, clock, duration_s)
+            if word["text"]
+        ]
+
+    def _covered_samples(self, feature_frames: int) -> int:
+        return (feature_frames - 1) * self.feature_extractor.hop_length + self.feature_extractor.n_fft
+
+    def _transcribe_between_pauses(
+        self, model_outputs: list[dict], return_timestamps, generate_kwargs: dict, chunk_length_s: float | None
+    ) -> dict[str, Any]:
+        """A long file's chunks joined; the stretches between its pauses transcribed one by one (module docstring)."""
+        generate_kwargs = dict(generate_kwargs)
+        log_probs, frame_starts, features, feature_starts, duration_s = self._joined_chunks(model_outputs)
+        clock = FrameClock.for_model(self.model.config, self.feature_extractor)
+        longest = max(1, round(chunk_length_s / clock.seconds_per_frame)) if chunk_length_s else None
+        segments = pause_segments(
+            log_probs, round(PAUSE_S / clock.seconds_per_frame), self.model.config.pad_token_id,
+            PAUSE_BLANK_PROBABILITY, max_frames=longest,
+        )  # fmt: skip
+        ends = [float(frame_starts[start]) for start, _ in segments[1:]] + [duration_s]
+        pieces = []
+        for start_s, end_s in zip([0.0, *ends[:-1]], ends, strict=True):
+            first, last = (int(torch.searchsorted(feature_starts, t)) for t in (start_s, end_s))
+            if last - first >= self.model.config.min_input_frames:
+                pieces.append((first, last))
+        # Without a given language: the one most chunks were identified as.
+        given = "src_lang" in generate_kwargs or "src_lang_ids" in generate_kwargs
+        language = Counter(int(output["src_lang_ids"][0]) for output in model_outputs).most_common(1)[0][0]
+        texts, words = [], []
+        for index in range(0, len(pieces), SEGMENT_BATCH_SIZE):
+            batch = pieces[index : index + SEGMENT_BATCH_SIZE]
+            if not given:
+                generate_kwargs["src_lang_ids"] = torch.full((len(batch),), language, device=self.device)
+            padded = torch.nn.utils.rnn.pad_sequence([features[a:b] for a, b in batch], batch_first=True)
+            mask = (torch.arange(padded.shape[1]) < torch.tensor([b - a for a, b in batch]).unsqueeze(1)).long()
+            inputs = {
+                "input_features": padded.to(self.device),
+                "attention_mask": mask.to(self.device),
+                "is_last": True,
+            }
+            output = self._forward(inputs, return_timestamps=return_timestamps, **generate_kwargs)
+            for row, (first, _) in enumerate(batch):
+                texts.append(self.tokenizer.decode(output["tokens"][row], skip_special_tokens=True).strip())
+                if return_timestamps:
+                    words += self._timed_words(output, row, float(feature_starts[first]))
+        result = {"text": " ".join(text for text in texts if text)}
+        return {**result, "chunks": words} if return_timestamps else result
+
+    def _joined_chunks(
+        self, model_outputs: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """The chunks' CTC log-probabilities `(S, V)` and features `(T, F)` outside their strides, joined in order (a
+        frame belongs to the chunk whose kept part holds its centre), with each frame's start in the file `(S,)` and
+        `(T,)` in seconds, and the file's length in seconds."""
+        clock = FrameClock.for_model(self.model.config, self.feature_extractor)
+        rate, hop = self.feature_extractor.sampling_rate, self.feature_extractor.hop_length
+        feature_centre_s = self.feature_extractor.n_fft / 2 / rate
+
+        def first_from(seconds: float, centre_s: float, step_s: float) -> int:
+            """The first frame (centres at ``centre_s + k * step_s``) whose centre lies at or after ``seconds``."""
+            return max(0, math.ceil((seconds - centre_s) / step_s - 1e-6))
+
+        parts = {"log_probs": [], "frame_starts": [], "features": [], "feature_starts": []}
+        chunk_start, previous = 0, None
         for output in model_outputs:
-            frames = int(output["feature_frames"][0])
-            covered = (frames - 1) * self.feature_extractor.hop_length + self.feature_extractor.n_fft
-            samples, left, right = output.get("stride") or (covered, 0, 0)
+            samples, left, right = output["stride"]
             if previous is not None:
                 chunk_start += previous[0] - previous[2] - left
             previous = (samples, left, right)
-            valid = output["token_frames"][0][:, 0] >= 0
-            alignment = [
-                (int(token), int(start), int(end))
-                for token, (start, end) in zip(
-                    output["tokens"][0][valid], output["token_frames"][0][valid], strict=True
-                )
-            ]
-            low = left / rate if left else -np.inf
-            high = (samples - right) / rate if right else np.inf
-            offset = chunk_start / rate
-            for word in timed_words(alignment, self.tokenizer, clock, samples / rate):
-                start, end = word["timestamp"]
-                if low <= (start + end) / 2 < high:
-                    kept.append(
-                        {"text": word["text"], "timestamp": (round(start + offset, 3), round(end + offset, 3))}
-                    )
-        return kept
+            kept = (left / rate, (samples - right) / rate if right else math.inf)
+            offset_s = chunk_start / rate
+            for name, values, centre_s, step_s in (
+                ("log_probs", output["ctc_log_probs"][0][: int(output["ctc_frames"][0])],
+                 clock.offset_s + clock.seconds_per_frame / 2, clock.seconds_per_frame),
+                ("features", output["chunk_features"][0][: int(output["feature_frames"][0])], feature_centre_s, hop / rate),
+            ):  # fmt: skip
+                first = min(first_from(kept[0], centre_s, step_s), len(values))
+                last = len(values) if right == 0 else min(first_from(kept[1], centre_s, step_s), len(values))
+                last = max(first, last)
+                starts = "frame_starts" if name == "log_probs" else "feature_starts"
+                parts[name].append(values[first:last])
+                parts[starts].append(offset_s + (centre_s - step_s / 2) + torch.arange(first, last) * step_s)
+        joined = {name: torch.cat(values) for name, values in parts.items()}
+        duration_s = (chunk_start + previous[0]) / rate
+        return (joined["log_probs"], joined["frame_starts"].float(), joined["features"],
+                joined["feature_starts"].float(), duration_s)  # fmt: skip
 
     @staticmethod
     def _extra(model_outputs: list[dict]) -> dict[str, list]:

@@ -18,7 +18,7 @@ from test_remote_code import fresh_python  # noqa: F401  (fixture)
 
 import mu2slam_hf  # noqa: F401
 from mu2slam_hf import Mu2SlamSpeechRecognitionPipeline, ctc_word_timestamps, transcribe
-from mu2slam_hf.ctc_decoding import FrameClock, ctc_forced_align, ctc_token_spans, word_spans
+from mu2slam_hf.ctc_decoding import FrameClock, ctc_forced_align, ctc_token_spans, pause_segments, word_spans
 from mu2slam_hf.modeling_mu2slam import Mu2SlamEncoderOutput
 from mu2slam_hf.pipeline_mu2slam import merge_on_longest_common_run
 
@@ -83,6 +83,26 @@ def test_token_and_word_spans():
     pieces = [f"{space}he", "llo", f"{space}wor", "ld", "!"]
     spans = [(0, 2), (3, 4), (6, 7), (8, 9), (9, 10)]
     assert word_spans(pieces, spans) == [([0, 1], 0, 4), ([2, 3, 4], 6, 10)]
+
+
+def blank_runs_log_probs(labels: list[int]) -> torch.Tensor:
+    """(T, 3) log-probs certain of each frame's label (0 = blank)."""
+    return torch.log_softmax(torch.nn.functional.one_hot(torch.tensor(labels), 3).float() * 20, -1)
+
+
+def test_pause_segments_cut_in_the_middle_of_long_blank_runs():
+    #         speech  pause of 6     speech  pause of 2  speech  trailing pause of 5
+    labels = [1, 2, 1] + [0] * 6 + [2, 1] + [0] * 2 + [1] + [0] * 5
+    log_probs = blank_runs_log_probs(labels)
+    assert pause_segments(log_probs, min_pause_frames=4) == [(0, 6), (6, 19)]  # the trailing pause is no cut
+    assert pause_segments(log_probs, min_pause_frames=7) == [(0, 19)]
+    assert pause_segments(log_probs[:3], min_pause_frames=1) == [(0, 3)]
+    # Too long a range is cut again, in its longest blank run of its middle half, between words.
+    words = [1, 1, 0, 2, 0, 0, 0, 1, 2, 0, 0, 1, 0, 2, 2]
+    pieces = pause_segments(blank_runs_log_probs(words), min_pause_frames=10, max_frames=8)
+    assert pieces == [(0, 5), (5, 10), (10, 15)] and all(end - start <= 8 for start, end in pieces)
+    no_blank = blank_runs_log_probs([1] * 9)  # no blank at all: halves
+    assert pause_segments(no_blank, min_pause_frames=2, max_frames=4) == [(0, 4), (4, 6), (6, 9)]
 
 
 def test_frame_clock_follows_the_front_end_and_the_feature_hop(tiny_config):
@@ -257,6 +277,32 @@ def test_long_form_chunks_merge_without_repeated_or_cut_words(tones, asr):
     assert plain == {"text": " ".join(words)}
     default_stride = asr(clip, chunk_length_s=6, generate_kwargs=ASR)
     assert default_stride["text"] == " ".join(words)
+
+
+def test_long_form_transcribes_the_stretches_between_pauses_one_by_one(tones, asr, monkeypatch):
+    """The chunks only find the pauses; each sentence between two is decoded alone, as a clip of its own."""
+    sentences = [sentence(4, seed=seed) for seed in (5, 6, 7)]
+    parts, truth, now = [], [], 0.0
+    for words in sentences:
+        clip, times = tones.say(words)  # 0.3 s of silence before and after
+        parts += [clip, silence(0.6)]
+        truth += [(start + now, end + now) for start, end in times]
+        now += len(clip) / RATE + 0.6
+    clip = np.concatenate(parts)
+    decoded = []
+    generate = tones.model.generate
+
+    def spy(*args, **kwargs):
+        decoded.extend(int(length) for length in kwargs["attention_mask"].sum(-1))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tones.model, "generate", spy)
+    out = asr(clip, chunk_length_s=7, stride_length_s=1.5, return_timestamps="word", generate_kwargs=ASR)
+    words = [word for words in sentences for word in words]
+    assert out["text"] == " ".join(words) and [c["text"] for c in out["chunks"]] == words
+    np.testing.assert_allclose([c["timestamp"] for c in out["chunks"]], truth, atol=0.06)
+    assert len(decoded) == 3, decoded  # 17 s in 7 s chunks (borders inside sentences), 3 sentences decoded
+    assert all(abs(frames / 100 - len(clip) / RATE / 3) < 0.5 for frames in decoded)
 
 
 def test_long_form_with_the_ctc_language_model(tones, asr):
