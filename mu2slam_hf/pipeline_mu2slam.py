@@ -47,6 +47,11 @@ OUTPUT_KEYS = (
 # blank where it gives blank at least PAUSE_BLANK_PROBABILITY.
 PAUSE_S, PAUSE_BLANK_PROBABILITY = 0.4, 0.9
 SEGMENT_BATCH_SIZE = 8  # stretches transcribed together
+# An input longer than LONG_INPUT_S without `chunk_length_s` is cut into chunks of LONG_INPUT_CHUNK_S: decoded as one
+# input, a long file loses the pauses' sentence-by-sentence decoding (the demo model's English WER on a 3-minute
+# file: 56.0 whole, 44.5 in 8 s chunks, 48.0 in 16 s ones; docs/results.md), and the attention decoder would stop at
+# its `max_target_positions` tokens, cutting the transcript short without a word.
+LONG_INPUT_S, LONG_INPUT_CHUNK_S = 30.0, 8.0
 
 
 def timed_words(
@@ -131,6 +136,38 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         postprocess["generate_kwargs"] = {k: v for k, v in forward.items() if k != "return_timestamps"}
         postprocess["chunk_length_s"] = kwargs.get("chunk_length_s")
         return preprocess, forward, postprocess
+
+    @property
+    def _align_to(self) -> int:
+        """Samples per encoder frame for Mu2SLAM models: chunk lengths and strides are rounded to them, so every
+        chunk starts on the file's grid of feature and encoder frames and the frames of successive chunks join."""
+        if not self.is_mu2slam:
+            return super()._align_to
+        return self.feature_extractor.hop_length * self.model.config.frontend_stride**2
+
+    def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None):
+        if self.is_mu2slam and not chunk_length_s:
+            inputs = self._read_audio(inputs)
+            if isinstance(inputs, np.ndarray) and len(inputs) > LONG_INPUT_S * self.feature_extractor.sampling_rate:
+                seconds = len(inputs) / self.feature_extractor.sampling_rate
+                logger.info(
+                    f"A {seconds:.0f} s input without chunk_length_s: transcribed in {LONG_INPUT_CHUNK_S:g} s chunks "
+                    "(pass chunk_length_s to choose)."
+                )
+                chunk_length_s = LONG_INPUT_CHUNK_S
+        yield from super().preprocess(inputs, chunk_length_s=chunk_length_s, stride_length_s=stride_length_s)
+
+    def _read_audio(self, inputs: Any) -> Any:
+        """A local file or bytes as a mono array at the feature extractor's rate (as the parent class reads them);
+        anything else as it is."""
+        from transformers.pipelines.audio_utils import ffmpeg_read
+
+        if isinstance(inputs, str) and not inputs.startswith(("http://", "https://")):
+            with open(inputs, "rb") as handle:
+                inputs = handle.read()
+        if isinstance(inputs, bytes):
+            inputs = ffmpeg_read(inputs, self.feature_extractor.sampling_rate)
+        return inputs
 
     def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):
         if not self.is_mu2slam:

@@ -305,6 +305,33 @@ def test_long_form_transcribes_the_stretches_between_pauses_one_by_one(tones, as
     assert all(abs(frames / 100 - len(clip) / RATE / 3) < 0.5 for frames in decoded)
 
 
+def test_chunk_frames_join_into_the_whole_files_frames(tones, asr, monkeypatch):
+    """Chunks start on the encoder's frame grid, so their features outside the strides are the file's own."""
+    clip, _ = tones.say(sentence(12, seed=8))
+    joined = []
+    join = asr._joined_chunks
+    monkeypatch.setattr(asr, "_joined_chunks", lambda outputs: joined.append(join(outputs)) or joined[-1])
+    asr(clip, chunk_length_s=4.1, stride_length_s=0.7, generate_kwargs=ASR)
+    _, _, features, starts, duration = joined[0]
+    whole = tones.processor(audio=clip, sampling_rate=RATE)["input_features"][0]
+    torch.testing.assert_close(features, whole)
+    extractor = tones.processor.feature_extractor  # frame k covers n_fft samples from k * hop: centre minus half a hop
+    first = (extractor.n_fft - extractor.hop_length) / 2 / RATE
+    torch.testing.assert_close(starts, first + torch.arange(len(whole)) * extractor.hop_length / RATE)
+    assert duration == pytest.approx(len(clip) / RATE, abs=0.03)
+
+
+def test_inputs_longer_than_30_s_are_cut_into_chunks_without_being_asked(tones, asr):
+    """Decoded as one input, a long file would lose the sentence-by-sentence decoding (and the attention decoder
+    would stop at its longest target)."""
+    sentences = [sentence(4, seed=seed) for seed in range(10, 17)]
+    clip = np.concatenate([part for words in sentences for part in (tones.say(words)[0], silence(0.6))])
+    assert len(clip) / RATE > 30
+    out = asr(clip, return_timestamps="word", generate_kwargs=ASR)
+    assert out == asr(clip, chunk_length_s=8, return_timestamps="word", generate_kwargs=ASR)
+    assert out["text"] == " ".join(word for words in sentences for word in words)
+
+
 def test_long_form_with_the_ctc_language_model(tones, asr):
     """CTC beam search with an n-gram LM goes through the same chunking and timing as the best path."""
     from mu2slam_hf.ngram_lm import CharNgramLanguageModel
