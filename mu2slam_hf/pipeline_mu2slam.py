@@ -334,18 +334,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         """A long file's chunks joined; the stretches between its pauses transcribed one by one (module docstring)."""
         generate_kwargs = dict(generate_kwargs)
         log_probs, frame_starts, features, feature_starts, duration_s = self._joined_chunks(model_outputs)
-        clock = FrameClock.for_model(self.model.config, self.feature_extractor)
-        longest = max(1, round(chunk_length_s / clock.seconds_per_frame)) if chunk_length_s else None
-        segments = pause_segments(
-            log_probs, round(PAUSE_S / clock.seconds_per_frame), self.model.config.pad_token_id,
-            PAUSE_BLANK_PROBABILITY, max_frames=longest,
-        )  # fmt: skip
-        ends = [float(frame_starts[start]) for start, _ in segments[1:]] + [duration_s]
-        pieces = []
-        for start_s, end_s in zip([0.0, *ends[:-1]], ends, strict=True):
-            first, last = (int(torch.searchsorted(feature_starts, t)) for t in (start_s, end_s))
-            if last - first >= self.model.config.min_input_frames:
-                pieces.append((first, last))
+        pieces = self._stretches_between_pauses(log_probs, frame_starts, feature_starts, duration_s, chunk_length_s)
         # Without a given language: the one most chunks were identified as.
         given = "src_lang" in generate_kwargs or "src_lang_ids" in generate_kwargs
         language = Counter(int(output["src_lang_ids"][0]) for output in model_outputs).most_common(1)[0][0]
@@ -368,6 +357,30 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     words += self._timed_words(output, row, float(feature_starts[first]))
         result = {"text": " ".join(text for text in texts if text)}
         return {**result, "chunks": words} if return_timestamps else result
+
+    def _stretches_between_pauses(
+        self,
+        log_probs: torch.Tensor,
+        frame_starts: torch.Tensor,
+        feature_starts: torch.Tensor,
+        duration_s: float,
+        chunk_length_s: float | None,
+    ) -> list[tuple[int, int]]:
+        """`[first, last)` feature frames of each stretch between the joined CTC frames' pauses, none longer than
+        the chunk; stretches too short for the front end are dropped."""
+        clock = FrameClock.for_model(self.model.config, self.feature_extractor)
+        longest = max(1, round(chunk_length_s / clock.seconds_per_frame)) if chunk_length_s else None
+        segments = pause_segments(
+            log_probs, round(PAUSE_S / clock.seconds_per_frame), self.model.config.pad_token_id,
+            PAUSE_BLANK_PROBABILITY, max_frames=longest,
+        )  # fmt: skip
+        ends = [float(frame_starts[start]) for start, _ in segments[1:]] + [duration_s]
+        pieces = []
+        for start_s, end_s in zip([0.0, *ends[:-1]], ends, strict=True):
+            first, last = (int(torch.searchsorted(feature_starts, t)) for t in (start_s, end_s))
+            if last - first >= self.model.config.min_input_frames:
+                pieces.append((first, last))
+        return pieces
 
     def _joined_chunks(
         self, model_outputs: list[dict]
