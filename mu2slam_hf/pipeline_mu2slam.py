@@ -11,12 +11,12 @@ the CTC head's frames of each chunk outside its strides are joined (the kept par
 file), and every run of at least `PAUSE_S` of blank frames is a pause (`pause_segments`). The stretches between
 pauses (sentences, as the models were trained on) are then transcribed one by one, whatever the decoder (greedy,
 beam, joint CTC/attention, the CTC head with its LM), from the file's features. Decoded inside a chunk, next to the
-end of one sentence and the start of another, speech is transcribed worse: on a 3-minute file of test sentences the
-demo model's WER was 6-8 points above the same sentences decoded one by one, and is within 2 of it this way
-(docs/results.md). A transcript is aligned to its CTC log-probabilities (`Mu2SlamForConditionalGeneration.
-ctc_align`, Viterbi), which gives every word its frames, hence its seconds (`FrameClock`). A stretch longer than
-the chunk length is cut in its longest pause between words. Translation has no pauses to cut on: its chunk outputs are merged on
-their longest common token run.
+end of one sentence and the start of another, speech is transcribed worse: on 3-minute files of test sentences in 8
+languages the demo model's WER was 4.0 points above the same sentences decoded one by one on average, and is 0.7
+above it this way (docs/results.md). A transcript is aligned to its CTC log-probabilities
+(`Mu2SlamForConditionalGeneration.ctc_align`, Viterbi), which gives every word its frames, hence its seconds
+(`FrameClock`). A stretch longer than the chunk length is cut in its longest pause between words. Translation has
+no pauses to cut on: its chunk outputs are merged on their longest common token run.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ PAUSE_S, PAUSE_BLANK_PROBABILITY = 0.4, 0.9
 SEGMENT_BATCH_SIZE = 8  # stretches transcribed together
 # An input longer than LONG_INPUT_S without `chunk_length_s` is cut into chunks of LONG_INPUT_CHUNK_S: decoded as one
 # input, a long file loses the pauses' sentence-by-sentence decoding (the demo model's English WER on a 3-minute
-# file: 56.0 whole, 44.5 in 8 s chunks, 48.0 in 16 s ones; docs/results.md), and the attention decoder would stop at
-# its `max_target_positions` tokens, cutting the transcript short without a word.
+# file: 56.0 whole, 47.2 in 8 s chunks; docs/results.md), and the attention decoder would stop at its
+# `max_target_positions` tokens, cutting the transcript short without a word.
 LONG_INPUT_S, LONG_INPUT_CHUNK_S = 30.0, 8.0
 
 
@@ -72,6 +72,11 @@ def timed_words(
         text = tokenizer.decode([tokens[index] for index in members], skip_special_tokens=True).strip()
         words.append({"text": text, "timestamp": clock.seconds(start, end, duration_s)})
     return words
+
+
+def feature_frames(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B,) real feature frames of a (B, T, F) batch."""
+    return mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
 
 
 def merge_on_longest_common_run(sequences: list[list[int]], min_run: int = 2) -> list[int]:
@@ -197,8 +202,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             out["stride"] = stride
         if aligning:
             out["tokens"], out["token_frames"] = self._align(features, mask, out["tokens"], languages, encoder_outputs)
-            frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
-            out["feature_frames"] = frames
+            out["feature_frames"] = feature_frames(features, mask)
         return out
 
     def _pause_finding_pass(self, model_inputs: dict, stride, spoken: list[str]) -> dict[str, Any]:
@@ -210,10 +214,9 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         is_last = model_inputs.pop("is_last")
         ids = torch.tensor([self.model.config.languages.index(code) for code in spoken], device=features.device)
         log_probs, lengths = self.model.ctc_log_probs(self.model._encode_speech(features, mask, None, ids))
-        frames = mask.sum(-1) if mask is not None else torch.full((len(features),), features.shape[1])
         return {
             "is_last": is_last, "ctc_log_probs": log_probs, "ctc_frames": lengths, "chunk_features": features,
-            "feature_frames": frames, "src_lang_ids": ids, "stride": stride, "language": spoken, **model_inputs,
+            "feature_frames": feature_frames(features, mask), "src_lang_ids": ids, "stride": stride, "language": spoken, **model_inputs,
         }  # fmt: skip
 
     def _with_source_language(self, features, mask, generate_kwargs: dict) -> tuple[dict, list[str]]:
