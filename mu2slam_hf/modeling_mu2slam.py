@@ -1822,13 +1822,32 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                     encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs, lm_weight, lm_length_bonus
                 )
             )
-        return super().generate(
+        generated = super().generate(
             encoder_outputs=encoder_outputs,
             tgt_lang_ids=batch_lang,
             tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
             logits_processor=processors,
             **kwargs,
         )
+        if not any(key in kwargs for key in ("max_new_tokens", "max_length", "generation_config")):
+            self._warn_if_cut_at_length_limit(generated)
+        return generated
+
+    def _warn_if_cut_at_length_limit(self, generated: torch.LongTensor | ModelOutput) -> None:
+        """Warn about outputs that the generation config's default length limit stopped before their end-of-sequence
+        token: a transcript or translation cut short would otherwise look complete."""
+        sequences = generated.sequences if isinstance(generated, ModelOutput) else generated
+        limit = self.generation_config.max_new_tokens
+        if limit is None or sequences.shape[1] - 1 < limit:
+            return
+        finished = (sequences[:, 1:] == self.config.eos_token_id).any(dim=1)
+        cut = int((~finished).sum())
+        if cut:
+            logger.warning(
+                f"{cut} of {sequences.shape[0]} outputs reached the {limit}-token limit (max_new_tokens of the "
+                "generation config) without ending: they are cut short. Split long audio into shorter pieces (the "
+                "ASR pipeline's chunk_length_s) or pass a larger max_new_tokens."
+            )
 
     def _all_rows_asr(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> bool:
         """Whether every row transcribes (target language = source language)."""

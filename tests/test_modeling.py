@@ -1,5 +1,7 @@
 """Model core: equivalences, round trips, objectives' inputs, and clear errors on bad input."""
 
+import logging
+
 import pytest
 import torch
 from conftest import PRESETS, make_model, random_batch
@@ -343,6 +345,22 @@ def test_generation_stays_in_the_target_modality(tiny_config):
     in_text = (text >= NUM_SPECIAL_TOKENS) & (text < vocab.speech_code_offset)
     assert bool(in_text.all())
     assert bool((speech >= vocab.speech_code_offset).all())
+
+
+def test_outputs_cut_by_the_default_length_limit_are_reported(tiny_config, caplog):
+    model = make_model(tiny_config)
+    model.generation_config.max_new_tokens = 5
+    features, mask = random_batch(tiny_config)
+    never_ending = dict(input_features=features, attention_mask=mask, src_lang="en", tgt_lang="de",
+                        suppress_tokens=[tiny_config.eos_token_id])  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        ids = model.generate(**never_ending)
+    assert ids.shape[1] == 6
+    assert "2 of 2 outputs reached the 5-token limit" in caplog.text and "chunk_length_s" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model.generate(**never_ending, max_new_tokens=5)  # a limit the caller chose is no surprise
+    assert "token limit" not in caplog.text
 
 
 def test_text_input_translation_and_beam_search(tiny_config):
