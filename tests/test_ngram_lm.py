@@ -174,6 +174,26 @@ def test_a_folder_that_lost_its_language_model_decodes_without_it_and_says_so(tm
     assert torch.equal(loaded.generate(**batch, ctc_weight=1.0), model.generate(**batch, ctc_weight=1.0, lm_weight=0))
 
 
+def test_fine_tuning_from_a_folder_leaves_its_language_model_behind(tmp_path):
+    """The folder's LM and its weights were chosen for the folder's own weights and text: a run initialised from it
+    scores the CTC head alone on dev (not the old LM's beam search, which may lack the run's languages) and ends
+    with the LM it fits itself, or none."""
+    from mu2slam_hf.training.assets import init_from_checkpoint
+
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=9)
+    _fitted(processor, model)
+    model.set_asr_ctc_weight(1.0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert type(model).from_pretrained(tmp_path).asr_language_model is not None  # users get it with the folder
+    initialised, _ = init_from_checkpoint(str(tmp_path), {})
+    assert initialised.asr_language_model is None and initialised.generation_config.asr_lm_weight == 0.0
+    _, batch = speech_batch(processor)
+    greedy = initialised.generate(**batch, ctc_weight=1.0, num_beams=1, lm_weight=0.0)
+    assert torch.equal(initialised.generate(**batch, ctc_weight=1.0), greedy)
+
+
 def test_fitting_chooses_the_grid_point_with_the_lowest_dev_cer_or_none():
     processor = tiny_processor()
     model = tiny_model(processor, seed=8)

@@ -117,8 +117,8 @@ def init_from_checkpoint(
     loss_weights: dict[str, float] | None = None,
     retrieval: bool = False,
 ) -> tuple[Mu2SlamPreTrainedModel, Mu2SlamProcessor]:
-    """Model + processor of a trained folder; ``overrides`` (and loss weights) are set on the model config.
-    ``retrieval``: a `Mu2SlamForRetrieval` on the folder's encoder (its projection new unless the folder is one)."""
+    """Model + processor of a trained folder to fine-tune, without the folder's CTC language model; ``overrides`` (and
+    loss weights) are set on the model config. ``retrieval``: a `Mu2SlamForRetrieval` on the folder's encoder (its projection new unless the folder is one)."""
     processor = Mu2SlamProcessor.from_pretrained(folder)
     config = Mu2SlamConfig.from_pretrained(folder)
     extra = dict(overrides)
@@ -130,6 +130,12 @@ def init_from_checkpoint(
         config = Mu2SlamRetrievalConfig.from_mu2slam_config(config)
     model = cls.from_pretrained(folder, config=config)
     processor.check_model_config(model.config)
+    if isinstance(model, Mu2SlamForConditionalGeneration) and model.asr_language_model is not None:
+        # The folder's CTC language model and its fusion weights were chosen for the folder's weights and training
+        # text. Kept, they would turn the run's dev scoring of the CTC head alone into the old LM's beam search
+        # (an error for a language it lacks) and ship with the new weights; the run fits its own (recipe
+        # `ctc_language_model`) or saves none.
+        model.set_asr_language_model(None)
     return model, processor
 
 
