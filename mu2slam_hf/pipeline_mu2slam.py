@@ -216,7 +216,8 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         log_probs, lengths = self.model.ctc_log_probs(self.model._encode_speech(features, mask, None, ids))
         return {
             "is_last": is_last, "ctc_log_probs": log_probs, "ctc_frames": lengths, "chunk_features": features,
-            "feature_frames": feature_frames(features, mask), "src_lang_ids": ids, "stride": stride, "language": spoken, **model_inputs,
+            "feature_frames": feature_frames(features, mask), "src_lang_ids": ids, "stride": stride,
+            "language": spoken, **model_inputs,
         }  # fmt: skip
 
     def _with_source_language(self, features, mask, generate_kwargs: dict) -> tuple[dict, list[str]]:

@@ -117,8 +117,9 @@ def init_from_checkpoint(
     loss_weights: dict[str, float] | None = None,
     retrieval: bool = False,
 ) -> tuple[Mu2SlamPreTrainedModel, Mu2SlamProcessor]:
-    """Model + processor of a trained folder to fine-tune, without the folder's CTC language model; ``overrides`` (and
-    loss weights) are set on the model config. ``retrieval``: a `Mu2SlamForRetrieval` on the folder's encoder (its projection new unless the folder is one)."""
+    """Model + processor of a trained folder to fine-tune, without the folder's CTC language model; ``overrides``
+    (and loss weights) are set on the model config. ``retrieval``: a `Mu2SlamForRetrieval` on the folder's encoder
+    (its projection new unless the folder is one)."""
     processor = Mu2SlamProcessor.from_pretrained(folder)
     config = Mu2SlamConfig.from_pretrained(folder)
     extra = dict(overrides)
