@@ -109,3 +109,43 @@ def test_length_budgets_draw_bucketed_batches_of_text_tokens_and_speech_seconds(
     assert [resumed.next_indices() for _ in range(3)] == [first.next_indices() for _ in range(3)]
     with pytest.raises(ValueError, match=r"tokens_per_step\['mt'\] needs token_lengths\['mt'\]"):
         TaskMixture({"mt": to_dataset(mt)}, {}, {}, tokens_per_step={"mt": 200})
+
+
+def test_bucketed_batches_sample_languages_by_temperature():
+    """Length-bucketed tasks follow `language_temperature` too: each epoch gives every language its share of the
+    examples (a large language a new subset each epoch, a small one repeated), padding stays low, and at T=1 the
+    batches are those of one pass over every example."""
+    sizes = {"cs": 600, "de": 150, "en": 50}
+    asr = [make_example(f"a-{lang}-{i}", "asr", lang, audio=f"{lang}{i}.flac", target_text="x", duration=1 + i % 7)
+           for lang, n in sizes.items() for i in range(n)]  # fmt: skip
+    dataset = to_dataset(asr)
+
+    def mixture(temperature):
+        return TaskMixture({"asr": dataset}, {}, {"asr": temperature}, seed=5, seconds_per_step={"asr": 20})
+
+    proportional = mixture(1.0)
+    batches = proportional.bucketed["asr"].epoch_batches(0)
+    assert [proportional.next_indices()["asr"] for _ in range(len(batches))] == batches
+
+    uniform = mixture(100.0)
+    shares = uniform.epoch_shares["asr"]
+    assert shares == {lang: round(p * 800) for lang, p in temperature_probabilities(sizes, 100.0).items()}
+    assert min(shares.values()) > 260  # near even: 263-270 each
+    language = {i: example["source_lang"] for i, example in enumerate(asr)}
+    seconds = {i: example["duration"] for i, example in enumerate(asr)}
+    epochs = []
+    for epoch in range(3):
+        drawn = [uniform.next_indices()["asr"]]
+        while uniform.state_dict()["cursors"]["asr"]["*"] != [epoch + 1, 0]:  # (epoch, position) of the next batch
+            drawn.append(uniform.next_indices()["asr"])
+        epochs.append(Counter(i for batch in drawn for i in batch))
+        assert Counter(language[i] for i in epochs[-1].elements()) == Counter(shares)
+        padded = sum(max(seconds[i] for i in batch) * len(batch) for batch in drawn)
+        assert 1 - sum(seconds[i] for batch in drawn for i in batch) / padded < 0.1
+    czech = [{i for i in epoch if language[i] == "cs"} for epoch in epochs]
+    assert not czech[0] & czech[1] and len(czech[0] | czech[1] | czech[2]) == 600  # 270 an epoch: 3 cover all 600
+    assert max(epochs[0][i] for i in epochs[0] if language[i] == "en") >= 5  # 50 clips fill a share of 263
+
+    resumed = mixture(100.0)
+    resumed.load_state_dict(json.loads(json.dumps(uniform.state_dict())))
+    assert [resumed.next_indices() for _ in range(5)] == [uniform.next_indices() for _ in range(5)]

@@ -126,17 +126,21 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
         self._batches = self._make_batches()
 
-    def epoch_batches(self, epoch: int, shortest_first: bool = False) -> list[list[int]]:
+    def epoch_batches(
+        self, epoch: int, shortest_first: bool = False, indices: Sequence[int] | None = None
+    ) -> list[list[int]]:
         """The batches of ``epoch`` (without changing the sampler's own epoch); ``shortest_first`` orders them by
-        their longest example instead of shuffling (SortaGrad's first epoch)."""
-        batches = self._make_batches(epoch)
+        their longest example instead of shuffling (SortaGrad's first epoch). ``indices``: batch these examples
+        (a subset, or a multiset where some repeat) instead of every example once."""
+        batches = self._make_batches(epoch, indices)
         if shortest_first:
             batches.sort(key=lambda batch: int(self.lengths[batch].max()))
         return batches
 
-    def _make_batches(self, epoch: int | None = None) -> list[list[int]]:
+    def _make_batches(self, epoch: int | None = None, indices: Sequence[int] | None = None) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        examples = np.arange(len(self.lengths)) if indices is None else np.asarray(indices, dtype=np.int64)
+        order = examples[rng.permutation(len(examples))] if self.shuffle else examples
         batches = []
         for start in range(0, len(order), self.pool_size):
             pool = order[start : start + self.pool_size]

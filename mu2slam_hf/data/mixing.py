@@ -6,8 +6,9 @@ length-bucketed batch of about that many seconds of padded audio or padded token
 padding; optionally shortest first in the first epoch, a curriculum). Within a task the language (``"src-tgt"`` for AST/MT pairs, see
 :func:`~mu2slam_hf.data.schema.example_language`) is drawn with ``p_l ∝ n_l ** (1 / T)`` (T=3 text-only,
 T=2 MT, T=1 elsewhere: proportional to size), then the next example of a seeded per-language permutation
-is taken (a new permutation every pass). Deterministic given the seed, and resumable: ``state_dict()``
-stores the step, the generator state and the per-language cursors.
+is taken (a new permutation every pass). Length-bucketed tasks apply the same probabilities per epoch: each
+epoch batches the languages' shares of the task's examples. Deterministic given the seed, and resumable:
+``state_dict()`` stores the step, the generator state and the per-language cursors.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class TaskMixture:
         language_temperature: task -> sampling temperature T (default: text 3, MT 2; others 1).
         seed: seeds every draw.
         seconds_per_step: task -> seconds of padded audio per step (speech tasks): the task then draws one
-            length-bucketed batch per step, walking a shuffled list of batches epoch after epoch (languages in
-            proportion to their data), instead of ``examples_per_step`` examples.
+            length-bucketed batch per step, walking a shuffled list of batches epoch after epoch, instead of
+            ``examples_per_step`` examples. Each epoch holds as many examples as the task has, with language l's
+            share ``p_l`` of the temperature (at T=1 every example once; otherwise a language above its share
+            gives a different subset each epoch and one below it repeats examples).
         tokens_per_step: task -> padded tokens per step (text tasks), drawn as ``seconds_per_step``; the tokens of
             each example are ``token_lengths[task]`` (see :func:`~mu2slam_hf.data.batching.text_token_lengths`).
         shortest_first: the first epoch of the length-bucketed tasks goes from the shortest batches to the
@@ -105,6 +108,8 @@ class TaskMixture:
         self.seed = seed
         self.indices: dict[str, dict[str, np.ndarray]] = {}
         self.probabilities: dict[str, dict[str, float]] = {}
+        # Bucketed tasks sampled away from their data's proportions: language -> examples in each epoch.
+        self.epoch_shares: dict[str, dict[str, int]] = {}
         for task, source in self.sources.items():
             groups: dict[str, list[int]] = defaultdict(list)
             for i, key in enumerate(_language_keys(source)):
@@ -113,7 +118,13 @@ class TaskMixture:
                 raise ValueError(f"task {task!r} has no examples")
             self.indices[task] = {key: np.asarray(idx) for key, idx in sorted(groups.items())}
             counts = {key: len(idx) for key, idx in self.indices[task].items()}
-            self.probabilities[task] = temperature_probabilities(counts, temperatures.get(task, 1.0))
+            temperature = temperatures.get(task, 1.0)
+            self.probabilities[task] = temperature_probabilities(counts, temperature)
+            if task in self.bucketed and temperature != 1.0 and len(counts) > 1:
+                total = sum(counts.values())
+                self.epoch_shares[task] = {
+                    key: max(1, round(p * total)) for key, p in self.probabilities[task].items()
+                }
         self._permutations: dict[tuple[str, str, int], np.ndarray] = {}
         self.load_state_dict({"step": 0, "rng": np.random.default_rng(seed).bit_generator.state, "cursors": {}})
 
@@ -133,12 +144,29 @@ class TaskMixture:
         self.cursors[task][lang] = (epoch + 1, 0) if position == len(permutation) else (epoch, position)
         return index
 
+    def _epoch_examples(self, task: str, epoch: int) -> np.ndarray | None:
+        """The examples of a bucketed task's ``epoch`` under temperature sampling (None: every example once).
+        Language l contributes the next ``epoch_shares[task][l]`` examples of its endless sequence of seeded
+        permutations, so epochs go through each language's examples in turn, and the epoch number alone fixes
+        them (resuming needs no more state)."""
+        shares = self.epoch_shares.get(task)
+        if shares is None:
+            return None
+        parts = []
+        for lang, share in shares.items():
+            size = len(self.indices[task][lang])
+            positions = np.arange(epoch * share, (epoch + 1) * share)
+            passes = positions // size
+            parts += [self._permutation(task, lang, int(k))[positions[passes == k] % size] for k in np.unique(passes)]
+        return np.concatenate(parts)
+
     def _next_bucket(self, task: str) -> list[int]:
         """The next length-bucketed batch of a task with a length budget per step."""
         epoch, position = self.cursors[task].get("*", (0, 0))
         if self._bucket_orders.get(task, (None,))[0] != epoch:
             shortest_first = self.shortest_first and epoch == 0
-            self._bucket_orders[task] = (epoch, self.bucketed[task].epoch_batches(epoch, shortest_first))
+            examples = self._epoch_examples(task, epoch)
+            self._bucket_orders[task] = (epoch, self.bucketed[task].epoch_batches(epoch, shortest_first, examples))
         batches = self._bucket_orders[task][1]
         position += 1
         self.cursors[task]["*"] = (epoch + 1, 0) if position == len(batches) else (epoch, position)

@@ -419,6 +419,13 @@ class Mu2SlamTrainer:
         seed = recipe.seed + 1000 * self.accelerator.process_index
         text_lengths = functools.partial(text_token_lengths, tokenizer=self.processor.tokenizer)
         if streams is not None:
+            tempered = sorted(t for t in recipe.drawn_tasks() if recipe.language_temperature.get(t, 1.0) != 1.0)
+            if tempered:
+                logger.warning(
+                    "language_temperature is not applied to streamed data (%s): a stream's languages come in its own "
+                    "proportions, which it cannot tell ahead. Load the data as a table to sample them.",
+                    ", ".join(tempered),
+                )
             check = functools.partial(
                 check_train_window, self.data, recipe.drawn_tasks(), run_languages(recipe, resume_from)
             )
