@@ -155,9 +155,10 @@ class TaskMixture:
         parts = []
         for lang, share in shares.items():
             size = len(self.indices[task][lang])
-            positions = np.arange(epoch * share, (epoch + 1) * share)
-            passes = positions // size
-            parts += [self._permutation(task, lang, int(k))[positions[passes == k] % size] for k in np.unique(passes)]
+            start, end = epoch * share, (epoch + 1) * share
+            first_pass, last_pass = start // size, (end - 1) // size
+            passes = np.concatenate([self._permutation(task, lang, k) for k in range(first_pass, last_pass + 1)])
+            parts.append(passes[start - first_pass * size : end - first_pass * size])
         return np.concatenate(parts)
 
     def _next_bucket(self, task: str) -> list[int]:
