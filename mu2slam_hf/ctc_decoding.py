@@ -361,20 +361,46 @@ def _logaddexp(a: float, b: float) -> float:
     return a if b == -math.inf else a + math.log1p(math.exp(b - a))
 
 
-@dataclass
-class _Prefix:
-    """A hypothesis of the prefix beam search: its tokens, text, and CTC log-probabilities of ending in blank / in
-    its last token at the current frame, plus its fused language-model score (weight and length bonus applied)."""
+class _PrefixTree:
+    """The hypotheses of one prefix beam search as nodes of a tree of tokens (node 0: the empty hypothesis), so
+    that a hypothesis is an int: cheap to hash, whatever its length. Each node keeps its text and its fused
+    language-model score (weight and length bonus applied), computed once when the node is first reached."""
 
-    tokens: tuple[int, ...]
-    text: str
-    blank: float = -math.inf
-    label: float = -math.inf
-    lm: float = 0.0
+    def __init__(
+        self, token_texts: list[str | None] | None, language_model: Any, lm_weight: float, length_bonus: float
+    ):
+        self.token_texts, self.language_model = token_texts, language_model
+        self.lm_weight, self.length_bonus = lm_weight, length_bonus
+        self.parent, self.token, self.text, self.lm = [-1], [-1], [""], [0.0]
+        self.children: dict[tuple[int, int], int] = {}
 
-    @property
-    def ctc(self) -> float:
-        return _logaddexp(self.blank, self.label)
+    def child(self, node: int, token: int) -> int | None:
+        """The node of hypothesis `node` followed by `token`; None for a token that writes no text."""
+        found = self.children.get((node, token))
+        if found is not None:
+            return found
+        piece = self.token_texts[token] if self.token_texts is not None else ""
+        if piece is None:
+            return None
+        history = self.text[node]
+        if not history:  # a sentence starts with its first character, not with a word marker
+            piece = piece.lstrip(" ")
+        lm = self.lm[node] + self.length_bonus
+        if self.language_model is not None:
+            lm += self.lm_weight * self.language_model.text_log_prob(history, piece)
+        found = self.children[(node, token)] = len(self.parent)
+        self.parent.append(node)
+        self.token.append(token)
+        self.text.append(history + piece)
+        self.lm.append(lm)
+        return found
+
+    def tokens(self, node: int) -> list[int]:
+        tokens = []
+        while node > 0:
+            tokens.append(self.token[node])
+            node = self.parent[node]
+        return tokens[::-1]
 
 
 def ctc_prefix_beam_search(
@@ -406,52 +432,41 @@ def ctc_prefix_beam_search(
         The token ids of the best hypothesis.
     """
     fused = language_model is not None and lm_weight != 0.0
-    beam = {(): _Prefix((), "", blank=0.0)}
+    tree = _PrefixTree(token_texts, language_model if fused else None, lm_weight, length_bonus)
+    # The beam: (node, log p_ctc of ending in blank, of ending in the node's last token) at the current frame.
+    beam = [(0, 0.0, -math.inf)]
     frames = log_probs.float()
     top_values, top_ids = frames.topk(min(candidates_per_frame, frames.shape[-1]), dim=-1)
     for values, ids in zip(top_values.tolist(), top_ids.tolist(), strict=True):
-        grown: dict[tuple[int, ...], _Prefix] = {}
-
-        def entry(tokens: tuple[int, ...], text: str, parent: _Prefix, grown=grown) -> _Prefix:
-            found = grown.get(tokens)
-            if found is None:
-                lm = parent.lm
-                if tokens != parent.tokens:
-                    lm += length_bonus
-                    if fused:
-                        lm += lm_weight * language_model.text_log_prob(parent.text, text[len(parent.text) :])
-                found = grown[tokens] = _Prefix(tokens, text, lm=lm)
-            return found
-
-        for prefix in beam.values():
-            for value, token in zip(values, ids, strict=True):
-                if value < prune_below:
-                    break
+        candidates = [(value, token) for value, token in zip(values, ids, strict=True) if value >= prune_below]
+        grown: dict[int, list[float]] = {}  # node -> [blank, label]
+        for node, ends_blank, ends_label in beam:
+            total, last = _logaddexp(ends_blank, ends_label), tree.token[node]
+            for value, token in candidates:
                 if token == blank:
-                    same = entry(prefix.tokens, prefix.text, prefix)
-                    same.blank = _logaddexp(same.blank, prefix.ctc + value)
+                    same = grown.setdefault(node, [-math.inf, -math.inf])
+                    same[0] = _logaddexp(same[0], total + value)
                     continue
-                piece = token_texts[token] if token_texts is not None else ""
-                if piece is None:
+                extended = tree.child(node, token)
+                if extended is None:
                     continue
-                if not prefix.text:  # a sentence starts with its first character, not with a word marker
-                    piece = piece.lstrip(" ")
-                longer = entry((*prefix.tokens, token), prefix.text + piece, prefix)
-                if prefix.tokens and prefix.tokens[-1] == token:
+                longer = grown.setdefault(extended, [-math.inf, -math.inf])
+                if token == last:
                     # A repeat without a blank between collapses into the same prefix; after a blank it is a new label.
-                    same = entry(prefix.tokens, prefix.text, prefix)
-                    same.label = _logaddexp(same.label, prefix.label + value)
-                    longer.label = _logaddexp(longer.label, prefix.blank + value)
+                    same = grown.setdefault(node, [-math.inf, -math.inf])
+                    same[1] = _logaddexp(same[1], ends_label + value)
+                    longer[1] = _logaddexp(longer[1], ends_blank + value)
                 else:
-                    longer.label = _logaddexp(longer.label, prefix.ctc + value)
-        ranked = sorted(grown.values(), key=lambda p: p.ctc + p.lm, reverse=True)[:beam_size]
-        beam = {p.tokens: p for p in ranked}
+                    longer[1] = _logaddexp(longer[1], total + value)
+        ranked = sorted(grown.items(), key=lambda item: _logaddexp(*item[1]) + tree.lm[item[0]], reverse=True)
+        beam = [(node, ends_blank, ends_label) for node, (ends_blank, ends_label) in ranked[:beam_size]]
 
-    def final(prefix: _Prefix) -> float:
-        end = lm_weight * language_model.log_prob(prefix.text, END) if fused else 0.0
-        return prefix.ctc + prefix.lm + end
+    def final(entry: tuple[int, float, float]) -> float:
+        node, ends_blank, ends_label = entry
+        end = lm_weight * language_model.log_prob(tree.text[node], END) if fused else 0.0
+        return _logaddexp(ends_blank, ends_label) + tree.lm[node] + end
 
-    return list(max(beam.values(), key=final).tokens)
+    return tree.tokens(max(beam, key=final)[0])
 
 
 # ------------------------------------------------------------------------------------- alignment and time

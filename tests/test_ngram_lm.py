@@ -70,6 +70,29 @@ def test_prefix_beam_search_finds_the_most_probable_labelling():
         assert tuple(found) == best, trial
 
 
+def test_prefix_beam_search_with_a_language_model_maximises_the_fused_score():
+    """With the LM fused in, a wide beam finds the labelling with the best ``log p_ctc + w (log p_lm + log p_lm(end))
+    + bonus * length`` (brute force), including a word marker at the start that writes nothing."""
+    texts = [None, "a", "b", " a"]  # blank, two characters, and a token with a word marker
+    lm = CharNgramModel.from_texts(["ab a", "ba", "a a b"], order=3)
+    weight, bonus = 0.7, 0.4
+    generator = torch.Generator().manual_seed(1)
+    for trial in range(6):
+        log_probs = (torch.randn(5, 4, generator=generator) * 2).log_softmax(-1)
+
+        def fused(seq, log_probs=log_probs):
+            text = "".join(texts[t] for t in seq).lstrip(" ")
+            lm_score = lm.text_log_prob("", text) + lm.log_prob(text, END)
+            return _labelling_log_prob(log_probs, seq) + weight * lm_score + bonus * len(seq)
+
+        labellings = [seq for n in range(6) for seq in itertools.product((1, 2, 3), repeat=n)]
+        best = max(labellings, key=fused)
+        found = ctc_prefix_beam_search(
+            log_probs, texts, 400, lm, weight, bonus, candidates_per_frame=4, prune_below=-1e9
+        )
+        assert fused(tuple(found)) == pytest.approx(fused(best), abs=1e-4), trial
+
+
 def test_the_language_model_fixes_a_spelling_the_ctc_head_gets_wrong():
     """Frames that slightly prefer 'e' over 'a' in "snail" -> "sneil"; an LM of text with "snail" corrects it, and
     weight 0 keeps the CTC answer."""
