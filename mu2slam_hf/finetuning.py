@@ -64,6 +64,8 @@ class Mu2SlamSeq2SeqCollator:
             and an evaluation collator should leave it at 0 so eval losses score the whole source.
         speed_perturbation: speed factors (e.g. ``(0.9, 1.0, 1.1)``): each clip is played at one of them, drawn
             from torch's global generator; leave it empty for an evaluation collator.
+        silence_padding_s: silence of up to this many seconds before and after each clip (lengths drawn from torch's
+            global generator; the recipes' key of that name); 0 for an evaluation collator.
         max_target_length: truncate labels to this many ids (eos kept); None keeps them whole.
         pad_to_multiple_of: round T / L / U up to a multiple of this.
     """
@@ -79,6 +81,7 @@ class Mu2SlamSeq2SeqCollator:
         pad_to_multiple_of: int | None = None,
         mt_source_mlm: float = 0.0,
         speed_perturbation: Sequence[float] = (),
+        silence_padding_s: float = 0.0,
     ):
         if task is not None and task not in LABELLED_TASKS:
             raise ValueError(f"task must be one of {LABELLED_TASKS} or None, got {task!r}.")
@@ -96,6 +99,7 @@ class Mu2SlamSeq2SeqCollator:
             max_target_length=max_target_length,
             mt_source_mlm=mt_source_mlm,
             speed_perturbation=speed_perturbation,
+            silence_padding_s=silence_padding_s,
         )
         self.collator = Mu2SlamCollator(config, pad_to_multiple_of)
 

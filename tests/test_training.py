@@ -115,6 +115,12 @@ def test_recipe_rejects_unknown_keys_by_name():
             {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "speed_perturbation": [0.9, 1.1]},
             r"speed_perturbation: the recipe draws no speech task",
         ),
+        ({"model": "m", "silence_padding_s": -1}, r"silence_padding_s is the longest silence"),
+        ({"model": "m", "silence_padding_s": 0.5}, r"silence_padding_s is a fine-tuning option"),
+        (
+            {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "silence_padding_s": 0.5},
+            r"silence_padding_s: the recipe draws no speech task",
+        ),
     ],
 )
 def test_recipe_validation_errors_are_clear(data, message):
@@ -286,6 +292,42 @@ def test_speed_perturbation_draws_a_factor_per_clip_in_training_only(corpus):
     precomputed = [{**examples[0], "input_features": first[0][0].numpy()}]
     with pytest.raises(ValueError, match="precomputed `input_features`"):
         InstanceBuilder(processor, config, stage="finetune", speed_perturbation=(0.9, 1.1)).speech(precomputed)
+
+
+def test_silence_padding_surrounds_each_training_clip_with_silence_frames(corpus):
+    """Each training clip gets 0..s seconds of the extractor's silence frame before and after its own frames (drawn
+    from the step's generator: the same generator, the same lengths), which stay as they are; the cache keeps the
+    clips unpadded, and evaluation hears them as they are. Pre-training refuses it."""
+    recipe = tiny_recipe()
+    rows = load_manifest(corpus, "train", "asr")
+    processor, config = build_processor(recipe, load_preset(recipe), list(rows))
+    examples = [rows[i] for i in range(8)]
+    plain = InstanceBuilder(processor, config, stage="finetune", cache_features=False).speech(examples)
+    padded = InstanceBuilder(processor, config, stage="finetune", silence_padding_s=0.3)
+    first = padded.speech(examples, step_generator(0, 0, 5))
+    extractor = processor.feature_extractor
+    silence = extractor(np.zeros(16000, np.float32), sampling_rate=16000, return_tensors="pt")["input_features"][0, 50]
+    most = round(0.3 * 16000 / extractor.hop_length)
+    added = []
+    for (features, _), (reference, _) in zip(first, plain, strict=True):
+        extra = features.shape[0] - reference.shape[0]
+        before = next(i for i in range(features.shape[0]) if not torch.equal(features[i], silence))
+        assert 0 <= before <= most and 0 <= extra - before <= most
+        assert torch.equal(features[before : before + reference.shape[0]], reference)
+        assert torch.equal(features[:before], silence.expand(before, -1))
+        assert torch.equal(features[before + reference.shape[0] :], silence.expand(extra - before, -1))
+        added.append(extra)
+    assert len(set(added)) > 1  # lengths drawn per clip
+    again = padded.speech(examples, step_generator(0, 0, 5))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, again, strict=True))
+    assert all(
+        torch.equal(padded.cache[(e["audio"]["path"], 1.0)][0], r) for e, (r, _) in zip(examples, plain, strict=True)
+    )
+    evaluation = padded.for_evaluation()
+    assert evaluation.silence_padding_s == 0.0 and padded.silence_padding_s == 0.3
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(evaluation.speech(examples), plain, strict=True))
+    with pytest.raises(ValueError, match="silence_padding_s is for fine-tuning"):
+        InstanceBuilder(processor, config, stage="pretrain", silence_padding_s=0.3)
 
 
 def assert_same_instances(first, second):

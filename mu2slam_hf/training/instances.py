@@ -62,6 +62,9 @@ class InstanceBuilder:
         speed_perturbation: speed factors (e.g. ``(0.9, 1.0, 1.1)``); each clip of a training batch is played at one
             of them, drawn uniformly from the batch's generator (Kaldi's speed perturbation). The cache keeps each
             (clip, factor) it has featurised. Empty: the audio as it is. See `for_evaluation`.
+        silence_padding_s: fine-tuning: silence of a length drawn uniformly from [0, s] seconds before each clip
+            and after it (frames of the feature extractor's output for digital silence, added to the cached
+            features). 0: the clips as they are. See `for_evaluation`.
     """
 
     def __init__(
@@ -75,7 +78,12 @@ class InstanceBuilder:
         max_target_length: int | None = None,
         mt_source_mlm: float = 0.0,
         speed_perturbation: Sequence[float] = (),
+        silence_padding_s: float = 0.0,
     ):
+        if silence_padding_s and stage != "finetune":
+            raise ValueError(
+                "silence_padding_s is for fine-tuning: pre-training's targets are codes of the clips' frames."
+            )
         self.processor = processor
         self.config = config
         self.stage = stage
@@ -83,13 +91,17 @@ class InstanceBuilder:
         self.ctc, self.ctc_ast_source, self.max_target_length = ctc, ctc_ast_source, max_target_length
         self.mt_source_mlm = mt_source_mlm
         self.speed_perturbation = tuple(speed_perturbation)
+        self.silence_padding_s = silence_padding_s
+        self._silence_frame: torch.Tensor | None = None
 
     def for_evaluation(self) -> InstanceBuilder:
-        """This builder without the training-only corruption of inputs (``mt_source_mlm``, ``speed_perturbation``):
-        dev losses score the whole source and the audio as decoding sees them. Shares the feature cache."""
+        """This builder without the training-only corruption of inputs (``mt_source_mlm``, ``speed_perturbation``,
+        ``silence_padding_s``): dev losses score the whole source and the audio as decoding sees them. Shares the
+        feature cache."""
         evaluation = copy.copy(self)
         evaluation.mt_source_mlm = 0.0
         evaluation.speed_perturbation = ()
+        evaluation.silence_padding_s = 0.0
         return evaluation
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -116,7 +128,27 @@ class InstanceBuilder:
                     self.cache[key] = computed[index]
             else:
                 results.append(cached[key])
-        return results
+        return self._pad_with_silence(results, generator) if self.silence_padding_s else results
+
+    def _pad_with_silence(
+        self, speech: list[tuple[torch.Tensor, torch.Tensor | None]], generator: torch.Generator | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each clip's features `(T, F)` with `silence_padding_s` at most of silence frames before and after them
+        (lengths drawn uniformly per clip and side)."""
+        extractor = self.processor.feature_extractor
+        if self._silence_frame is None:
+            silence = np.zeros(SAMPLING_RATE, dtype=np.float32)  # one second
+            frames = extractor(silence, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_features"][0]
+            self._silence_frame = frames[frames.shape[0] // 2]  # away from the edges' padding
+        most = round(self.silence_padding_s * SAMPLING_RATE / extractor.hop_length)
+        lengths = torch.randint(most + 1, (len(speech), 2), generator=generator).tolist()
+        return [
+            (
+                torch.cat([self._silence_frame.expand(before, -1), features, self._silence_frame.expand(after, -1)]),
+                codes,
+            )
+            for (features, codes), (before, after) in zip(speech, lengths, strict=True)
+        ]
 
     def speed_factors(self, count: int, generator: torch.Generator | None) -> list[float]:
         """One speed factor per clip: drawn uniformly from ``speed_perturbation``, else 1.0."""

@@ -372,6 +372,7 @@ class Mu2SlamTrainer:
             ctc_ast_source=recipe.ctc_ast_source,
             mt_source_mlm=recipe.mt_source_mlm,
             speed_perturbation=recipe.speed_perturbation,
+            silence_padding_s=recipe.silence_padding_s,
         )
         self.collator = Mu2SlamCollator(self.config)
         self.mixture = self._mixture(sources, streams, resume_from)

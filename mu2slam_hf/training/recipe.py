@@ -23,6 +23,7 @@ from .schedule import DECAYS
 
 STAGES = ("pretrain", "finetune")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+MAX_SILENCE_PADDING_S = 5.0  # silence_padding_s: beyond this a clip is mostly silence
 MIN_SPEED, MAX_SPEED = 0.5, 2.0  # speed_perturbation factors: beyond these, speech stops sounding like speech
 FINETUNE_CTC_WEIGHT = 0.3  # ESPnet's joint CTC/attention weight; attention-only small models stall for long
 
@@ -128,6 +129,10 @@ class Recipe:
     ``spec_augment_from_step``: SpecAugment (when the model config enables it) acts from this step on.
     ``speed_perturbation``: speed factors (e.g. ``[0.9, 1.0, 1.1]``, Kaldi's); each training clip is played at one
     of them, drawn per clip from the step's seeded generator (dev and decoding hear the audio as it is).
+    ``silence_padding_s`` (fine-tuning): each training clip gets silence of a length drawn uniformly from [0, s]
+    seconds before it and another after it (the log-mel frame of digital silence, per clip from the step's
+    generator). Corpora cut their clips tightly around the speech; recordings, and the stretches `pipeline()` cuts
+    from a long file, are not: a model that never heard silence around speech loses words to it.
     ``max_train_minutes``: also stop (evaluate, save the final model) once this much training time has passed,
     evaluation and saving not counted: runs compared at equal minutes (the learning-curve benchmark).
     ``extend_vocabulary``: characters of the train texts the tokenizer cannot write become new tokens (embedding
@@ -169,6 +174,7 @@ class Recipe:
     shortest_first: bool = False
     spec_augment_from_step: int = 0
     speed_perturbation: list[float] = field(default_factory=list)
+    silence_padding_s: float = 0.0
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     gradient_accumulation_steps: int = 1
     mixed_precision: str | None = "no"
@@ -255,6 +261,7 @@ class Recipe:
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
         self._validate_speed_perturbation()
+        self._validate_silence_padding()
         self._validate_dataloader()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise RecipeError(
@@ -292,6 +299,21 @@ class Recipe:
             )
         if factors and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
             raise RecipeError("speed_perturbation: the recipe draws no speech task, so there is no audio to perturb.")
+
+    def _validate_silence_padding(self) -> None:
+        seconds = self.silence_padding_s
+        if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_SILENCE_PADDING_S:
+            raise RecipeError(
+                f"silence_padding_s is the longest silence (seconds) added before and after each training clip, "
+                f"in [0, {MAX_SILENCE_PADDING_S}]; got {seconds!r}."
+            )
+        if seconds and self.stage != "finetune":
+            raise RecipeError(
+                "silence_padding_s is a fine-tuning option: pre-training's speech targets are codes of the clips' "
+                "own frames. Set it to 0 in this pre-training recipe."
+            )
+        if seconds and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
+            raise RecipeError("silence_padding_s: the recipe draws no speech task, so there is no audio to pad.")
 
     def _validate_dataloader(self) -> None:
         workers = self.dataloader.num_workers
