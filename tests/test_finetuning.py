@@ -214,6 +214,10 @@ def test_collator_builds_speech_and_text_batches():
     fast = Mu2SlamSeq2SeqCollator(processor, config, task="asr", speed_perturbation=(2.0,))(examples)
     assert abs(int(fast["attention_mask"][1].sum()) - frames / 2) <= 2
     assert torch.equal(fast["labels"], batch["labels"])
+    # silence padding: at most 0.2 s (20 frames) of silence before and after each clip
+    padded = Mu2SlamSeq2SeqCollator(processor, config, task="asr", silence_padding_s=0.2)(examples)
+    assert 0 <= int(padded["attention_mask"][1].sum()) - frames <= 40
+    assert torch.equal(padded["labels"], batch["labels"])
 
     mt = [{"id": "m", "task": "mt", "source_text": "hello world", "target_text": "le chat", "source_lang": "en",
            "target_lang": "fr", "audio": None}]  # fmt: skip
