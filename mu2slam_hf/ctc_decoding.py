@@ -371,7 +371,7 @@ class _PrefixTree:
     ):
         self.token_texts, self.language_model = token_texts, language_model
         self.lm_weight, self.length_bonus = lm_weight, length_bonus
-        self.parent, self.token, self.text, self.lm = [-1], [-1], [""], [0.0]
+        self.parent, self.last_token, self.text, self.lm = [-1], [-1], [""], [0.0]
         self.children: dict[tuple[int, int], int] = {}
 
     def child(self, node: int, token: int) -> int | None:
@@ -390,15 +390,16 @@ class _PrefixTree:
             lm += self.lm_weight * self.language_model.text_log_prob(history, piece)
         found = self.children[(node, token)] = len(self.parent)
         self.parent.append(node)
-        self.token.append(token)
+        self.last_token.append(token)
         self.text.append(history + piece)
         self.lm.append(lm)
         return found
 
     def tokens(self, node: int) -> list[int]:
+        """The token ids of hypothesis `node`, first to last."""
         tokens = []
         while node > 0:
-            tokens.append(self.token[node])
+            tokens.append(self.last_token[node])
             node = self.parent[node]
         return tokens[::-1]
 
@@ -441,7 +442,7 @@ def ctc_prefix_beam_search(
         candidates = [(value, token) for value, token in zip(values, ids, strict=True) if value >= prune_below]
         grown: dict[int, list[float]] = {}  # node -> [blank, label]
         for node, ends_blank, ends_label in beam:
-            total, last = _logaddexp(ends_blank, ends_label), tree.token[node]
+            total, last = _logaddexp(ends_blank, ends_label), tree.last_token[node]
             for value, token in candidates:
                 if token == blank:
                     same = grown.setdefault(node, [-math.inf, -math.inf])
