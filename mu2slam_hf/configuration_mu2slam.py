@@ -66,6 +66,7 @@ _INT_FIELDS = {
     "max_target_positions": 1, "mask_time_length": 1, "mask_time_min_masks": 0, "mask_feature_length": 1,
     "mask_feature_min_masks": 0, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "unk_token_id": 0,
     "mask_token_id": 0, "decoder_start_token_id": 0, "intermediate_ctc_layer": 0, "retrieval_embedding_dim": 1,
+    "ctc_upsampling": 1,
 }  # fmt: skip
 # Fractions in [0, 1].
 _PROBABILITY_FIELDS = (
@@ -195,6 +196,11 @@ class Mu2SlamConfig(PreTrainedConfig):
             output of this Conformer layer (through the encoder's final LayerNorm and the same CTC head), which
             regularises the lower layers; 0 turns it off. Training only: decoding uses the last layer.
         intermediate_ctc_weight (`float`): the CTC loss is `(1 - w) * CTC(last layer) + w * CTC(that layer)`.
+        ctc_upsampling (`int`): label slots the CTC head emits per encoder frame (1: one; 2: the CTC lattice runs
+            at twice the encoder's frame rate). CTC needs a slot for every character and a blank between repeated
+            ones; at 25 encoder frames a second fast speech in a language with many silent letters needs more (a
+            tenth of espeak-ng's French clips needs over 0.9 slots a frame). Each slot is the frame plus a learnt
+            linear offset of its own, zero at first, so a head grown from a 1-slot model keeps its best path.
         decoder_noise_ratio (`float`): noisy fine-tuning (paper 2.4, 0.06 there): in training only, this fraction
             of the decoder's input tokens (never the labels, never special tokens) is replaced by its nearest
             neighbour in the current token-embedding space within the same modality. 0 disables it.
@@ -262,6 +268,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         ctc_loss_weight: float = 1.0,
         intermediate_ctc_layer: int = 0,
         intermediate_ctc_weight: float = 0.5,
+        ctc_upsampling: int = 1,
         decoder_noise_ratio: float = 0.0,
         apply_spec_augment: bool = False,
         mask_time_prob: float = 0.05,
@@ -330,6 +337,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.ctc_loss_weight = ctc_loss_weight
         self.intermediate_ctc_layer = intermediate_ctc_layer
         self.intermediate_ctc_weight = intermediate_ctc_weight
+        self.ctc_upsampling = ctc_upsampling
         self.decoder_noise_ratio = decoder_noise_ratio
         self.apply_spec_augment = apply_spec_augment
         self.mask_time_prob = mask_time_prob

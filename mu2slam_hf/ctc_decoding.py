@@ -575,7 +575,8 @@ class FrameClock:
 
     Build it with `FrameClock.for_model(config, feature_extractor)`: a log-mel frame covers `n_fft` samples every
     `hop_length`, and the speech front end's two convolutions make one encoder frame of `frontend_stride ** 2`
-    log-mel frames, seeing `config.min_input_frames` of them.
+    log-mel frames, seeing `config.min_input_frames` of them. The CTC head's frames are its label slots,
+    `config.ctc_upsampling` to an encoder frame, each a share of the frame's interval.
     """
 
     seconds_per_frame: float
@@ -586,7 +587,8 @@ class FrameClock:
         stride = config.frontend_stride**2 * feature_extractor.hop_length
         seen = (config.min_input_frames - 1) * feature_extractor.hop_length + feature_extractor.n_fft
         rate = feature_extractor.sampling_rate
-        return cls(seconds_per_frame=stride / rate, offset_s=(seen - stride) / 2 / rate)
+        slots = getattr(config, "ctc_upsampling", 1)
+        return cls(seconds_per_frame=stride / rate / slots, offset_s=(seen - stride) / 2 / rate)
 
     def seconds(self, start: int, end: int, duration_s: float | None = None) -> tuple[float, float]:
         """`(start_s, end_s)` of frames `[start, end)`, inside `[0, duration_s]` when given."""

@@ -459,20 +459,41 @@ class Mu2SlamMLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(hidden_states))))
 
 
+class Mu2SlamCTCSlotOffsets(nn.Linear):
+    """(B, S, D) -> (B, S, k * D): each encoder frame's offset for each of its k CTC label slots; zero at first
+    (`_init_weights`), also when grown onto a trained 1-slot model."""
+
+
 class Mu2SlamCTCHead(nn.Module):
     """CTC over the text tokens, tied to the text rows of the shared token embedding (blank = <pad>) plus a bias.
 
-    Tying keeps the head free of a second vocabulary-sized matrix (64k x 1024 for the spm model).
+    Tying keeps the head free of a second vocabulary-sized matrix (64k x 1024 for the spm model). With
+    `config.ctc_upsampling` k > 1 every encoder frame gives k label slots: slot j is the frame's state plus its own
+    linear offset (`slot_offsets`, zero at first, so the k slots start as copies and a grown head's best path is the
+    1-slot head's: CTC merges the repeats).
     """
 
     def __init__(self, config: Mu2SlamConfig):
         super().__init__()
         self.text_vocab_size = config.text_vocab_size
         self.bias = nn.Parameter(torch.zeros(config.text_vocab_size))
+        self.upsampling = config.ctc_upsampling
+        self.slot_offsets = (
+            Mu2SlamCTCSlotOffsets(config.d_model, config.d_model * self.upsampling) if self.upsampling > 1 else None
+        )
 
     def forward(self, hidden_states: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) encoder states, (V, D) embedding -> (B, S, text_vocab_size) logits."""
+        """(B, S, D) encoder states, (V, D) embedding -> (B, S * ctc_upsampling, text_vocab_size) logits (the slots
+        of frame t at positions t * k ... t * k + k - 1)."""
+        if self.slot_offsets is not None:
+            batch, frames, width = hidden_states.shape
+            offsets = self.slot_offsets(hidden_states).view(batch, frames, self.upsampling, width)
+            hidden_states = (hidden_states.unsqueeze(2) + offsets).view(batch, frames * self.upsampling, width)
         return F.linear(hidden_states, token_embedding[: self.text_vocab_size], self.bias)
+
+    def slot_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) encoder frames -> (B,) CTC label slots."""
+        return frame_lengths * self.upsampling
 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -696,6 +717,9 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
         if isinstance(module, Mu2SlamMLMHead):
             init.zeros_(module.decoder.bias)
         elif isinstance(module, Mu2SlamCTCHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, Mu2SlamCTCSlotOffsets):
+            init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, Mu2SlamLanguageIdHead) and module.layer_weights is not None:
             init.zeros_(module.layer_weights)  # every layer weighed equally at first
@@ -1517,7 +1541,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             return F.ctc_loss(
                 log_probs,
                 flat_targets,
-                speech_mask[rows].sum(-1),
+                self.ctc_head.slot_lengths(speech_mask[rows].sum(-1)),
                 target_lengths[rows],
                 blank=self.config.pad_token_id,
                 reduction="mean",
@@ -1623,14 +1647,15 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         return self._detected_language_ids(input_features, attention_mask, threshold)
 
     def ctc_log_probs(self, encoder_outputs: Mu2SlamEncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """CTC log-probabilities `(B, S, text_vocab_size)` (blank = <pad>) of the speech positions, and their
-        `(B,)` real lengths."""
+        """CTC log-probabilities `(B, S * config.ctc_upsampling, text_vocab_size)` (blank = <pad>) of the speech
+        positions' label slots, and their `(B,)` real lengths."""
         speech_length = encoder_outputs.speech_length or 0
         if speech_length == 0:
             raise ValueError("CTC decoding needs speech input (`input_features`): the CTC head reads speech frames.")
         states = encoder_outputs.last_hidden_state[:, :speech_length]
         logits = self.ctc_head(states, self.model.shared.weight).float()
-        return F.log_softmax(logits, dim=-1), encoder_outputs.attention_mask[:, :speech_length].sum(-1)
+        frames = encoder_outputs.attention_mask[:, :speech_length].sum(-1)
+        return F.log_softmax(logits, dim=-1), self.ctc_head.slot_lengths(frames)
 
     @torch.no_grad()
     def ctc_greedy_decode(
@@ -1691,8 +1716,9 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         encoder_outputs: Mu2SlamEncoderOutput | None = None,
         **kwargs,
     ) -> list[list[tuple[int, int, int]]]:
-        """The tokens of each clip with the encoder frames the CTC head puts them at: `(token, start, end)`, frames
-        `[start, end)` (`ctc_decoding.FrameClock` turns frames into seconds).
+        """The tokens of each clip with the CTC frames the CTC head puts them at: `(token, start, end)`, frames
+        `[start, end)` (its label slots: `config.ctc_upsampling` to an encoder frame; `ctc_decoding.FrameClock` turns
+        them into seconds).
 
         Without `labels`, the CTC head's own transcript (its best path, as `ctc_greedy_decode`). With `labels`
         `(B, L)` (a transcript per clip, e.g. `generate`'s output), the best alignment of each row's text tokens

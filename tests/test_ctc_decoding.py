@@ -264,3 +264,45 @@ def test_the_asr_decoder_in_the_generation_config_is_the_default_for_asr_only(tm
     # Translation (tgt_lang != src_lang) and text input keep the attention decoder: no CTC default, no error.
     translated = loaded.generate(**batch, tgt_lang="en", **options)
     assert torch.equal(translated, loaded.generate(**batch, tgt_lang="en", ctc_weight=0.0, **options))
+
+
+# ------------------------------------------------------------------------------------- CTC upsampling
+
+
+def test_a_ctc_head_grown_to_two_slots_a_frame_keeps_the_one_slot_heads_best_path(tmp_path):
+    """Loading a 1-slot model with `ctc_upsampling=2` starts both slots of a frame as copies of it: twice the
+    CTC frames, each frame's distribution repeated, the same best path. (Prefix scores are sums over alignments,
+    which repeated frames change, so joint decoding may differ.)"""
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=2)
+    model.save_pretrained(tmp_path)
+    grown = type(model).from_pretrained(tmp_path, ctc_upsampling=2).eval()
+    _, batch = speech_batch(processor)
+    encoder = model._encode_speech(batch["input_features"], batch["attention_mask"], None, batch["src_lang_ids"])
+    log_probs, lengths = model.ctc_log_probs(encoder)
+    grown_log_probs, grown_lengths = grown.ctc_log_probs(encoder)
+    assert torch.equal(grown_lengths, 2 * lengths)
+    torch.testing.assert_close(grown_log_probs, log_probs.repeat_interleave(2, dim=1))
+    assert torch.equal(grown.ctc_greedy_decode(**batch), model.ctc_greedy_decode(**batch))
+    assert torch.equal(grown.generate(**batch, ctc_weight=1.0), model.generate(**batch, ctc_weight=1.0))
+
+
+def test_two_ctc_slots_a_frame_fit_a_transcript_longer_than_the_frames():
+    """With one slot a frame CTC cannot emit more labels than the clip has encoder frames (the loss is infeasible,
+    zeroed); with two it can, and training moves the slots apart."""
+    processor = tiny_processor()
+    clip = (0.1 * np.random.default_rng(0).standard_normal(int(0.45 * RATE))).astype(np.float32)
+    batch = processor(audio=clip, sampling_rate=RATE, src_lang="fr")
+    inputs = {k: batch[k] for k in ("input_features", "attention_mask", "src_lang_ids")}
+    frames = int(tiny_model(processor).model.encoder(**inputs).attention_mask.sum())
+    labels = torch.tensor([[5, 6, 7] * frames])[:, : frames + 2]  # more labels than frames
+    losses = {}
+    for slots in (1, 2):
+        model = tiny_model(processor, seed=0, ctc_upsampling=slots).train()
+        model.config.decoder_loss_weight = 0.0
+        losses[slots] = model(**inputs, decoder_input_ids=torch.tensor([[1]]), ctc_labels=labels).loss
+    assert losses[1].item() == 0.0
+    assert losses[2].item() > 0.0 and torch.isfinite(losses[2])
+    losses[2].backward()
+    offsets = model.ctc_head.slot_offsets.weight.grad.view(2, -1, model.config.d_model)
+    assert not torch.allclose(offsets[0], offsets[1])  # the slots of a frame learn different things

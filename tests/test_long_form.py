@@ -113,6 +113,11 @@ def test_frame_clock_follows_the_front_end_and_the_feature_hop(tiny_config):
     assert clock.offset_s + clock.seconds_per_frame / 2 == pytest.approx(680 / RATE)
     assert clock.seconds(10, 15) == pytest.approx((0.4225, 0.6225), abs=1e-3)
     assert clock.seconds(0, 30, duration_s=1.0) == pytest.approx((0.0225, 1.0), abs=1e-3)
+    tiny_config.ctc_upsampling = 2  # two CTC label slots a frame share its 40 ms; the first centred at 32.5 ms
+    slots = FrameClock.for_model(tiny_config, processor.feature_extractor)
+    assert slots.seconds_per_frame == pytest.approx(0.02)
+    assert slots.offset_s + slots.seconds_per_frame / 2 == pytest.approx(0.0325)
+    tiny_config.ctc_upsampling = 1
     processor.feature_extractor.hop_length = 320
     assert FrameClock.for_model(tiny_config, processor.feature_extractor).seconds_per_frame == pytest.approx(0.08)
 
