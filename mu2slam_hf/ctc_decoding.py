@@ -587,8 +587,7 @@ class FrameClock:
         stride = config.frontend_stride**2 * feature_extractor.hop_length
         seen = (config.min_input_frames - 1) * feature_extractor.hop_length + feature_extractor.n_fft
         rate = feature_extractor.sampling_rate
-        slots = getattr(config, "ctc_upsampling", 1)
-        return cls(seconds_per_frame=stride / rate / slots, offset_s=(seen - stride) / 2 / rate)
+        return cls(seconds_per_frame=stride / rate / config.ctc_upsampling, offset_s=(seen - stride) / 2 / rate)
 
     def seconds(self, start: int, end: int, duration_s: float | None = None) -> tuple[float, float]:
         """`(start_s, end_s)` of frames `[start, end)`, inside `[0, duration_s]` when given."""
