@@ -41,6 +41,9 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     noisy = json.loads((tmp_path / "ft2-noisy" / "config.json").read_text())
     assert noisy["decoder_noise_ratio"] == 0.06 and noisy["apply_spec_augment"] is True
     assert noisy["ctc_loss_weight"] == 0.5
+    # the stage 2 recipe's own model override stays beside the noisy ones; stage 1's head has one slot
+    assert noisy["ctc_upsampling"] == 2
+    assert json.loads((tmp_path / "ft1" / "config.json").read_text())["ctc_upsampling"] == 1
     evaluation = json.loads((tmp_path / "ft1" / "eval_synth.json").read_text())
     assert {m["task"] for m in evaluation["metrics"]} == {"asr", "ast", "mt"}
     # the decoder chosen on dev (eval_synth.json) and the others (attention alone, CTC head alone, joint; the CTC

@@ -456,8 +456,11 @@ def starting_from(folder: Path) -> dict:
 
 def noisy(steps: int) -> dict:
     """Noisy fine-tuning (paper 2.4): decoder-input synonym noise 0.06 and SpecAugment, the latter only after the
-    first 30% of the steps (augmenting before the model has started to learn slows it down)."""
-    return {"model_overrides": NOISY, "spec_augment_from_step": int(0.3 * steps)}
+    first 30% of the steps (augmenting before the model has started to learn slows it down). Dotted keys, so that
+    the recipe's own ``model_overrides`` (its CTC slots) stay."""
+    return {f"model_overrides.{key}": value for key, value in NOISY.items()} | {
+        "spec_augment_from_step": int(0.3 * steps)
+    }
 
 
 FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noisy"}
