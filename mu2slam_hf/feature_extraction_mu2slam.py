@@ -22,11 +22,14 @@ Input conventions (enforced with ``ValueError`` messages that name the fix):
 
 from __future__ import annotations
 
+import io
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import soundfile
 import soxr
 import torch
 from transformers import AutoFeatureExtractor, BatchFeature, SequenceFeatureExtractor
@@ -40,6 +43,27 @@ logger = logging.get_logger(__name__)
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[np.ndarray | torch.Tensor | Sequence[float]]
 MonoMode = Literal["mean", "first"]
+
+
+def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Float32 mono at ``target_rate``: channels (last axis of a 2-D array) averaged, then soxr resampling."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array.mean(axis=1)
+    if sampling_rate != target_rate:
+        array = soxr.resample(array, sampling_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+    return array
+
+
+def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """A file path or encoded bytes as (N,) float32 mono at ``target_rate``: libsndfile decodes (WAV, FLAC, OGG
+    Vorbis/Opus, MP3), soxr resamples. Raises ``soundfile.SoundFileError`` for what libsndfile cannot read, and OS
+    errors. (Here rather than in ``mu2slam_hf.data`` so that a model folder's remote-code pipeline reads files the
+    same way.)"""
+    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    array, rate = soundfile.read(handle, dtype="float32", always_2d=False)
+    return to_mono_16k(array, rate, target_rate)
+
 
 # A (samples, channels) array has at most this many channels; no real clip is this short (the minimum is 1360).
 MAX_CHANNELS = 32

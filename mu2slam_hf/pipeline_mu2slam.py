@@ -26,11 +26,13 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.utils import logging
 
 from .ctc_decoding import FrameClock, pause_segments, word_spans
+from .feature_extraction_mu2slam import read_audio
 from .vocabulary import SAMPLING_RATE, language_indices
 
 logger = logging.get_logger(__name__)
@@ -151,8 +153,9 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return self.feature_extractor.hop_length * self.model.config.frontend_stride**2
 
     def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None):
-        if self.is_mu2slam and not chunk_length_s:
+        if self.is_mu2slam:
             inputs = self._read_audio(inputs)
+        if self.is_mu2slam and not chunk_length_s:
             if isinstance(inputs, np.ndarray) and len(inputs) > LONG_INPUT_S * self.feature_extractor.sampling_rate:
                 seconds = len(inputs) / self.feature_extractor.sampling_rate
                 logger.info(
@@ -163,16 +166,20 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         yield from super().preprocess(inputs, chunk_length_s=chunk_length_s, stride_length_s=stride_length_s)
 
     def _read_audio(self, inputs: Any) -> Any:
-        """A local file or bytes as a mono array at the feature extractor's rate (as the parent class reads them);
-        anything else as it is."""
-        from transformers.pipelines.audio_utils import ffmpeg_read
-
+        """A local file or encoded bytes as a (N,) float32 mono array at the feature extractor's rate
+        (:func:`read_audio`: no FFmpeg needed for WAV, FLAC, OGG or MP3); other formats (AAC, M4A, ...) go to FFmpeg
+        as in the parent class. Anything else as it is."""
         if isinstance(inputs, str) and not inputs.startswith(("http://", "https://")):
             with open(inputs, "rb") as handle:
                 inputs = handle.read()
-        if isinstance(inputs, bytes):
-            inputs = ffmpeg_read(inputs, self.feature_extractor.sampling_rate)
-        return inputs
+        if not isinstance(inputs, bytes):
+            return inputs
+        try:
+            return read_audio(inputs, self.feature_extractor.sampling_rate)
+        except soundfile.SoundFileError:
+            from transformers.pipelines.audio_utils import ffmpeg_read
+
+            return ffmpeg_read(inputs, self.feature_extractor.sampling_rate)
 
     def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):
         if not self.is_mu2slam:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the package with its test and training extras.
 # - System packages (as root with apt-get): espeak-ng + sox build the synthetic corpus, libsndfile1 decodes audio,
-#   ffmpeg lets pipeline("automatic-speech-recognition") read audio files (transformers' ffmpeg_read).
+#   ffmpeg lets pipeline("automatic-speech-recognition") read the audio files libsndfile cannot (AAC, M4A, ...).
 # - torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the CPU build
 #   (never several GB of CUDA wheels); with torch already installed in .venv, nothing is replaced.
 set -euo pipefail

@@ -152,22 +152,24 @@ class ToneOracleEncoder(torch.nn.Module):
     def __init__(self, config, bin_to_token: dict[int, int]):
         super().__init__()
         self.config = config
-        self.bins = torch.tensor(sorted(bin_to_token))
-        self.tokens = torch.tensor([bin_to_token[b] for b in sorted(bin_to_token)])
+        # buffers, so that a pipeline that moves the model to a GPU moves them too
+        self.register_buffer("bins", torch.tensor(sorted(bin_to_token)), persistent=False)
+        self.register_buffer("tokens", torch.tensor([bin_to_token[b] for b in sorted(bin_to_token)]), persistent=False)
 
     def forward(self, input_features, attention_mask=None, **kwargs) -> Mu2SlamEncoderOutput:
         frames = self.config.speech_output_lengths(input_features.shape[1])
         stride = self.config.frontend_stride**2
-        centres = input_features[:, stride * torch.arange(frames) + self.config.min_input_frames // 2]  # (B, S, F)
+        positions = torch.arange(frames, device=input_features.device)
+        centres = input_features[:, stride * positions + self.config.min_input_frames // 2]  # (B, S, F)
         peak, peak_bin = centres.max(-1)
         sounding = peak - centres.median(-1).values > 4.0
         nearest = (peak_bin.unsqueeze(-1) - self.bins).abs().argmin(-1)
         labels = torch.where(sounding, self.tokens[nearest], torch.zeros_like(peak_bin))
         states = torch.nn.functional.one_hot(labels, self.config.d_model).float() * CONFIDENCE
         lengths = self.config.speech_output_lengths(attention_mask.sum(-1)) if attention_mask is not None else None
-        mask = torch.ones(states.shape[:2], dtype=torch.long)
+        mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
         if lengths is not None:
-            mask = (torch.arange(frames) < lengths.unsqueeze(-1)).long()
+            mask = (positions < lengths.unsqueeze(-1)).long()
         return Mu2SlamEncoderOutput(last_hidden_state=states, attention_mask=mask, speech_length=frames)
 
 

@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 from conftest import PRESETS
 from test_remote_code import fresh_python  # noqa: F401  (fixture)
@@ -188,6 +189,33 @@ def test_asr_pipeline_inputs_and_batching(tone_model, tmp_path):
     assert [o["text"] for o in outputs] == ["la", "mi", "la", "", "mi"]
     translated = asr(batch, batch_size=2, generate_kwargs={"src_lang": "fr", "tgt_lang": "en"})
     assert [o["text"] for o in translated] == ["the", "my", "the", "", "my"]
+
+
+def test_pipeline_reads_audio_files_without_ffmpeg(tone_model, tmp_path, monkeypatch):
+    """WAV and FLAC files (here 44.1 kHz stereo) are decoded by libsndfile and resampled by soxr, chunked or not;
+    only what libsndfile cannot read goes to FFmpeg."""
+    import transformers.pipelines.audio_utils as audio_utils
+    from transformers import pipeline
+
+    folder, _, _ = tone_model
+    asr = pipeline("automatic-speech-recognition", model=str(folder))
+    french = {"src_lang": "fr", "tgt_lang": "fr"}
+    la = tone_clip("la", 3.0, np.random.default_rng(7))
+    stereo = np.stack([la, la], axis=1)
+    sf.write(tmp_path / "la.flac", soxr.resample(stereo, RATE, 44_100), 44_100)
+    sf.write(tmp_path / "la.wav", la, RATE)
+    (tmp_path / "la.m4a").write_bytes(b"not a format libsndfile reads")
+
+    def no_ffmpeg(*args, **kwargs):
+        raise AssertionError("FFmpeg was called")
+
+    monkeypatch.setattr(audio_utils, "ffmpeg_read", no_ffmpeg)
+    monkeypatch.setattr("transformers.pipelines.automatic_speech_recognition.ffmpeg_read", no_ffmpeg, raising=False)
+    for name in ("la.flac", "la.wav"):
+        assert asr(str(tmp_path / name), generate_kwargs=french)["text"] == "la"
+        assert asr(str(tmp_path / name), chunk_length_s=8, generate_kwargs=french)["text"] == "la"
+    monkeypatch.setattr(audio_utils, "ffmpeg_read", lambda data, rate: la)
+    assert asr(str(tmp_path / "la.m4a"), generate_kwargs=french)["text"] == "la"
 
 
 def test_long_form_chunked_transcription(tone_model, tmp_path):

@@ -3,7 +3,6 @@ to read, ``soxr`` to resample to 16 kHz, channels averaged to mono."""
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -13,18 +12,9 @@ import soundfile as sf
 import soxr
 import torch
 
+from ..feature_extraction_mu2slam import read_audio, to_mono_16k  # noqa: F401  (the package's one audio reader)
 from ..vocabulary import SAMPLING_RATE
 from .schema import DataError, OnError, handle_error
-
-
-def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Float32 mono at ``target_rate``: channels (last axis of a 2-D array) averaged, then soxr resampling."""
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=1)
-    if sampling_rate != target_rate:
-        array = soxr.resample(array, sampling_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
-    return array
 
 
 def speed_perturb(array: np.ndarray, factor: float, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
@@ -46,13 +36,6 @@ def draw_speed_factors(speeds: Sequence[float], count: int, generator: torch.Gen
         return [1.0] * count
     draws = torch.randint(len(speeds), (count,), generator=generator).tolist()
     return [float(speeds[i]) for i in draws]
-
-
-def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Reads a file path or encoded bytes into float32 mono at ``target_rate``. Raises soundfile/OS errors."""
-    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    array, rate = sf.read(handle, dtype="float32", always_2d=False)
-    return to_mono_16k(array, rate, target_rate)
 
 
 def write_flac(path: str | os.PathLike, array: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> float:
