@@ -1,5 +1,6 @@
 """Benchmarks: the learning-curve instrument's --quick mode end to end on a tiny espeak-ng corpus, how it places
-the demo job's stages on the minutes axis, and the data-path benchmark on a tiny corpus it scales up."""
+the demo job's stages on the minutes axis, the data-path benchmark on a tiny corpus it scales up, and the split of
+a training step into its phases."""
 
 import importlib.util
 import json
@@ -160,3 +161,24 @@ def test_quick_ast_learning_curve_has_bleu_points_and_a_test_score(tmp_path):
     test_clips = sum(1 for line in (corpus / "test.jsonl").open() if json.loads(line)["task"] == "ast")
     assert summary["test"]["test_pairs"] == test_clips > 0 and summary["test"]["test_bleu"] >= 0
     assert (out / "learning_curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
+    """Every phase of the real training step is timed (the profiler ranges of `loop.phase`), and the peer too."""
+    from mu2slam_hf.data.synthetic import build_synthetic
+    from mu2slam_hf.training.loop import STEP_PHASES
+
+    corpus, out = tmp_path / "corpus", tmp_path / "phases.json"
+    build_synthetic(str(corpus), ("en",), num_numbers=24, use_fillets=False, num_workers=2)
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_step_phases.py"), "--data", str(corpus),
+               "--quick", "--steps", "2", "--warmup", "1", "--threads", "1", "--output", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    ours, peer = figures["ours"], figures["peer"]
+    assert set(ours["phases"]) == set(STEP_PHASES)  # the quick recipe keeps the weight average
+    assert all(times["host_ms"] > 0 for times in ours["phases"].values())
+    assert ours["seconds_per_step"] > 0 and peer["seconds_per_step"] > 0
+    assert ours["host_syncs_per_step"] is None  # counted on CUDA only
+    assert "| forward |" in done.stdout and "ours / peer = " in done.stdout

@@ -89,6 +89,24 @@ class TrainingResult:
 CTC_LM_DEV_EXAMPLES = 80
 
 
+STEP_PHASES = (
+    "draw",
+    "collate",
+    "forward",
+    "backward",
+    "loss_tracking",
+    "clip_grad_norm",
+    "optimizer",
+    "weight_average",
+)
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """A training step's phase (one of STEP_PHASES) as a profiler range "train_step/<name>": free without a profiler;
+    `benchmarks/bench_step_phases.py` sums the host and device time of each."""
+    return torch.profiler.record_function(f"train_step/{name}")
+
+
 def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | None = "tensorboard") -> Accelerator:
     """Accelerator with the recipe's precision (None: the launcher's), TensorBoard logging under output_dir/logs."""
     # A multi-process launch (torchrun) on a machine without CUDA: gloo on the CPU (see configuration/accelerate/cpu_ddp.yaml).
@@ -480,28 +498,36 @@ class Mu2SlamTrainer:
         # Augmentation only once the model has started to learn (SpeechBrain's augment warm-up).
         self.config.apply_spec_augment = self.spec_augment and step > recipe.spec_augment_from_step
         for micro in range(accumulation):
-            draw = next(self.draws)
+            with phase("draw"):
+                draw = next(self.draws)
             self.mixture_state = draw.mixture_state
             groups = split_by_layout(draw.instances)
             micro_loss = 0.0
             for index, group in enumerate(groups):
                 last = micro == accumulation - 1 and index == len(groups) - 1
-                batch = {k: v.to(accelerator.device) for k, v in self.collate(group).items()}
+                with phase("collate"):
+                    batch = {k: v.to(accelerator.device) for k, v in self.collate(group).items()}
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    outputs = model(**batch)
-                    accelerator.backward(outputs.loss / accumulation)
-                micro_loss += outputs.loss.item()
-                tracker.add_output(group, outputs)
-                self._count_inputs(group, tracker)
+                    with phase("forward"):
+                        outputs = model(**batch)
+                    with phase("backward"):
+                        accelerator.backward(outputs.loss / accumulation)
+                with phase("loss_tracking"):
+                    micro_loss += outputs.loss.item()
+                    tracker.add_output(group, outputs)
+                    self._count_inputs(group, tracker)
             tracker.add_total("loss", micro_loss)
             tracker.add_total("micro_batches", 1)
         max_norm = recipe.optimizer.max_grad_norm
-        self.grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm) if max_norm else None
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with phase("clip_grad_norm"):
+            self.grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm) if max_norm else None
+        with phase("optimizer"):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         if self.average is not None:
-            self.average.update_parameters(accelerator.unwrap_model(model))
+            with phase("weight_average"):
+                self.average.update_parameters(accelerator.unwrap_model(model))
 
     def collate(self, group) -> dict[str, torch.Tensor]:
         """One batch of the model's keyword arguments (with language-identification labels when the recipe trains

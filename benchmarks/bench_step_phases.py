@@ -1,0 +1,185 @@
+"""Where a training step's time goes on this machine's device (the GPU where there is one, else the CPU).
+
+Our step is `Mu2SlamTrainer.train_step`, the real loop, on the ASR-from-scratch recipe (`asr-scratch-small.yaml`:
+about 40 s of audio per step, the weight average, bf16 where `mixed_precision: auto` picks it). Printed:
+
+1. seconds per step, timed without a profiler (the device synchronised before and after);
+2. host syncs per step (CUDA only: operations that make the host wait for the GPU, counted with
+   `torch.cuda.set_sync_debug_mode`), each of which stalls the launch queue;
+3. each phase of the step (`loop.STEP_PHASES`: draw, collate, forward, backward, loss tracking, gradient clipping,
+   optimizer, weight average) in host milliseconds and device milliseconds per step, from `torch.profiler` (profiled
+   steps run slower than the unprofiled ones of 1: compare the phases with each other);
+4. the ParakeetForCTC peer of the learning-curve benchmark on the same clips and batch budget, seconds per step,
+   and the ratio.
+
+A step whose host milliseconds are far above its device milliseconds is bound by Python and launches, not by the
+GPU; on a CPU the two columns are the same work.
+
+    python benchmarks/bench_step_phases.py --data <ASR corpus folder> [--steps 20] [--warmup 10] [--threads 4]
+    python benchmarks/bench_step_phases.py --data <corpus> --quick      # tiny models, 2 steps: a smoke run
+
+Prints figures (and writes them with --output); asserts nothing. Other jobs on the machine lower the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RECIPE = REPO / "configuration" / "recipes" / "asr-scratch-small.yaml"
+QUICK_OVERRIDES = {"model": "configuration/models/tiny", "speech_codebook.normalization_examples": 16}
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def seconds_per_step(step, first: int, count: int) -> float:
+    """Mean seconds of ``step(n)`` for n in first .. first + count - 1, the device synchronised around them."""
+    synchronize()
+    start = time.perf_counter()
+    for n in range(first, first + count):
+        step(n)
+    synchronize()
+    return (time.perf_counter() - start) / count
+
+
+def host_syncs_per_step(step, first: int, count: int) -> float | None:
+    """Synchronising CUDA operations per step (None on a CPU)."""
+    if not torch.cuda.is_available():
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for n in range(first, first + count):
+                step(n)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught) / count
+
+
+def phase_milliseconds(step, first: int, count: int) -> dict[str, dict[str, float]]:
+    """{phase: {"host_ms", "device_ms"}} per step, from the profiler ranges "train_step/<phase>"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as profiler:
+        for n in range(first, first + count):
+            step(n)
+        synchronize()
+    phases = {}
+    for event in profiler.key_averages():
+        if event.key.startswith("train_step/"):
+            device = getattr(event, "device_time_total", 0.0) if torch.cuda.is_available() else event.cpu_time_total
+            phases[event.key.split("/", 1)[1]] = {
+                "host_ms": event.cpu_time_total / 1000 / count,
+                "device_ms": device / 1000 / count,
+            }
+    return phases
+
+
+def our_trainer(args: argparse.Namespace) -> Any:
+    from mu2slam_hf.training import Mu2SlamTrainer, load_recipe
+
+    overrides = {"eval_interval": 10**9, "checkpoint_interval": 10**9, "max_train_minutes": None,
+                 "ctc_language_model": None, "max_steps": 10**6, **(QUICK_OVERRIDES if args.quick else {})}  # fmt: skip
+    recipe = load_recipe(RECIPE, overrides)
+    trainer = Mu2SlamTrainer(
+        recipe, args.data, tempfile.mkdtemp(prefix="bench-phases-"), log_with=None, progress=False
+    )
+    trainer.setup(resume=False)
+    return trainer
+
+
+def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from mu2slam_hf.training import LossTracker
+
+    trainer = our_trainer(args)
+    tracker = LossTracker()
+
+    def step(n: int) -> None:
+        trainer.train_step(n, tracker)
+
+    for n in range(1, args.warmup + 1):
+        step(n)
+    first = args.warmup + 1
+    result = {
+        "device": str(trainer.accelerator.device),
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "seconds_per_step": seconds_per_step(step, first, args.steps),
+    }
+    first += args.steps
+    result["host_syncs_per_step"] = host_syncs_per_step(step, first, min(args.steps, 5))
+    first += min(args.steps, 5)
+    result["phases"] = phase_milliseconds(step, first, args.steps)
+    return result
+
+
+def measure_peer(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_learning_curve import PeerRun
+
+    from mu2slam_hf.training import load_recipe
+
+    recipe = load_recipe(RECIPE, {"max_train_minutes": None, **(QUICK_OVERRIDES if args.quick else {})})
+    run = PeerRun(recipe, args.data, args.quick)
+
+    def step(n: int) -> None:
+        run.step(run.make_batch(next(run.batches)))
+
+    for n in range(args.warmup):
+        step(n)
+    return {
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "seconds_per_step": seconds_per_step(step, 0, args.steps),
+    }
+
+
+def report(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    syncs = ours["host_syncs_per_step"]
+    lines = [
+        f"device {ours['device']}, precision {ours['mixed_precision']}, {torch.get_num_threads()} thread(s)",
+        f"ours ({ours['params'] / 1e6:.2f}M): {1000 * ours['seconds_per_step']:.1f} ms/step"
+        + ("" if syncs is None else f", {syncs:.1f} host syncs/step"),
+        f"peer ParakeetForCTC ({peer['params'] / 1e6:.2f}M): {1000 * peer['seconds_per_step']:.1f} ms/step; "
+        f"ours / peer = {ours['seconds_per_step'] / peer['seconds_per_step']:.2f}",
+        "",
+        "| phase | host ms/step | device ms/step |",
+        "|---|---:|---:|",
+    ]
+    for name, times in ours["phases"].items():
+        lines.append(f"| {name} | {times['host_ms']:.1f} | {times['device_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="corpus folder with ASR rows (train.jsonl, dev.jsonl)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (and profiled steps)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (features cached, kernels chosen)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="tiny models: a smoke run")
+    parser.add_argument("--output", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ours, peer = measure_ours(args), measure_peer(args)
+    print(report(ours, peer), flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"ours": ours, "peer": peer}, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
