@@ -2,9 +2,11 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -60,6 +62,7 @@ def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
     order) and evaluated; every claim is set against the seed spread."""
     command = [sys.executable, str(REPO_ROOT / "training_scripts" / "demo.py"), "--output_dir", str(tmp_path)]
     command += ["--quick", "--compare", "--jobs", "2", "--seeds", "2"]
+    command += ["--libreoffice_help_dir", eight_language_help(tmp_path / "help")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     demo = load_demo()
@@ -72,7 +75,10 @@ def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
                 assert json.loads(state.read_text())["recipe"]["seed"] == seed
     assert (tmp_path / "ft1-seed1" / "model.safetensors").exists()
     values = json.loads((tmp_path / "comparison.json").read_text())
-    assert set(values) == {"asr, synth", "asr, fillets", "ast, synth", "ast, fillets"}
+    # the AST models also on the LibreOffice sentences, and on MT (text in) on both text corpora
+    assert set(values) == {"asr, synth", "asr, fillets", "ast, synth", "ast, fillets", "ast, libreoffice",
+                           "mt, synth", "mt, libreoffice"}  # fmt: skip
+    assert {"bleu xx-en", "chrf xx-en"} <= set(values["mt, libreoffice"]["(d) gradual + noisy"])
     assert all(
         len(seeds) == 2 for table in values.values() for metrics in table.values() for seeds in metrics.values()
     )
@@ -83,6 +89,21 @@ def test_quick_comparison_runs_in_parallel_jobs(tmp_path):
         line.split(" | ")[-1].removesuffix(" |") in ("holds", "reversed", "within seed noise") for line in claims
     )
     assert any(" | cer | " in line for line in claims) and any(" | nll" in line for line in claims)
+
+
+def eight_language_help(root) -> str:
+    """The LibreOffice fixture help tree (en, de, fr) with the demo's other languages as copies of the French pages
+    (the comparison only needs every language's folder to exist)."""
+    from test_data_libreoffice import write_help
+
+    from mu2slam_hf.data.libreoffice import help_dir_name
+
+    folder = Path(write_help(root))
+    demo = load_demo()
+    for lang in demo.LANGUAGES:
+        if not (folder / help_dir_name(lang)).exists():
+            shutil.copytree(folder / help_dir_name("fr"), folder / help_dir_name(lang))
+    return str(folder)
 
 
 def load_demo():

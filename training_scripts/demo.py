@@ -19,7 +19,9 @@
 step budget and with `--seeds` seeds (2 by default), and writes `comparison.md` (the paper's claims in miniature:
 pre-training helps, gradual beats direct, noise helps, each difference set against the seed spread): (a) from scratch,
 (b) pre-trained + direct fine-tuning, (c) pre-trained + gradual, (d) gradual + noisy.
-`--plan long --compare --jobs 2` is sized to take under 2 hours on 2 CPU cores.
+`--plan long --compare --jobs 2` is sized to take under 2 hours on 2 CPU cores; it also builds the LibreOffice help
+corpus (real sentences in the 8 languages from Debian's help packages, an hour of espeak-ng speech) and adds tables of
+the AST models on its test split and of their MT (text in) on both text corpora.
 
 Step counts are far below the paper's: the point is a working, measured recipe on a laptop-sized budget.
 """
@@ -40,6 +42,7 @@ import torch
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import combine_corpora, load_manifest
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
+from mu2slam_hf.data.libreoffice import build_libreoffice
 from mu2slam_hf.data.synthetic import build_synthetic
 from mu2slam_hf.evaluation import (
     averages,
@@ -66,9 +69,12 @@ PLANS = {
     "demo": {"pretrain": 100, "stage1": 120, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
     # (an AST step costs about twice an ASR step: AST's stage 2 is shorter)
-    "long": {"pretrain": 300, "stage1": 120, "stage2": 1000, "stage2_ast": 400},
+    "long": {"pretrain": 300, "stage1": 120, "stage2": 1000, "stage2_ast": 400, "libreoffice_speech_hours": 1.0},
     "quick": {"pretrain": 12, "stage1": 8, "stage2": 6, "stage2_until_minute": 60.0},  # --quick (tests)
 }
+# `--compare` with a plan that has `libreoffice_speech_hours` also scores the compared AST models on the LibreOffice
+# help corpus (real sentences the models never saw, spoken by espeak-ng; its builder speaks a tenth of these hours in
+# the test split) and on MT (text in, the AST models' decoder): how far training on the synthetic corpus carries.
 # `--compare` trains every stage 2 for `stage2` steps (equal budgets). A time-budgeted stage 2 warms up and starts
 # SpecAugment at the steps a `stage2` of 1,500 would (10% and 30% of it), and stops at STAGE2_MAX_STEPS at the latest
 # (about 10 epochs of the demo corpus, where English ASR from scratch stopped improving: a GPU's minutes would
@@ -111,6 +117,17 @@ def build_data(root: Path, quick: bool) -> tuple[Path, Path]:
         build_fillets(str(fillets), cache_dir=str(cache), levels=_quick_levels(cache) if quick else None)
     combine_corpora(root / STAGE2_ASR_DATA, [synth, fillets], tasks=["asr"])
     return synth, fillets
+
+
+def build_libreoffice_test_set(root: Path, hours: float, help_dir: str | None) -> Path:
+    """The LibreOffice help corpus of the demo's languages with ``hours`` of espeak-ng speech, for --compare's
+    out-of-domain test tables (``help_dir``: an extracted help folder; else the Debian packages are fetched)."""
+    out = root / "data" / "libreoffice"
+    if not (out / "summary.json").exists():
+        log("building the LibreOffice help corpus (text + espeak-ng speech) for the comparison's test tables")
+        build_libreoffice(str(out), LANGUAGES, help_dir=help_dir, cache_dir=str(root / "data" / "debian-cache"),
+                          speech_hours=hours)  # fmt: skip
+    return out
 
 
 def _quick_levels(cache: Path) -> list[str]:
@@ -548,21 +565,35 @@ def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[
     return [s for s in stages if not s.after] + stage1 + [s for s in stages if s.after]
 
 
-def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, seeds: int = 2) -> Path:
-    """Evaluate every compared model on both test sets (with the teacher-forced NLL); write comparison.md (each
-    configuration's mean and per-seed values, and each claim's difference against the seed spread) and
-    comparison.json (every value)."""
+def compared_test_sets(task: str, synth: Path, fillets: Path, libreoffice: Path | None) -> list[tuple[Path, tuple]]:
+    """(test set, tasks scored) for the compared models of ``task``. With the LibreOffice corpus, the AST models are
+    also scored on it and, on both text corpora, on MT (their decoder translating text)."""
+    if task == "asr":
+        return [(synth, ("asr",)), (fillets, ("asr",))]
+    if libreoffice is None:
+        return [(synth, ("ast",)), (fillets, ("ast",))]
+    return [(synth, ("ast", "mt")), (fillets, ("ast",)), (libreoffice, ("ast", "mt"))]
+
+
+def compare(
+    root: Path, synth: Path, fillets: Path, plan: dict, count: int, seeds: int = 2, libreoffice: Path | None = None
+) -> Path:
+    """Evaluate every compared model on the test sets of `compared_test_sets` (with the teacher-forced NLL); write
+    comparison.md (each configuration's mean and per-seed values, and each claim's difference against the seed
+    spread) and comparison.json (every value)."""
     values: dict[str, dict[str, dict[str, list[float]]]] = {}  # "asr, synth" -> configuration -> metric -> seeds
     for task in COMPARED_TASKS:
         for configuration in CONFIGURATIONS:
             for seed in range(seeds):
                 folder = compared_folder(root, configuration, task, seed)
-                for data in (synth, fillets):
+                for data, scored in compared_test_sets(task, synth, fillets, libreoffice):
                     name = f"{configuration} {task.upper()}, seed {seed}"
-                    results = evaluate(folder, data, (task,), count, name, with_loss=True)
-                    metrics = values.setdefault(f"{task}, {data.name}", {}).setdefault(configuration, {})
-                    for metric, value in averages(results, task).items():
-                        metrics.setdefault(metric, []).append(value)
+                    results = evaluate(folder, data, scored, count, name, with_loss=True)
+                    for scored_task in scored:
+                        table = values.setdefault(f"{scored_task}, {data.name}", {})
+                        metrics = table.setdefault(configuration, {})
+                        for metric, value in averages(results, scored_task).items():
+                            metrics.setdefault(metric, []).append(value)
     (root / "comparison.json").write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     lines = ["# Recipe comparison (measured by `python training_scripts/demo.py --compare`)", ""]
     budgets = "; ".join(
@@ -574,8 +605,8 @@ def compare(root: Path, synth: Path, fillets: Path, plan: dict, count: int, seed
         f"Fine-tuning budgets: {budgets}; after {plan['pretrain']} pre-training steps. Seeds "
         f"0-{seeds - 1} for every configuration (one shared pre-trained model). Test subsets: the first {count} "
         "examples per task, spread over languages. Lower WER/CER/NLL, higher BLEU/chrF. NLL: teacher-forced nats per "
-        "target token. Averages over languages (ASR) or over xx-en / en-xx directions (AST). Each cell: the mean over "
-        "seeds (each seed's value).",
+        "target token. Averages over languages (ASR) or over xx-en / en-xx directions (AST, MT). MT tables: the AST "
+        "configurations' models translating the text. Each cell: the mean over seeds (each seed's value).",
         "",
     ]
     for table, configurations in values.items():
@@ -639,11 +670,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time (each gets cores/jobs threads)")
     parser.add_argument("--seeds", type=int, default=2, help="--compare: train every configuration with seeds 0..N-1")
     parser.add_argument("--test_examples", type=int, default=None, help="test examples per task (default 64)")
+    parser.add_argument(
+        "--libreoffice_help_dir", help="--compare with --plan long: an extracted LibreOffice help folder (default: "
+        "fetched with apt-get); --quick: also scores the comparison on it"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    plan = PLANS["quick" if args.quick else args.plan]
+    plan = dict(PLANS["quick" if args.quick else args.plan])
+    if args.quick and args.libreoffice_help_dir:
+        plan["libreoffice_speech_hours"] = 0.05
     count = args.test_examples or (8 if args.quick else 64)
     seconds: dict[str, float] = {}
     # --compare gives every stage 2 the same number of steps; the main job alone spends its minutes.
@@ -652,6 +689,9 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     synth, fillets = build_data(root, args.quick)
+    libreoffice = None
+    if args.compare and "libreoffice_speech_hours" in plan:
+        libreoffice = build_libreoffice_test_set(root, plan["libreoffice_speech_hours"], args.libreoffice_help_dir)
     seconds["data"] = time.perf_counter() - start
     stages = main_stages(root, plan, args.quick, train_until) + (
         compare_stages(root, plan, args.quick, args.seeds) if args.compare else []
@@ -682,7 +722,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report.read_text())
     if args.compare:
         start = time.perf_counter()
-        comparison = compare(root, synth, fillets, plan, count, args.seeds)
+        comparison = compare(root, synth, fillets, plan, count, args.seeds, libreoffice)
         extra = sum(value for name, value in trained.items() if name not in FOLDERS)
         log(
             f"comparison: training wall {training_wall / 60:.1f} min for all stages (the runs beyond the main job "
