@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -90,23 +89,13 @@ def phase_milliseconds(step, first: int, count: int) -> dict[str, dict[str, floa
     return phases
 
 
-def our_trainer(args: argparse.Namespace) -> Any:
-    from mu2slam_hf.training import Mu2SlamTrainer, load_recipe
-
-    overrides = {"eval_interval": 10**9, "checkpoint_interval": 10**9, "max_train_minutes": None,
-                 "ctc_language_model": None, "max_steps": 10**6, **(QUICK_OVERRIDES if args.quick else {})}  # fmt: skip
-    recipe = load_recipe(RECIPE, overrides)
-    trainer = Mu2SlamTrainer(
-        recipe, args.data, tempfile.mkdtemp(prefix="bench-phases-"), log_with=None, progress=False
-    )
-    trainer.setup(resume=False)
-    return trainer
-
-
 def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_training import make_trainer
+
     from mu2slam_hf.training import LossTracker
 
-    trainer = our_trainer(args)
+    overrides = {"max_train_minutes": None, "ctc_language_model": None, "max_steps": 10**6}
+    trainer = make_trainer(RECIPE, args.data, {**overrides, **(QUICK_OVERRIDES if args.quick else {})})
     tracker = LossTracker()
 
     def step(n: int) -> None:

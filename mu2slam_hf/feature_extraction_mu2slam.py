@@ -45,14 +45,17 @@ AudioInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[np.ndarray |
 MonoMode = Literal["mean", "first"]
 
 
+def resample(array: np.ndarray, sampling_rate: int, target_rate: int) -> np.ndarray:
+    """(N,) float32 audio from ``sampling_rate`` to ``target_rate`` (soxr, high quality): the package's one resampler."""
+    return soxr.resample(array, sampling_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
 def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Float32 mono at ``target_rate``: channels (last axis of a 2-D array) averaged, then soxr resampling."""
+    """Float32 mono at ``target_rate``: channels (last axis of a 2-D array) averaged, then resampled."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array.mean(axis=1)
-    if sampling_rate != target_rate:
-        array = soxr.resample(array, sampling_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
-    return array
+    return array if sampling_rate == target_rate else resample(array, sampling_rate, target_rate)
 
 
 def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
@@ -321,7 +324,7 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
                 "float), divide it by 32768 or pass the int16 array itself."
             )
         if sampling_rate != self.sampling_rate:
-            array = soxr.resample(array, sampling_rate, self.sampling_rate, quality="HQ").astype(np.float32)
+            array = resample(array, sampling_rate, self.sampling_rate)
         if array.shape[0] < self.min_num_samples:
             raise ValueError(
                 f"{name} has {array.shape[0]} samples ({1000 * array.shape[0] / self.sampling_rate:.1f} ms at "

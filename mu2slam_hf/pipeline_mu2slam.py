@@ -169,16 +169,17 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         """A local file or encoded bytes as a (N,) float32 mono array at the feature extractor's rate
         (:func:`read_audio`: no FFmpeg needed for WAV, FLAC, OGG or MP3); other formats (AAC, M4A, ...) go to FFmpeg
         as in the parent class. Anything else as it is."""
-        if isinstance(inputs, str) and not inputs.startswith(("http://", "https://")):
-            with open(inputs, "rb") as handle:
-                inputs = handle.read()
-        if not isinstance(inputs, bytes):
+        local_file = isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))
+        if not (local_file or isinstance(inputs, bytes)):
             return inputs
         try:
             return read_audio(inputs, self.feature_extractor.sampling_rate)
         except soundfile.SoundFileError:
             from transformers.pipelines.audio_utils import ffmpeg_read
 
+            if local_file:
+                with open(inputs, "rb") as handle:
+                    inputs = handle.read()
             return ffmpeg_read(inputs, self.feature_extractor.sampling_rate)
 
     def _forward(self, model_inputs, return_timestamps=False, **generate_kwargs):

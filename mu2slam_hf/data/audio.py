@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 
-from ..feature_extraction_mu2slam import read_audio, to_mono_16k  # noqa: F401  (the package's one audio reader)
+from ..feature_extraction_mu2slam import read_audio, resample, to_mono_16k  # noqa: F401  (one reader, one resampler)
 from ..vocabulary import SAMPLING_RATE
 from .schema import DataError, OnError, handle_error
 
@@ -26,7 +25,7 @@ def speed_perturb(array: np.ndarray, factor: float, sampling_rate: int = SAMPLIN
     if factor == 1.0:
         return array
     rate = round(sampling_rate / factor)
-    return soxr.resample(array, sampling_rate, rate, quality="HQ").astype(np.float32, copy=False)
+    return resample(array, sampling_rate, rate)
 
 
 def draw_speed_factors(speeds: Sequence[float], count: int, generator: torch.Generator | None) -> list[float]:
