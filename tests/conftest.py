@@ -1,3 +1,4 @@
+import copy
 import os
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def make_model(config, attn_implementation: str = "sdpa", seed: int = 0):
     from mu2slam_hf import Mu2SlamForConditionalGeneration
 
     torch.manual_seed(seed)
+    # A model keeps (and `_from_config` sets the attention implementation on) the config it is given: a copy, so
+    # two models made from one config can differ (eager vs sdpa) and later changes to the config reach neither.
+    config = copy.deepcopy(config)
     return Mu2SlamForConditionalGeneration._from_config(config, attn_implementation=attn_implementation).eval()
 
 
