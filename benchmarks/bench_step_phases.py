@@ -5,10 +5,12 @@ about 40 s of audio per step, the weight average, bf16 where `mixed_precision: a
 
 1. seconds per step, timed without a profiler (the device synchronised before and after);
 2. host syncs per step (CUDA only: operations that make the host wait for the GPU, counted with
-   `torch.cuda.set_sync_debug_mode`), each of which stalls the launch queue;
+   `torch.cuda.set_sync_debug_mode`), each of which stalls the launch queue, and the lines of the package that
+   issue them;
 3. each phase of the step (`loop.STEP_PHASES`: draw, collate, forward, backward, loss tracking, gradient clipping,
    optimizer, weight average) in host milliseconds and device milliseconds per step, from `torch.profiler` (profiled
-   steps run slower than the unprofiled ones of 1: compare the phases with each other);
+   steps run slower than the unprofiled ones of 1: compare the phases with each other), and the operators with
+   the most host time of their own;
 4. the ParakeetForCTC peer of the learning-curve benchmark on the same clips and batch budget, seconds per step,
    and the ratio.
 
@@ -27,7 +29,9 @@ import argparse
 import json
 import sys
 import time
+import traceback
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +58,45 @@ def seconds_per_step(step, first: int, count: int) -> float:
     return (time.perf_counter() - start) / count
 
 
-def host_syncs_per_step(step, first: int, count: int) -> float | None:
-    """Synchronising CUDA operations per step (None on a CPU)."""
+def host_syncs_per_step(step, first: int, count: int) -> tuple[float | None, dict[str, float]]:
+    """Synchronising CUDA operations per step (None on a CPU), and per step at each line of the package (or of
+    this benchmark) that issued one: ``{"path:line (function)": syncs per step}``, most first."""
     if not torch.cuda.is_available():
-        return None
-    with warnings.catch_warnings(record=True) as caught:
+        return None, {}
+    sites: Counter[str] = Counter()
+    total = 0
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        nonlocal total
+        if "synchroniz" not in str(message):
+            return
+        total += 1
+        sites[_innermost_own_frame()] += 1
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for n in range(first, first + count):
                 step(n)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(w.message) for w in caught) / count
+    return total / count, {site: n / count for site, n in sites.most_common()}
 
 
-def phase_milliseconds(step, first: int, count: int) -> dict[str, dict[str, float]]:
-    """{phase: {"host_ms", "device_ms"}} per step, from the profiler ranges "train_step/<phase>"."""
+def _innermost_own_frame() -> str:
+    """The innermost frame of the current stack in this repository's code (the line that caused a sync)."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = Path(frame.filename)
+        if REPO in path.parents and path.name != Path(__file__).name:
+            return f"{path.relative_to(REPO)}:{frame.lineno} ({frame.name})"
+    return "outside the package"
+
+
+def phase_milliseconds(step, first: int, count: int) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """{phase: {"host_ms", "device_ms"}} per step, from the profiler ranges "train_step/<phase>", and the operators
+    with the most host time (`top_operators`)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -78,15 +104,30 @@ def phase_milliseconds(step, first: int, count: int) -> dict[str, dict[str, floa
         for n in range(first, first + count):
             step(n)
         synchronize()
-    phases = {}
-    for event in profiler.key_averages():
+    phases, events = {}, profiler.key_averages()
+    for event in events:
         if event.key.startswith("train_step/"):
             device = getattr(event, "device_time_total", 0.0) if torch.cuda.is_available() else event.cpu_time_total
             phases[event.key.split("/", 1)[1]] = {
                 "host_ms": event.cpu_time_total / 1000 / count,
                 "device_ms": device / 1000 / count,
             }
-    return phases
+    return phases, top_operators(events, count)
+
+
+def top_operators(events, count: int, top: int = 12) -> list[dict[str, Any]]:
+    """The operators with the most host time of their own per step, with their calls and device time per step."""
+    operators = [e for e in events if not e.key.startswith(("train_step", "ProfilerStep"))]
+    operators.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {
+            "name": e.key,
+            "calls": e.count / count,
+            "host_self_ms": e.self_cpu_time_total / 1000 / count,
+            "device_self_ms": getattr(e, "self_device_time_total", 0.0) / 1000 / count,
+        }
+        for e in operators[:top]
+    ]
 
 
 def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,9 +152,9 @@ def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_step": seconds_per_step(step, first, args.steps),
     }
     first += args.steps
-    result["host_syncs_per_step"] = host_syncs_per_step(step, first, min(args.steps, 5))
+    result["host_syncs_per_step"], result["host_sync_sites"] = host_syncs_per_step(step, first, min(args.steps, 5))
     first += min(args.steps, 5)
-    result["phases"] = phase_milliseconds(step, first, args.steps)
+    result["phases"], result["top_operators"] = phase_milliseconds(step, first, args.steps)
     return result
 
 
@@ -150,6 +191,14 @@ def report(ours: dict[str, Any], peer: dict[str, Any]) -> str:
     ]
     for name, times in ours["phases"].items():
         lines.append(f"| {name} | {times['host_ms']:.1f} | {times['device_ms']:.1f} |")
+    lines += ["", "| operator (own time) | calls/step | host ms/step | device ms/step |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {op['name'][:60]} | {op['calls']:.0f} | {op['host_self_ms']:.1f} | {op['device_self_ms']:.1f} |"
+        for op in ours["top_operators"]
+    ]
+    if ours["host_sync_sites"]:
+        lines += ["", "| where the host waits for the GPU | syncs/step |", "|---|---:|"]
+        lines += [f"| {site} | {n:.1f} |" for site, n in ours["host_sync_sites"].items()]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ D ``d_model``, V the unified vocabulary (see ``vocabulary.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -255,6 +257,24 @@ def eager_attention_forward(
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
+def any_length_attention_kernels(query: torch.Tensor) -> contextlib.AbstractContextManager:
+    """SDPA on a GPU without cuDNN's fused attention (the other enabled kernels stay as the user set them).
+
+    cuDNN's kernel, SDPA's first choice on recent GPUs, builds a graph for every new sequence length, tens of
+    milliseconds of host time each; length-bucketed batches and a decoder cache that grows by one position per token
+    bring a new length to almost every call (on an H200 it took 330 ms of a 495 ms training step). The flash and
+    memory-efficient kernels take any length at no such cost.
+    """
+    if not query.is_cuda or not torch.backends.cuda.cudnn_sdp_enabled() or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    enabled = {
+        SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+        SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+        SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
+    }
+    return sdpa_kernel([backend for backend, on in enabled.items() if on] or [SDPBackend.MATH])
+
+
 class Mu2SlamAttention(nn.Module):
     """Multi-head attention through transformers' attention interface (eager, sdpa, flash, flex).
 
@@ -315,16 +335,17 @@ class Mu2SlamAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        with any_length_attention_kernels(query):
+            output, weights = attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=self.attention_dropout if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
         output = output.reshape(*hidden_states.shape[:-1], -1)
         return self.out_proj(output), weights
 
@@ -1528,25 +1549,32 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
     def _ctc_loss(
         self, speech_states: torch.Tensor, speech_mask: torch.Tensor, ctc_labels: torch.Tensor
     ) -> torch.Tensor:
-        """CTC over text tokens (blank = pad id) on the speech positions; rows without targets are skipped."""
-        target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
-        rows = target_lengths > 0
-        if not bool(rows.any()):
-            return speech_states.sum() * 0.0
-        logits = self.ctc_head(speech_states[rows], self.model.shared.weight)
+        """CTC over text tokens (blank = pad id) on the speech positions, each row's loss divided by its target length
+        and averaged over the rows that have targets (rows without any count for nothing).
+
+        (B, S, D) states, (B, S) mask, (B, L) labels (IGNORE_INDEX where there is no token) -> scalar. Computed on
+        every row with tensor masks, not by selecting rows: selecting needs the row count on the host, and each such
+        read makes the host wait for the GPU.
+        """
+        present = ctc_labels != IGNORE_INDEX
+        target_lengths = present.sum(-1)
+        # The padded (B, L) target form reads each row's first target_lengths entries: tokens first, in order.
+        order = (~present).long().argsort(dim=-1, stable=True)
+        targets = ctc_labels.gather(-1, order).masked_fill(~present.gather(-1, order), self.config.pad_token_id)
+        logits = self.ctc_head(speech_states, self.model.shared.weight)
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        targets = ctc_labels[rows]
-        flat_targets = targets[targets != IGNORE_INDEX]
         with torch.backends.cudnn.flags(enabled=False):
-            return F.ctc_loss(
+            losses = F.ctc_loss(
                 log_probs,
-                flat_targets,
-                self.ctc_head.slot_lengths(speech_mask[rows].sum(-1)),
-                target_lengths[rows],
+                targets,
+                self.ctc_head.slot_lengths(speech_mask.sum(-1)),
+                target_lengths,
                 blank=self.config.pad_token_id,
-                reduction="mean",
+                reduction="none",
                 zero_infinity=True,
             )
+        rows = (target_lengths > 0).to(losses.dtype)
+        return (losses / target_lengths.clamp(min=1) * rows).sum() / rows.sum().clamp(min=1)
 
     # ---------------------------------------------------------------------------------------- generation
 

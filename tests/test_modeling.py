@@ -274,6 +274,31 @@ def test_losses_count_only_labelled_positions(tiny_config):
     torch.testing.assert_close(out.ctc_loss, alone.ctc_loss, atol=ATOL, rtol=0)
 
 
+def test_ctc_loss_is_the_mean_over_rows_with_targets_of_torch_ctc(tiny_config):
+    """The CTC loss, computed on every row with masks (no host reads), equals torch's mean CTC over only the rows
+    that have targets, with IGNORE_INDEX wherever it sits in a row."""
+    from torch.nn import functional as F
+
+    model = make_model(tiny_config).eval()
+    states = torch.randn(4, 12, tiny_config.d_model)
+    mask = torch.ones(4, 12, dtype=torch.long)
+    mask[1, 9:] = mask[3, 5:] = 0
+    labels = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (4, 5))
+    labels[1, 3:] = -100  # right padding
+    labels[2] = -100  # no transcript: not counted
+    labels[3, 1] = -100  # a gap inside the row
+    loss = model._ctc_loss(states, mask, labels)
+
+    rows = torch.tensor([0, 1, 3])
+    log_probs = F.log_softmax(model.ctc_head(states[rows], model.model.shared.weight).float(), -1).transpose(0, 1)
+    kept = labels[rows]
+    reference = F.ctc_loss(log_probs, kept[kept != -100], model.ctc_head.slot_lengths(mask[rows].sum(-1)),
+                           (kept != -100).sum(-1), blank=tiny_config.pad_token_id, zero_infinity=True)  # fmt: skip
+    torch.testing.assert_close(loss, reference)
+    nothing = model._ctc_loss(states, mask, torch.full_like(labels, -100))
+    assert nothing.item() == 0.0 and nothing.requires_grad == loss.requires_grad
+
+
 def test_intermediate_ctc_mixes_a_lower_layer_into_the_ctc_loss(tiny_config):
     """InterCTC: (1 - w) CTC(last layer) + w CTC(LayerNorm(layer k)) with the same head; states not returned."""
     features, mask = random_batch(tiny_config, lengths=(100, 80))
