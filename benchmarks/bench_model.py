@@ -11,6 +11,7 @@ are the encoder's plus the search. Prints figures and ratios; asserts nothing.
 
     python benchmarks/bench_model.py [--batch 8] [--seconds 10] [--tokens 40] [--repeats 3] [--dtypes fp32,bf16]
     python benchmarks/bench_model.py --profile     # where greedy decoding time goes: encoder vs decoder steps
+    python benchmarks/bench_model.py --device cuda # the same on a GPU
 """
 
 from __future__ import annotations
@@ -124,12 +125,19 @@ def moonshine(config: Mu2SlamConfig) -> Callable[[int, int], torch.nn.Module]:
     return build
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -140,7 +148,8 @@ def measure(
     """(seconds per training step with Adam, per greedy decoding of `args.tokens` tokens, per beam search with
     `args.beams` beams). `gen_inputs` may hold `generate` options (`ctc_weight`); `train_seconds`: the training
     step already timed for this model (another decoding of it), not timed again."""
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+    device_type = next(model.parameters()).device.type
+    autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step():
@@ -202,6 +211,7 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=5, help="beam width of the beam-search timing")
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 is very slow on CPUs without AVX512-BF16/AMX")
     parser.add_argument("--profile", action="store_true", help="only split greedy decoding time (ours, Speech2Text)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to time every model on the GPU")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -249,14 +259,16 @@ def main() -> None:
 
     if args.profile:
         return profile_greedy(ours, s2t, features, mask, lang, args)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {args.seconds:.0f} s")
+    models = {name: on_device(entry, args.device) for name, entry in models.items()}
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; batch {args.batch} x {args.seconds:.0f} s")
     print(f"{'model':34} {'params':>8} {'dtype':>5} {'train step s':>13} {'greedy s':>9} {'beam s':>8}")
     results = {}
     trained = {}  # (model, dtype) -> its training step's seconds: the CTC row trains the same model as the first
     for name, (model, train_inputs, gen_inputs) in models.items():
         for dtype in args.dtypes.split(","):
             results[name, dtype] = measure(
-                model, train_inputs, gen_inputs, labels, dtype, args, trained.get((id(model), dtype))
+                model, train_inputs, gen_inputs, labels.to(args.device), dtype, args, trained.get((id(model), dtype))
             )
             trained[id(model), dtype] = results[name, dtype][0]
             train_s, greedy_s, beam_s = results[name, dtype]
@@ -272,6 +284,13 @@ def main() -> None:
                 )
                 print(f"  vs {name:32} {dtype}: train step x{train:.2f}, greedy decoding x{greedy:.2f}, "
                       f"beam search ({args.beams}) x{beam:.2f}")  # fmt: skip
+
+
+def on_device(entry: tuple, device: str) -> tuple:
+    """(model, training inputs, decoding inputs) on ``device``."""
+    model, train_inputs, gen_inputs = entry
+    move = lambda inputs: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}  # noqa: E731
+    return model.to(device), move(train_inputs), move(gen_inputs)
 
 
 if __name__ == "__main__":
