@@ -137,7 +137,7 @@ def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides = {"max_train_minutes": None, "ctc_language_model": None, "max_steps": 10**6}
     trainer = make_trainer(RECIPE, args.data, {**overrides, **(QUICK_OVERRIDES if args.quick else {})})
-    tracker = LossTracker()
+    tracker = LossTracker(trainer.accelerator.device)
 
     def step(n: int) -> None:
         trainer.train_step(n, tracker)

@@ -64,7 +64,7 @@ def timed_steps(trainer, steps: int, warmup: int = 1) -> dict:
 
     from mu2slam_hf.training import LossTracker
 
-    tracker = LossTracker()
+    tracker = LossTracker(trainer.accelerator.device)
     for step in range(1, warmup + 1):
         trainer.train_step(step, tracker)
     tracker.summary()
@@ -74,7 +74,7 @@ def timed_steps(trainer, steps: int, warmup: int = 1) -> dict:
     seconds = (time.perf_counter() - start) / steps
     summary = tracker.summary()
     with FlopCounterMode(display=False) as counter:
-        trainer.train_step(warmup + steps + 1, LossTracker())
+        trainer.train_step(warmup + steps + 1, LossTracker(trainer.accelerator.device))
     return {
         "seconds_per_step": seconds,
         "speech_seconds_per_second": summary["speech_seconds"] / steps / seconds,
@@ -120,7 +120,7 @@ def child(args: argparse.Namespace) -> None:
     elif args.child == "base":
         from mu2slam_hf.training import LossTracker
 
-        tracker = LossTracker()
+        tracker = LossTracker(trainer.accelerator.device)
         start = time.perf_counter()
         trainer.train_step(1, tracker)
         result["seconds_per_step"] = time.perf_counter() - start

@@ -17,7 +17,7 @@ def warmed_up_ema(decay: float):
     """The ``multi_avg_fn`` of an EMA whose decay is ``min(decay, (1 + n) / (10 + n))`` at the n-th update."""
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: int | torch.Tensor) -> None:
         n = int(num_averaged)
         weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
         floating = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
@@ -41,6 +41,28 @@ class WeightAverage(AveragedModel):
         super().__init__(model, multi_avg_fn=warmed_up_ema(decay), use_buffers=True)
         self.module.eval()
         self.module.requires_grad_(False)
+        self.updates: int | None = None  # `n_averaged` on the host; read from the device once, after a load
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        """One update (the first copies `model`). `AveragedModel`'s own reads its device counter three times, and
+        each read makes the host wait for the GPU to finish the step, so it cannot queue the next one meanwhile."""
+        if self.updates is None:
+            self.updates = int(self.n_averaged)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [
+            t.detach().to(a.device) for a, t in zip(averaged, [*model.parameters(), *model.buffers()], strict=True)
+        ]
+        if self.updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            self.multi_avg_fn(averaged, current, self.updates)
+        self.n_averaged += 1
+        self.updates += 1
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.updates = None
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
 
 __all__ = ["WeightAverage", "warmed_up_ema"]

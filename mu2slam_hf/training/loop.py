@@ -510,7 +510,7 @@ class Mu2SlamTrainer:
                 draw = next(self.draws)
             self.mixture_state = draw.mixture_state
             groups = split_by_layout(draw.instances)
-            micro_loss = 0.0
+            micro_loss = torch.zeros((), device=accelerator.device)
             for index, group in enumerate(groups):
                 last = micro == accumulation - 1 and index == len(groups) - 1
                 with phase("collate"):
@@ -521,7 +521,7 @@ class Mu2SlamTrainer:
                     with phase("backward"):
                         accelerator.backward(outputs.loss / accumulation)
                 with phase("loss_tracking"):
-                    micro_loss += outputs.loss.item()
+                    micro_loss += outputs.loss.detach()
                     tracker.add_output(group, outputs)
                     self._count_inputs(group, tracker)
             tracker.add_total("loss", micro_loss)
@@ -550,13 +550,12 @@ class Mu2SlamTrainer:
     def _count_inputs(self, group, tracker: LossTracker) -> None:
         """Speech seconds and text tokens fed to the encoder (throughput); a retrieval run encodes each row's
         target text (its labels) as well."""
-        for instance in group:
-            if instance.input_features is not None:
-                tracker.add_total("speech_seconds", instance.input_features.shape[0] / 100.0)
-            if instance.input_ids is not None:
-                tracker.add_total("text_tokens", instance.input_ids.shape[0])
-            if self.recipe.retrieval:
-                tracker.add_total("text_tokens", int((instance.labels != IGNORE_INDEX).sum()))
+        speech_seconds = sum(i.input_features.shape[0] / 100.0 for i in group if i.input_features is not None)
+        text_tokens = sum(i.input_ids.shape[0] for i in group if i.input_ids is not None)
+        if self.recipe.retrieval:
+            text_tokens += sum(int((i.labels != IGNORE_INDEX).sum()) for i in group)
+        tracker.add_total("speech_seconds", speech_seconds)
+        tracker.add_total("text_tokens", text_tokens)
 
     # ------------------------------------------------------------------------------------------------- loop
 
@@ -584,7 +583,7 @@ class Mu2SlamTrainer:
             _truncate_log(log_path, start)
         end = recipe.max_steps if stop_after is None else min(recipe.max_steps, start + stop_after)
         bar = tqdm(total=recipe.max_steps, initial=start, disable=not (self.progress and accelerator.is_main_process))
-        tracker, clock = LossTracker(), time.perf_counter()
+        tracker, clock = LossTracker(accelerator.device), time.perf_counter()
         # Training time without evaluation and saving: the x axis of learning curves against minutes.
         self.train_seconds = self.dev_history[-1].get("train_seconds", 0.0) if self.dev_history else 0.0
         for step in range(start + 1, end + 1):

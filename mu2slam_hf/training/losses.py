@@ -52,11 +52,15 @@ class LossTracker:
         for name in AUXILIARY_LOSSES:
             value = getattr(outputs, f"{name}_loss", None)
             if value is not None:
-                self.add_total(f"{name}_loss", value.item())
+                self.add_total(f"{name}_loss", value.detach())
                 self.add_total(f"{name}_batches", 1)
 
     def add_total(self, name: str, value: float | torch.Tensor) -> None:
-        self.totals[TOTALS.index(name)] += float(value)
+        """Adds ``value`` to a total; a tensor is added where it lives (on the tracker's device, reading it would make
+        the host wait for the GPU: `summary` reads everything at once)."""
+        if isinstance(value, torch.Tensor):
+            value = value.to(self.totals.device)
+        self.totals[TOTALS.index(name)] += value
 
     def summary(self, accelerator=None) -> dict[str, float]:
         """Reduced (summed over processes) means; resets the tracker."""
