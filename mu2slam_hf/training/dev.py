@@ -126,9 +126,9 @@ class DevEvaluator:
         return list(rows[accelerator.process_index :: accelerator.num_processes])
 
     def _losses(self, model, accelerator) -> dict[str, float]:
-        tracker = LossTracker()
-        generator = step_generator(self.seed, accelerator.process_index, 2**31)
         device = accelerator.device
+        tracker = LossTracker(device)  # on the device: its sums are reduced across processes (NCCL: GPU tensors)
+        generator = step_generator(self.seed, accelerator.process_index, 2**31)
         spreads = torch.zeros(len(self.examples), 2, dtype=torch.float64, device=device)  # (sum, count) per task
         for index, (task, examples) in enumerate(self.examples.items()):
             mine = self._shard(examples, accelerator)
