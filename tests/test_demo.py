@@ -135,3 +135,17 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
     recipe = load_recipe(demo.RECIPES / fixed.recipe_file, fixed.resolved_overrides())
     assert recipe.max_steps == plan["stage2"] == 1500
     assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
+
+
+def test_compared_asr_from_scratch_keeps_one_ctc_slot(tmp_path):
+    """(a) scratch trains the stage 2 ASR recipe from random weights with the CTC head at one slot a frame (two
+    slots from random weights stay on the blank plateau); the pre-trained configurations grow theirs to two."""
+    from mu2slam_hf.training import load_recipe
+
+    demo = load_demo()
+    slots = {}
+    for stage in demo.compare_stages(tmp_path, demo.PLANS["long"], quick=False, seeds=1):
+        if stage.name.endswith("ASR"):
+            recipe = load_recipe(demo.RECIPES / stage.recipe_file, stage.resolved_overrides())
+            slots[stage.name] = recipe.model_overrides.get("ctc_upsampling")
+    assert slots == {"(a) scratch ASR": 1, "(b) pre-trained + direct ASR": 2, "(c) pre-trained + gradual ASR": 2}
