@@ -77,6 +77,24 @@ def timestamps(args, model, processor, asr, sentences: list[str]) -> None:
     print(summary("the pipeline's own words (clips with the right word count)", own))
 
 
+def plain_words(text: str) -> list[str]:
+    return re.sub(r"[^\w' ]", " ", text.lower()).split()
+
+
+def border_repeats(words: list[dict], seconds: float, chunk_length_s: float, reference: str) -> int:
+    """Word chunks said twice in a row within a second of a chunk border, where the reference does not say that
+    word twice in a row itself (Czech "co se se mnou děje" is a sentence, not a merging error)."""
+    borders = np.arange(1, seconds / chunk_length_s + 1) * chunk_length_s
+    ref = plain_words(reference)
+    doubled_in_reference = {a for a, b in zip(ref, ref[1:], strict=False) if a == b}
+    return sum(
+        a["text"] == b["text"]
+        and not set(plain_words(a["text"])) <= doubled_in_reference
+        and any(a["timestamp"][0] - 1 <= border <= b["timestamp"][1] + 1 for border in borders)
+        for a, b in zip(words, words[1:], strict=False)
+    )
+
+
 def long_form(args, asr, examples: list[dict], folder: Path) -> None:
     clips, references, total = [], [], 0.0
     for example in examples:
@@ -95,15 +113,11 @@ def long_form(args, asr, examples: list[dict], folder: Path) -> None:
     chunked = asr(long, return_timestamps="word", **chunks, **options)
     reference = " ".join(references)
     words = [chunk["text"] for chunk in chunked["chunks"]]
-    borders = np.arange(1, len(long) / RATE / args.chunk_length_s + 1) * args.chunk_length_s
-    repeats = sum(
-        a["text"] == b["text"] and any(a["timestamp"][0] - 1 <= border <= b["timestamp"][1] + 1 for border in borders)
-        for a, b in zip(chunked["chunks"], chunked["chunks"][1:], strict=False)
-    )
+    repeats = border_repeats(chunked["chunks"], len(long) / RATE, args.chunk_length_s, reference)
     print(f"long form: {len(long) / RATE:.0f} s file of {len(clips)} utterances, {len(words)} words; "
           f"WER one by one {word_error_rate([reference], [' '.join(one_by_one)]):.1f}, "
           f"chunked ({args.chunk_length_s} s chunks, stride {args.stride_length_s}) {word_error_rate([reference], [chunked['text']]):.1f}; "
-          f"same word twice in a row near a chunk border: {repeats}")  # fmt: skip
+          f"same word twice in a row near a chunk border (not so in the reference): {repeats}")  # fmt: skip
 
 
 def main() -> None:
