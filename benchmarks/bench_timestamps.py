@@ -110,6 +110,8 @@ def long_form(args, asr, examples: list[dict], folder: Path) -> None:
     options = {"generate_kwargs": {"src_lang": args.lang, **args.generate}}
     one_by_one = [out["text"] for out in asr(clips, batch_size=8, **options)]
     chunks = {"chunk_length_s": args.chunk_length_s, "stride_length_s": args.stride_length_s}
+    if args.pause_s is not None:
+        chunks["pause_s"] = args.pause_s
     chunked = asr(long, return_timestamps="word", **chunks, **options)
     reference = " ".join(references)
     words = [chunk["text"] for chunk in chunked["chunks"]]
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--stride_length_s", type=float, default=None, help="default: a sixth of the chunk")
     parser.add_argument("--ctc_weight", type=float, default=None, help="decoding (default: the model's)")
     parser.add_argument("--lm_weight", type=float, default=None, help="CTC decoding: its n-gram LM's weight (0: off)")
+    parser.add_argument(
+        "--pause_s", type=float, default=None, help="long form: the shortest pause cut at (default: the pipeline's)"
+    )
     args = parser.parse_args()
     args.generate = {} if args.ctc_weight is None else {"ctc_weight": args.ctc_weight}
     if args.lm_weight is not None:

@@ -8,8 +8,9 @@ class that `pipeline("automatic-speech-recognition", ...)` builds.
 
 Transcription (target language = source language) of a long file, in two passes. The chunks only find the pauses:
 the CTC head's frames of each chunk outside its strides are joined (the kept parts of successive chunks tile the
-file), and every run of at least `PAUSE_S` of blank frames is a pause (`pause_segments`). The stretches between
-pauses (sentences, as the models were trained on) are then transcribed one by one, whatever the decoder (greedy,
+file), and every run of at least `pause_s` (a call option, `PAUSE_S` by default) of blank frames is a pause
+(`pause_segments`). The stretches between pauses (sentences, as the models were trained on) are then transcribed
+one by one, whatever the decoder (greedy,
 beam, joint CTC/attention, the CTC head with its LM), from the file's features. Decoded inside a chunk, next to the
 end of one sentence and the start of another, speech is transcribed worse: on 3-minute files of test sentences in 8
 languages the demo model's WER was 4.0 points above the same sentences decoded one by one on average, and is 0.7
@@ -46,7 +47,9 @@ OUTPUT_KEYS = (
 )  # fmt: skip
 # A run of blank frames of the CTC head at least this long is a pause between two stretches of a long file that are
 # transcribed on their own: the pauses between sentences, not the shorter ones between words. The head counts as
-# blank where it gives blank at least PAUSE_BLANK_PROBABILITY.
+# blank where it gives blank at least PAUSE_BLANK_PROBABILITY. Recordings whose sentences are parted by longer pauses
+# than the pauses inside them can raise it per call (`pause_s`): on espeak-ng's French, pauses inside a sentence reach
+# 0.64 s, and cuts there cost WER (docs/results.md).
 PAUSE_S, PAUSE_BLANK_PROBABILITY = 0.4, 0.9
 SEGMENT_BATCH_SIZE = 8  # stretches transcribed together
 # An input longer than LONG_INPUT_S without `chunk_length_s` is cut into chunks of LONG_INPUT_CHUNK_S: decoded as one
@@ -114,7 +117,8 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     `return_timestamps="word"` (transcription only: the CTC head transcribes, it cannot time a translation), and
     `"language"` (the source language's code) with `return_language=True`. Without `src_lang` in `generate_kwargs`,
     a model with a language-identification head detects it (each chunk on its own); a clip it cannot identify with
-    `language_detection_threshold` is a ValueError.
+    `language_detection_threshold` is a ValueError. `pause_s` (seconds, default `PAUSE_S`): the shortest run of the
+    CTC head's blanks at which a long file is cut into the stretches transcribed one by one.
     """
 
     def __init__(self, model, *args, **kwargs):
@@ -122,7 +126,11 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         self.is_mu2slam = getattr(model.config, "model_type", None) == "mu2slam"
         super().__init__(model, *args, **kwargs)
 
-    def _sanitize_parameters(self, ignore_warning=None, return_timestamps=None, return_language=None, **kwargs):
+    def _sanitize_parameters(
+        self, ignore_warning=None, return_timestamps=None, return_language=None, pause_s=None, **kwargs
+    ):
+        if pause_s is not None and not self.is_mu2slam:
+            raise ValueError("pause_s is an option of Mu2SLAM models' long-file transcription only.")
         if not self.is_mu2slam:
             return super()._sanitize_parameters(
                 ignore_warning=ignore_warning, return_timestamps=return_timestamps, return_language=return_language,
@@ -142,6 +150,12 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             postprocess["return_language"] = return_language
         postprocess["generate_kwargs"] = {k: v for k, v in forward.items() if k != "return_timestamps"}
         postprocess["chunk_length_s"] = kwargs.get("chunk_length_s")
+        if pause_s is not None:
+            if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not pause_s > 0:
+                raise ValueError(
+                    f"pause_s={pause_s!r}: give the shortest pause to cut a long file at, in seconds (> 0)."
+                )
+            postprocess["pause_s"] = float(pause_s)
         return preprocess, forward, postprocess
 
     @property
@@ -292,13 +306,14 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return_language=None,
         generate_kwargs=None,
         chunk_length_s=None,
+        pause_s=None,
     ):
         if not self.is_mu2slam:
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
         if "ctc_log_probs" in model_outputs[0]:
             with torch.inference_mode():
                 result = self._transcribe_between_pauses(
-                    model_outputs, return_timestamps, generate_kwargs or {}, chunk_length_s
+                    model_outputs, return_timestamps, generate_kwargs or {}, chunk_length_s, pause_s or PAUSE_S
                 )
         else:
             result = self._text_and_words(model_outputs, return_timestamps)
@@ -341,12 +356,19 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return (feature_frames - 1) * self.feature_extractor.hop_length + self.feature_extractor.n_fft
 
     def _transcribe_between_pauses(
-        self, model_outputs: list[dict], return_timestamps, generate_kwargs: dict, chunk_length_s: float | None
+        self,
+        model_outputs: list[dict],
+        return_timestamps,
+        generate_kwargs: dict,
+        chunk_length_s: float | None,
+        pause_s: float = PAUSE_S,
     ) -> dict[str, Any]:
         """A long file's chunks joined; the stretches between its pauses transcribed one by one (module docstring)."""
         generate_kwargs = dict(generate_kwargs)
         log_probs, frame_starts, features, feature_starts, duration_s = self._joined_chunks(model_outputs)
-        pieces = self._stretches_between_pauses(log_probs, frame_starts, feature_starts, duration_s, chunk_length_s)
+        pieces = self._stretches_between_pauses(
+            log_probs, frame_starts, feature_starts, duration_s, chunk_length_s, pause_s
+        )
         # Without a given language: the one most chunks were identified as.
         given = "src_lang" in generate_kwargs or "src_lang_ids" in generate_kwargs
         language = Counter(int(output["src_lang_ids"][0]) for output in model_outputs).most_common(1)[0][0]
@@ -377,13 +399,14 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         feature_starts: torch.Tensor,
         duration_s: float,
         chunk_length_s: float | None,
+        pause_s: float = PAUSE_S,
     ) -> list[tuple[int, int]]:
-        """`[first, last)` feature frames of each stretch between the joined CTC frames' pauses, none longer than
-        the chunk; stretches too short for the front end are dropped."""
+        """`[first, last)` feature frames of each stretch between the joined CTC frames' pauses (blank runs of at
+        least `pause_s`), none longer than the chunk; stretches too short for the front end are dropped."""
         clock = FrameClock.for_model(self.model.config, self.feature_extractor)
         longest = max(1, round(chunk_length_s / clock.seconds_per_frame)) if chunk_length_s else None
         segments = pause_segments(
-            log_probs, round(PAUSE_S / clock.seconds_per_frame), self.model.config.pad_token_id,
+            log_probs, round(pause_s / clock.seconds_per_frame), self.model.config.pad_token_id,
             PAUSE_BLANK_PROBABILITY, max_frames=longest,
         )  # fmt: skip
         ends = [float(frame_starts[start]) for start, _ in segments[1:]] + [duration_s]
@@ -466,6 +489,7 @@ def transcribe(
     stride_length_s: float | None = None,
     return_timestamps: str | None = None,
     batch_size: int = 1,
+    pause_s: float | None = None,
     **generate_kwargs,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """The ASR pipeline on a loaded model and processor: long files in overlapping chunks (`chunk_length_s`, the
@@ -473,6 +497,7 @@ def transcribe(
 
     Args:
         audio: a 16 kHz clip (array or file), or a list of them.
+        pause_s: long files: the shortest run of the CTC head's blanks cut at (default `PAUSE_S`).
         generate_kwargs: `generate`'s options (`num_beams`, `ctc_weight`, ...).
     Returns:
         What the pipeline returns: `{"text", ["chunks"]}` per clip.
@@ -480,7 +505,7 @@ def transcribe(
     asr = Mu2SlamSpeechRecognitionPipeline(
         model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor, device=model.device
     )
-    options = {"chunk_length_s": chunk_length_s, "stride_length_s": stride_length_s}
+    options = {"chunk_length_s": chunk_length_s, "stride_length_s": stride_length_s, "pause_s": pause_s}
     options = {key: value for key, value in options.items() if value is not None}
     if return_timestamps:
         options["return_timestamps"] = return_timestamps

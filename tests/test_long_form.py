@@ -312,6 +312,32 @@ def test_long_form_transcribes_the_stretches_between_pauses_one_by_one(tones, as
     assert all(abs(frames / 100 - len(clip) / RATE / 3) < 0.5 for frames in decoded)
 
 
+def test_pause_s_sets_the_shortest_pause_a_long_file_is_cut_at(tones, asr, monkeypatch):
+    """Sentences parted by 1.2 s of silence: cut there by default; decoded as one stretch when pauses must be longer
+    (the chunk length bounds a stretch, so it is set above the file's length here)."""
+    sentences = [sentence(4, seed=seed) for seed in (5, 6)]
+    clip = np.concatenate([part for words in sentences for part in (tones.say(words)[0], silence(0.6))])
+    decoded = []
+    generate = tones.model.generate
+
+    def spy(*args, **kwargs):
+        decoded.append(len(kwargs["attention_mask"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tones.model, "generate", spy)
+    text = " ".join(word for words in sentences for word in words)
+    assert asr(clip, chunk_length_s=30, generate_kwargs=ASR)["text"] == text
+    assert decoded == [2]
+    decoded.clear()
+    one_stretch = asr(clip, chunk_length_s=30, pause_s=2.0, generate_kwargs=ASR)["text"]
+    assert decoded == [1]
+    # The tones say the space between words, not between sentences: decoded as one stretch, the two run together.
+    assert one_stretch.replace(" ", "") == text.replace(" ", "") and one_stretch != text
+    for bad in (0, -0.4, "0.4", True):
+        with pytest.raises(ValueError, match="pause_s"):
+            asr(clip, chunk_length_s=30, pause_s=bad, generate_kwargs=ASR)
+
+
 def test_chunk_frames_join_into_the_whole_files_frames(tones, asr, monkeypatch):
     """Chunks start on the encoder's frame grid, so their features outside the strides are the file's own."""
     clip, _ = tones.say(sentence(12, seed=8))
