@@ -223,11 +223,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    preset = Mu2SlamConfig.from_pretrained(PRESET).to_dict()
     overrides = parse_recipe_overrides(args.set)
-    unknown = sorted(set(overrides) - set(Mu2SlamConfig.from_pretrained(PRESET).to_dict()))
+    unknown = sorted(set(overrides) - set(preset))
     if unknown:
         raise SystemExit(f"--set: {unknown} are not keys of {PRESET}/config.json")
-    config = Mu2SlamConfig.from_pretrained(PRESET, **overrides)
+    config = Mu2SlamConfig.from_dict({**preset, **overrides})  # built anew, so the config's own checks apply
     frames = int(args.seconds * 100)
     ours = Mu2SlamForConditionalGeneration._from_config(config, attn_implementation="sdpa")
     # Speech2Text with one decoder layer, the cheapest decoding step at this size (the size alone picks a 3+7 split

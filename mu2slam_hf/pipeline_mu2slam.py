@@ -10,8 +10,8 @@ Transcription (target language = source language) of a long file, in two passes.
 the CTC head's frames of each chunk outside its strides are joined (the kept parts of successive chunks tile the
 file), and every run of at least `pause_s` (a call option, `PAUSE_S` by default) of blank frames is a pause
 (`pause_segments`). The stretches between pauses (sentences, as the models were trained on) are then transcribed
-one by one, whatever the decoder (greedy,
-beam, joint CTC/attention, the CTC head with its LM), from the file's features. Decoded inside a chunk, next to the
+one by one, whatever the decoder (greedy, beam, joint CTC/attention, the CTC head with its LM), from the file's
+features. Decoded inside a chunk, next to the
 end of one sentence and the start of another, speech is transcribed worse: on 3-minute files of test sentences in 8
 languages the demo model's WER was 4.0 points above the same sentences decoded one by one on average, and is 0.7
 above it this way (docs/results.md). A transcript is aligned to its CTC log-probabilities
@@ -129,9 +129,9 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     def _sanitize_parameters(
         self, ignore_warning=None, return_timestamps=None, return_language=None, pause_s=None, **kwargs
     ):
-        if pause_s is not None and not self.is_mu2slam:
-            raise ValueError("pause_s is an option of Mu2SLAM models' long-file transcription only.")
         if not self.is_mu2slam:
+            if pause_s is not None:
+                raise ValueError("pause_s is an option of Mu2SLAM models' long-file transcription only.")
             return super()._sanitize_parameters(
                 ignore_warning=ignore_warning, return_timestamps=return_timestamps, return_language=return_language,
                 **kwargs,
@@ -306,14 +306,14 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return_language=None,
         generate_kwargs=None,
         chunk_length_s=None,
-        pause_s=None,
+        pause_s=PAUSE_S,
     ):
         if not self.is_mu2slam:
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
         if "ctc_log_probs" in model_outputs[0]:
             with torch.inference_mode():
                 result = self._transcribe_between_pauses(
-                    model_outputs, return_timestamps, generate_kwargs or {}, chunk_length_s, pause_s or PAUSE_S
+                    model_outputs, return_timestamps, generate_kwargs or {}, chunk_length_s, pause_s
                 )
         else:
             result = self._text_and_words(model_outputs, return_timestamps)
@@ -361,7 +361,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return_timestamps,
         generate_kwargs: dict,
         chunk_length_s: float | None,
-        pause_s: float = PAUSE_S,
+        pause_s: float,
     ) -> dict[str, Any]:
         """A long file's chunks joined; the stretches between its pauses transcribed one by one (module docstring)."""
         generate_kwargs = dict(generate_kwargs)
@@ -399,7 +399,7 @@ class Mu2SlamSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         feature_starts: torch.Tensor,
         duration_s: float,
         chunk_length_s: float | None,
-        pause_s: float = PAUSE_S,
+        pause_s: float,
     ) -> list[tuple[int, int]]:
         """`[first, last)` feature frames of each stretch between the joined CTC frames' pauses (blank runs of at
         least `pause_s`), none longer than the chunk; stretches too short for the front end are dropped."""
