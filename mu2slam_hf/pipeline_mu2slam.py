@@ -9,15 +9,14 @@ class that `pipeline("automatic-speech-recognition", ...)` builds.
 Transcription (target language = source language) of a long file, in two passes. The chunks only find the pauses:
 the CTC head's frames of each chunk outside its strides are joined (the kept parts of successive chunks tile the
 file), and every run of at least `pause_s` (a call option, `PAUSE_S` by default) of blank frames is a pause
-(`pause_segments`). The stretches between pauses (sentences, as the models were trained on) are then transcribed
-one by one, whatever the decoder (greedy, beam, joint CTC/attention, the CTC head with its LM), from the file's
-features. Decoded inside a chunk, next to the
-end of one sentence and the start of another, speech is transcribed worse: on 3-minute files of test sentences in 8
-languages the demo model's WER was 4.0 points above the same sentences decoded one by one on average, and is 0.7
-above it this way (docs/results.md). A transcript is aligned to its CTC log-probabilities
-(`Mu2SlamForConditionalGeneration.ctc_align`, Viterbi), which gives every word its frames, hence its seconds
-(`FrameClock`). A stretch longer than the chunk length is cut in its longest pause between words. Translation has
-no pauses to cut on: its chunk outputs are merged on their longest common token run.
+(`pause_segments`). The stretches between pauses (sentences, as the models were trained on) are then transcribed one
+by one, whatever the decoder (greedy, beam, joint CTC/attention, the CTC head with its LM), from the file's
+features. Decoded inside a chunk, next to the end of one sentence and the start of another, speech is transcribed
+worse: on 3-minute files of test sentences in 8 languages the demo model's WER was 4.0 points above the same
+sentences decoded one by one on average, and is 0.7 above it this way (docs/results.md). A transcript is aligned to
+its CTC log-probabilities (`Mu2SlamForConditionalGeneration.ctc_align`, Viterbi), which gives every word its frames,
+hence its seconds (`FrameClock`). A stretch longer than the chunk length is cut in its longest pause between words.
+Translation has no pauses to cut on: its chunk outputs are merged on their longest common token run.
 """
 
 from __future__ import annotations
