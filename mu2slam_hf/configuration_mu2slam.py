@@ -105,7 +105,7 @@ def _field_problem(name: str, value: Any) -> str | None:
     """What is wrong with one field's value, or None."""
     if name in _INT_FIELDS:
         minimum = _INT_FIELDS[name]
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        ok = _is_int(value) and value >= minimum
         return None if ok else f"must be an int >= {minimum}"
     if name in _PROBABILITY_FIELDS:
         return None if _is_number(value) and 0.0 <= value <= 1.0 else "must be a number in [0, 1]"
@@ -121,7 +121,16 @@ def _field_problem(name: str, value: Any) -> str | None:
         return None if ok else "must be a non-empty list of language codes"
     if name == "objective_loss_weights":
         return _loss_weights_problem(value)
+    if name == "encoder_half_rate_layers":
+        ok = value is None or (
+            isinstance(value, list | tuple) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)
+        )
+        return None if ok else "must be null or [first, end], two layer indices"
     return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _loss_weights_problem(value: Any) -> str | None:
@@ -178,6 +187,12 @@ class Mu2SlamConfig(PreTrainedConfig):
         encoder_layers / decoder_layers (`int`): Conformer and Transformer layer counts.
         encoder_attention_heads / decoder_attention_heads (`int`): attention heads.
         encoder_ffn_dim / decoder_ffn_dim (`int`): feed-forward hidden sizes.
+        encoder_half_rate_layers (`list[int]` or None): `[first, end]`: encoder layers `first` to `end - 1` run on
+            the speech frames at half the rate (Squeezeformer's temporal U-Net, Kim et al. 2022). A strided
+            depthwise-separable convolution halves the frames before layer `first`; after layer `end - 1` each
+            frame is repeated twice and the states from before the halving are added back, so the encoder's
+            output, the CTC head and cross-attention keep the front end's rate. Those layers cost about half;
+            text positions are never reduced. None (the default) runs every layer at the front end's rate.
         conformer_conv_kernel_size (`int`): depthwise convolution kernel of the Conformer blocks.
         encoder_positions (`str`): how the encoder knows where a frame or token is: "absolute" (sinusoids added to
             each segment's embeddings, the paper's) or "rotary" (RoPE on the self-attention queries and keys,
@@ -250,6 +265,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         encoder_attention_heads: int = 8,
         decoder_attention_heads: int = 8,
         encoder_ffn_dim: int = 4096,
+        encoder_half_rate_layers: list[int] | None = None,
         decoder_ffn_dim: int = 4096,
         conformer_conv_kernel_size: int = 5,
         encoder_positions: str = "absolute",
@@ -336,6 +352,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         self.mlm_loss_weight = mlm_loss_weight
         self.ctc_loss_weight = ctc_loss_weight
         self.intermediate_ctc_layer = intermediate_ctc_layer
+        self.encoder_half_rate_layers = list(encoder_half_rate_layers) if encoder_half_rate_layers else None
         self.intermediate_ctc_weight = intermediate_ctc_weight
         self.ctc_upsampling = ctc_upsampling
         self.decoder_noise_ratio = decoder_noise_ratio
@@ -366,6 +383,12 @@ class Mu2SlamConfig(PreTrainedConfig):
             raise ValueError(
                 f"intermediate_ctc_layer must be below encoder_layers={encoder_layers} (0 turns InterCTC off), got "
                 f"{intermediate_ctc_layer}."
+            )
+        half_rate = encoder_half_rate_layers
+        if half_rate and not half_rate[0] < half_rate[1] <= encoder_layers:
+            raise ValueError(
+                f"encoder_half_rate_layers=[first, end] needs first < end <= encoder_layers={encoder_layers}, got "
+                f"{list(half_rate)}."
             )
         if retrieval_temperature == 0:
             raise ValueError("retrieval_temperature must be above 0 (similarities are divided by it).")

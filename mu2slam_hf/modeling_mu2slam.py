@@ -105,7 +105,9 @@ class Mu2SlamEncoderOutput(ModelOutput):
     """
     Args:
         last_hidden_state (`(B, E, D)`): encoder output; speech positions first, then text positions.
-        hidden_states (`tuple` of `(B, E, D)`): the embeddings and every layer's output, when asked for.
+        hidden_states (`tuple` of `(B, E, D)`): the embeddings and every layer's output, when asked for (the
+            layers of `config.encoder_half_rate_layers` with ceil(S/2) speech positions; see
+            `Mu2SlamTimeReduction.upsample`).
         attentions (`tuple` of `(B, heads, E, E)`): attention weights (eager attention only), when asked for.
         attention_mask (`(B, E)`): 1 at real positions, 0 at padding.
         speech_length (`int`): S, the number of (padded) speech positions at the front; None for text only.
@@ -391,6 +393,58 @@ class Mu2SlamConvolutionModule(nn.Module):
         return F.dropout(self.pointwise_out(hidden_states), self.dropout, self.training)
 
 
+class Mu2SlamHalvingConvolution(nn.Conv1d):
+    """The depthwise stride-2 convolution of `Mu2SlamTimeReduction` (a class of its own for its initialisation)."""
+
+
+class Mu2SlamHalvingProjection(nn.Linear):
+    """The pointwise projection of `Mu2SlamTimeReduction` (a class of its own for its initialisation)."""
+
+
+class Mu2SlamTimeReduction(nn.Module):
+    """Squeezeformer's temporal U-Net (Kim et al. 2022): the middle encoder layers see the speech frames at half the
+    rate (`config.encoder_half_rate_layers`).
+
+    `reduce` halves the speech segment with a depthwise convolution of stride 2 and a pointwise projection; `restore`
+    repeats each reduced frame twice and adds the states from before the halving, so the layers after it, and all
+    the encoder's output, are back at the front end's rate. Text positions pass through both unchanged. Padded
+    frames are zeroed before the convolution, so a clip's frames are the same padded in a batch as alone.
+    """
+
+    def __init__(self, config: Mu2SlamConfig):
+        super().__init__()
+        width = config.d_model
+        self.depthwise = Mu2SlamHalvingConvolution(width, width, 3, stride=2, padding=1, groups=width)
+        self.pointwise = Mu2SlamHalvingProjection(width, width)
+
+    def reduce(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor, speech_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(B, S + L, D) states, (B, S + L) mask -> (B, ceil(S/2) + L, D), its mask, ceil(S/2)."""
+        speech, text = hidden_states.split([speech_length, hidden_states.shape[1] - speech_length], dim=1)
+        speech_mask, text_mask = padding_mask.split([speech_length, padding_mask.shape[1] - speech_length], dim=1)
+        speech = speech.masked_fill(~speech_mask.bool().unsqueeze(-1), 0.0)
+        speech = self.pointwise(self.depthwise(speech.transpose(1, 2)).transpose(1, 2))
+        # Reduced frame t covers input frames 2t-1..2t+1: it is real when its centre 2t is.
+        mask = torch.cat([speech_mask[:, ::2], text_mask], dim=1)
+        return torch.cat([speech, text], dim=1), mask, speech.shape[1]
+
+    @staticmethod
+    def upsample(hidden_states: torch.Tensor, speech_length: int, total_length: int) -> torch.Tensor:
+        """States of a half-rate layer (B, ceil(S/2) + L, D) -> (B, S + L, D), each speech frame repeated twice;
+        states already at full rate (`total_length` = S + L positions) are returned as they are."""
+        if hidden_states.shape[1] == total_length:
+            return hidden_states
+        text_length = total_length - speech_length
+        speech, text = hidden_states.split([hidden_states.shape[1] - text_length, text_length], dim=1)
+        return torch.cat([speech.repeat_interleave(2, dim=1)[:, :speech_length], text], dim=1)
+
+    def restore(self, hidden_states: torch.Tensor, skip: torch.Tensor, speech_length: int) -> torch.Tensor:
+        """Half-rate states (B, ceil(S/2) + L, D) and the states from before `reduce` (B, S + L, D) -> (B, S + L, D)."""
+        upsampled = self.upsample(hidden_states, speech_length, skip.shape[1])
+        return torch.cat([upsampled[:, :speech_length] + skip[:, :speech_length], upsampled[:, speech_length:]], 1)
+
+
 class Mu2SlamConformerLayer(GradientCheckpointingLayer):
     """Macaron Conformer block: x + FFN/2, + MHSA, + Conv, + FFN/2, then LayerNorm (all sub-blocks pre-LN)."""
 
@@ -557,7 +611,9 @@ class Mu2SlamLanguageIdHead(nn.Module):
                 f"encoder returned {len(hidden_states)}: the head was trained for another encoder depth."
             )
         weights = self.layer_weights.softmax(-1).to(hidden_states[0].dtype)
-        return torch.einsum("l,lbsd->bsd", weights, torch.stack(hidden_states))
+        frames = hidden_states[-1].shape[1]  # half-rate layers (`encoder_half_rate_layers`) are repeated up to it
+        states = [Mu2SlamTimeReduction.upsample(states, frames, frames) for states in hidden_states]
+        return torch.einsum("l,lbsd->bsd", weights, torch.stack(states))
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, S, D) encoder states of speech (or their layer mix), (B, S) mask -> (B, num_languages) logits."""
@@ -746,6 +802,14 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
             init.zeros_(module.layer_weights)  # every layer weighed equally at first
         elif isinstance(module, nn.Conv2d | Mu2SlamSpeechProjection):
             init_speech_frontend_layer(module)
+        elif isinstance(module, Mu2SlamHalvingConvolution):
+            # The halving starts as a (1/4, 1/2, 1/4) smoothing and an identity projection, so the half-rate layers
+            # first see the residual stream at its own scale (a random init would shrink it about 100x).
+            init.copy_(module.weight, torch.tensor([0.25, 0.5, 0.25]).expand_as(module.weight))
+            init.zeros_(module.bias)
+        elif isinstance(module, Mu2SlamHalvingProjection):
+            init.eye_(module.weight)
+            init.zeros_(module.bias)
 
 
 def init_speech_frontend_layer(layer: nn.Conv2d | nn.Linear) -> None:
@@ -882,6 +946,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         self.embed_modalities = nn.Embedding(2, config.d_model)
         self.speech_frontend = Mu2SlamSpeechFrontEnd(config)
         self.layers = nn.ModuleList(Mu2SlamConformerLayer(config, i) for i in range(config.encoder_layers))
+        self.time_reduction = Mu2SlamTimeReduction(config) if config.encoder_half_rate_layers else None
         self.layer_norm = nn.LayerNorm(config.d_model)
         self.dropout = config.encoder_dropout
         self.gradient_checkpointing = False
@@ -897,12 +962,16 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         positions = sinusoidal_positions(torch.arange(embeds.shape[1], device=embeds.device), embeds.shape[-1])
         return embeds + positions.to(embeds.dtype)
 
-    def _rotary(self, segments: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """RoPE angles of the concatenated segments, positions counted from 0 in each (as the absolute ones are)."""
+    def _rotary(
+        self, speech_length: int, text_length: int, device: torch.device, speech_stride: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE angles of [speech; text] positions, counted from 0 in each segment (as the absolute ones are).
+        Half-rate speech frames (`speech_stride` 2) keep the position of the frame at their centre, so a position
+        means the same time in every layer."""
         if self.config.encoder_positions != "rotary":
             return None
-        device = segments[0].device
-        positions = torch.cat([torch.arange(segment.shape[1], device=device) for segment in segments])
+        speech = torch.arange(speech_length, device=device) * speech_stride
+        positions = torch.cat([speech, torch.arange(text_length, device=device)])
         return rotary_angles(positions, self.config.d_model // self.config.encoder_attention_heads)
 
     def embed_speech(
@@ -1015,17 +1084,44 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
 
         hidden_states = F.dropout(torch.cat(segments, dim=1), self.dropout, self.training)
         padding_mask = torch.cat(masks, dim=1)
-        attention_bias = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
-        )
-        rotary = self._rotary(segments)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_bias, padding_mask, speech_length, rotary, **kwargs)
+        hidden_states = self._run_layers(hidden_states, padding_mask, speech_length, kwargs)
         return Mu2SlamEncoderOutput(
             last_hidden_state=self.layer_norm(hidden_states),
             attention_mask=padding_mask,
             speech_length=speech_length or None,
         )
+
+    def _run_layers(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor, speech_length: int, kwargs: dict
+    ) -> torch.Tensor:
+        """(B, E, D) embedded input (its first `speech_length` positions speech) through the Conformer layers ->
+        (B, E, D); the layers of `config.encoder_half_rate_layers` see the speech at half the rate."""
+        num_layers = len(self.layers)
+        first, end = (num_layers + 1, num_layers + 1)
+        if speech_length and self.time_reduction is not None:
+            first, end = self.config.encoder_half_rate_layers
+        full_mask, layer_speech_length, skip = padding_mask, speech_length, None
+        for index in range(num_layers + 1):
+            if index == first:
+                skip = hidden_states
+                hidden_states, padding_mask, layer_speech_length = self.time_reduction.reduce(
+                    hidden_states, padding_mask, speech_length
+                )
+            if index == end:
+                hidden_states = self.time_reduction.restore(hidden_states, skip, speech_length)
+                padding_mask, layer_speech_length = full_mask, speech_length
+            if index == num_layers:
+                return hidden_states
+            if index in (0, first, end):
+                attention_bias = create_bidirectional_mask(
+                    config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
+                )
+                text_length = hidden_states.shape[1] - layer_speech_length
+                stride = 2 if first <= index < end else 1
+                rotary = self._rotary(layer_speech_length, text_length, hidden_states.device, stride)
+            hidden_states = self.layers[index](
+                hidden_states, attention_bias, padding_mask, layer_speech_length, rotary, **kwargs
+            )
 
     def _encode_speech_in_length_groups(
         self, input_features, attention_mask, src_lang_ids, kwargs
@@ -1471,7 +1567,10 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             speech_mask = encoder_mask[:, :speech_length]
             ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], speech_mask, ctc_labels)
             if intermediate:
-                middle = self.model.encoder.layer_norm(outputs.encoder_hidden_states[intermediate][:, :speech_length])
+                middle = Mu2SlamTimeReduction.upsample(
+                    outputs.encoder_hidden_states[intermediate], speech_length, encoder_states.shape[1]
+                )
+                middle = self.model.encoder.layer_norm(middle[:, :speech_length])
                 weight = self.config.intermediate_ctc_weight
                 ctc_loss = (1 - weight) * ctc_loss + weight * self._ctc_loss(middle, speech_mask, ctc_labels)
         if intermediate and not keep_states:

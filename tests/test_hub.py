@@ -559,6 +559,18 @@ def test_card_describes_the_default_asr_decoding_with_the_ctc_language_model(tra
     assert "character 3-gram" in text and "LM weight 0.35" in text and '{"lm_weight": 0}' in text
 
 
+def test_card_names_the_half_rate_encoder_layers(trained, tmp_path):
+    inputs = CardInputs("me/mu2slam-ft", load_results(trained.results))
+    assert "half the speech frame rate" not in render_model_card(trained.folder, inputs).text
+    folder = tmp_path / "half-rate"
+    shutil.copytree(trained.folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(
+        json.dumps({**config, "encoder_layers": 6, "encoder_half_rate_layers": [1, 6]})
+    )
+    assert "layers 2-6 at half the speech frame rate" in render_model_card(folder, inputs).text
+
+
 def test_card_knows_every_task_and_metric_of_the_results_format():
     assert set(HUB_TASKS) == set(TASK_ORDER) and set(METRIC_LABELS) == set(METRIC_ORDER)
 

@@ -172,6 +172,18 @@ def test_language_id_evaluation_reports_accuracy_and_confusion(identified, tmp_p
     assert "## LID ACCURACY" in markdown and "| en | 2 |" in markdown
 
 
+def test_head_over_all_layers_repeats_half_rate_layers_to_the_output_rate(tiny_config):
+    """With `encoder_half_rate_layers`, the head mixes each half-rate layer's states repeated to the output rate."""
+    from mu2slam_hf.modeling_mu2slam import Mu2SlamLanguageIdHead
+
+    tiny_config.language_id_all_layers, tiny_config.encoder_half_rate_layers = True, [1, 2]
+    head = Mu2SlamLanguageIdHead(tiny_config)
+    torch.nn.init.zeros_(head.layer_weights)
+    full, half = torch.randn(2, 9, tiny_config.d_model), torch.randn(2, 5, tiny_config.d_model)
+    expected = (2 * full + half.repeat_interleave(2, dim=1)[:, :9]) / 3
+    torch.testing.assert_close(head.mix_layers((full, half, full)), expected)
+
+
 def test_head_over_all_layers_weighs_every_encoder_state(tmp_path):
     model, processor = make_pair()
     model.config.language_id_all_layers = True

@@ -61,11 +61,58 @@ def test_ctc_is_weighted_by_ctc_loss_weight_not_an_objective_weight(tiny_config)
 # ------------------------------------------------------------------------------------- equivalences
 
 
-@pytest.fixture(params=["absolute", "rotary"])
+@pytest.fixture(params=["absolute", "rotary", "rotary, half-rate layer"])
 def positions_config(request, tiny_config):
-    """The tiny config with each kind of encoder positions."""
-    tiny_config.encoder_positions = request.param
+    """The tiny config with each kind of encoder positions (and its second layer at half the speech rate)."""
+    tiny_config.encoder_positions = request.param.split(",")[0]
+    if "half-rate" in request.param:
+        tiny_config.encoder_half_rate_layers = [1, 2]
     return tiny_config
+
+
+def test_half_rate_layers_see_half_the_speech_frames(tiny_config, tmp_path):
+    """`encoder_half_rate_layers`: the middle layers get ceil(S/2) speech frames, text keeps its positions, the
+    output is back at the front end's rate; the setting survives a save/load round trip; bad spans are refused."""
+    config = Mu2SlamConfig.from_dict({**tiny_config.to_dict(), "encoder_layers": 3})
+    config.encoder_half_rate_layers = [1, 3]
+    model = make_model(config)
+    features, mask = random_batch(config, lengths=(121, 90))
+    ids = torch.randint(NUM_SPECIAL_TOKENS, config.text_vocab_size, (2, 7))
+    encoded = model.get_encoder()(
+        input_features=features, attention_mask=mask, input_ids=ids, src_lang_ids=torch.tensor([0, 1]),
+        output_hidden_states=True,
+    )  # fmt: skip
+    speech = config.speech_output_lengths(121)
+    assert encoded.speech_length == speech and encoded.last_hidden_state.shape[1] == speech + 7
+    # the embeddings, the input of each later layer (layer 2's at half rate), the output (back at full rate)
+    lengths = [states.shape[1] for states in encoded.hidden_states]
+    assert lengths == [speech + 7, speech + 7, (speech + 1) // 2 + 7, speech + 7]
+
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.encoder_half_rate_layers == [1, 3]
+    again = loaded.get_encoder()(input_features=features, attention_mask=mask, input_ids=ids,
+                                 src_lang_ids=torch.tensor([0, 1]))  # fmt: skip
+    torch.testing.assert_close(again.last_hidden_state, encoded.last_hidden_state)
+    for span in ([2, 1], [2, 2], [1, 4], [1], "1-2", [-1, 2]):
+        with pytest.raises(ValueError, match="encoder_half_rate_layers"):
+            Mu2SlamConfig(encoder_layers=3, encoder_half_rate_layers=span)
+
+
+def test_half_rate_layers_start_as_a_smoothing_of_the_frames(tiny_config):
+    """At initialisation the halving is a (1/4, 1/2, 1/4) filter with an identity projection: the half-rate layers
+    see the residual stream at its own scale, not shrunk by a random projection."""
+    from mu2slam_hf.modeling_mu2slam import Mu2SlamTimeReduction
+
+    config = Mu2SlamConfig.from_dict({**tiny_config.to_dict(), "encoder_half_rate_layers": [1, 2]})
+    reduction = make_model(config).get_encoder().time_reduction
+    states = torch.randn(1, 9, config.d_model)
+    reduced, mask, frames = reduction.reduce(states, torch.ones(1, 9, dtype=torch.long), 9)
+    assert frames == 5 and mask.tolist() == [[1] * 5]
+    torch.testing.assert_close(reduced[0, 2], 0.25 * states[0, 3] + 0.5 * states[0, 4] + 0.25 * states[0, 5])
+    restored = reduction.restore(reduced, states, 9)
+    torch.testing.assert_close(restored[0, 5], reduced[0, 2] + states[0, 5])
+    assert Mu2SlamTimeReduction.upsample(states, 9, 9) is states
 
 
 def test_rotary_scores_depend_on_relative_positions_only():
@@ -319,6 +366,28 @@ def test_intermediate_ctc_mixes_a_lower_layer_into_the_ctc_loss(tiny_config):
     torch.testing.assert_close(out.decoder_loss, reference.decoder_loss)
     with pytest.raises(ValueError, match="intermediate_ctc_layer must be below encoder_layers"):
         Mu2SlamConfig(encoder_layers=2, intermediate_ctc_layer=2)
+
+
+def test_intermediate_ctc_reads_a_half_rate_layer_at_the_full_rate(tiny_config):
+    """InterCTC on a layer of `encoder_half_rate_layers`: its states are repeated back to the CTC head's rate."""
+    from mu2slam_hf.modeling_mu2slam import Mu2SlamTimeReduction
+
+    config = Mu2SlamConfig.from_dict({**tiny_config.to_dict(), "encoder_layers": 3})
+    config.encoder_half_rate_layers = [1, 3]
+    config.intermediate_ctc_layer, config.intermediate_ctc_weight = 2, 0.5
+    model = make_model(config)
+    features, mask = random_batch(config, lengths=(100, 81))
+    transcript = torch.randint(NUM_SPECIAL_TOKENS, config.text_vocab_size, (2, 6))
+    lang = torch.tensor([0, 1])
+    out = model(input_features=features, attention_mask=mask, src_lang_ids=lang, labels=transcript,
+                ctc_labels=transcript)  # fmt: skip
+    states = model.get_encoder()(input_features=features, attention_mask=mask, src_lang_ids=lang,
+                                 output_hidden_states=True)  # fmt: skip
+    frames = states.last_hidden_state.shape[1]
+    middle = Mu2SlamTimeReduction.upsample(states.hidden_states[2], frames, frames)
+    last_ctc = model._ctc_loss(states.last_hidden_state, states.attention_mask, transcript)
+    middle_ctc = model._ctc_loss(model.model.encoder.layer_norm(middle), states.attention_mask, transcript)
+    torch.testing.assert_close(out.ctc_loss, 0.5 * last_ctc + 0.5 * middle_ctc)
 
 
 def test_example_weights_scale_losses(tiny_config):

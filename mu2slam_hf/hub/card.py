@@ -169,6 +169,7 @@ def architecture_facts(model_dir: Path, config: dict) -> dict[str, Any]:
         "text_vocab_size": config["text_vocab_size"],
         "codebook_size": config["codebook_size"],
         "vocab_size": config["text_vocab_size"] + config["codebook_size"],
+        "half_rate_layers": config.get("encoder_half_rate_layers"),  # absent from configs saved before the key
     }
 
 
