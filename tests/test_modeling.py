@@ -153,6 +153,38 @@ def test_cached_and_uncached_greedy_decoding_identical(tiny_config):
     assert torch.equal(cached, uncached)
 
 
+def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_config):
+    """Beam search with our cache (cross-attention keys/values never reordered: a beam only replaces a beam of the
+    same utterance, whose are the same) finds what it finds with transformers' cache, which reorders both."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from mu2slam_hf.modeling_mu2slam import Mu2SlamEncoderDecoderCache
+
+    tiny_config.init_std = 0.3  # weights large enough that beams swap: without any reordering the output differs
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config, lengths=(120, 87, 101))
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang="fr", tgt_lang="en", max_new_tokens=8)
+    ours = model.generate(**kwargs, num_beams=4, num_return_sequences=2, return_dict_in_generate=True)
+    assert type(ours.past_key_values) is Mu2SlamEncoderDecoderCache
+    reference_cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    reference = model.generate(**kwargs, num_beams=4, num_return_sequences=2, past_key_values=reference_cache)
+    assert torch.equal(ours.sequences, reference)
+
+
+def test_generate_leaves_the_callers_encoder_outputs_as_they_were(tiny_config):
+    """Beam search expands the encoder outputs for its beams; a caller's precomputed ones are not touched, so they
+    can be decoded again (transformers' own expansion works in place)."""
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    lang = torch.tensor([0, 1])
+    encoded = model.get_encoder()(input_features=features, attention_mask=mask, src_lang_ids=lang)
+    kwargs = dict(input_features=features, attention_mask=mask, src_lang_ids=lang, num_beams=3, max_new_tokens=5)
+    first = model.generate(**kwargs, encoder_outputs=encoded)
+    assert encoded.last_hidden_state.shape[0] == 2
+    assert torch.equal(model.generate(**kwargs, encoder_outputs=encoded), first)
+    assert torch.equal(model.generate(**kwargs), first)
+
+
 def test_padding_changes_nothing_on_real_frames(positions_config):
     """One utterance alone vs padded in a batch with a longer one: same encoder output and same text."""
     tiny_config = positions_config
