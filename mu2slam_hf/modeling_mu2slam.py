@@ -1954,11 +1954,11 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
 
         recorded = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
         encoder_outputs = kwargs.pop("encoder_outputs", None)
-        if encoder_outputs is not None:
+        if isinstance(encoder_outputs, ModelOutput):
             # A new container: beam search expands its tensors in place, which would leave the caller's encoder
             # outputs num_beams times as long (and a second call with them failing on the batch size).
             encoder_outputs = type(encoder_outputs)(**dict(encoder_outputs.items()))
-        else:
+        elif encoder_outputs is None:
             encoder_outputs = self.model.encoder(
                 input_features=input_features,
                 attention_mask=attention_mask,
