@@ -322,15 +322,25 @@ def test_audio_dependence_is_zero_without_audio_use_and_positive_with_it():
         audio_dependence(model, processor, examples[:1])
 
 
-def test_evaluate_script_writes_json_and_markdown(tmp_path):
+def _evaluate_script():
     import importlib.util
 
     from conftest import REPO_ROOT
 
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _saved_model_and_corpus(tmp_path, asr_ctc_weight=None):
+    """A tiny model folder (with a dev choice of ASR decoder when given) and a test split of 3 ASR rows + 1 MT."""
     from mu2slam_hf.data import write_flac, write_manifest
 
     processor = tiny_processor()
     model = tiny_model(processor)
+    if asr_ctc_weight is not None:
+        model.set_asr_ctc_weight(asr_ctc_weight)
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     data = tmp_path / "data"
@@ -343,15 +353,47 @@ def test_evaluate_script_writes_json_and_markdown(tmp_path):
     rows.append({"id": "m0", "task": "mt", "audio": None, "source_text": "hello world", "target_text": "le chat",
                  "source_lang": "en", "target_lang": "fr"})  # fmt: skip
     write_manifest(data / "test.jsonl", rows)
+    return tmp_path / "model", data
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+
+def test_evaluate_script_writes_json_and_markdown(tmp_path):
+    model, data = _saved_model_and_corpus(tmp_path)
     output = tmp_path / "out" / "eval.json"
-    argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--split", "test", "--tasks", "asr,mt"]
-    assert script.main([*argv, "--max_examples", "2", "--max_new_tokens", "4", "--output", str(output)]) == 0
+    argv = ["--model", str(model), "--data", str(data), "--split", "test", "--tasks", "asr,mt"]
+    assert (
+        _evaluate_script().main([*argv, "--max_examples", "2", "--max_new_tokens", "4", "--output", str(output)]) == 0
+    )
     results = json.loads(output.read_text())
     asr = {(m["source_lang"], m["name"]): m["num_examples"] for m in results["metrics"] if m["task"] == "asr"}
     assert asr == {("fr", "wer"): 1, ("fr", "cer"): 1, ("de", "wer"): 1, ("de", "cer"): 1}  # 2 ASR examples at most
     assert {m["task"] for m in results["metrics"]} == {"asr", "mt"} and results["split"] == "test"
     assert "## MT BLEU" in (tmp_path / "out" / "eval.md").read_text()
+
+
+def test_evaluate_script_decodes_asr_with_the_models_own_decoder_by_default(tmp_path, capsys):
+    """The figures a user gets from evaluate.py are those of the model's default decoding (the decoder its run chose
+    on dev), not of the attention decoder whatever the model chose."""
+    script = _evaluate_script()
+    model, data = _saved_model_and_corpus(tmp_path, asr_ctc_weight=1.0)  # the dev choice: the CTC head
+    argv = ["--model", str(model), "--data", str(data), "--split", "test", "--tasks", "asr", "--save_predictions",
+            "--max_new_tokens", "6"]  # fmt: skip
+
+    def hypotheses(name: str, *options: str) -> list[str]:
+        output = tmp_path / f"{name}.json"
+        assert script.main([*argv, "--output", str(output), *options]) == 0
+        return [record["hypothesis"] for record in json.loads(output.read_text())["predictions"]]
+
+    default = hypotheses("default")
+    assert "ASR decoding: {'decoder': 'ctc', 'lm_weight': 0.0}" in capsys.readouterr().out
+    assert default == hypotheses("ctc", "--decoder", "ctc", "--lm_weight", "0")
+    assert default != hypotheses("attention", "--decoder", "attention")
+    assert hypotheses("joint", "--ctc_weight", "0.3") == hypotheses("joint_too", "--decoder", "attention",
+                                                                     "--ctc_weight", "0.3")  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        script.parse_args([*argv, "--decoder", "model", "--ctc_weight", "0.3"])
+    assert refused.value.code == 2
+    assert "pass --decoder attention with it" in capsys.readouterr().err
+
+    unchosen, _ = _saved_model_and_corpus(tmp_path / "unchosen")  # no dev choice: generate's attention decoder
+    argv[1] = str(unchosen)
+    assert hypotheses("unchosen") == hypotheses("unchosen_attention", "--decoder", "attention")

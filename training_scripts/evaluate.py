@@ -10,7 +10,9 @@ Example::
     python training_scripts/evaluate.py --model runs/retrieval --data data/synth --split test --tasks retrieval \\
         --retrieval_candidates 500
 
-Writes the evaluation JSON (format in ``mu2slam_hf.evaluation``) and a Markdown rendering next to it (``.md``).
+ASR is decoded as ``generate`` and ``pipeline()`` decode the model (the decoder its fine-tuning run chose on dev)
+unless ``--decoder`` or ``--ctc_weight`` asks for another. Writes the evaluation JSON (format in
+``mu2slam_hf.evaluation``) and a Markdown rendering next to it (``.md``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mu2slam_hf.evaluation import (
     spread_over_languages,
     write_results,
 )
+from mu2slam_hf.training.dev import dev_chosen_asr_decoding
 
 
 def positive_int(text: str) -> int:
@@ -70,12 +73,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=positive_int, default=128)
     parser.add_argument("--num_beams", type=positive_int, default=1, help="1: greedy decoding")
     parser.add_argument(
-        "--ctc_weight", type=float, default=0.0, help="ASR: joint CTC/attention decoding with this CTC weight (0.3)"
-    )
+        "--ctc_weight", type=float, default=None,
+        help="ASR: joint CTC/attention decoding with this CTC weight (0.3); implies --decoder attention",
+    )  # fmt: skip
     parser.add_argument(
-        "--decoder", choices=("attention", "ctc"), default="attention",
-        help="ASR: ctc = the CTC head alone (greedy, or a prefix beam search with --num_beams > 1; with the model's "
-        "n-gram LM when it has one)",
+        "--decoder", choices=("model", "attention", "ctc"), default=None,
+        help="ASR: model (the default) = the decoder the model's fine-tuning chose on dev, as generate() and "
+        "pipeline() decode; attention = the decoder alone (joint with --ctc_weight); ctc = the CTC head alone "
+        "(greedy, or a prefix beam search with --num_beams > 1; with the model's n-gram LM when it has one)",
     )  # fmt: skip
     parser.add_argument(
         "--lm_weight", type=float, default=None,
@@ -92,7 +97,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the reference NLL given each clip's own audio vs another clip of its language (ASR/AST)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.decoder == "model" and args.ctc_weight is not None:
+        parser.error(
+            "--ctc_weight chooses joint CTC/attention decoding, not the model's own decoder: pass --decoder "
+            "attention with it, or leave both out to decode as the model does."
+        )
+    return args
+
+
+def asr_decoding_options(args: argparse.Namespace, generation_config: dict) -> dict:
+    """`evaluate_model`'s ASR options (`decoder`, `ctc_weight`, `lm_weight`) from the arguments. Without `--decoder`
+    or `--ctc_weight`, the model's own decoder: the one its fine-tuning run chose on dev and saved in
+    `generation_config`, which `generate` and `pipeline()` use, so the figures are those users get."""
+    decoder = args.decoder or ("attention" if args.ctc_weight is not None else "model")
+    if decoder == "model":
+        if generation_config.get("asr_ctc_weight") is None:  # no run chose one: generate's attention decoder
+            options = {"decoder": "attention", "ctc_weight": 0.0}
+        else:
+            options = dev_chosen_asr_decoding(generation_config)
+        return options if args.lm_weight is None else {**options, "lm_weight": args.lm_weight}
+    return {"decoder": decoder, "ctc_weight": args.ctc_weight or 0.0, "lm_weight": args.lm_weight}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not examples:
         raise SystemExit(f"No {','.join(read)} examples in {args.data}/{args.split}.jsonl.")
     names = {"model_name": str(args.model), "data_name": str(args.data), "split": args.split}
+    asr_decoding = asr_decoding_options(args, model.generation_config.to_dict())
+    if "asr" in generation:
+        print(f"ASR decoding: {asr_decoding}")
     results = evaluate_model(
         model,
         processor,
@@ -129,9 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
-        ctc_weight=args.ctc_weight,
-        decoder=args.decoder,
-        lm_weight=args.lm_weight,
+        **asr_decoding,
         return_predictions=args.save_predictions,
         with_loss=args.with_loss,
         **names,
