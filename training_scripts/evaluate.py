@@ -112,10 +112,9 @@ def asr_decoding_options(args: argparse.Namespace, generation_config: dict) -> d
     `generation_config`, which `generate` and `pipeline()` use, so the figures are those users get."""
     decoder = args.decoder or ("attention" if args.ctc_weight is not None else "model")
     if decoder == "model":
-        if generation_config.get("asr_ctc_weight") is None:  # no run chose one: generate's attention decoder
-            options = {"decoder": "attention", "ctc_weight": 0.0}
-        else:
-            options = dev_chosen_asr_decoding(generation_config)
+        # A model no run chose a decoder for decodes with the attention decoder in `generate` (weight 0).
+        chosen = {**generation_config, "asr_ctc_weight": generation_config.get("asr_ctc_weight") or 0.0}
+        options = dev_chosen_asr_decoding(chosen)
         return options if args.lm_weight is None else {**options, "lm_weight": args.lm_weight}
     return {"decoder": decoder, "ctc_weight": args.ctc_weight or 0.0, "lm_weight": args.lm_weight}
 
