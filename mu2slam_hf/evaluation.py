@@ -352,7 +352,7 @@ def _model_inputs(
     }
 
 
-DECODERS = ("attention", "ctc")
+DECODERS = ("model", "attention", "ctc")
 
 
 @torch.no_grad()
@@ -363,36 +363,67 @@ def generate_predictions(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     num_beams: int = 1,
-    ctc_weight: float = 0.0,
-    decoder: str = "attention",
+    ctc_weight: float | None = None,
+    decoder: str | None = None,
     lm_weight: float | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
 
-    Speech and text examples are batched separately, each sorted by length. ``decoder="attention"`` runs
-    ``model.generate`` (greedy with ``num_beams=1``, beam search otherwise; joint CTC/attention scoring with
-    ``ctc_weight`` > 0, with the model's CTC language model fused in at ``lm_weight``); ``decoder="ctc"`` runs the
-    encoder's CTC head alone (greedy with ``num_beams=1``, prefix beam search otherwise, with the model's CTC language model at ``lm_weight``; None: the model's default). The
-    CTC head transcribes, so both CTC options apply to ASR examples; AST and MT examples are always decoded by the
-    attention decoder.
+    Speech and text examples are batched separately, each sorted by length. ASR examples are decoded by
+    ``decoder`` (:func:`asr_generate_options`): by default the model's own ASR decoder, as ``generate`` and
+    ``pipeline()`` decode it (the one its fine-tuning run chose on dev); AST and MT examples always by the attention
+    decoder (greedy with ``num_beams=1``, beam search otherwise).
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
     ``target_text``) and ``hypothesis``.
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
     examples = list(examples)
     asr = [example for example in examples if _task_of(example) == "asr"]
     others = [example for example in examples if _task_of(example) != "asr"]
     attention = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
-    if decoder == "ctc":
-        asr_options = {"ctc_weight": 1.0, "num_beams": num_beams, "lm_weight": lm_weight}
-        if lm_weight is None and num_beams == 1:
-            asr_options.pop("num_beams")  # the model's own CTC beam width when it has a language model
-    else:
-        asr_options = {**attention, "ctc_weight": ctc_weight, "lm_weight": lm_weight}
+    asr_options = asr_generate_options(decoder, ctc_weight, lm_weight, num_beams, max_new_tokens)
     return _decode(model, processor, asr, batch_size, asr_options) + _decode(
         model, processor, others, batch_size, attention
     )
+
+
+def asr_generate_options(
+    decoder: str | None = None,
+    ctc_weight: float | None = None,
+    lm_weight: float | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int = 128,
+) -> dict[str, Any]:
+    """The `generate` options that decode ASR with ``decoder``:
+
+    - ``"model"`` (the default, unless ``ctc_weight`` is given): the model's own decoder, left to `generate`'s
+      defaults (``generation_config.asr_ctc_weight``, the CTC language model's weight and beam), so the figures
+      are those users get from ``generate`` and ``pipeline()``; ``num_beams`` > 1 and ``lm_weight`` override them.
+    - ``"attention"``: the attention decoder, jointly scored with the CTC head at ``ctc_weight`` (default 0) and
+      the CTC language model fused in at ``lm_weight``.
+    - ``"ctc"``: the CTC head alone (greedy with ``num_beams=1``, prefix beam search otherwise, with the model's
+      CTC language model at ``lm_weight``; None: the model's default weight and beam).
+    """
+    if decoder is None:
+        decoder = "model" if ctc_weight is None else "attention"
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+    if ctc_weight is not None and decoder != "attention":
+        raise ValueError(
+            f"ctc_weight={ctc_weight} chooses joint CTC/attention decoding, not the {decoder!r} decoder: pass "
+            "decoder='attention' with it, or leave ctc_weight out."
+        )
+    if decoder == "model":
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if num_beams != 1:
+            options["num_beams"] = num_beams
+        return options if lm_weight is None else {**options, "lm_weight": lm_weight}
+    if decoder == "ctc":
+        options = {"ctc_weight": 1.0, "num_beams": num_beams, "lm_weight": lm_weight}
+        if lm_weight is None and num_beams == 1:
+            options.pop("num_beams")  # the model's own CTC beam width when it has a language model
+        return options
+    return {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "ctc_weight": ctc_weight or 0.0,
+            "lm_weight": lm_weight}  # fmt: skip
 
 
 def _decode(
@@ -509,8 +540,8 @@ def evaluate_model(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     num_beams: int = 1,
-    ctc_weight: float = 0.0,
-    decoder: str = "attention",
+    ctc_weight: float | None = None,
+    decoder: str | None = None,
     lm_weight: float | None = None,
     return_predictions: bool = False,
     with_loss: bool = False,
@@ -523,8 +554,8 @@ def evaluate_model(
     ASR: speech -> transcript in the source language (WER, CER); AST: speech -> ``target_text`` in
     ``target_lang`` (BLEU, chrF); MT: ``source_text`` -> ``target_text`` (BLEU, chrF). Examples of other tasks
     (or not in ``tasks``) are skipped. Greedy decoding with ``num_beams=1``, beam search otherwise.
-    ``ctc_weight`` / ``decoder`` / ``lm_weight`` choose joint CTC/attention or CTC-only decoding of ASR, with or
-    without the CTC language model (:func:`generate_predictions`).
+    ASR is decoded as ``generate`` and ``pipeline()`` decode the model (the decoder its fine-tuning run chose on
+    dev) unless ``decoder`` / ``ctc_weight`` / ``lm_weight`` ask for another (:func:`asr_generate_options`).
     ``with_loss`` adds the teacher-forced ``nll`` of the references (:func:`target_nll`) per language/direction.
 
     Returns:
@@ -794,6 +825,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = [
     "accuracy",
+    "asr_generate_options",
     "averages",
     "bleu_tokenizer",
     "char_error_rate",

@@ -261,6 +261,46 @@ def test_evaluate_model_runs_every_task_and_language():
     assert {m["task"] for m in only_mt["metrics"]} == {"mt"} and "predictions" not in only_mt
 
 
+def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_otherwise():
+    """Library figures are those of `generate`'s default ASR decoding (the decoder the model's run chose on dev);
+    dev evaluation, which makes that choice, keeps scoring the attention decoder as the plain `asr_cer`."""
+    from accelerate import Accelerator
+
+    from mu2slam_hf.training.dev import DevEvaluator
+    from mu2slam_hf.training.instances import InstanceBuilder
+
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    model.set_asr_ctc_weight(1.0)  # as if dev had chosen the CTC head
+    examples = [audio_example(f"a{i}", "asr", lang, lang, text, 0.5 + 0.2 * i, i)
+                for i, (lang, text) in enumerate([("fr", "le chat"), ("de", "die katze"), ("fr", "est assis")])]  # fmt: skip
+
+    def hypotheses(**options) -> list[str]:
+        results = evaluate_model(model, processor, examples, ("asr",), batch_size=2, max_new_tokens=6,
+                                 return_predictions=True, **options)  # fmt: skip
+        return [p["hypothesis"] for p in sorted(results["predictions"], key=lambda p: p["id"])]
+
+    default = hypotheses()
+    assert default == hypotheses(decoder="model") == hypotheses(decoder="ctc")
+    attention = hypotheses(decoder="attention")
+    assert default != attention
+    assert hypotheses(ctc_weight=0.3) == hypotheses(decoder="attention", ctc_weight=0.3)
+    with pytest.raises(ValueError, match="pass decoder='attention' with it"):
+        evaluate_model(model, processor, examples, ("asr",), decoder="model", ctc_weight=0.3)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        evaluate_model(model, processor, examples, ("asr",), decoder="joint")
+
+    config = model.config
+    dev = DevEvaluator(InstanceBuilder(processor, config, stage="finetune"), {"asr": examples}, max_new_tokens=6)
+    metrics = dev.evaluate(model, Accelerator(cpu=True))
+    references = [e["target_text"] for e in sorted(examples, key=lambda e: e["id"])]
+    assert metrics["dev/asr_cer"] == pytest.approx(char_error_rate(references, attention), abs=1e-4)
+    assert metrics["dev/asr_cer_ctc"] == pytest.approx(char_error_rate(references, default), abs=1e-4)
+
+    model.set_asr_ctc_weight(0.0)  # no CTC in the model's choice: the attention decoder
+    assert hypotheses() == attention
+
+
 def test_nll_is_the_models_own_loss_per_token_and_ignores_batching():
     processor = tiny_processor()
     model = tiny_model(processor)
@@ -384,7 +424,7 @@ def test_evaluate_script_decodes_asr_with_the_models_own_decoder_by_default(tmp_
         return [record["hypothesis"] for record in json.loads(output.read_text())["predictions"]]
 
     default = hypotheses("default")
-    assert "ASR decoding: {'decoder': 'ctc', 'lm_weight': 0.0}" in capsys.readouterr().out
+    assert "ASR decoding: the model's own, the CTC head (generation_config.json)" in capsys.readouterr().out
     assert default == hypotheses("ctc", "--decoder", "ctc", "--lm_weight", "0")
     assert default != hypotheses("attention", "--decoder", "attention")
     assert hypotheses("joint", "--ctc_weight", "0.3") == hypotheses("joint_too", "--decoder", "attention",

@@ -37,7 +37,6 @@ from mu2slam_hf.evaluation import (
     spread_over_languages,
     write_results,
 )
-from mu2slam_hf.training.dev import dev_chosen_asr_decoding
 
 
 def positive_int(text: str) -> int:
@@ -106,17 +105,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def asr_decoding_options(args: argparse.Namespace, generation_config: dict) -> dict:
-    """`evaluate_model`'s ASR options (`decoder`, `ctc_weight`, `lm_weight`) from the arguments. Without `--decoder`
-    or `--ctc_weight`, the model's own decoder: the one its fine-tuning run chose on dev and saved in
-    `generation_config`, which `generate` and `pipeline()` use, so the figures are those users get."""
-    decoder = args.decoder or ("attention" if args.ctc_weight is not None else "model")
-    if decoder == "model":
-        # A model no run chose a decoder for decodes with the attention decoder in `generate` (weight 0).
-        chosen = {**generation_config, "asr_ctc_weight": generation_config.get("asr_ctc_weight") or 0.0}
-        options = dev_chosen_asr_decoding(chosen)
-        return options if args.lm_weight is None else {**options, "lm_weight": args.lm_weight}
-    return {"decoder": decoder, "ctc_weight": args.ctc_weight or 0.0, "lm_weight": args.lm_weight}
+def asr_decoding_options(args: argparse.Namespace) -> dict:
+    """`evaluate_model`'s ASR options (`decoder`, `ctc_weight`, `lm_weight`); without `--decoder` or `--ctc_weight`
+    the model's own decoder, as `generate` and `pipeline()` decode it, so the figures are those users get."""
+    decoder = None if args.decoder == "model" else args.decoder
+    return {"decoder": decoder, "ctc_weight": args.ctc_weight, "lm_weight": args.lm_weight}
+
+
+def describe_asr_decoding(options: dict, generation_config: dict) -> str:
+    """One line naming the ASR decoder `options` resolve to for this model (printed before decoding)."""
+    if options["decoder"] is not None or options["ctc_weight"] is not None:
+        return str({key: value for key, value in options.items() if value is not None})
+    weight = float(generation_config.get("asr_ctc_weight") or 0.0)
+    lm_weight = options["lm_weight"] if options["lm_weight"] is not None else generation_config.get("asr_lm_weight")
+    if weight == 0.0:
+        decoder = "the attention decoder"
+    elif weight == 1.0:
+        decoder = f"the CTC head with its n-gram LM (weight {lm_weight:g})" if lm_weight else "the CTC head"
+    else:
+        decoder = f"joint CTC/attention (CTC weight {weight:g})"
+    return f"the model's own, {decoder} (generation_config.json)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,9 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not examples:
         raise SystemExit(f"No {','.join(read)} examples in {args.data}/{args.split}.jsonl.")
     names = {"model_name": str(args.model), "data_name": str(args.data), "split": args.split}
-    asr_decoding = asr_decoding_options(args, model.generation_config.to_dict())
+    asr_decoding = asr_decoding_options(args)
     if "asr" in generation:
-        print(f"ASR decoding: {asr_decoding}")
+        print(f"ASR decoding: {describe_asr_decoding(asr_decoding, model.generation_config.to_dict())}")
     results = evaluate_model(
         model,
         processor,

@@ -167,7 +167,7 @@ class DevEvaluator:
             if task not in self.examples or not self.decode:
                 continue
             mine = self._shard(self.examples[task], accelerator)
-            decoders = {"": {}}
+            decoders = {"": {"decoder": "attention"}}  # never the model's chosen decoder: dev is what chooses it
             if task == "asr":
                 decoders.update({"_ctc": {"decoder": "ctc"}, "_joint": {"ctc_weight": JOINT_CTC_WEIGHT}})
             for suffix, options in decoders.items():
