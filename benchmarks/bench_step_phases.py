@@ -3,7 +3,9 @@
 Our step is `Mu2SlamTrainer.train_step`, the real loop, on the ASR-from-scratch recipe (`asr-scratch-small.yaml`:
 about 40 s of audio per step, the weight average, bf16 where `mixed_precision: auto` picks it). Printed:
 
-1. seconds per step, timed without a profiler (the device synchronised before and after);
+1. seconds per step, timed without a profiler (the device synchronised before and after), and the same steps with
+   SDPA's own kernel in every attention call (our model runs SDPA as matrix products in bf16 training on a CPU,
+   where the CPU flash kernel's backward is slow), in alternating blocks;
 2. host syncs per step (CUDA only: operations that make the host wait for the GPU, counted with
    `torch.cuda.set_sync_debug_mode`), each of which stalls the launch queue, and the lines of the package that
    issue them;
@@ -56,6 +58,34 @@ def seconds_per_step(step, first: int, count: int) -> float:
         step(n)
     synchronize()
     return (time.perf_counter() - start) / count
+
+
+def seconds_per_step_by_attention(step, first: int, count: int, block: int = 5) -> tuple[float, float]:
+    """Seconds per step with the attention our model picks (`modeling_mu2slam.attention_function`: matrix products
+    for SDPA in bf16 training on a CPU) and with SDPA's own kernel always, in alternating blocks of ``block`` steps
+    (``count`` steps each), so that the machine's drift reaches both alike."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    import mu2slam_hf.modeling_mu2slam as modeling
+
+    chosen = modeling.attention_function
+
+    def sdpa_kernel(implementation: str, query: torch.Tensor):
+        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, modeling.eager_attention_forward)
+
+    totals = {chosen: 0.0, sdpa_kernel: 0.0}
+    done = 0
+    try:
+        while done < count:
+            size = min(block, count - done)
+            for function in totals:
+                modeling.attention_function = function
+                totals[function] += seconds_per_step(step, first, size) * size
+                first += size
+            done += size
+    finally:
+        modeling.attention_function = chosen
+    return totals[chosen] / count, totals[sdpa_kernel] / count
 
 
 def host_syncs_per_step(step, first: int, count: int) -> tuple[float | None, dict[str, float]]:
@@ -145,13 +175,15 @@ def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
     for n in range(1, args.warmup + 1):
         step(n)
     first = args.warmup + 1
+    chosen, sdpa_kernel = seconds_per_step_by_attention(step, first, args.steps)
     result = {
         "device": str(trainer.accelerator.device),
         "mixed_precision": trainer.accelerator.mixed_precision,
         "params": sum(p.numel() for p in trainer.model.parameters()),
-        "seconds_per_step": seconds_per_step(step, first, args.steps),
+        "seconds_per_step": chosen,
+        "seconds_per_step_sdpa_kernel": sdpa_kernel,
     }
-    first += args.steps
+    first += 2 * args.steps
     result["host_syncs_per_step"], result["host_sync_sites"] = host_syncs_per_step(step, first, min(args.steps, 5))
     first += min(args.steps, 5)
     result["phases"], result["top_operators"] = phase_milliseconds(step, first, args.steps)
@@ -183,6 +215,8 @@ def report(ours: dict[str, Any], peer: dict[str, Any]) -> str:
         f"device {ours['device']}, precision {ours['mixed_precision']}, {torch.get_num_threads()} thread(s)",
         f"ours ({ours['params'] / 1e6:.2f}M): {1000 * ours['seconds_per_step']:.1f} ms/step"
         + ("" if syncs is None else f", {syncs:.1f} host syncs/step"),
+        f"ours with SDPA's own kernel in every attention call: {1000 * ours['seconds_per_step_sdpa_kernel']:.1f} "
+        f"ms/step (ours / that = {ours['seconds_per_step'] / ours['seconds_per_step_sdpa_kernel']:.2f})",
         f"peer ParakeetForCTC ({peer['params'] / 1e6:.2f}M): {1000 * peer['seconds_per_step']:.1f} ms/step; "
         f"ours / peer = {ours['seconds_per_step'] / peer['seconds_per_step']:.2f}",
         "",

@@ -180,5 +180,6 @@ def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
     assert set(ours["phases"]) == set(STEP_PHASES)  # the quick recipe keeps the weight average
     assert all(times["host_ms"] > 0 for times in ours["phases"].values())
     assert ours["seconds_per_step"] > 0 and peer["seconds_per_step"] > 0
+    assert ours["seconds_per_step_sdpa_kernel"] > 0 and "with SDPA's own kernel" in done.stdout
     assert ours["host_syncs_per_step"] is None  # counted on CUDA only
     assert "| forward |" in done.stdout and "ours / peer = " in done.stdout
