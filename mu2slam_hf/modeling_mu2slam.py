@@ -294,8 +294,8 @@ def sdpa_as_matrix_products(
 def attention_function(implementation: str, query: torch.Tensor) -> Callable:
     """The attention interface of ``implementation`` (transformers' registry), except for SDPA in low-precision
     training on a CPU: there SDPA's CPU flash kernel runs its backward pass 3-4x slower than the same attention as
-    matrix products (bf16, 4 heads of 64, 75-300 frames: 16-18 ms against 4.5-6 ms forward and backward), a quarter
-    of the small preset's training step, so the same computation runs as matrix products. In float32, and without
+    matrix products (bf16, 4 heads of 64, 75-150 frames: 16-18 ms against 4.5-6 ms forward and backward), a fifth to
+    a quarter of the small preset's training step, so the same computation runs as matrix products. In float32, and without
     gradients, the flash kernel is as fast or faster and is kept."""
     if (
         implementation == "sdpa"
