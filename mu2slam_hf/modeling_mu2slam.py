@@ -261,49 +261,36 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain softmax attention. query (B, H, Q, d), key/value (B, H, K, d) -> ((B, Q, H, d), (B, H, Q, K)).
-    ``attention_mask``: additive (eager's masks) or boolean, True where a query may attend (SDPA's masks)."""
+    ``attention_mask``: additive (eager's masks) or boolean, True where a query may attend (SDPA's masks, which
+    leave a causal module's mask out where it is only causal)."""
+    queries, keys = query.shape[-2], key.shape[-2]
+    if attention_mask is None and getattr(module, "is_causal", False) and queries > 1:
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[
+            None, None
+        ]
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None and attention_mask.dtype == torch.bool:
-        scores = torch.where(attention_mask[:, :, :, : key.shape[-2]], scores, torch.finfo(scores.dtype).min)
+        scores = torch.where(attention_mask[:, :, :, :keys], scores, torch.finfo(scores.dtype).min)
     elif attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        scores = scores + attention_mask[:, :, :, :keys]
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
-def sdpa_as_matrix_products(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDPA's attention (its masks, and causal where a causal module's mask was left out) as plain matrix products:
-    `eager_attention_forward` with SDPA's conventions. Shapes as there."""
-    queries, keys = query.shape[-2], key.shape[-2]
-    if attention_mask is None and getattr(module, "is_causal", False) and queries > 1:
-        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)
-        attention_mask = attention_mask[None, None]
-    return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
 
 
 def attention_function(implementation: str, query: torch.Tensor) -> Callable:
     """The attention interface of ``implementation`` (transformers' registry), except for SDPA in low-precision
     training on a CPU: there SDPA's CPU flash kernel runs its backward pass 3-4x slower than the same attention as
     matrix products (bf16, 4 heads of 64, 75-150 frames: 16-18 ms against 4.5-6 ms forward and backward), a fifth to
-    a quarter of the small preset's training step, so the same computation runs as matrix products. In float32, and without
-    gradients, the flash kernel is as fast or faster and is kept."""
+    a quarter of the small preset's training step, so the same computation runs as `eager_attention_forward`, which
+    takes SDPA's masks. In float32, and without gradients, the flash kernel is as fast or faster and is kept."""
     if (
         implementation == "sdpa"
         and query.device.type == "cpu"
         and query.dtype in (torch.bfloat16, torch.float16)
         and query.requires_grad
     ):
-        return sdpa_as_matrix_products
+        return eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 
 

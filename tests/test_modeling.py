@@ -142,12 +142,12 @@ def test_eager_and_sdpa_agree(positions_config):
     )
 
 
-def test_sdpa_as_matrix_products_is_sdpa():
+def test_eager_attention_with_sdpas_masks_is_sdpa():
     """The CPU low-precision training path computes what transformers' SDPA attention computes, with SDPA's masks:
     boolean padding masks, and causal attention where a causal module's mask was left out."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from mu2slam_hf.modeling_mu2slam import sdpa_as_matrix_products
+    from mu2slam_hf.modeling_mu2slam import eager_attention_forward
 
     torch.manual_seed(0)
     query, key, value = (torch.randn(3, 2, 7, 8) for _ in range(3))
@@ -155,7 +155,7 @@ def test_sdpa_as_matrix_products_is_sdpa():
     for causal, mask in [(False, padding), (True, None), (True, padding & torch.ones(7, 7, dtype=torch.bool).tril())]:
         module = torch.nn.Module()
         module.is_causal, module.training = causal, False
-        ours, _ = sdpa_as_matrix_products(module, query, key, value, mask, scaling=8**-0.5)
+        ours, _ = eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
         reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
 
@@ -164,12 +164,12 @@ def test_bf16_training_on_a_cpu_gives_eagers_loss_and_gradients_with_sdpa(positi
     """Under bf16 autocast with gradients, SDPA's CPU flash kernel is replaced by matrix products (its backward is
     3-4x slower there): the sdpa model then gives the eager model's loss and gradients; without gradients it keeps
     SDPA's own kernel."""
-    from mu2slam_hf.modeling_mu2slam import attention_function, sdpa_as_matrix_products
+    from mu2slam_hf.modeling_mu2slam import attention_function, eager_attention_forward
 
     query = torch.randn(2, 4, 5, 8, dtype=torch.bfloat16, requires_grad=True)
-    assert attention_function("sdpa", query) is sdpa_as_matrix_products
-    assert attention_function("sdpa", query.detach()) is not sdpa_as_matrix_products
-    assert attention_function("sdpa", query.float()) is not sdpa_as_matrix_products
+    assert attention_function("sdpa", query) is eager_attention_forward
+    assert attention_function("sdpa", query.detach()) is not eager_attention_forward
+    assert attention_function("sdpa", query.float()) is not eager_attention_forward
     eager, sdpa = make_model(positions_config, "eager"), make_model(positions_config, "sdpa")
     sdpa.load_state_dict(eager.state_dict())
     features, mask = random_batch(positions_config)
