@@ -8,8 +8,10 @@ length-bucketed batching vs naive random batching (same frame budget) on the syn
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -50,6 +52,7 @@ def main() -> None:
     corpus = args.corpus
     if corpus is None:
         corpus = tempfile.mkdtemp(prefix="bench_synth_")
+        atexit.register(shutil.rmtree, corpus, ignore_errors=True)
         start = time.time()
         summary = build_synthetic(corpus, max_groups=SMALL["max_groups"], num_numbers=SMALL["num_numbers"])
         results["build_small_seconds"] = round(time.time() - start, 1)

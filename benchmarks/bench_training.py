@@ -17,9 +17,11 @@ Prints figures; asserts nothing. Other jobs on the machine lower the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,9 @@ def make_trainer(recipe_path: Path, data: str, overrides: dict):
     from mu2slam_hf.training import Mu2SlamTrainer, load_recipe
 
     recipe = load_recipe(recipe_path, {"eval_interval": 10**9, "checkpoint_interval": 10**9, **overrides})
-    trainer = Mu2SlamTrainer(recipe, data, tempfile.mkdtemp(prefix="bench-train-"), log_with=None, progress=False)
+    output = tempfile.mkdtemp(prefix="bench-train-")
+    atexit.register(shutil.rmtree, output, ignore_errors=True)  # the run folder only exists for the trainer
+    trainer = Mu2SlamTrainer(recipe, data, output, log_with=None, progress=False)
     trainer.setup(resume=False)
     return trainer
 

@@ -4,6 +4,7 @@ a training step into its phases."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -169,12 +170,15 @@ def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
     from mu2slam_hf.data.synthetic import build_synthetic
     from mu2slam_hf.training.loop import STEP_PHASES
 
-    corpus, out = tmp_path / "corpus", tmp_path / "phases.json"
+    corpus, out, temp = tmp_path / "corpus", tmp_path / "phases.json", tmp_path / "temp"
     build_synthetic(str(corpus), ("en",), num_numbers=24, use_fillets=False, num_workers=2)
+    temp.mkdir()
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_step_phases.py"), "--data", str(corpus),
                "--quick", "--steps", "2", "--warmup", "1", "--threads", "1", "--output", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    env = {**os.environ, "TMPDIR": str(temp)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [p.name for p in temp.iterdir() if p.name.startswith("bench-train-")] == []  # its run folder is removed
     figures = json.loads(out.read_text())
     ours, peer = figures["ours"], figures["peer"]
     assert set(ours["phases"]) == set(STEP_PHASES)  # the quick recipe keeps the weight average
