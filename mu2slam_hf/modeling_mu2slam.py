@@ -265,9 +265,8 @@ def eager_attention_forward(
     leave a causal module's mask out where it is only causal)."""
     queries, keys = query.shape[-2], key.shape[-2]
     if attention_mask is None and getattr(module, "is_causal", False) and queries > 1:
-        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[
-            None, None
-        ]
+        causal = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)
+        attention_mask = causal[None, None]
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = torch.where(attention_mask[:, :, :, :keys], scores, torch.finfo(scores.dtype).min)
