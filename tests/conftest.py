@@ -11,6 +11,10 @@ torch.set_num_threads(1)  # tests run under xdist with one worker per core
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS = REPO_ROOT / "configuration" / "models"
+# The environment of `accelerate launch --config_file configuration/accelerate/cpu_ddp.yaml` in a subprocess.
+# Accelerate's multi-process launcher does not pass the config's `use_cpu` to its workers: on a machine with a GPU
+# they pick NCCL, and a barrier names GPU <local rank> ("invalid device ordinal" with fewer GPUs than processes).
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture

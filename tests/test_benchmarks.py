@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 LEARNING_CURVE = REPO_ROOT / "benchmarks" / "bench_learning_curve.py"
@@ -182,8 +183,10 @@ def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
     figures = json.loads(out.read_text())
     ours, peer = figures["ours"], figures["peer"]
     assert set(ours["phases"]) == set(STEP_PHASES)  # the quick recipe keeps the weight average
-    assert all(times["host_ms"] > 0 for times in ours["phases"].values())
+    # On a GPU the profiler books a phase's kernels as device time, and some phases (the forward) have no host time.
+    assert all(times["host_ms"] + times["device_ms"] > 0 for times in ours["phases"].values())
     assert ours["seconds_per_step"] > 0 and peer["seconds_per_step"] > 0
     assert ours["seconds_per_step_sdpa_kernel"] > 0 and "with SDPA's own kernel" in done.stdout
-    assert ours["host_syncs_per_step"] is None  # counted on CUDA only
+    on_cuda = torch.cuda.is_available()
+    assert (ours["host_syncs_per_step"] is not None) == on_cuda  # counted on CUDA only
     assert "| forward |" in done.stdout and "ours / peer = " in done.stdout

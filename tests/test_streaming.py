@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT
+from conftest import CPU_ONLY, REPO_ROOT
 from test_training_data import RECIPE, clips, disk_data, manifest_data, snapshot_data, table, train_on, write_csv  # noqa: F401
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -190,7 +190,7 @@ def test_two_processes_stream_their_own_rows_and_resume(clips, tmp_path):  # noq
     recipe.write_text(
         yaml.safe_dump({**STREAMING_RECIPE, "checkpoint_interval": 2, "dataloader": {"stream_window": 2}})
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **CPU_ONLY}
 
     def launch(max_steps: int, *extra: str) -> None:
         command = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import CPU_ONLY, REPO_ROOT
 from filelock import FileLock
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
@@ -38,6 +38,11 @@ from mu2slam_hf.training.dev import (
 )
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
+# Two runs of the same recipe: on the CPU they agree to 1e-6. CUDA kernels are not bitwise deterministic (atomic adds
+# in backward passes), so there the losses agree only to their last digits, and Adam turns a gradient that is pure
+# rounding noise (the key projections' biases: softmax ignores a shift of every key) into full steps of lr.
+SAME_RUN_LOSS = {"rel": 1e-4} if torch.cuda.is_available() else {"abs": 1e-6}
+SAME_RUN_WEIGHT = {"rtol": 0, "atol": 1e-2 if torch.cuda.is_available() else 1e-6}
 FAST = {
     "log_interval": 1,
     "eval_interval": 1000,
@@ -411,7 +416,7 @@ def test_resume_gives_the_same_next_losses(corpus, tmp_path):
     assert [e["step"] for e in resumed.log] == [5, 6, 7, 8]
     for entry in resumed.log:
         for key in ("loss", "loss/speech", "loss/text", "loss/asr", "loss/ast", "loss/mt", "grad_norm", "lr"):
-            assert entry[key] == pytest.approx(expected[entry["step"]][key], abs=1e-6), (entry["step"], key)
+            assert entry[key] == pytest.approx(expected[entry["step"]][key], **SAME_RUN_LOSS), (entry["step"], key)
     log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 9))
 
@@ -429,7 +434,7 @@ def test_a_run_with_worker_processes_trains_and_resumes_as_one_without(corpus, t
     log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
     for ours, theirs in zip(in_process.log, log, strict=True):
         for key in ("loss", "loss/speech", "loss/text", "loss/asr", "loss/ast", "loss/mt", "grad_norm"):
-            assert theirs[key] == pytest.approx(ours[key], abs=1e-6), (ours["step"], key)
+            assert theirs[key] == pytest.approx(ours[key], **SAME_RUN_LOSS), (ours["step"], key)
 
 
 def test_weight_average_follows_the_warmed_up_ema_by_hand():
@@ -460,7 +465,7 @@ def test_weight_average_is_what_a_run_evaluates_saves_and_resumes(corpus, tmp_pa
     straight, resumed = (load_file(folder / "model.safetensors") for folder in (tmp_path / "straight", interrupted))
     assert straight.keys() == resumed.keys()
     for name in straight:
-        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(resumed[name], straight[name], **SAME_RUN_WEIGHT, msg=name)
     # The saved model is the average, not the last iterate (which the training state keeps for resuming).
     raw = load_file(tmp_path / "straight" / "checkpoint-8" / "training_state" / "model.safetensors")
     assert any(not torch.equal(raw[name], straight[name]) for name in straight if name in raw)
@@ -495,7 +500,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_cpu_run_completes_and_its_checkpoint_loads(corpus, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **CPU_ONLY}
     command = [
         str(Path(sys.executable).with_name("accelerate")), "launch",
         "--config_file", str(REPO_ROOT / "configuration" / "accelerate" / "cpu_ddp.yaml"),
