@@ -15,6 +15,8 @@ PRESETS = REPO_ROOT / "configuration" / "models"
 # Accelerate's multi-process launcher does not pass the config's `use_cpu` to its workers: on a machine with a GPU
 # they pick NCCL, and a barrier names GPU <local rank> ("invalid device ordinal" with fewer GPUs than processes).
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+# Whether the tests' training runs (in-process or in a benchmark's subprocess) are on a GPU: accelerate's default.
+ON_CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from conftest import REPO_ROOT
+from conftest import ON_CUDA, REPO_ROOT
 
 LEARNING_CURVE = REPO_ROOT / "benchmarks" / "bench_learning_curve.py"
 STREAMING = REPO_ROOT / "benchmarks" / "bench_streaming.py"
@@ -187,6 +186,5 @@ def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
     assert all(times["host_ms"] + times["device_ms"] > 0 for times in ours["phases"].values())
     assert ours["seconds_per_step"] > 0 and peer["seconds_per_step"] > 0
     assert ours["seconds_per_step_sdpa_kernel"] > 0 and "with SDPA's own kernel" in done.stdout
-    on_cuda = torch.cuda.is_available()
-    assert (ours["host_syncs_per_step"] is not None) == on_cuda  # counted on CUDA only
+    assert (ours["host_syncs_per_step"] is not None) == ON_CUDA  # counted on CUDA only
     assert "| forward |" in done.stdout and "ours / peer = " in done.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU_ONLY, REPO_ROOT
+from conftest import CPU_ONLY, ON_CUDA, REPO_ROOT
 from filelock import FileLock
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
@@ -41,8 +41,8 @@ TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
 # Two runs of the same recipe: on the CPU they agree to 1e-6. CUDA kernels are not bitwise deterministic (atomic adds
 # in backward passes), so there the losses agree only to their last digits, and Adam turns a gradient that is pure
 # rounding noise (the key projections' biases: softmax ignores a shift of every key) into full steps of lr.
-SAME_RUN_LOSS = {"rel": 1e-4} if torch.cuda.is_available() else {"abs": 1e-6}
-SAME_RUN_WEIGHT = {"rtol": 0, "atol": 1e-2 if torch.cuda.is_available() else 1e-6}
+SAME_RUN_LOSS = {"rel": 1e-4} if ON_CUDA else {"abs": 1e-6}
+SAME_RUN_WEIGHT = {"rtol": 0, "atol": 1e-2 if ON_CUDA else 1e-6}
 FAST = {
     "log_interval": 1,
     "eval_interval": 1000,
