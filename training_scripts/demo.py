@@ -86,7 +86,8 @@ PEAK_LR = 5e-4
 # Seconds of padded audio per step: stage 1 keeps the paper's AST 4 : ASR 2 : MT 2 ratio (clips of about 3 s), in
 # small steps at a constant rate: 210 steps of these batches take the minutes of 120 steps of twice their size, and
 # the CTC head leaves its blank plateau in stage 1 instead of stage 2 (CTC loss 2.35 against 3.26 at the end); the
-# demo's stage 2 from it, 9 minutes: dev CER 34.0 greedy / 24.9 with the LM against 35.7 / 26.0 (docs/results.md).
+# demo's stage 2 from it, 9 minutes: dev CER 34.0 greedy / 24.9 with the LM against 35.7 / 26.0, a head start of a
+# few hundred stage 2 steps that the old stage 1 catches up on later (docs/results.md).
 STAGE1_BATCH = {"seconds_per_step": {"asr": 10.0, "ast": 20.0}, "examples_per_step": {"mt": 3}}
 STAGE1_SCHEDULE = {"optimizer.decay": "constant", "optimizer.warmup_fraction": 0.05}
 # Stage 2: 20 s of audio per step. ASR from scratch on all 8 languages, 12 minutes on one core: dev CER 39.0 with 20 s
