@@ -64,7 +64,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # follows it, and stage 2 keeps learning for thousands of steps, so stage 2 gets every minute the other steps leave.
 # In the plans with `stage2_until_minute`, stage 2 trains until that many minutes after the demo started (at most
 # `stage2` steps): the steps a machine can afford, not a count tuned to one machine. Measured on 2 cores in fp32
-# (dev evaluation included): pre-training 2.8 s/step, stage 1 2.6 s/step, stage 2 (20 s of audio) 0.3-0.5 s/step.
+# (dev evaluation included): pre-training 2.8 s/step, stage 1 2.6 s/step (its former full-size steps; its half-size
+# steps now take the same minutes in 210 steps), stage 2 (20 s of audio) 0.3-0.5 s/step.
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 210, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
@@ -339,7 +340,8 @@ def write_report(
         "## pipeline() on test audio",
         "",
         "Transcripts by the stage 2 model (the decoder its dev set chose); translations by the stage 1 model, whose",
-        "AST had 210 small steps on a few hundred sentences per language (its BLEU is in the stage 1 tables above): the",
+        f"AST had {trained_steps(root / FOLDERS['stage 1'])} small steps on a few hundred sentences per language (its "
+        "BLEU is in the stage 1 tables above): the",
         "demo spends its minutes on ASR, and speech translation from scratch needs far more steps and sentences",
         "(docs/results.md: BLEU 4.4 after 60 minutes of de->en on 12 hours of LibreOffice help sentences).",
         "",
