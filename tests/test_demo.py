@@ -149,3 +149,27 @@ def test_compared_asr_from_scratch_keeps_one_ctc_slot(tmp_path):
             recipe = load_recipe(demo.RECIPES / stage.recipe_file, stage.resolved_overrides())
             slots[stage.name] = recipe.model_overrides.get("ctc_upsampling")
     assert slots == {"(a) scratch ASR": 1, "(b) pre-trained + direct ASR": 2, "(c) pre-trained + gradual ASR": 2}
+
+
+def test_decoder_comparison_reuses_the_reports_results_for_the_chosen_decoder(tmp_path, monkeypatch):
+    demo = load_demo()
+    model_dir = tmp_path / "ft2-noisy"
+    model_dir.mkdir()
+    (model_dir / "generation_config.json").write_text(json.dumps({"asr_ctc_weight": 1.0}))  # the CTC head, no LM
+    dev = {"dev/asr_cer": 80.0, "dev/asr_cer_ctc": 30.0, "dev/asr_cer_joint": 50.0}
+    (model_dir / "dev_results.json").write_text(json.dumps([dev]))
+
+    def results(cer: float) -> dict:
+        return {"metrics": [{"task": "asr", "source_lang": "en", "target_lang": "en", "name": "cer", "value": cer}]}
+
+    evaluated = []
+
+    def fake_evaluate(model, data, tasks, count, name, asr_decoder=None):
+        evaluated.append((data.name, asr_decoder.tag))
+        return results({"attention": 70.0, "joint": 40.0}[asr_decoder.tag])
+
+    monkeypatch.setattr(demo, "evaluate", fake_evaluate)
+    rows = demo.decoder_comparison(model_dir, {tmp_path / "synth": results(25.0)}, 8)
+    assert sorted(evaluated) == [("synth", "attention"), ("synth", "joint")]  # the chosen one is not decoded again
+    assert "| CTC, greedy (chosen on dev) | 30.0 | 25.0 |" in rows
+    assert "| attention | 80.0 | 70.0 |" in rows and "| joint (0.3) | 50.0 | 40.0 |" in rows

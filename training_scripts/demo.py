@@ -245,16 +245,19 @@ def evaluate(
     return results
 
 
-def decoder_comparison(model_dir: Path, datasets: tuple[Path, ...], count: int) -> list[str]:
-    """Markdown rows: dev CER (the last dev evaluation of the run) and test CER of each ASR decoder."""
-    chosen = dev_chosen_decoder(model_dir)
+def decoder_comparison(model_dir: Path, chosen_results: dict[Path, dict], count: int) -> list[str]:
+    """Markdown rows: dev CER (the last dev evaluation of the run) and test CER of each ASR decoder.
+    ``chosen_results``: each test set's ASR results with the model's chosen decoder (`evaluate`'s default), which
+    the report has already computed; the other decoders are evaluated here on the same ``count`` examples."""
+    chosen, datasets = dev_chosen_decoder(model_dir), tuple(chosen_results)
     rows = ["| decoder | dev CER | " + " | ".join(f"test CER {data.name}" for data in datasets) + " |"]
     rows.append("|---|---:|" + "---:|" * len(datasets))
     fitted = (model_dir / "ctc_language_model_fit.json").exists()
     for decoder in ASR_DECODERS:
         if decoder.language_model and not fitted:
             continue
-        tests = [averages(evaluate(model_dir, data, ("asr",), count, decoder.name, asr_decoder=decoder), "asr")["cer"]
+        tests = [averages(chosen_results[data] if decoder == chosen else
+                          evaluate(model_dir, data, ("asr",), count, decoder.name, asr_decoder=decoder), "asr")["cer"]
                  for data in datasets]  # fmt: skip
         label = decoder.name + (" (chosen on dev)" if decoder == chosen else "")
         dev_cer = decoder.dev_cer(model_dir)
@@ -721,8 +724,9 @@ def main(argv: list[str] | None = None) -> None:
         "Stage 2 ASR (noisy fine-tuning), real speech test": (ft2, fillets, ("asr",)),
     }
     start = time.perf_counter()
+    stage2_tests = {d: t for t, (m, d, k) in results.items() if m == ft2}
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()}
-    decoders = decoder_comparison(ft2, (synth, fillets), count)
+    decoders = decoder_comparison(ft2, {data: results[title] for data, title in stage2_tests.items()}, count)
     seconds["evaluation"] = time.perf_counter() - start
     start = time.perf_counter()
     samples = pipeline_samples(ft2, ft1, synth, 6)
