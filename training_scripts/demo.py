@@ -717,16 +717,15 @@ def main(argv: list[str] | None = None) -> None:
 
     log("evaluating")
     ft1, ft2 = root / "ft1", root / "ft2-noisy"
-    results = {
+    tests = {
         "Stage 1 model (AST, ASR, MT), synthetic test": (ft1, synth, ("asr", "ast", "mt")),
         "Stage 2 ASR (noisy fine-tuning), synthetic test": (ft2, synth, ("asr",)),
         "Stage 1 model, real speech test (Fish Fillets cs/nl)": (ft1, fillets, ("asr", "ast")),
         "Stage 2 ASR (noisy fine-tuning), real speech test": (ft2, fillets, ("asr",)),
     }
     start = time.perf_counter()
-    stage2_tests = {d: t for t, (m, d, k) in results.items() if m == ft2}
-    results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in results.items()}
-    decoders = decoder_comparison(ft2, {data: results[title] for data, title in stage2_tests.items()}, count)
+    results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in tests.items()}
+    decoders = decoder_comparison(ft2, {d: results[t] for t, (m, d, _) in tests.items() if m == ft2}, count)
     seconds["evaluation"] = time.perf_counter() - start
     start = time.perf_counter()
     samples = pipeline_samples(ft2, ft1, synth, 6)
