@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the package with its test and training extras.
 # - System packages (as root with apt-get): espeak-ng + sox build the synthetic corpus, libsndfile1 decodes audio,
-#   ffmpeg lets pipeline("automatic-speech-recognition") read the audio files libsndfile cannot (AAC, M4A, ...).
+#   ffmpeg lets pipeline("automatic-speech-recognition") read the audio files libsndfile cannot (AAC, M4A, ...),
+#   tcmalloc makes CPU training faster.
 # - torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the CPU build
 #   (never several GB of CUDA wheels); with torch already installed in .venv, nothing is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg"
 missing=$(for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
-if [ -n "$missing" ]; then
+# tcmalloc, which the training scripts preload: CPU training steps about a fifth faster than with glibc's malloc.
+# Its package is libtcmalloc-minimal4t64 since Debian 13 / Ubuntu 24.04, libtcmalloc-minimal4 before.
+need_tcmalloc=yes  # (grep reads all of ldconfig's output: with -q it could exit first and pipefail would see SIGPIPE)
+if PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep libtcmalloc_minimal >/dev/null; then need_tcmalloc=; fi
+if [ -n "$missing$need_tcmalloc" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    apt-get update -qq
+    if [ -n "$need_tcmalloc" ]; then
+      for candidate in libtcmalloc-minimal4t64 libtcmalloc-minimal4; do
+        if apt-cache policy "$candidate" 2>/dev/null | grep -q "Candidate: [0-9]"; then missing="$missing $candidate"; break; fi
+      done
+    fi
+    [ -z "$missing" ] || apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
-    echo "Please install the system packages: $missing (e.g. sudo apt-get install $missing)" >&2
+    echo "Please install the system packages: $missing${need_tcmalloc:+ libtcmalloc-minimal4 (optional, faster CPU training)}" \
+      "(e.g. sudo apt-get install ...)" >&2
   fi
 fi
 PYTHON=${PYTHON:-python3}

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,7 @@ from accelerate import PartialState
 from ..data.training_data import DataSourceError, TrainingData
 from ..data.validation import CorpusError
 from .loop import train
+from .memory_allocator import use_fast_allocator
 from .preflight import UnknownTextError
 from .recipe import RecipeError, load_recipe
 from .run_folder import RunFolderError
@@ -73,7 +76,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _run(args: argparse.Namespace, overrides: dict[str, Any], stage: str) -> None:
+def _run(args: argparse.Namespace, overrides: dict[str, Any], stage: str, from_command_line: bool) -> None:
+    if from_command_line:  # may re-execute this command with tcmalloc preloaded (a fifth faster CPU steps)
+        allocator = use_fast_allocator()  # before Accelerate starts a process group: an exec would break it
+        if os.environ.get("RANK", "0") == "0":
+            print(f"memory allocator: {allocator}", file=sys.stderr, flush=True)
     try:
         _train(args, overrides, stage)
     except USER_ERRORS as error:
@@ -102,7 +109,7 @@ def pretrain_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=pretrain_main.__doc__)
     _common_arguments(parser)
     args = parser.parse_args(argv)
-    _run(args, _overrides(args), "pretrain")
+    _run(args, _overrides(args), "pretrain", from_command_line=argv is None)
 
 
 def finetune_main(argv: Sequence[str] | None = None) -> None:
@@ -126,4 +133,4 @@ def finetune_main(argv: Sequence[str] | None = None) -> None:
         overrides["model_overrides.decoder_noise_ratio"] = args.decoder_noise_ratio
     if args.spec_augment:
         overrides["model_overrides.apply_spec_augment"] = True
-    _run(args, overrides, "finetune")
+    _run(args, overrides, "finetune", from_command_line=argv is None)
