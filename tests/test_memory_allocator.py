@@ -77,3 +77,8 @@ def test_a_program_reexecutes_itself_with_the_allocator_preloaded():
 @pytest.mark.skipif(find_allocator() is not None, reason="a fast allocator is installed here")
 def test_without_an_allocator_the_program_runs_on_and_says_how_to_install_one():
     assert "apt-get install libtcmalloc-minimal4" in _run_program()
+
+
+def test_training_on_a_gpu_keeps_the_system_allocator(monkeypatch):
+    monkeypatch.setattr("mu2slam_hf.training.memory_allocator.loaded_allocator", lambda: None)
+    assert use_fast_allocator({}, training_on_cpu=False) == "glibc malloc (training on a GPU)"

@@ -36,6 +36,7 @@ from mu2slam_hf.training.dev import (
     encoder_spread,
     warn_collapsed_encoder,
 )
+from mu2slam_hf.training.memory_allocator import find_allocator
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
 # Two runs of the same recipe: on the CPU they agree to 1e-6. CUDA kernels are not bitwise deterministic (atomic adds
@@ -513,6 +514,8 @@ def test_two_process_cpu_run_completes_and_its_checkpoint_loads(corpus, tmp_path
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    if find_allocator() is not None:  # the launched workers re-executed themselves onto it
+        assert "memory allocator: " in done.stderr and "(preloaded)" in done.stderr, done.stderr[-3000:]
     state = tmp_path / "checkpoint-3" / "training_state"
     assert {"process_state_0.json", "process_state_1.json"} <= {p.name for p in state.iterdir()}
     assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["num_processes"] == 2

@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if argv is None:  # run as a program: may re-execute it with tcmalloc preloaded (a fifth faster CPU steps)
-        log(f"memory allocator: {use_fast_allocator()}")
+        log(f"memory allocator: {use_fast_allocator(training_on_cpu=not torch.cuda.is_available())}")
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

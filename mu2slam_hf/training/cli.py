@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import yaml
 from accelerate import PartialState
 
@@ -78,7 +79,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, overrides: dict[str, Any], stage: str, from_command_line: bool) -> None:
     if from_command_line:  # may re-execute this command with tcmalloc preloaded (a fifth faster CPU steps)
-        allocator = use_fast_allocator()  # before Accelerate starts a process group: an exec would break it
+        # Before Accelerate starts a process group, which an exec would break.
+        allocator = use_fast_allocator(training_on_cpu=not torch.cuda.is_available())
         if os.environ.get("RANK", "0") == "0":
             print(f"memory allocator: {allocator}", file=sys.stderr, flush=True)
     try:
