@@ -210,6 +210,25 @@ def test_mixture_step_to_instances_to_model_losses(corpus):
     )
 
 
+def test_batches_padded_to_a_multiple_give_the_same_losses(corpus):
+    """The loop pads batches to `dataloader.pad_to_multiple_of` (fewer shapes for oneDNN to compile kernels for):
+    every objective's loss stays what padding to the longest row gives."""
+    recipe = tiny_recipe()
+    assert recipe.dataloader.pad_to_multiple_of == 32
+    sources = {task: load_manifest(corpus, "train", task) for task in recipe.examples_per_step}
+    processor, config = build_processor(recipe, load_preset(recipe), [row for s in sources.values() for row in s])
+    mixture = TaskMixture(sources, recipe.examples_per_step, recipe.language_temperature, seed=0)
+    instances = InstanceBuilder(processor, config).build(mixture.next_batch(), step_generator(0, 0, 1))
+    model = Mu2SlamForConditionalGeneration(config).eval()
+    for group in split_by_layout(instances):
+        longest, padded = Mu2SlamCollator(config)(group), Mu2SlamCollator(config, 32)(group)
+        assert all(padded[k].shape[1] % 32 == 0 for k in ("input_features", "input_ids") if k in padded)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**padded).loss, model(**longest).loss, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RecipeError, match=r"dataloader.pad_to_multiple_of must be a positive number"):
+        recipe_from_dict({"model": "m", "dataloader": {"pad_to_multiple_of": 0}})
+
+
 def test_finetuning_instances_have_no_mask_and_ctc_on_transcripts(corpus):
     recipe = tiny_recipe()
     sources = {task: load_manifest(corpus, "train", task) for task in ("asr", "ast", "mt")}

@@ -90,12 +90,17 @@ class DataloaderRecipe:
     training process (0: in it), with the same draws either way; ``cache_features``: keep each clip's log-mel and
     codes in memory (small corpora, in-process building only); ``max_audio_seconds``: longer training clips are
     skipped; ``stream_window``: with ``--streaming``, the rows of a task read and batched together (memory: this
-    many rows per task, and per worker process)."""
+    many rows per task, and per worker process); ``pad_to_multiple_of``: each batch's frames and tokens are padded
+    up to a multiple of this (None: to the longest row), so that batches repeat the same few shapes. On a CPU, oneDNN
+    compiles a kernel for every new shape of a bf16 matrix product (about 2.5 ms for one that then runs in 0.25):
+    the demo's stage 2 compiled 56 a step padded to the longest row, 21 with 32 and a larger kernel cache, and its
+    steps took a fifth less time. Padding is masked: the losses are the same."""
 
     num_workers: int = 0
     cache_features: bool = True
     max_audio_seconds: float | None = 30.0
     stream_window: int = 4096
+    pad_to_multiple_of: int | None = 32
 
 
 @dataclass
@@ -319,6 +324,11 @@ class Recipe:
         workers = self.dataloader.num_workers
         if workers < 0:
             raise RecipeError(f"dataloader.num_workers must be >= 0, got {workers}.")
+        if self.dataloader.pad_to_multiple_of is not None and self.dataloader.pad_to_multiple_of < 1:
+            raise RecipeError(
+                f"dataloader.pad_to_multiple_of must be a positive number of frames/tokens or null (pad to the longest "
+                f"row), got {self.dataloader.pad_to_multiple_of}."
+            )
         if self.dataloader.stream_window < 1:
             raise RecipeError(f"dataloader.stream_window must be at least 1 row, got {self.dataloader.stream_window}.")
 
