@@ -11,7 +11,7 @@ SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg"
 missing=$(for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 # tcmalloc, which the training scripts preload: CPU training steps about a fifth faster than with glibc's malloc.
 # Its package is libtcmalloc-minimal4t64 since Debian 13 / Ubuntu 24.04, libtcmalloc-minimal4 before.
-need_tcmalloc=yes  # (grep reads all of ldconfig's output: with -q it could exit first and pipefail would see SIGPIPE)
+need_tcmalloc=yes  # (grep without -q reads all its input: with -q it can exit first, and pipefail sees a SIGPIPE)
 if PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep libtcmalloc_minimal >/dev/null; then need_tcmalloc=; fi
 if [ -n "$missing$need_tcmalloc" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -19,7 +19,7 @@ if [ -n "$missing$need_tcmalloc" ]; then
     apt-get update -qq
     if [ -n "$need_tcmalloc" ]; then
       for candidate in libtcmalloc-minimal4t64 libtcmalloc-minimal4; do
-        if apt-cache policy "$candidate" 2>/dev/null | grep -q "Candidate: [0-9]"; then missing="$missing $candidate"; break; fi
+        if apt-cache policy "$candidate" 2>/dev/null | grep "Candidate: [0-9]" >/dev/null; then missing="$missing $candidate"; break; fi
       done
     fi
     [ -z "$missing" ] || apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -81,7 +81,8 @@ def use_fast_allocator(environ: Mapping[str, str] | None = None, training_on_cpu
     if hasattr(sys, "ps1") or "ipykernel" in sys.modules:  # re-executing would restart the session
         return "glibc malloc (an interactive session: start Python with LD_PRELOAD=libtcmalloc_minimal.so.4 instead)"
     if environ.get(_RELAUNCHED_ENV):
-        return f"glibc malloc: preloading {environ.get('LD_PRELOAD', '').split()[0]} failed (see the loader's error above)"
+        preloaded = environ.get("LD_PRELOAD", "").split() or ["the allocator"]
+        return f"glibc malloc: preloading {preloaded[0]} failed (see the loader's error above)"
     library = find_allocator()
     if library is None:
         return f"glibc malloc (CPU training steps take about a fifth longer than with tcmalloc: {INSTALL_HINT})"
