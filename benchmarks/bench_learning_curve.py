@@ -17,7 +17,9 @@
     training minutes; greedy CTC CER on the same dev clips at the same step intervals (`char_error_rate`).
   ``--jobs 2`` (default) trains both at once in two processes with ``--threads`` threads each (default: the cores
   split between the jobs, one each on 2 cores); ``--jobs 1`` trains them one after the other with all the cores.
-  Both always get the same thread count, so their minutes are comparable.
+  Both always get the same thread count, so their minutes are comparable, the same memory allocator (tcmalloc when
+  installed, as our training commands use on CPUs) and batches padded to the same multiple of frames (the recipe's
+  ``dataloader.pad_to_multiple_of``: oneDNN compiles a kernel for every new shape).
 (iii) ``--task mt``: text translation from scratch on a corpus folder of MT rows (e.g. the de->en rows of
   ``mu2slam-build-text``): our run with configuration/recipes/mt-scratch-small.yaml for ``--minutes`` (default
   60), dev NLL and greedy BLEU every ``--eval_interval`` steps (default 400) on the first ``--dev_examples`` pairs
@@ -62,6 +64,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mu2slam_hf.training.memory_allocator import use_fast_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {task: REPO / "configuration" / "recipes" / f"{task}-scratch-small.yaml" for task in ("asr", "mt", "ast")}
@@ -225,10 +229,17 @@ class PeerBatches:
     its features), CTC labels from our tokenizer (no eos; padding -100). With the recipe's ``speed_perturbation``,
     each clip is played at a factor drawn uniformly per clip, as in our run (from a generator of the recipe's seed)."""
 
-    def __init__(self, rows: Any, tokenizer: Any, speed_perturbation: tuple[float, ...] = (), seed: int = 0):
+    def __init__(
+        self,
+        rows: Any,
+        tokenizer: Any,
+        speed_perturbation: tuple[float, ...] = (),
+        seed: int = 0,
+        pad_to_multiple_of: int | None = None,
+    ):
         from transformers import ParakeetFeatureExtractor
 
-        self.rows, self.tokenizer = rows, tokenizer
+        self.rows, self.tokenizer, self.pad_to_multiple_of = rows, tokenizer, pad_to_multiple_of
         self.feature_extractor = ParakeetFeatureExtractor(feature_size=80)
         self.features: dict[tuple[int, float], torch.Tensor] = {}
         self.speed_perturbation = tuple(speed_perturbation)
@@ -253,7 +264,7 @@ class PeerBatches:
         texts = [self.rows[i]["target_text"] for i in indices]
         labels = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         return {
-            **pad_features(features),
+            **pad_features(features, self.pad_to_multiple_of),
             "labels": labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100),
         }
 
@@ -266,8 +277,11 @@ def features_of(feature_extractor: Any, examples: list[dict[str, Any]]) -> list[
     return [row[:length] for row, length in zip(batch["input_features"], lengths, strict=True)]
 
 
-def pad_features(features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def pad_features(features: list[torch.Tensor], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """(batch, frames, mel) features and their (batch, frames) mask; frames rounded up to ``pad_to_multiple_of``."""
     padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+    if pad_to_multiple_of:
+        padded = torch.nn.functional.pad(padded, (0, 0, 0, -padded.shape[1] % pad_to_multiple_of))
     lengths = torch.tensor([len(f) for f in features])
     return {"input_features": padded, "attention_mask": torch.arange(padded.shape[1])[None] < lengths[:, None]}
 
@@ -321,7 +335,9 @@ class PeerRun:
             self.optimizer, opt.warmup_for(recipe.max_steps), recipe.max_steps, opt.decay
         )
         self.batches = endless_batches(recipe, rows)
-        self.make_batch = PeerBatches(rows, self.tokenizer, tuple(recipe.speed_perturbation), recipe.seed)
+        self.make_batch = PeerBatches(
+            rows, self.tokenizer, tuple(recipe.speed_perturbation), recipe.seed, recipe.dataloader.pad_to_multiple_of
+        )
         self.precision = autocast_dtype(recipe)
 
     def train(self, output_dir: Path) -> list[dict[str, float]]:
@@ -689,6 +705,8 @@ def main(argv: list[str] | None = None) -> None:
         return child(args)
     if args.task in TRANSLATION_TASKS:
         return main_translation(args)
+    if argv is None:  # a program: both runs inherit the allocator our training commands use on CPUs
+        print(f"memory allocator: {use_fast_allocator(training_on_cpu=not torch.cuda.is_available())}", flush=True)
     order = "side by side" if args.jobs == 2 else "one after the other"
     print(f"training ours and the peer {order} for {args.minutes:g} min each, {args.threads} thread(s) each; "
           f"logs in {args.output_dir}/ours.log and peer.log", flush=True)  # fmt: skip

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ON_CUDA, REPO_ROOT
 
 LEARNING_CURVE = REPO_ROOT / "benchmarks" / "bench_learning_curve.py"
@@ -92,6 +93,26 @@ def test_peer_plays_each_clip_at_a_speed_drawn_as_ours():
     draws = bench.PeerBatches(rows, tokenizer, (0.9, 1.1), seed=3).factors(16)
     assert draws == bench.PeerBatches(rows, tokenizer, (0.9, 1.1), seed=3).factors(16)  # the recipe's seed
     assert set(draws) == {0.9, 1.1}
+
+
+def test_peer_batches_are_padded_as_ours_and_masked():
+    import numpy as np
+
+    from mu2slam_hf.tokenization_mu2slam import train_tokenizer
+
+    bench = load_learning_curve()
+    noise = np.random.default_rng(0).standard_normal(16_000).astype(np.float32)
+    rows = [{"id": str(n), "audio": {"array": noise[:n], "sampling_rate": 16_000}, "target_text": "ab"}
+            for n in (8_000, 11_000)]  # fmt: skip
+    tokenizer = train_tokenizer("char", ["ab"], 64)
+    longest = bench.PeerBatches(rows, tokenizer)([0, 1])
+    padded = bench.PeerBatches(rows, tokenizer, pad_to_multiple_of=32)([0, 1])
+    assert padded["input_features"].shape[1] % 32 == 0 and padded["input_features"].shape[1] >= 32
+    assert padded["input_features"].shape[1] > longest["input_features"].shape[1]
+    assert padded["attention_mask"].sum(-1).tolist() == longest["attention_mask"].sum(-1).tolist()
+    frames = longest["input_features"].shape[1]
+    assert torch.equal(padded["input_features"][:, :frames], longest["input_features"])
+    assert not padded["input_features"][:, frames:].any()
 
 
 @pytest.mark.slow
