@@ -64,9 +64,10 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
 # follows it, and stage 2 keeps learning for thousands of steps, so stage 2 gets every minute the other steps leave.
 # In the plans with `stage2_until_minute`, stage 2 trains until that many minutes after the demo started (at most
-# `stage2` steps): the steps a machine can afford, not a count tuned to one machine. Measured on 2 cores in fp32
-# (dev evaluation included): pre-training 2.8 s/step, stage 1 2.6 s/step (its former full-size steps; its half-size
-# steps now take the same minutes in 210 steps), stage 2 (20 s of audio) 0.3-0.5 s/step.
+# STAGE2_MAX_STEPS; `--quick`: `stage2`): the steps a machine can afford, not a count tuned to one machine. Measured
+# in the README job on a 2-core Xeon with AMX (bf16, tcmalloc, dev evaluation included): pre-training 1.6 s a step,
+# stage 1 0.66, stage 2 (20 s of audio) 0.26, so stage 2 trained 4,321 steps; on a 2-core AMD EPYC with AVX512-BF16
+# before tcmalloc, stage 2 took 0.30-0.40 s a step (2,400-3,400 steps).
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 210, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
