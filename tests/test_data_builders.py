@@ -151,3 +151,32 @@ def test_all_train_groups_keeps_the_capped_builds_dev_and_test_groups_and_speaks
         assert keys(every_train, split) == keys(capped, split) and keys(capped, split)
     assert keys(every_train, "train") == [g.key for g in groups if g.split == "train"]
     assert set(keys(capped, "train")) < set(keys(every_train, "train"))
+
+
+def test_a_url_is_not_speakable():
+    from mu2slam_hf.data.synthetic import speakable
+
+    assert not speakable({"en": "Download video from http://fillets.sf.net/intro.avi", "cs": "Video je tam."})
+    assert not speakable({"en": "See WWW.example.org for more."})
+    assert speakable({"en": "Wouldn't it help if we select Desktop/Line up Icons?", "nl": "command.com draaien"})
+
+
+def test_groups_with_a_url_are_left_out_and_no_other_group_moves(tmp_path, monkeypatch):
+    from mu2slam_hf.data import synthetic
+
+    made = synthetic.number_groups
+
+    def with_a_url(count, languages, seed):
+        groups = made(count, languages, seed)
+        return groups + [synthetic.TextGroup("url", {lang: "Get it from http://example.org/x" for lang in languages})]
+
+    plain = synthetic.build_synthetic(str(tmp_path / "plain"), ("en",), num_numbers=6, use_fillets=False)
+    monkeypatch.setattr(synthetic, "number_groups", with_a_url)
+    built = synthetic.build_synthetic(str(tmp_path / "url"), ("en",), num_numbers=6, use_fillets=False)
+    assert built["unspeakable_groups"] == ["url"] and plain["unspeakable_groups"] == []
+    for split in ("train", "dev", "test"):
+        rows = [json.loads(line) for line in (tmp_path / "url" / f"{split}.jsonl").open()]
+        assert not any("http://" in (row["source_text"] or "") for row in rows)  # not even its text rows
+        assert [row["id"] for row in rows] == [
+            json.loads(line)["id"] for line in (tmp_path / "plain" / f"{split}.jsonl").open()
+        ]

@@ -38,7 +38,7 @@ import numpy as np
 from .fillets import default_cache_dir, fetch_debian_packages
 from .manifest import format_summary, summarize, write_manifest, write_summary
 from .schema import SPEECH_TASKS, make_example
-from .synthetic import TextGroup, check_espeak, group_examples, normalize, synthesize_lines, voice_settings
+from .synthetic import TextGroup, check_espeak, group_examples, normalize, speakable, synthesize_lines, voice_settings
 
 LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 HELP_ROOT = os.path.join("usr", "share", "libreoffice", "help")
@@ -277,7 +277,8 @@ def choose_speech(
     """The ``(key, lang, text)`` lines to synthesise: whole paragraphs (every language of ``languages`` it has,
     English included) in a seeded random order per split, until the split's share of ``hours``
     (:data:`SPEECH_FRACTIONS`, by :func:`estimated_seconds`) is reached. Paragraphs longer than
-    :data:`SPEECH_MAX_WORDS` English words are not spoken."""
+    :data:`SPEECH_MAX_WORDS` English words, or with a URL (:func:`~mu2slam_hf.data.synthetic.speakable`), are not
+    spoken."""
     rng = np.random.default_rng([seed, 13])
     lines = []
     for split, fraction in SPEECH_FRACTIONS.items():
@@ -287,6 +288,8 @@ def choose_speech(
             if budget <= 0:
                 break
             paragraph = members[index]
+            if not speakable(paragraph.texts):  # skipped in the permutation: the other paragraphs' draws stay
+                continue
             for lang in languages:
                 if lang in paragraph.texts:
                     lines.append((f"lo-{paragraph.key}", lang, paragraph.texts[lang]))

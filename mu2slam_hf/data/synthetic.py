@@ -5,7 +5,7 @@ parallel text, :mod:`mu2slam_hf.data.fillets`) and from number words (``num2word
 real-speech test level (:func:`~mu2slam_hf.data.fillets.level_split`) is excluded, as is any group sharing
 a normalised text with one; groups from real-speech dev levels go to the synthetic dev split. Groups that
 share any normalised text are joined, and a joined component goes to one split only, so no sentence crosses
-splits.
+splits. Groups with a URL are left out (:func:`speakable`).
 
 Each (group, language) is synthesised once (voice variant +m1..m7/+f1..f5, speed 120-200, pitch 20-80,
 amplitude and word gap, all seeded per line), resampled to 16 kHz mono FLAC. From a group in languages L:
@@ -60,6 +60,17 @@ class TextGroup:
 def normalize(text: str) -> str:
     """Lower case, punctuation removed, whitespace collapsed: what "the same sentence" means for splits."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+# Text a voice cannot say as written: espeak-ng spells a URL out ("aitch tee tee pee colon slash slash ..."), so its
+# audio never matches the written transcript, and a group with one would put an unlearnable clip into every
+# language's ASR and AST rows (Common Voice's sentence rules exclude URLs for the same reason).
+_UNSPEAKABLE = re.compile(r"\w+://|\bwww\.", re.IGNORECASE)
+
+
+def speakable(texts: dict[str, str]) -> bool:
+    """Whether a voice can say every text of a group (``texts[lang]``) as written: none has a URL."""
+    return not any(_UNSPEAKABLE.search(text) for text in texts.values())
 
 
 def fillets_groups(game_dir: str, languages: tuple[str, ...]) -> list[TextGroup]:
@@ -282,6 +293,8 @@ def build_synthetic(
     numbers = number_groups(num_numbers, languages, seed)
     assign_splits(fillets + numbers, seed)  # over every candidate, so subsampling cannot move a group
     groups = subsample(fillets, max_groups, seed, all_train_groups) + numbers
+    unspeakable = [group.key for group in groups if not speakable(group.texts)]  # after the splits: none moves
+    groups = [group for group in groups if speakable(group.texts)]
     lines = [(group.key, lang, text) for group in groups for lang, text in group.texts.items()]
     audio, failures = synthesize_lines(lines, out, seed, num_workers)
     synth_seconds = time.time() - start
@@ -294,7 +307,7 @@ def build_synthetic(
     summary.update(
         build_seconds=round(time.time() - start, 1), synthesis_seconds=round(synth_seconds, 1),
         languages=list(languages), groups={s: sum(g.split == s for g in groups) for s in SPLIT_FRACTIONS},
-        failures=failures, seed=seed,
+        failures=failures, seed=seed, unspeakable_groups=unspeakable,
     )  # fmt: skip
     write_summary(out, summary)
     return summary
