@@ -221,15 +221,20 @@ def test_fitting_chooses_the_grid_point_with_the_lowest_dev_cer_or_none():
     processor = tiny_processor()
     model = tiny_model(processor, seed=8)
     dev = [audio_example(f"d{i}", "asr", lang, lang, CORPUS[i], 0.6, seed=i) for i, lang in enumerate(LANGUAGES)]
-    fit = fit_ctc_language_model(model, processor, _rows(), [*dev, {**dev[0], "task": "ast"}], order=3, num_beams=2)
+    fit = fit_ctc_language_model(model, processor, _rows(), [*dev, {**dev[0], "task": "ast"}], order=3, num_beams=2,
+                                 wider_beams=(4,))  # fmt: skip
     assert fit["sentences"] == {language: len(CORPUS) for language in LANGUAGES}
     assert len(fit["grid"]) == len(LM_WEIGHTS) * 3
     best = min(point["dev_cer"] for point in fit["grid"])
     if best < fit["dev_cer_greedy"]:
-        assert fit["dev_cer"] == best and fit["lm_weight"] > 0
+        # the chosen point is tried at each width; the narrowest of the lowest dev CERs is kept
+        assert [point["num_beams"] for point in fit["beam_grid"]] == [2, 4] and fit["beam_grid"][0]["dev_cer"] == best
+        chosen = min(fit["beam_grid"], key=lambda point: point["dev_cer"])
+        assert fit["lm_weight"] > 0 and fit["dev_cer"] == chosen["dev_cer"] and fit["num_beams"] == chosen["num_beams"]
     else:  # no weight helps: the model keeps greedy CTC decoding by default
-        assert fit["dev_cer"] == fit["dev_cer_greedy"] and fit["lm_weight"] == 0
+        assert fit["dev_cer"] == fit["dev_cer_greedy"] and fit["lm_weight"] == 0 and fit["beam_grid"] == []
     assert model.asr_language_model is not None and model.generation_config.asr_lm_weight == fit["lm_weight"]
+    assert model.generation_config.asr_ctc_beams == fit["num_beams"]
     assert preferred_asr_ctc_weight(fit) == 1.0  # no other decoder was scored
     with pytest.raises(ValueError, match="No train text of the dev languages"):
         fit_ctc_language_model(model, processor, _rows()[:1], dev, order=3)

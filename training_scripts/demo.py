@@ -200,7 +200,7 @@ class AsrDecoder:
 ASR_DECODERS = (
     AsrDecoder("attention", "attention", {"decoder": "attention", "ctc_weight": 0.0}, 0.0),
     AsrDecoder("CTC, greedy", "ctc", {"decoder": "ctc", "lm_weight": 0.0}, 1.0),
-    AsrDecoder("CTC + n-gram LM, beam 8", "ctc_lm", {"decoder": "ctc"}, 1.0, language_model=True),
+    AsrDecoder("CTC + n-gram LM, beam search", "ctc_lm", {"decoder": "ctc"}, 1.0, language_model=True),
     AsrDecoder(f"joint ({JOINT_CTC_WEIGHT:g})", "joint", {"decoder": "attention", "ctc_weight": JOINT_CTC_WEIGHT},
                JOINT_CTC_WEIGHT),
 )  # fmt: skip

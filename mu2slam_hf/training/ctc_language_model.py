@@ -4,7 +4,8 @@ the fusion weight and length bonus on dev, and attach them to the model (saved w
 Train text = the train split's text-only rows and ASR transcripts, each distinct sentence once, by language. Dev
 chooses among a small grid, against decoding without the language model; a grid point is kept only if it lowers
 the dev CER (else the model keeps greedy CTC decoding as its default, and the language model is still saved for
-users who want it). Where the run's dev evaluation preferred another decoder (joint CTC/attention or attention
+users who want it). The chosen point is then tried with wider beams, and the narrowest beam with the lowest dev CER
+kept: with the LM fused in, a narrow beam drops hypotheses the LM would later prefer. Where the run's dev evaluation preferred another decoder (joint CTC/attention or attention
 alone), that decoder is scored on the same dev clips, so the caller can choose between it and the CTC head with the
 language model.
 """
@@ -20,6 +21,7 @@ from ..ngram_lm import CharNgramLanguageModel
 
 LM_WEIGHTS = (0.2, 0.35, 0.5, 0.8)
 LENGTH_BONUS_PER_WEIGHT = (0.5, 1.0, 2.0)  # the bonus as a multiple of the weight (it offsets the LM's cost per token)
+WIDER_BEAMS = (16, 32)
 
 
 def corpus_sentences(rows: Iterable[dict[str, Any]], languages: Collection[str]) -> dict[str, list[str]]:
@@ -45,17 +47,20 @@ def fit_ctc_language_model(
     batch_size: int = 16,
     other_ctc_weight: float | None = None,
     max_new_tokens: int = 128,
+    wider_beams: Sequence[int] = WIDER_BEAMS,
 ) -> dict[str, Any]:
     """Build the language model of the dev set's languages from `train_rows`, choose weight and bonus on the ASR
-    rows of `dev_examples`, and attach it to `model` (`set_asr_language_model`).
+    rows of `dev_examples` with a beam of `num_beams`, then the beam width among it and `wider_beams`, and attach
+    it to `model` (`set_asr_language_model`).
 
     `other_ctc_weight` (below 1: joint CTC/attention, 0: attention alone): also score that decoder (greedy) on the
     same dev rows, as ``dev_cer_other``.
 
     Returns:
         `{"order", "sentences": {language: count}, "dev_cer_greedy", "dev_cer", "lm_weight", "length_bonus",
-        "grid": [{"lm_weight", "length_bonus", "dev_cer"}, ...]}` (dev CER averaged over languages), with
-        `"other_ctc_weight", "dev_cer_other"` when asked.
+        "num_beams", "grid": [{"lm_weight", "length_bonus", "dev_cer"}, ...], "beam_grid": [{"num_beams",
+        "dev_cer"}, ...]}` (dev CER averaged over languages; `dev_cer` of the chosen weight, bonus and width; the beam
+        grid is empty where no LM weight helped), with `"other_ctc_weight", "dev_cer_other"` when asked.
     """
     # Audio read once here, not once per grid point (evaluate_model leaves decoded examples as they are).
     dev = [decode_example(dict(example)) for example in dev_examples if example["task"] == "asr"]
@@ -82,15 +87,25 @@ def fit_ctc_language_model(
     best = min(grid, key=lambda point: point["dev_cer"])
     if best["dev_cer"] >= greedy:
         best = {"lm_weight": 0.0, "length_bonus": 0.0, "dev_cer": greedy}
-    model.set_asr_language_model(language_model, best["lm_weight"], best["length_bonus"], num_beams)
+
+    def at_width(beams: int) -> float:
+        return best["dev_cer"] if beams == num_beams else dev_cer(best["lm_weight"], best["length_bonus"], beams)
+
+    widths = sorted({num_beams, *wider_beams}) if best["lm_weight"] > 0 else []
+    beam_grid = [{"num_beams": beams, "dev_cer": at_width(beams)} for beams in widths]
+    # the narrowest of equally good widths (min keeps the first)
+    chosen = min(beam_grid, key=lambda point: point["dev_cer"], default={"num_beams": num_beams})
+    model.set_asr_language_model(language_model, best["lm_weight"], best["length_bonus"], chosen["num_beams"])
     fit = {
         "order": order,
         "sentences": {language: len(sentences) for language, sentences in texts.items()},
         "dev_cer_greedy": greedy,
-        "dev_cer": best["dev_cer"],
+        "dev_cer": chosen.get("dev_cer", best["dev_cer"]),
         "lm_weight": best["lm_weight"],
         "length_bonus": best["length_bonus"],
+        "num_beams": chosen["num_beams"],
         "grid": grid,
+        "beam_grid": beam_grid,
     }
     if other_ctc_weight is not None:
         other = evaluate_model(model, processor, dev, ("asr",), batch_size=batch_size, max_new_tokens=max_new_tokens,

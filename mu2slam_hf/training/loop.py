@@ -725,7 +725,8 @@ class Mu2SlamTrainer:
         against = "" if other is None else f"; ctc_weight={other:g} greedy: {fit['dev_cer_other']:.1f}"
         self.accelerator.print(
             f"CTC language model (order {fit['order']}): dev CER {fit['dev_cer_greedy']:.1f} greedy -> "
-            f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g}){against}"
+            f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g}, "
+            f"{fit['num_beams']} beams){against}"
         )
         return weight
 
