@@ -5,9 +5,9 @@ Train text = the train split's text-only rows and ASR transcripts, each distinct
 chooses among a small grid, against decoding without the language model; a grid point is kept only if it lowers
 the dev CER (else the model keeps greedy CTC decoding as its default, and the language model is still saved for
 users who want it). The chosen point is then tried with wider beams, and the narrowest beam with the lowest dev CER
-kept: with the LM fused in, a narrow beam drops hypotheses the LM would later prefer. Where the run's dev evaluation preferred another decoder (joint CTC/attention or attention
-alone), that decoder is scored on the same dev clips, so the caller can choose between it and the CTC head with the
-language model.
+kept: with the LM fused in, a narrow beam drops hypotheses the LM would later prefer. Where the run's dev
+evaluation preferred another decoder (joint CTC/attention or attention alone), that decoder is scored on the same
+dev clips, so the caller can choose between it and the CTC head with the language model.
 """
 
 from __future__ import annotations
