@@ -50,8 +50,8 @@ def fit_ctc_language_model(
     wider_beams: Sequence[int] = WIDER_BEAMS,
 ) -> dict[str, Any]:
     """Build the language model of the dev set's languages from `train_rows`, choose weight and bonus on the ASR
-    rows of `dev_examples` with a beam of `num_beams`, then the beam width among it and `wider_beams`, and attach
-    it to `model` (`set_asr_language_model`).
+    rows of `dev_examples` with a beam of `num_beams`, then the width among it and the wider of `wider_beams`, and
+    attach it to `model` (`set_asr_language_model`).
 
     `other_ctc_weight` (below 1: joint CTC/attention, 0: attention alone): also score that decoder (greedy) on the
     same dev rows, as ``dev_cer_other``.
@@ -87,20 +87,20 @@ def fit_ctc_language_model(
     best = min(grid, key=lambda point: point["dev_cer"])
     if best["dev_cer"] >= greedy:
         best = {"lm_weight": 0.0, "length_bonus": 0.0, "dev_cer": greedy}
-
-    def at_width(beams: int) -> float:
-        return best["dev_cer"] if beams == num_beams else dev_cer(best["lm_weight"], best["length_bonus"], beams)
-
-    widths = sorted({num_beams, *wider_beams}) if best["lm_weight"] > 0 else []
-    beam_grid = [{"num_beams": beams, "dev_cer": at_width(beams)} for beams in widths]
-    # the narrowest of equally good widths (min keeps the first)
-    chosen = min(beam_grid, key=lambda point: point["dev_cer"], default={"num_beams": num_beams})
+    chosen, beam_grid = {"num_beams": num_beams, "dev_cer": best["dev_cer"]}, []
+    if best["lm_weight"] > 0:
+        wider = sorted(beams for beams in set(wider_beams) if beams > num_beams)
+        beam_grid = [chosen] + [
+            {"num_beams": beams, "dev_cer": dev_cer(best["lm_weight"], best["length_bonus"], beams)} for beams in wider
+        ]
+        # the narrowest of equally good widths: min keeps the first
+        chosen = min(beam_grid, key=lambda point: point["dev_cer"])
     model.set_asr_language_model(language_model, best["lm_weight"], best["length_bonus"], chosen["num_beams"])
     fit = {
         "order": order,
         "sentences": {language: len(sentences) for language, sentences in texts.items()},
         "dev_cer_greedy": greedy,
-        "dev_cer": chosen.get("dev_cer", best["dev_cer"]),
+        "dev_cer": chosen["dev_cer"],
         "lm_weight": best["lm_weight"],
         "length_bonus": best["length_bonus"],
         "num_beams": chosen["num_beams"],
