@@ -15,8 +15,8 @@ from filelock import FileLock
 from mu2slam_hf.data import decode_example, load_manifest
 from mu2slam_hf.data.fillets import _ENTRY, fetch_fillets, level_split, read_dialogs
 from mu2slam_hf.data.fillets import main as fillets_main
+from mu2slam_hf.data.manifest import normalize_text
 from mu2slam_hf.data.synthetic import main as synthetic_main
-from mu2slam_hf.data.synthetic import normalize
 
 LANGS = ("en", "de", "cs", "ru")
 
@@ -86,12 +86,12 @@ def test_synthetic_counts_match_summary_and_formula(synth_dir):
 def test_synthetic_text_never_crosses_splits_nor_touches_test_levels(synth_dir, game_dir):
     texts = {}
     for split, rows in _manifests(synth_dir).items():
-        texts[split] = {normalize(row[k]) for row in rows for k in ("source_text", "target_text") if row[k]}
+        texts[split] = {normalize_text(row[k]) for row in rows for k in ("source_text", "target_text") if row[k]}
     assert (
         not texts["train"] & texts["test"] and not texts["train"] & texts["dev"] and not texts["dev"] & texts["test"]
     )
     test_level_texts = {
-        normalize(text)
+        normalize_text(text)
         for (level, _), entry in read_dialogs(game_dir).items()
         if level_split(level) == "test"
         for lang, text in entry.items()

@@ -139,11 +139,14 @@ def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_pat
     for folder, lang in ((first, "en"), (second, "nl")):
         folder.mkdir()
         rows = [
-            make_example(f"{lang}1", "asr", lang, audio=f"audio/{lang}1.flac", source_text="a", target_text="a"),
-            make_example(f"{lang}2", "mt", lang, source_text="a", target_text="b", target_lang="fr"),
+            make_example(
+                f"{lang}1", "asr", lang, audio=f"audio/{lang}1.flac", source_text=f"{lang} a", target_text=f"{lang} a"
+            ),
+            make_example(f"{lang}2", "mt", lang, source_text=f"{lang} a", target_text="b", target_lang="fr"),
         ]
         write_manifest(folder / "train.jsonl", rows)
-    write_manifest(first / "dev.jsonl", rows[:1])  # a split only one source has
+    dev = make_example("nl3", "asr", "nl", audio="audio/nl3.flac", source_text="c", target_text="c")
+    write_manifest(first / "dev.jsonl", [dev])  # a split only one source has
     summary = combine_corpora(out, [first, second], tasks=["asr"])
     train = load_manifest(out, "train")
     assert train["id"] == ["en1", "nl1"]  # the mt rows left out
@@ -155,3 +158,31 @@ def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_pat
         combine_corpora(out, [first], tasks=["asr"])
     with pytest.raises(FileExistsError, match="already holds another corpus"):
         combine_corpora(first, [second])
+
+
+def test_combined_train_split_leaves_out_sentences_of_any_sources_dev_or_test(tmp_path):
+    """Real speech split by level and synthetic speech split by sentence: the same sentence can be in one corpus's
+    test split and the other's train split. The combination must not train on it."""
+    from mu2slam_hf.data.manifest import combine_corpora
+
+    synth, real, out = tmp_path / "synth", tmp_path / "real", tmp_path / "both"
+    synth.mkdir(), real.mkdir()
+
+    def spoken(example_id: str, lang: str, text: str) -> dict:
+        audio = f"audio/{example_id}.flac"
+        return make_example(example_id, "asr", lang, audio=audio, source_text=text, target_text=text)
+
+    write_manifest(synth / "train.jsonl", [spoken("s1", "nl", "Een boot.")])
+    write_manifest(synth / "test.jsonl", [spoken("s2", "nl", "Zie je dat oog?")])
+    write_manifest(real / "dev.jsonl", [spoken("r0", "cs", "Co?")])
+    translated = make_example("r3", "ast", "cs", audio="audio/r3.flac", source_text="Loď.", target_text="A boat!",
+                              target_lang="en")  # fmt: skip
+    write_manifest(real / "test.jsonl", [translated])
+    real_train = [spoken("r1", "nl", "zie je DAT oog"), spoken("r2", "cs", "co"), spoken("r4", "en", "A boat."),
+                  spoken("r5", "nl", "Een vis.")]  # fmt: skip
+    write_manifest(real / "train.jsonl", real_train)
+    summary = combine_corpora(out, [synth, real], tasks=["asr"])
+    # case and punctuation do not make another sentence; an AST test row's translation counts too
+    assert load_manifest(out, "train")["id"] == ["s1", "r5"]
+    assert summary["held_out_text_dropped"] == 3
+    assert load_manifest(out, "test")["id"] == ["s2"] and load_manifest(out, "dev")["id"] == ["r0"]

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from .fillets import default_cache_dir, fetch_debian_packages
-from .manifest import format_summary, summarize, write_manifest, write_summary
+from .manifest import format_summary, normalize_text, summarize, write_manifest, write_summary
 from .schema import SPEECH_TASKS, make_example
-from .synthetic import TextGroup, check_espeak, group_examples, normalize, speakable, synthesize_lines, voice_settings
+from .synthetic import TextGroup, check_espeak, group_examples, speakable, synthesize_lines, voice_settings
 
 LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 HELP_ROOT = os.path.join("usr", "share", "libreoffice", "help")
@@ -183,7 +183,7 @@ def _plausible_translation(english: str, text: str) -> bool:
     """Translated (not an English copy), of a length compatible with the English, no unresolved link."""
     ratio = len(text) / max(1, len(english))
     in_range = 1 / MAX_LENGTH_RATIO <= ratio <= MAX_LENGTH_RATIO
-    return in_range and normalize(text) != normalize(english) and not _BROKEN_EMBED.search(text)
+    return in_range and normalize_text(text) != normalize_text(english) and not _BROKEN_EMBED.search(text)
 
 
 def align_paragraphs(
@@ -210,10 +210,10 @@ def align_paragraphs(
         if not _is_prose(text, prose_words):
             stats["en/too_short_long_or_ui"] += 1
             continue
-        if normalize(text) in seen["en"]:
+        if normalize_text(text) in seen["en"]:
             stats["en/duplicate"] += 1
             continue
-        seen["en"].add(normalize(text))
+        seen["en"].add(normalize_text(text))
         texts = {"en": text}
         for lang, table in tables.items():
             if lang != "en":
@@ -230,10 +230,10 @@ def _translation(
         reason = "missing"
     elif not _plausible_translation(english, entry[0]):
         reason = "untranslated_or_length"
-    elif normalize(entry[0]) in seen:
+    elif normalize_text(entry[0]) in seen:
         reason = "duplicate"
     else:
-        seen.add(normalize(entry[0]))
+        seen.add(normalize_text(entry[0]))
         return {lang: entry[0]}
     stats[f"{lang}/{reason}"] += 1
     return {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
@@ -169,6 +170,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed: what "the same sentence" means for splits."""
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def _row_texts(row: dict[str, Any]) -> set[str]:
+    return {normalize_text(row[key]) for key in ("source_text", "target_text") if row.get(key)}
+
+
 def combine_corpora(
     out_dir: str | os.PathLike,
     sources: list[str | os.PathLike],
@@ -182,6 +192,11 @@ def combine_corpora(
     split missing from every source is left out; one missing from some sources is taken from the others.
     ``out_dir`` must be new or a combination of the same sources and tasks (then it is rewritten): a folder of
     any other corpus raises ``FileExistsError`` rather than being mixed into.
+
+    Each builder keeps its own splits apart, but two corpora of the same sentences need not agree: a sentence in
+    one corpus's test split may be spoken in the other's train split. Train rows whose transcript or translation
+    (normalised) occurs in any source's dev or test split, of any task, are therefore left out; their count is
+    ``summary["held_out_text_dropped"]``.
     """
     out_dir = os.path.abspath(out_dir)
     origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
@@ -195,19 +210,26 @@ def combine_corpora(
             raise FileExistsError(
                 f"{out_dir} already holds another corpus; choose a new folder for the combination of {sources}"
             )
+    paths = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
+    source_rows = {
+        split: [row for path in found if os.path.exists(path) for row in read_manifest(path)]
+        for split, found in paths.items()
+        if any(os.path.exists(path) for path in found)
+    }
+    if not source_rows:
+        raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
+    held_out = set().union(
+        *(_row_texts(row) for split, rows in source_rows.items() if split != "train" for row in rows)
+    )
     os.makedirs(out_dir, exist_ok=True)
-    rows_by_split: dict[str, list[dict[str, Any]]] = {}
-    for split in splits:
-        paths = [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]]
-        if not any(os.path.exists(p) for p in paths):
-            continue
-        rows = [
-            row for p in paths if os.path.exists(p) for row in read_manifest(p) if not tasks or row["task"] in tasks
-        ]
+    rows_by_split, dropped = {}, 0
+    for split, rows in source_rows.items():
+        rows = [row for row in rows if not tasks or row["task"] in tasks]
+        if split == "train":
+            kept = [row for row in rows if not _row_texts(row) & held_out]
+            rows, dropped = kept, len(rows) - len(kept)
         write_manifest(os.path.join(out_dir, f"{split}.jsonl"), rows)
         rows_by_split[split] = rows
-    if not rows_by_split:
-        raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
-    summary = summarize(rows_by_split) | {"combined": origin}
+    summary = summarize(rows_by_split) | {"combined": origin, "held_out_text_dropped": dropped}
     write_summary(out_dir, summary)
     return summary

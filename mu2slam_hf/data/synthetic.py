@@ -36,7 +36,7 @@ import soundfile as sf
 
 from .audio import to_mono_16k, write_flac
 from .fillets import PARALLEL_LANGUAGES, fetch_fillets, level_split, read_dialogs
-from .manifest import format_summary, summarize, write_manifest, write_summary
+from .manifest import format_summary, normalize_text, summarize, write_manifest, write_summary
 from .schema import make_example
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
@@ -57,11 +57,6 @@ class TextGroup:
     split: str = field(default="train")
 
 
-def normalize(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed: what "the same sentence" means for splits."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
-
-
 # Text a voice cannot say as written: espeak-ng spells a URL out ("aitch tee tee pee colon slash slash ..."), so its
 # audio never matches the written transcript, and a group with one would put an unlearnable clip into every
 # language's ASR and AST rows (Common Voice's sentence rules exclude URLs for the same reason).
@@ -77,7 +72,7 @@ def fillets_groups(game_dir: str, languages: tuple[str, ...]) -> list[TextGroup]
     """Fish Fillets lines translated into every language, minus any sharing a text with a test level."""
     dialogs = read_dialogs(game_dir, tuple(dict.fromkeys(("en", *PARALLEL_LANGUAGES, *languages))))
     test_texts = {
-        normalize(text)
+        normalize_text(text)
         for (level, _), entry in dialogs.items()
         if level_split(level) == "test"
         for lang, text in entry.items()
@@ -88,7 +83,7 @@ def fillets_groups(game_dir: str, languages: tuple[str, ...]) -> list[TextGroup]
         if level_split(level) == "test" or not all(entry.get(lang) for lang in languages):
             continue
         texts = {lang: entry[lang] for lang in languages}
-        if not any(normalize(text) in test_texts for text in texts.values()):
+        if not any(normalize_text(text) in test_texts for text in texts.values()):
             groups.append(TextGroup(f"ff-{level}-{dialog_id}", texts, level))
     return groups
 
@@ -123,7 +118,7 @@ def assign_splits(groups: list[TextGroup], seed: int = 0) -> None:
     first_seen: dict[str, int] = {}
     for i, group in enumerate(groups):
         for text in group.texts.values():
-            j = first_seen.setdefault(normalize(text), i)
+            j = first_seen.setdefault(normalize_text(text), i)
             parent[find(i)] = find(j)
     components: dict[int, list[TextGroup]] = defaultdict(list)
     for i, group in enumerate(groups):
