@@ -5,7 +5,9 @@ parallel text, :mod:`mu2slam_hf.data.fillets`) and from number words (``num2word
 real-speech test level (:func:`~mu2slam_hf.data.fillets.level_split`) is excluded, as is any group sharing
 a normalised text with one; groups from real-speech dev levels go to the synthetic dev split. Groups that
 share any normalised text are joined, and a joined component goes to one split only, so no sentence crosses
-splits. Groups with a URL are left out (:func:`speakable`).
+splits. Groups with a URL are left out (:func:`speakable`). The real-speech corpus splits the same lines by
+level, so most synthetic dev and test sentences (in cs and nl) are spoken in its train split:
+:func:`~mu2slam_hf.data.manifest.combine_corpora` leaves those clips out when both corpora train together.
 
 Each (group, language) is synthesised once (voice variant +m1..m7/+f1..f5, speed 120-200, pitch 20-80,
 amplitude and word gap, all seeded per line), resampled to 16 kHz mono FLAC. From a group in languages L:
