@@ -166,7 +166,8 @@ def test_combined_train_split_leaves_out_sentences_of_any_sources_dev_or_test(tm
     from mu2slam_hf.data.manifest import combine_corpora
 
     synth, real, out = tmp_path / "synth", tmp_path / "real", tmp_path / "both"
-    synth.mkdir(), real.mkdir()
+    synth.mkdir()
+    real.mkdir()
 
     def spoken(example_id: str, lang: str, text: str) -> dict:
         audio = f"audio/{example_id}.flac"

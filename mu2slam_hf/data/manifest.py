@@ -210,11 +210,10 @@ def combine_corpora(
             raise FileExistsError(
                 f"{out_dir} already holds another corpus; choose a new folder for the combination of {sources}"
             )
-    paths = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
+    candidates = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
+    found = {split: [path for path in paths if os.path.exists(path)] for split, paths in candidates.items()}
     source_rows = {
-        split: [row for path in found if os.path.exists(path) for row in read_manifest(path)]
-        for split, found in paths.items()
-        if any(os.path.exists(path) for path in found)
+        split: [row for path in paths for row in read_manifest(path)] for split, paths in found.items() if paths
     }
     if not source_rows:
         raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
