@@ -109,6 +109,7 @@ def test_recipe_rejects_unknown_keys_by_name():
         ({"model": "m", "seconds_per_step": {"mt": 40}}, r"seconds_per_step: \['mt'\] are not speech tasks"),
         ({"model": "m", "examples_per_step": {}}, r"every task has 0 examples per step"),
         ({"model": "m", "ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
+        ({"model": "m", "bf16_weights": "yes"}, r"bf16_weights must be true, false or auto; got 'yes'"),
         (
             {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "mt_source_mlm": 1.0},
             r"mt_source_mlm is the fraction of source words",
@@ -568,6 +569,54 @@ def test_bf16_autocast_and_gradient_checkpointing(corpus, tmp_path):
     for step in range(2):
         assert checkpointed[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-5)
         assert bf16[step]["loss"] == pytest.approx(reference[step]["loss"], rel=0.02)
+
+
+def test_bf16_weights_keep_updates_below_bf16_resolution_in_the_fp32_masters():
+    from mu2slam_hf.training.bf16_weights import Bf16Weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))  # the second gets no gradient
+    weights = Bf16Weights(model, None, torch.device("cpu"))
+    assert all(p.dtype == torch.bfloat16 for p in weights.module.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    start = model[0].weight.detach().clone()
+    for _ in range(10):
+        weights.module[0](torch.ones(2, 4, dtype=torch.bfloat16)).sum().backward()
+        weights.gradients_to_master()
+        assert weights.module[0].weight.grad is None and model[1].weight.grad is None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        weights.weights_from_master()
+    # Each step moves every weight by 2e-4, under half of bf16's spacing at these weights: weights kept in bf16 alone
+    # would not move. The masters took all ten steps; the copy is their rounding.
+    assert model[0].weight.dtype == torch.float32
+    torch.testing.assert_close(model[0].weight.detach(), start - 10 * 2e-4, rtol=0, atol=1e-6)
+    assert torch.equal(weights.module[0].weight, model[0].weight.detach().to(torch.bfloat16))
+
+
+def test_bf16_weights_train_as_autocast_saves_fp32_and_resume_exactly(corpus, tmp_path):
+    """A run with ``bf16_weights`` (forward and backward in a bf16 copy, the optimizer on the fp32 model) gives the
+    losses of bf16 autocast alone up to bf16 rounding, saves fp32 weights, and resumes to the same losses."""
+    from safetensors.torch import load_file
+
+    def recipe(**overrides):
+        return tiny_recipe(max_steps=4, checkpoint_interval=2, mixed_precision="bf16", **overrides)
+
+    autocast = run(recipe(bf16_weights=False), corpus, tmp_path / "autocast").log
+    straight = run(recipe(bf16_weights=True), corpus, tmp_path / "straight").log
+    for ours, theirs in zip(straight, autocast, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=2e-3), ours["step"]
+    saved = load_file(tmp_path / "straight" / "model.safetensors")
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    interrupted = tmp_path / "interrupted"
+    run(recipe(bf16_weights=True), corpus, interrupted, stop_after=3)  # the last checkpoint is step 2
+    resumed = run(recipe(bf16_weights=True), corpus, interrupted, resume=True).log
+    assert [e["step"] for e in resumed] == [3, 4]
+    for entry in resumed:
+        for key in ("loss", "grad_norm"):
+            assert entry[key] == pytest.approx(straight[entry["step"] - 1][key], **SAME_RUN_LOSS), (entry["step"], key)
+    with pytest.raises(RecipeError, match="bf16_weights: true needs bf16 autocast"):
+        run(tiny_recipe(max_steps=1, mixed_precision="no", bf16_weights=True), corpus, tmp_path / "fp32")
 
 
 @pytest.mark.parametrize(

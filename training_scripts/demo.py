@@ -370,8 +370,9 @@ def write_report(
 
 
 def machine_summary() -> str:
-    """CPU or GPU, threads, the memory allocator and the precision the recipes' ``mixed_precision: auto`` resolves to
-    here (and why)."""
+    """CPU or GPU, threads, the memory allocator and the precision the recipes' ``mixed_precision: auto`` and
+    ``bf16_weights: auto`` resolve to here (and why)."""
+    from mu2slam_hf.training.bf16_weights import use_bf16_weights
     from mu2slam_hf.training.loop import auto_mixed_precision
 
     if torch.cuda.is_available():
@@ -382,7 +383,9 @@ def machine_summary() -> str:
         device = f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     device += f", {loaded_allocator() or 'glibc malloc'}"
     precision, reason = auto_mixed_precision()
-    return f"{device}; training precision {'fp32' if precision == 'no' else precision} ({reason})"
+    bf16_weights = use_bf16_weights("auto", precision, 1, "cuda" if torch.cuda.is_available() else "cpu")[0]
+    weights = " autocast with bf16 weights (fp32 masters)" if bf16_weights else ""
+    return f"{device}; training precision {'fp32' if precision == 'no' else precision}{weights} ({reason})"
 
 
 def trained_steps(folder: Path) -> int:

@@ -48,6 +48,7 @@ from .assets import (
     new_model,
 )
 from .averaging import WeightAverage
+from .bf16_weights import Bf16Weights, use_bf16_weights
 from .checkpointing import (
     TRAINER_STATE_NAME,
     latest_checkpoint,
@@ -100,6 +101,7 @@ STEP_PHASES = (
     "collate",
     "forward",
     "backward",
+    "master_weights",
     "loss_tracking",
     "clip_grad_norm",
     "optimizer",
@@ -367,6 +369,7 @@ class Mu2SlamTrainer:
         self.log_with, self.progress = log_with, progress
         self.run_folder: RunFolder | None = None  # the main process's lock on output_dir while it trains
         self.draws: Iterator[MixtureDraw] | None = None  # the built mixture draws, set up by `setup`
+        self.bf16: Bf16Weights | None = None  # the bf16 copy that trains against the model (`bf16_weights`)
 
     # ------------------------------------------------------------------------------------------------ setup
 
@@ -427,6 +430,11 @@ class Mu2SlamTrainer:
         self.scheduler = transformer_schedule(optimizer, opt.warmup_for(recipe.max_steps), recipe.max_steps, opt.decay)
         self.spec_augment = self.config.apply_spec_augment
         accelerator.register_for_checkpointing(self.scheduler)
+        bf16, reason = use_bf16_weights(
+            recipe.bf16_weights, accelerator.mixed_precision, accelerator.num_processes, accelerator.device.type
+        )
+        logger.warning(reason)
+        self.bf16 = Bf16Weights(model, self.config, accelerator.device) if bf16 else None
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.average = self._weight_average(resume_from)
         self.dev_history: list[dict[str, float]] = []
@@ -437,6 +445,8 @@ class Mu2SlamTrainer:
             self.dev_history = trainer_state.get("dev", [])
             step = int(trainer_state["step"])
             accelerator.print(f"Resumed from {resume_from} at step {step}.")
+            if self.bf16 is not None:
+                self.bf16.weights_from_master(trainable_only=False)
         self.mixture_state = self.mixture.state_dict()  # after the last draw trained on: what a checkpoint saves
         stream = InstanceStream(self.mixture, self.builder, recipe.seed, accelerator.process_index)
         self.draws = instance_loader(stream, recipe.dataloader.num_workers)
@@ -523,9 +533,12 @@ class Mu2SlamTrainer:
                     batch = to_device(self.collate(group), accelerator.device)
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     with phase("forward"):
-                        outputs = model(**batch)
+                        outputs = self._forward(batch)
                     with phase("backward"):
                         accelerator.backward(outputs.loss / accumulation)
+                if self.bf16 is not None:
+                    with phase("master_weights"):
+                        self.bf16.gradients_to_master()
                 with phase("loss_tracking"):
                     micro_loss += outputs.loss.detach()
                     tracker.add_output(group, outputs)
@@ -539,9 +552,20 @@ class Mu2SlamTrainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if self.bf16 is not None:
+            with phase("master_weights"):
+                self.bf16.weights_from_master()
         if self.average is not None:
             with phase("weight_average"):
                 self.average.update_parameters(accelerator.unwrap_model(model))
+
+    def _forward(self, batch: dict[str, torch.Tensor]):
+        """The model's outputs on a batch: the bf16 copy's with ``bf16_weights`` (under autocast, which `prepare`
+        adds to the run's own model only), else the run's model's."""
+        if self.bf16 is None:
+            return self.model(**batch)
+        with self.accelerator.autocast():
+            return self.bf16.module(**batch)
 
     def collate(self, group) -> dict[str, torch.Tensor]:
         """One batch of the model's keyword arguments (with language-identification labels when the recipe trains

@@ -159,7 +159,9 @@ class Recipe:
     evaluate it on dev and save it as the model (`training.averaging`); the raw weights stay in the checkpoints'
     training state for resuming.
     ``mixed_precision: auto`` picks bf16 where it is fast (CUDA with bf16; CPUs with AVX512-BF16 or AMX whose bf16
-    matrix products are measured at least 1.5x faster than fp32) and fp32 elsewhere.
+    matrix products are measured at least 1.5x faster than fp32) and fp32 elsewhere. ``bf16_weights``: run the
+    forward and backward passes in a bf16 copy of the model, against the fp32 weights that the optimizer updates
+    (`training.bf16_weights`); ``auto``: where bf16 autocast runs on a CPU in one process.
     """
 
     stage: str = "pretrain"
@@ -183,6 +185,7 @@ class Recipe:
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     gradient_accumulation_steps: int = 1
     mixed_precision: str | None = "no"
+    bf16_weights: bool | str = "auto"
     gradient_checkpointing: bool = False
     max_steps: int = 1000
     max_train_minutes: float | None = None
@@ -211,6 +214,8 @@ class Recipe:
         """Raise a RecipeError naming the first key with a value the loop cannot use."""
         _choice("stage", self.stage, STAGES)
         _choice("mixed_precision", self.mixed_precision, (*MIXED_PRECISION, None))
+        if self.bf16_weights not in (True, False, "auto"):
+            raise RecipeError(f"bf16_weights must be true, false or auto; got {self.bf16_weights!r}.")
         _choice("tokenizer.kind", self.tokenizer.kind, ("char", "unigram"))
         _choice("optimizer.name", self.optimizer.name, ("adam", "adamw"))
         if (self.model is None) == (self.init_checkpoint is None):
