@@ -65,9 +65,9 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # follows it, and stage 2 keeps learning for thousands of steps, so stage 2 gets every minute the other steps leave.
 # In the plans with `stage2_until_minute`, stage 2 trains until that many minutes after the demo started (at most
 # STAGE2_MAX_STEPS; `--quick`: `stage2`): the steps a machine can afford, not a count tuned to one machine. Measured
-# in the README job on a 2-core Xeon with AMX (bf16, tcmalloc, dev evaluation included): pre-training 1.6 s a step,
-# stage 1 0.66, stage 2 (20 s of audio) 0.26, so stage 2 trained 4,321 steps; on a 2-core AMD EPYC with AVX512-BF16
-# before tcmalloc, stage 2 took 0.30-0.40 s a step (2,400-3,400 steps).
+# in the README job on a 2-core Xeon with AMX (bf16 weights, tcmalloc): pre-training 1.2 s a step, stage 1 0.78,
+# stage 2 (20 s of audio) 0.26, so stage 2 trained 4,210 steps; on a 2-core AMD EPYC with AVX512-BF16 before
+# tcmalloc, stage 2 took 0.30-0.40 s a step (2,400-3,400 steps).
 PLANS = {
     "demo": {"pretrain": 100, "stage1": 210, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
