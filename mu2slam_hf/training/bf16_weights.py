@@ -28,7 +28,6 @@ class Bf16Weights:
     after ``master`` is loaded from a checkpoint)."""
 
     def __init__(self, master: torch.nn.Module, config: Any, device: torch.device):
-        self.master = master
         self.module = copy.deepcopy(master, memo={id(config): config}).to(device=device, dtype=torch.bfloat16)
         self.module.train(master.training)
         pairs = list(zip(master.parameters(), self.module.parameters(), strict=True))
