@@ -361,7 +361,7 @@ def generate_predictions(
     processor: Any,
     examples: Iterable[dict[str, Any]],
     batch_size: int = 8,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     num_beams: int = 1,
     ctc_weight: float | None = None,
     decoder: str | None = None,
@@ -372,14 +372,16 @@ def generate_predictions(
     Speech and text examples are batched separately, each sorted by length. ASR examples are decoded by
     ``decoder`` (:func:`asr_generate_options`): by default the model's own ASR decoder, as ``generate`` and
     ``pipeline()`` decode it (the one its fine-tuning run chose on dev); AST and MT examples always by the attention
-    decoder (greedy with ``num_beams=1``, beam search otherwise).
+    decoder (greedy with ``num_beams=1``, beam search otherwise). ``max_new_tokens=None`` leaves the length limit to
+    the model's generation config (its ``max_target_positions``), which warns about every output cut there: a
+    smaller fixed limit would silently cut long references' hypotheses and count the missing end as errors.
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
     ``target_text``) and ``hypothesis``.
     """
     examples = list(examples)
     asr = [example for example in examples if _task_of(example) == "asr"]
     others = [example for example in examples if _task_of(example) != "asr"]
-    attention = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    attention = _with_length_limit({"num_beams": num_beams}, max_new_tokens)
     asr_options = asr_generate_options(decoder, ctc_weight, lm_weight, num_beams, max_new_tokens)
     return _decode(model, processor, asr, batch_size, asr_options) + _decode(
         model, processor, others, batch_size, attention
@@ -391,7 +393,7 @@ def asr_generate_options(
     ctc_weight: float | None = None,
     lm_weight: float | None = None,
     num_beams: int = 1,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The `generate` options that decode ASR with ``decoder``:
 
@@ -413,7 +415,7 @@ def asr_generate_options(
             "decoder='attention' with it, or leave ctc_weight out."
         )
     if decoder == "model":
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        options: dict[str, Any] = _with_length_limit({}, max_new_tokens)
         if num_beams != 1:
             options["num_beams"] = num_beams
         return options if lm_weight is None else {**options, "lm_weight": lm_weight}
@@ -422,8 +424,13 @@ def asr_generate_options(
         if lm_weight is None and num_beams == 1:
             options.pop("num_beams")  # the model's own CTC beam width when it has a language model
         return options
-    return {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "ctc_weight": ctc_weight or 0.0,
-            "lm_weight": lm_weight}  # fmt: skip
+    options = {"num_beams": num_beams, "ctc_weight": ctc_weight or 0.0, "lm_weight": lm_weight}
+    return _with_length_limit(options, max_new_tokens)
+
+
+def _with_length_limit(options: dict[str, Any], max_new_tokens: int | None) -> dict[str, Any]:
+    """``options`` with ``max_new_tokens`` where one is given (None: the model's generation config decides)."""
+    return options if max_new_tokens is None else {**options, "max_new_tokens": max_new_tokens}
 
 
 def _decode(
@@ -538,7 +545,7 @@ def evaluate_model(
     examples: Iterable[dict[str, Any]],
     tasks: Sequence[str] = GENERATION_TASKS,
     batch_size: int = 8,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     num_beams: int = 1,
     ctc_weight: float | None = None,
     decoder: str | None = None,

@@ -261,6 +261,31 @@ def test_evaluate_model_runs_every_task_and_language():
     assert {m["task"] for m in only_mt["metrics"]} == {"mt"} and "predictions" not in only_mt
 
 
+def test_evaluate_model_cuts_outputs_only_at_the_models_own_length_limit(caplog):
+    """A fixed evaluation limit below the model's would cut hypotheses of long references and count their missing
+    ends as errors; by default the model's generation config decides, and `generate` warns about each cut output."""
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    examples = [audio_example(f"a{i}", "asr", "fr", "fr", "le chat est assis", 0.6 + 0.3 * i, i) for i in range(3)]
+    examples.append({"id": "m1", "task": "mt", "audio": None, "source_text": "hello world", "target_text": "die katze",
+                     "source_lang": "en", "target_lang": "de"})  # fmt: skip
+
+    def hypothesis_lengths(**options) -> list[int]:
+        predictions = evaluate_model(model, processor, examples, batch_size=2, return_predictions=True, **options)
+        return [len(processor.tokenizer(p["hypothesis"], add_special_tokens=False)["input_ids"])
+                for p in predictions["predictions"]]  # fmt: skip
+
+    model.generation_config.max_new_tokens = 3
+    with caplog.at_level("WARNING"):
+        own = hypothesis_lengths()
+    assert max(own) <= 3
+    assert "reached the 3-token limit" in caplog.text
+    model.generation_config.max_new_tokens = 40
+    longer = hypothesis_lengths()
+    assert max(longer) > 3  # the untrained model does not stop early: the model's larger limit was used
+    assert hypothesis_lengths(max_new_tokens=3) == own  # an explicit limit still applies
+
+
 def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_otherwise():
     """Library figures are those of `generate`'s default ASR decoding (the decoder the model's run chose on dev);
     dev evaluation, which makes that choice, keeps scoring the attention decoder as the plain `asr_cer`."""

@@ -242,7 +242,6 @@ def evaluate(
         examples,
         tasks,
         batch_size=16,
-        max_new_tokens=96,
         **decoder.options,
         with_loss=with_loss,
         model_name=f"{name} (ASR: {decoder.name} decoding)" if "asr" in tasks else name,

@@ -69,7 +69,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_examples", type=positive_int, default=None, help="at most this many examples per task")
     parser.add_argument("--output", default=None, help="JSON path (default <model>/eval_<split>.json)")
     parser.add_argument("--batch_size", type=positive_int, default=16)
-    parser.add_argument("--max_new_tokens", type=positive_int, default=128)
+    parser.add_argument(
+        "--max_new_tokens", type=positive_int, default=None,
+        help="length limit of attention decoding (default: the model's own, max_target_positions; it warns about "
+        "every output cut there)",
+    )  # fmt: skip
     parser.add_argument("--num_beams", type=positive_int, default=1, help="1: greedy decoding")
     parser.add_argument(
         "--ctc_weight", type=float, default=None,
