@@ -300,8 +300,11 @@ def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_othe
     examples = [audio_example(f"a{i}", "asr", lang, lang, text, 0.5 + 0.2 * i, i)
                 for i, (lang, text) in enumerate([("fr", "le chat"), ("de", "die katze"), ("fr", "est assis")])]  # fmt: skip
 
+    dev = DevEvaluator(InstanceBuilder(processor, model.config, stage="finetune"), {"asr": examples}, max_new_tokens=6)
+    assert dev.max_new_tokens == 13  # raised from 6 to fit "est assis" + eos (10 tokens) with a quarter to spare
+
     def hypotheses(**options) -> list[str]:
-        results = evaluate_model(model, processor, examples, ("asr",), batch_size=2, max_new_tokens=6,
+        results = evaluate_model(model, processor, examples, ("asr",), batch_size=2, max_new_tokens=13,
                                  return_predictions=True, **options)  # fmt: skip
         return [p["hypothesis"] for p in sorted(results["predictions"], key=lambda p: p["id"])]
 
@@ -315,8 +318,6 @@ def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_othe
     with pytest.raises(ValueError, match="decoder must be one of"):
         evaluate_model(model, processor, examples, ("asr",), decoder="joint")
 
-    config = model.config
-    dev = DevEvaluator(InstanceBuilder(processor, config, stage="finetune"), {"asr": examples}, max_new_tokens=6)
     metrics = dev.evaluate(model, Accelerator(cpu=True))
     references = [e["target_text"] for e in sorted(examples, key=lambda e: e["id"])]
     assert metrics["dev/asr_cer"] == pytest.approx(char_error_rate(references, attention), abs=1e-4)
@@ -324,6 +325,18 @@ def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_othe
 
     model.set_asr_ctc_weight(0.0)  # no CTC in the model's choice: the attention decoder
     assert hypotheses() == attention
+
+
+def test_dev_decoding_limit_fits_the_longest_reference_within_the_models_positions():
+    from mu2slam_hf.training.dev import decoding_limit
+
+    processor = tiny_processor()
+    rows = [{"target_text": "le chat"}, {"target_text": "est assis"}, {"target_text": None}]
+    longest = len(processor.tokenizer("est assis")["input_ids"])
+    assert decoding_limit(processor, rows, 64, 255) == 64  # the recipe's limit where every reference fits
+    assert decoding_limit(processor, rows, 4, 255) == longest + (longest + 3) // 4
+    assert decoding_limit(processor, rows, 4, 8) == 8
+    assert decoding_limit(processor, [], 4, 255) == 4
 
 
 def test_nll_is_the_models_own_loss_per_token_and_ignores_batching():

@@ -71,6 +71,16 @@ def warn_collapsed_encoder(metrics: Mapping[str, float], step: int) -> list[str]
     return collapsed
 
 
+def decoding_limit(processor: Any, examples: Sequence[dict[str, Any]], floor: int, ceiling: int) -> int:
+    """Greedy decoding's token limit for dev ``examples``: at least ``floor`` (the recipe's cost bound for models that
+    do not stop yet), and a quarter more than the longest reference, so that a right hypothesis is never cut and
+    counted wrong (a cut falls on the attention and joint decoders, never on the CTC head, and would tilt dev's choice
+    of decoder); at most ``ceiling`` (the model's target positions after the start token)."""
+    texts = [example["target_text"] for example in examples if example.get("target_text")]
+    longest = max((len(ids) for ids in processor.tokenizer(texts)["input_ids"]), default=0) if texts else 0
+    return min(max(floor, longest + (longest + 3) // 4), ceiling)
+
+
 def dev_subset(examples: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """``count`` examples taken round-robin over the languages (in file order within each language)."""
     return spread_over_languages(examples, count)
@@ -83,7 +93,8 @@ class DevEvaluator:
         builder: the run's `InstanceBuilder` (same processor and objectives as training; its training-only
             corruption of fine-tuning sources is left out, see `InstanceBuilder.for_evaluation`).
         examples: task -> dev examples (already subset).
-        batch_size / max_new_tokens: of the loss batches and of greedy decoding.
+        batch_size: of the loss batches and of greedy decoding.
+        max_new_tokens: greedy decoding's limit where no dev reference needs more (see `decoding_limit`).
         seed: of the dev masks.
         collate: instances -> the model's keyword arguments (default: the plain collator); the training loop
             passes its own, so dev batches carry what training batches carry (language-identification labels).
@@ -104,7 +115,10 @@ class DevEvaluator:
         self.decode = decode
         self.examples = {task: [decode_example(e) for e in rows] for task, rows in examples.items() if rows}
         self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
+        every_example = [example for rows in self.examples.values() for example in rows]
+        self.max_new_tokens = decoding_limit(
+            builder.processor, every_example, max_new_tokens, builder.config.max_target_positions - 1
+        )
         self.seed = seed
         self.collate = collate or Mu2SlamCollator(builder.config)
 

@@ -59,7 +59,14 @@ from .checkpointing import (
     write_json,
 )
 from .ctc_language_model import fit_ctc_language_model, preferred_asr_ctc_weight
-from .dev import DevEvaluator, dev_chosen_ctc_weight, dev_subset, warn_collapsed_encoder, write_dev_results
+from .dev import (
+    DevEvaluator,
+    decoding_limit,
+    dev_chosen_ctc_weight,
+    dev_subset,
+    warn_collapsed_encoder,
+    write_dev_results,
+)
 from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
 from .preflight import (
@@ -742,7 +749,10 @@ class Mu2SlamTrainer:
         other = None if chosen_ctc_weight == 1.0 else chosen_ctc_weight
         fit = fit_ctc_language_model(
             model, self.processor, train_rows, dev, self.recipe.ctc_language_model,
-            batch_size=self.recipe.eval_batch_size, other_ctc_weight=other, max_new_tokens=self.recipe.eval_max_new_tokens,
+            batch_size=self.recipe.eval_batch_size, other_ctc_weight=other,
+            max_new_tokens=decoding_limit(
+                self.processor, dev, self.recipe.eval_max_new_tokens, self.config.max_target_positions - 1
+            ),
         )  # fmt: skip
         weight = fit["ctc_weight_chosen"] = preferred_asr_ctc_weight(fit)
         write_json(self.output_dir / "ctc_language_model_fit.json", fit)
