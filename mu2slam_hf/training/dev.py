@@ -77,7 +77,7 @@ def decoding_limit(processor: Any, examples: Sequence[dict[str, Any]], floor: in
     counted wrong (a cut falls on the attention and joint decoders, never on the CTC head, and would tilt dev's choice
     of decoder); at most ``ceiling`` (the model's target positions after the start token)."""
     texts = [example["target_text"] for example in examples if example.get("target_text")]
-    longest = max((len(ids) for ids in processor.tokenizer(texts)["input_ids"]), default=0) if texts else 0
+    longest = max(len(ids) for ids in processor.tokenizer(texts)["input_ids"]) if texts else 0
     return min(max(floor, longest + (longest + 3) // 4), ceiling)
 
 
