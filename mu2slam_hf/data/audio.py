@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,25 @@ def write_flac(path: str | os.PathLike, array: np.ndarray, sampling_rate: int = 
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     sf.write(path, np.clip(array, -1.0, 1.0), sampling_rate, format="FLAC", subtype="PCM_16")
     return len(array) / sampling_rate
+
+
+def convert_clip(job: tuple[str, str]) -> float | str:
+    """Writes the audio file ``job[0]`` (any format soundfile reads, any rate, any channels) to ``job[1]`` as 16 kHz
+    mono FLAC; returns its duration in seconds, or the reason it failed (a builder reports it and goes on)."""
+    source, target = job
+    try:
+        array = read_audio(source)
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        return f"{type(error).__name__}: {error}"
+    return write_flac(target, array) if array.size else "empty audio"
+
+
+def convert_clips(jobs: list[tuple[str, str]], num_workers: int = 2) -> dict[str, float | str]:
+    """:func:`convert_clip` of every ``(source, target)`` in ``num_workers`` processes: ``{target: seconds or
+    the reason it failed}``."""
+    with ProcessPoolExecutor(max(1, num_workers)) as pool:
+        results = pool.map(convert_clip, jobs, chunksize=16)
+        return dict(zip((target for _, target in jobs), results, strict=True))
 
 
 def decode_example(example: dict[str, Any], target_rate: int = SAMPLING_RATE) -> dict[str, Any]:

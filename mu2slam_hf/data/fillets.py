@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -23,11 +22,10 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from .audio import read_audio, write_flac
-from .manifest import format_summary, summarize, write_manifest, write_summary
+from .audio import convert_clips
+from .manifest import format_summary, hash_split, summarize, write_manifest, write_summary
 from .schema import make_example
 
 PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs", "fillets-ng-data-nl")
@@ -45,10 +43,7 @@ _LUA_ESCAPES = {"n": " ", "t": " ", "\\": "\\", '"': '"', "'": "'"}
 
 def level_split(level: str) -> str:
     """``"train"``, ``"dev"`` or ``"test"`` for a Fish Fillets level, from a stable hash of its name."""
-    bucket = int(hashlib.sha256(f"fillets-ng:{level}".encode()).hexdigest(), 16) % 1000 / 1000
-    if bucket < SPLIT_FRACTIONS["train"]:
-        return "train"
-    return "dev" if bucket < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["dev"] else "test"
+    return hash_split(f"fillets-ng:{level}", SPLIT_FRACTIONS)
 
 
 def default_cache_dir(name: str = "fillets-ng") -> str:
@@ -129,15 +124,6 @@ def read_dialogs(game_dir: str, languages: tuple[str, ...] = PARALLEL_LANGUAGES)
     return {key: entry for key, entry in table.items() if entry.get("en")}
 
 
-def _convert(job: tuple[str, str]) -> float | str:
-    source, target = job
-    try:
-        array = read_audio(source)
-    except Exception as error:  # reported in the summary; one bad file must not stop the build
-        return f"{type(error).__name__}: {error}"
-    return write_flac(target, array) if array.size else "empty audio"
-
-
 def build_fillets(
     out: str,
     game_dir: str | None = None,
@@ -168,8 +154,7 @@ def build_fillets(
             rel = os.path.join("audio", lang, level, f"{dialog_id}.flac")
             jobs.append((path, os.path.join(out, rel)))
             rows[level_split(level)].append((rel, lang, level, dialog_id, entry))
-    with ProcessPoolExecutor(max(1, num_workers)) as pool:
-        durations = dict(zip((target for _, target in jobs), pool.map(_convert, jobs, chunksize=16), strict=True))
+    durations = convert_clips(jobs, num_workers)
     splits, skipped = {}, {}
     for split in ("train", "dev", "test"):
         examples = []

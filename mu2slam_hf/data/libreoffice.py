@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import html
 import os
 import re
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .fillets import default_cache_dir, fetch_debian_packages
-from .manifest import format_summary, normalize_text, summarize, write_manifest, write_summary
+from .manifest import format_summary, hash_split, normalize_text, summarize, write_manifest, write_summary
 from .schema import SPEECH_TASKS, make_example
 from .synthetic import TextGroup, check_espeak, group_examples, speakable, synthesize_lines, voice_settings
 
@@ -101,10 +100,7 @@ def _hint(reason: str) -> str:
 
 def page_split(page: str) -> str:
     """``"train"``, ``"dev"`` or ``"test"`` for a help page (``text/shared/01/06040000.html``), by a hash of it."""
-    bucket = int(hashlib.sha256(f"libreoffice-help:{page}".encode()).hexdigest(), 16) % 1000 / 1000
-    if bucket < SPLIT_FRACTIONS["train"]:
-        return "train"
-    return "dev" if bucket < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["dev"] else "test"
+    return hash_split(f"libreoffice-help:{page}", SPLIT_FRACTIONS)
 
 
 def clean_fragment(fragment: str, drop_classes: tuple[str, ...] = ()) -> str:

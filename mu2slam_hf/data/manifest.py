@@ -8,11 +8,12 @@ manifest into a ``datasets.Dataset`` with absolute audio paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Hashable, Iterable, Iterator
 from typing import Any
 
 import datasets
@@ -173,6 +174,43 @@ def format_summary(summary: dict[str, Any]) -> str:
 def normalize_text(text: str) -> str:
     """Lower case, punctuation removed, whitespace collapsed: what "the same sentence" means for splits."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def hash_split(key: str, fractions: dict[str, float]) -> str:
+    """The split of ``key`` (a level, page or stamp, prefixed by its corpus): a stable hash of it placed on the
+    cumulative ``fractions`` (``{"train": 0.9, "dev": 0.05, "test": 0.05}``, in that order; the last split takes
+    the rest)."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 1000 / 1000
+    names, bound = list(fractions), 0.0
+    for name in names[:-1]:
+        bound += fractions[name]
+        if bucket < bound:
+            return name
+    return names[-1]
+
+
+def connected_components(keys: list[Iterable[Hashable]]) -> list[list[int]]:
+    """Groups item indices so that items sharing any key (a normalised text, an audio hash) are together.
+
+    ``keys[i]`` are item ``i``'s keys; returns the components, each a sorted list of indices, in order of their
+    first item. A split decided per component keeps every shared sentence in one split.
+    """
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[Hashable, int] = {}
+    for i, item_keys in enumerate(keys):
+        for key in item_keys:
+            parent[find(i)] = find(first_seen.setdefault(key, i))
+    components: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(keys)):
+        components[find(i)].append(i)
+    return list(components.values())
 
 
 def _row_texts(row: dict[str, Any]) -> set[str]:

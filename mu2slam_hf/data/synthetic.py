@@ -38,7 +38,15 @@ import soundfile as sf
 
 from .audio import to_mono_16k, write_flac
 from .fillets import PARALLEL_LANGUAGES, fetch_fillets, level_split, read_dialogs
-from .manifest import format_summary, normalize_text, summarize, write_manifest, write_summary
+from .manifest import (
+    connected_components,
+    format_summary,
+    hash_split,
+    normalize_text,
+    summarize,
+    write_manifest,
+    write_summary,
+)
 from .schema import make_example
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
@@ -109,33 +117,13 @@ def assign_splits(groups: list[TextGroup], seed: int = 0) -> None:
     A component with a line from a real-speech dev level is dev; the others are hashed into train/dev/test
     by :data:`SPLIT_FRACTIONS`.
     """
-    parent = list(range(len(groups)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first_seen: dict[str, int] = {}
-    for i, group in enumerate(groups):
-        for text in group.texts.values():
-            j = first_seen.setdefault(normalize_text(text), i)
-            parent[find(i)] = find(j)
-    components: dict[int, list[TextGroup]] = defaultdict(list)
-    for i, group in enumerate(groups):
-        components[find(i)].append(group)
-    for members in components.values():
+    keys = [[normalize_text(text) for text in group.texts.values()] for group in groups]
+    for component in connected_components(keys):
+        members = [groups[i] for i in component]
         if any(g.level is not None and level_split(g.level) == "dev" for g in members):
             split = "dev"
         else:
-            key = min(g.key for g in members)
-            bucket = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest(), 16) % 1000 / 1000
-            split = (
-                "train"
-                if bucket < SPLIT_FRACTIONS["train"]
-                else ("dev" if bucket < SPLIT_FRACTIONS["train"] + SPLIT_FRACTIONS["dev"] else "test")
-            )
+            split = hash_split(f"{seed}:{min(g.key for g in members)}", SPLIT_FRACTIONS)
         for group in members:
             group.split = split
 
