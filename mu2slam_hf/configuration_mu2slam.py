@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
 from .vocabulary import (
@@ -149,6 +150,30 @@ def _loss_weights_problem(value: Any) -> str | None:
     return None
 
 
+# Keys transformers itself puts into a config's kwargs (saved by one of its versions, or passed by from_pretrained):
+# accepted, and used or dropped by `PreTrainedConfig`. Generation parameters are added from `GenerationConfig`.
+TRANSFORMERS_CONFIG_KEYS = frozenset({
+    "auto_map", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "attn_implementation",
+    "experts_implementation", "_attn_implementation_internal", "_experts_implementation_internal", "per_layer_config",
+    "tokenizer_class", "vocab_size", "num_labels", "use_return_dict", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    "pruned_heads", "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
+    "finetuning_task", "prefix", "sep_token_id", "task_specific_params", "rope_scaling", "rope_theta",
+})  # fmt: skip
+
+
+def check_unknown_config_keys(cls: type[PreTrainedConfig], keys: Iterable[str]) -> None:
+    """Raise a ValueError naming a key that is no field of ``cls`` nor one transformers sets (with the closest
+    field): a misspelt ``num_mel_bin`` would otherwise be stored as an unused attribute and the default used."""
+    known = cls.known_fields()
+    accepted = known | TRANSFORMERS_CONFIG_KEYS | set(GenerationConfig._get_default_generation_params())
+    unknown = [key for key in keys if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]!r} is not a {cls.__name__} field{_did_you_mean(unknown[0], known)}; it would be ignored. "
+            "Fix the name in config.json, the recipe's model_overrides or wherever it was set."
+        )
+
+
 def _did_you_mean(name: str, candidates) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -164,9 +189,42 @@ def check_pretrained_location(location: str | os.PathLike) -> None:
     if os.path.exists(text):
         return
     if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(_no_such_folder(text))
+
+
+def _no_such_folder(text: str) -> str:
+    return (
+        f"No such folder: {text} (relative to {os.getcwd()}). Pass a folder that holds a saved model (a run's "
+        "output_dir or one of its checkpoint-<step> folders), or a Hub repo id such as 'owner/name'."
+    )
+
+
+@contextlib.contextmanager
+def pretrained_location(location: str | os.PathLike) -> Iterator[None]:
+    """`check_pretrained_location`, then around the load: an error from a location that is no local path (a name
+    that could be a Hub id, such as ``runs/ft1``) becomes a FileNotFoundError saying there is no such folder, with the
+    Hub's reason after it (transformers' own message only speaks of the Hub and the network)."""
+    check_pretrained_location(location)
+    text = os.fspath(location)
+    try:
+        yield
+    except (OSError, ValueError) as error:  # transformers' tokenizer loading raises a ValueError offline
+        if os.path.exists(text) or str(error).startswith("No such folder"):
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(f"{_no_such_folder(text)} Loading it as a Hub repo id failed too: {reason}") from error
+
+
+def check_saved_files(folder: str | os.PathLike, names: Iterable[str], what: str) -> None:
+    """Raise a FileNotFoundError when the local ``folder`` lacks any of ``names`` (the files that ``what`` is loaded
+    from), typically a model saved without its processor. Hub ids pass (transformers fetches their files)."""
+    folder = os.fspath(folder)
+    missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+    if os.path.isdir(folder) and missing:
         raise FileNotFoundError(
-            f"No such folder: {text}. Pass a folder that holds a saved model (a run's output_dir or one of its "
-            "checkpoint-<step> folders), or a Hub repo id such as 'owner/name'."
+            f"{folder} has no {' and no '.join(missing)}, which the {what} is loaded from: it holds a model saved without "
+            f"its processor. Save the processor there too (`processor.save_pretrained({folder!r})`), or load the "
+            "processor from the run folder or checkpoint the model came from."
         )
 
 
@@ -397,6 +455,7 @@ class Mu2SlamConfig(PreTrainedConfig):
         if encoder_positions == "rotary" and (d_model // encoder_attention_heads) % 2:
             raise ValueError("encoder_positions='rotary' needs an even head size (d_model / encoder_attention_heads).")
         self.tie_word_embeddings = tie_word_embeddings
+        check_unknown_config_keys(type(self), kwargs)
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -409,8 +468,8 @@ class Mu2SlamConfig(PreTrainedConfig):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamConfig:
         """`PreTrainedConfig.from_pretrained`, with a clear error for a local path that does not exist."""
-        check_pretrained_location(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with pretrained_location(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def known_fields(cls) -> set[str]:
@@ -508,8 +567,8 @@ class Mu2SlamRetrievalConfig(Mu2SlamConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> Mu2SlamRetrievalConfig:
-        check_pretrained_location(pretrained_model_name_or_path)
-        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        with pretrained_location(pretrained_model_name_or_path):
+            config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type") not in (Mu2SlamConfig.model_type, cls.model_type):
             raise ValueError(
                 f"{pretrained_model_name_or_path!s} holds a {config_dict.get('model_type')!r} model, not a Mu2SLAM one "
@@ -532,6 +591,9 @@ __all__ = [
     "check_config_field",
     "check_pretrained_location",
     "check_processor_languages_beside",
+    "check_saved_files",
+    "check_unknown_config_keys",
+    "pretrained_location",
     "subsampled_lengths",
     "receptive_field",
 ]

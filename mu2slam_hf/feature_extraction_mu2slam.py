@@ -37,6 +37,7 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.utils import TensorType, logging
 
 from .configuration_mu2slam import Mu2SlamConfig, receptive_field
+from .input_checks import audio_file_problem, decoded_length_problem
 from .vocabulary import SAMPLING_RATE
 
 logger = logging.get_logger(__name__)
@@ -60,12 +61,25 @@ def to_mono_16k(array: np.ndarray, sampling_rate: int, target_rate: int = SAMPLI
 
 def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RATE) -> np.ndarray:
     """A file path or encoded bytes as (N,) float32 mono at ``target_rate``: libsndfile decodes (WAV, FLAC, OGG
-    Vorbis/Opus, MP3), soxr resamples. Raises ``soundfile.SoundFileError`` for what libsndfile cannot read, and OS
-    errors. (Here rather than in ``mu2slam_hf.data`` so that a model folder's remote-code pipeline reads files the
-    same way.)"""
-    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    array, rate = soundfile.read(handle, dtype="float32", always_2d=False)
-    return to_mono_16k(array, rate, target_rate)
+    Vorbis/Opus, MP3), soxr resamples. Raises ``soundfile.SoundFileError`` for what libsndfile cannot open, OS
+    errors, and a ValueError for a file cut short (fewer samples than its header promises). (Here rather than in
+    ``mu2slam_hf.data`` so that a model folder's remote-code pipeline reads files the same way.)"""
+    is_bytes = isinstance(source, bytes | bytearray)
+    name = "<bytes>" if is_bytes else os.fspath(source)
+    with soundfile.SoundFile(io.BytesIO(source) if is_bytes else source) as sound:
+        problem = audio_file_problem(sound, name)
+        try:
+            array = sound.read(dtype="float32", always_2d=False)
+        except soundfile.LibsndfileError as error:  # e.g. "flac decoder lost sync" at the cut
+            problem = problem or (
+                f"audio {name} is cut short or corrupt: decoding stopped with '{error}'. Re-encode or re-download the "
+                "file"
+            )
+        else:
+            problem = problem or decoded_length_problem(len(array), sound.frames, name)
+        if problem:
+            raise ValueError(f"{problem}. Nothing was transcribed from it.")
+        return to_mono_16k(array, sound.samplerate, target_rate)
 
 
 # A (samples, channels) array has at most this many channels; no real clip is this short (the minimum is 1360).

@@ -42,8 +42,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_mu2slam import (
     Mu2SlamConfig,
     Mu2SlamRetrievalConfig,
-    check_pretrained_location,
     check_processor_languages_beside,
+    pretrained_location,
 )
 from .ctc_decoding import (
     CTCPrefixLogitsProcessor,
@@ -51,6 +51,15 @@ from .ctc_decoding import (
     ctc_greedy_decode,
     ctc_prefix_beam_search,
     ctc_token_spans,
+)
+from .input_checks import (
+    TOKENIZER_FILES,
+    WEIGHT_FILES,
+    FiniteCheck,
+    check_finite,
+    check_finite_weights,
+    record_checksums,
+    verify_checksums,
 )
 from .ngram_lm import LM_FILE_NAME, CharNgramLanguageModel
 from .pipeline_mu2slam import register_asr_pipeline
@@ -751,7 +760,10 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, check_integrity: bool = True,
+        **kwargs,
+    ):  # fmt: skip
         """`PreTrainedModel.from_pretrained`, with clear errors for a folder that does not exist, corrupt weights,
         weights that do not fit the config (missing encoder/decoder weights, extra layers; new task heads are fine),
         and a tokenizer or processor saved beside the model that does not fit its vocabulary or languages.
@@ -759,18 +771,22 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
         Args:
             allow_missing_weights: load even when weights of the base model are missing or the checkpoint has layers
                 the config lacks (the missing ones stay randomly initialised).
+            check_integrity: compare the weights and tokenizer.json with the checksums saved beside them and refuse
+                NaN/inf weights (`mu2slam_hf.input_checks`); False (or `MU2SLAM_SKIP_INTEGRITY_CHECKS=1`) skips it.
         """
-        check_pretrained_location(pretrained_model_name_or_path)
+        verify_checksums(pretrained_model_name_or_path, WEIGHT_FILES + TOKENIZER_FILES, check_integrity)
         return_info = kwargs.pop("output_loading_info", False)
         try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-            )
+            with pretrained_location(pretrained_model_name_or_path):
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+                )
         except SafetensorError as error:
             raise ValueError(
                 f"The weights in {pretrained_model_name_or_path!s} are corrupt or truncated ({error}). Re-download "
                 "or re-save them; the training loop's previous checkpoint-<step> folder is left intact by design."
             ) from error
+        check_finite_weights(model, pretrained_model_name_or_path, check_integrity)
         if not allow_missing_weights:
             model.check_loaded_weights(info, pretrained_model_name_or_path)
         check_tokenizer_beside(model.config, pretrained_model_name_or_path)
@@ -815,6 +831,8 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
         retrieval = isinstance(self, Mu2SlamForRetrieval)
         self.config.auto_map = dict(RETRIEVAL_AUTO_MAP if retrieval else REMOTE_CODE_AUTO_MAP)
         output = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            record_checksums(save_directory, WEIGHT_FILES)
         language_model = getattr(self, "asr_language_model", None)
         if language_model is not None:
             language_model.save(os.path.join(save_directory, LM_FILE_NAME))
@@ -1084,6 +1102,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
             raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
         short_audio = check_speech_inputs(self.config, input_features, attention_mask) if has_speech else None
         check_ranges(
+            FiniteCheck("input_features", input_features),
             short_audio or RangeCheck("input lengths", None, 0),
             RangeCheck("input_ids", input_ids, self.config.vocab_size),
             language_check(self.config, src_lang_ids, "src_lang_ids", allow_unknown=True),
@@ -1954,6 +1973,7 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             `(B, U)` generated ids, starting with the decoder start token (or what `generate` returns with
             `return_dict_in_generate=True`).
         """
+        check_finite(input_features, "input_features")
         if input_features is not None and input_ids is not None:
             raise ValueError("Pass either `input_features` (speech) or `input_ids` (text) to `generate`, not both.")
         reference = input_features if input_features is not None else input_ids

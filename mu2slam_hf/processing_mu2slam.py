@@ -11,9 +11,10 @@ import torch
 from transformers import AutoProcessor, BatchFeature, ProcessorMixin
 from transformers.utils import cached_file, logging
 
-from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location
+from .configuration_mu2slam import Mu2SlamConfig, check_saved_files, pretrained_location
 from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
-from .speech_codebook import CODEBOOK_CONFIG_NAME, Mu2SlamSpeechCodebook
+from .input_checks import TOKENIZER_FILES, verify_checksums
+from .speech_codebook import CODEBOOK_CONFIG_NAME, CODEBOOK_WEIGHTS_NAME, Mu2SlamSpeechCodebook
 from .tokenization_mu2slam import Mu2SlamTokenizer
 from .vocabulary import (
     DEFAULT_LANGUAGES,
@@ -25,6 +26,10 @@ from .vocabulary import (
 )
 
 logger = logging.get_logger(__name__)
+
+# What `from_pretrained` reads: the feature extractor's settings and the text tokenizer (processor_config.json, with
+# the languages, and the speech codebook are read when present).
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json")
 
 
 class Mu2SlamProcessor(ProcessorMixin):
@@ -99,6 +104,7 @@ class Mu2SlamProcessor(ProcessorMixin):
         """
         if audio is None and text is None:
             raise ValueError("Nothing to process: pass `audio=` (speech) and/or `text=`.")
+        check_not_empty(audio=audio, text=text, text_target=text_target)
         if audio is not None and text is not None:
             raise ValueError(
                 "Pass either `audio` or `text` as the model input; a transcript or translation of the audio goes "
@@ -188,10 +194,20 @@ class Mu2SlamProcessor(ProcessorMixin):
         return files
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Mu2SlamProcessor:
-        """Load the processor, its speech codebook when saved, and check it against the model config beside it."""
-        check_pretrained_location(pretrained_model_name_or_path)
-        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, check_integrity: bool = True, **kwargs
+    ) -> Mu2SlamProcessor:
+        """Load the processor, its speech codebook when saved, and check it against the model config beside it.
+
+        ``check_integrity``: compare tokenizer.json and the speech codebook with the checksums saved beside them
+        (`mu2slam_hf.input_checks`); False (or ``MU2SLAM_SKIP_INTEGRITY_CHECKS=1``) skips it.
+        """
+        check_saved_files(pretrained_model_name_or_path, PROCESSOR_FILES, "processor")
+        verify_checksums(pretrained_model_name_or_path, (*TOKENIZER_FILES, CODEBOOK_WEIGHTS_NAME), check_integrity)
+        with pretrained_location(pretrained_model_name_or_path):
+            processor = super().from_pretrained(
+                pretrained_model_name_or_path, check_integrity=check_integrity, **kwargs
+            )
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         codebook_json = cached_file(
             pretrained_model_name_or_path,
@@ -211,6 +227,14 @@ class Mu2SlamProcessor(ProcessorMixin):
             if model_config.get("model_type") == "mu2slam":
                 processor.check_model_config(model_config)
         return processor
+
+
+def check_not_empty(**inputs: Any) -> None:
+    """Raise a ValueError naming an input that is an empty list (or array): there is nothing to encode, and the
+    tokenizers library would fail deep inside with an IndexError."""
+    for name, value in inputs.items():
+        if value is not None and not isinstance(value, str) and hasattr(value, "__len__") and len(value) == 0:
+            raise ValueError(f"`{name}` is empty: pass at least one {'clip' if name == 'audio' else 'text'}.")
 
 
 Mu2SlamProcessor.register_for_auto_class("AutoProcessor")

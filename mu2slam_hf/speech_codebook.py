@@ -41,6 +41,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .configuration_mu2slam import receptive_field, subsampled_lengths
+from .input_checks import record_checksums
 from .vocabulary import IGNORE_INDEX
 
 logger = logging.get_logger(__name__)
@@ -309,6 +310,7 @@ class Mu2SlamSpeechCodebook(nn.Module):
             tensors["projection"] = self.projection
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / CODEBOOK_WEIGHTS_NAME)
         (directory / CODEBOOK_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        record_checksums(directory, (CODEBOOK_WEIGHTS_NAME,))
         return [str(directory / CODEBOOK_WEIGHTS_NAME), str(directory / CODEBOOK_CONFIG_NAME)]
 
     @classmethod

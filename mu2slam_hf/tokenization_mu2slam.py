@@ -10,7 +10,9 @@ Both are trained with the Hugging Face ``tokenizers`` library and wrapped as :cl
 * characters never seen in training become ``<unk>`` (id 3); decoding with ``skip_special_tokens=True`` drops them;
 * encoding appends ``</s>`` (id 2) through the backend's ``TemplateProcessing`` post-processor, stored in
   ``tokenizer.json`` (transformers takes the post-processor from there, not from ``add_eos_token``): the decoder
-  targets end with eos. ``add_special_tokens=False`` leaves it out; no ``<s>`` is ever added.
+  targets end with eos. ``add_special_tokens=False`` leaves it out; no ``<s>`` is ever added;
+* special-token strings inside the text (``"close the </s> door"``) are encoded as the characters they are made of
+  (transformers' ``split_special_tokens=True``), never as control tokens.
 
 ``len(tokenizer)`` is the text vocabulary size, specials included: it is what ``Mu2SlamConfig.text_vocab_size``
 must equal. Training can give fewer ids than asked when the corpus is small (a character corpus with fewer distinct
@@ -20,7 +22,6 @@ characters, a Unigram corpus with too few pieces): the trainers log a warning an
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from .configuration_mu2slam import Mu2SlamConfig, check_pretrained_location
+from .configuration_mu2slam import Mu2SlamConfig, check_saved_files, pretrained_location
+from .input_checks import TOKENIZER_FILES, record_checksums, verify_checksums
 from .vocabulary import BOS_TOKEN, EOS_ID, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_ID, UNK_TOKEN
 
 logger = logging.get_logger(__name__)
@@ -46,6 +48,9 @@ class Mu2SlamTokenizer(PreTrainedTokenizerFast):
 
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "right"
+    # No __init__ of its own: transformers would then rebuild the backend from scratch at load (losing `<unk>`).
+    # `from_backend` and `from_pretrained` set `split_special_tokens=True`: user text is encoded as text ("close the
+    # </s> door" does not end at "</s>"); the special tokens the package adds go in by id (the post-processor's eos).
 
     @classmethod
     def from_backend(cls, backend: Tokenizer) -> Mu2SlamTokenizer:
@@ -60,21 +65,27 @@ class Mu2SlamTokenizer(PreTrainedTokenizerFast):
             eos_token=EOS_TOKEN,
             unk_token=UNK_TOKEN,
             mask_token=MASK_TOKEN,
+            split_special_tokens=True,
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> Mu2SlamTokenizer:
-        """`PreTrainedTokenizerFast.from_pretrained`, with clear errors for a missing folder and for a local folder
-        without ``tokenizer.json`` (a model saved without its processor)."""
-        check_pretrained_location(pretrained_model_name_or_path)
-        folder = os.fspath(pretrained_model_name_or_path)
-        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-            raise FileNotFoundError(
-                f"{folder} has no tokenizer.json: it holds a model saved without its processor. Save the processor "
-                f"there too (`processor.save_pretrained({folder!r})`), or load the processor from the run folder or "
-                "checkpoint the model came from."
-            )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, check_integrity: bool = True, **kwargs
+    ) -> Mu2SlamTokenizer:
+        """`PreTrainedTokenizerFast.from_pretrained`, with clear errors for a missing folder, a local folder without
+        ``tokenizer.json`` (a model saved without its processor) and a tokenizer.json changed since it was saved
+        (``check_integrity=False`` skips that check, see `mu2slam_hf.input_checks`)."""
+        check_saved_files(pretrained_model_name_or_path, TOKENIZER_FILES, "tokenizer")
+        verify_checksums(pretrained_model_name_or_path, TOKENIZER_FILES, check_integrity)
+        kwargs.setdefault("split_special_tokens", True)
+        with pretrained_location(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> tuple[str, ...]:
+        """`PreTrainedTokenizerFast.save_pretrained`, recording the sha256 of tokenizer.json in checksums.json."""
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        record_checksums(save_directory, TOKENIZER_FILES)
+        return files
 
     def unknown_spans(self, texts: list[str]) -> list[list[str]]:
         """For each text, the pieces of it that this tokenizer writes as ``<unk>`` (characters it never saw)."""

@@ -6,6 +6,7 @@ One tiny corpus of tones (en/fr, train + dev) and one 3-step run of the tiny pre
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PRESETS, REPO_ROOT
+import soundfile as sf
+import torch
+from conftest import PRESETS, REPO_ROOT, make_model, random_batch
 
 from mu2slam_hf import (
     Mu2SlamConfig,
@@ -295,7 +298,38 @@ BAD_DATA = {
                                   ["train.jsonl:1", "no audio"]),
     "bad dev line": (lambda c: set_field(c / "dev.jsonl", 2, source_lang="zz"),
                      ["dev.jsonl:2", "source_lang='zz'"]),
+    "NaN audio": (lambda c: point_to(c, 3, "nan.wav", tone_with_nan()),
+                  ["train.jsonl:3", "train-asr-en-0", "nan.wav", "NaN or inf sample"]),
+    "audio cut short": (lambda c: point_to(c, 3, "cut.wav", cut_in_half(wav_bytes(tone()))),
+                        ["train.jsonl:3", "cut.wav", "is cut short", "chunk holds"]),
 }  # fmt: skip
+
+
+def tone(seconds: float = 1.0) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(SR * seconds)) / SR)).astype(np.float32)
+
+
+def tone_with_nan() -> bytes:
+    wave = tone()
+    wave[100:110] = np.nan
+    return wav_bytes(wave, subtype="FLOAT")
+
+
+def wav_bytes(wave: np.ndarray, subtype: str = "PCM_16", format: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, SR, format=format, subtype=subtype)
+    return buffer.getvalue()
+
+
+def cut_in_half(data: bytes) -> bytes:
+    """The first half of an encoded file: its header intact, half its samples gone."""
+    return data[: len(data) // 2]
+
+
+def point_to(corpus: Path, line: int, name: str, data: bytes) -> None:
+    """Write ``data`` as audio/<name> and point the row on ``line`` of train.jsonl at it."""
+    (corpus / "audio" / name).write_bytes(data)
+    set_field(corpus / "train.jsonl", line, audio={"path": f"audio/{name}"})
 
 
 @pytest.mark.parametrize("fault", sorted(BAD_DATA))
@@ -435,10 +469,11 @@ def test_classifier_dropout_is_a_config_field(tiny_config):
     ],
     ids=["model", "processor", "config", "tokenizer"],
 )
-def test_a_folder_that_does_not_exist_says_so(load):
+@pytest.mark.parametrize("path", ["runs/no-such-run/ft1", "no-such-run/ft1", "no-such-run"])
+def test_a_folder_that_does_not_exist_says_so(load, path):
     with pytest.raises(FileNotFoundError) as excinfo:
-        load("runs/no-such-run/ft1")
-    assert_clear(excinfo, "No such folder: runs/no-such-run/ft1", "output_dir")
+        load(path)  # the last two could be Hub ids: the Hub's reason follows the local one
+    assert_clear(excinfo, f"No such folder: {path} (relative to {os.getcwd()})", "output_dir")
 
 
 @pytest.mark.parametrize("layers", [1, 3], ids=["fewer layers than the weights", "more layers than the weights"])
@@ -563,3 +598,159 @@ def test_training_reports_dev_text_the_tokenizer_never_saw(trained):
     _, warnings = trained
     report = next(message for message in warnings if "cannot write" in message)
     assert "\n  en: " in report and "'ü'" in report and "Zürich" in report  # the dev subset holds en only
+
+
+# -------------------------------------------------------------------------- tensors, files and text from outside
+
+
+def test_non_finite_features_are_refused_by_generate_and_forward(tiny_config):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    lang = torch.zeros(2, dtype=torch.long)
+    for bad in (float("nan"), float("inf")):
+        broken = features.clone()
+        broken[1, 5, 3] = bad
+        with pytest.raises(ValueError) as excinfo:
+            model.generate(input_features=broken, attention_mask=mask, src_lang_ids=lang, max_new_tokens=3)
+        assert_clear(excinfo, "`input_features` holds 1 NaN or inf value(s)", "Check the audio")
+        with pytest.raises(ValueError) as excinfo:
+            model(input_features=broken, attention_mask=mask, src_lang_ids=lang, labels=torch.ones(2, 3).long())
+        assert_clear(excinfo, "`input_features` holds 1 NaN or inf value(s)")
+
+
+@pytest.mark.parametrize("format", ["WAV", "FLAC", "MP3"])
+def test_audio_cut_short_is_refused(format, trained, tmp_path):
+    from transformers import pipeline
+
+    from mu2slam_hf.data import read_audio
+
+    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "MP3": "MPEG_LAYER_III"}[format]
+    path = tmp_path / f"cut.{format.lower()}"
+    path.write_bytes(cut_in_half(wav_bytes(tone(3.0), subtype, format)))
+    with pytest.raises(ValueError) as excinfo:
+        read_audio(path)
+    assert_clear(excinfo, str(path), "is cut short", "Re-encode or re-download")
+    asr = pipeline("automatic-speech-recognition", model=str(trained[0]))
+    with pytest.raises(ValueError, match="is cut short"):
+        asr(str(path), generate_kwargs={"src_lang": "en"})
+    whole = tmp_path / f"whole.{format.lower()}"
+    whole.write_bytes(wav_bytes(tone(3.0), subtype, format))
+    assert abs(len(read_audio(whole)) - 3 * SR) < 0.01 * 3 * SR  # the whole file still reads
+
+
+def overwrite_middle(path: Path, seed: int = 0) -> None:
+    """Random bytes over the middle third of a file: same size, header intact."""
+    data = bytearray(path.read_bytes())
+    start, end = len(data) // 3, 2 * len(data) // 3
+    data[start:end] = np.random.default_rng(seed).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_weights_with_random_bytes_inside_are_refused(run_copy, monkeypatch):
+    overwrite_middle(run_copy / "model.safetensors")
+    before = snapshot(run_copy)
+    with pytest.raises(ValueError) as excinfo:
+        Mu2SlamForConditionalGeneration.from_pretrained(run_copy)
+    assert_clear(excinfo, "model.safetensors", "corrupt or truncated", "checksums.json", "check_integrity=False")
+    assert snapshot(run_copy) == before
+    (run_copy / "checksums.json").unlink()  # a folder saved without checksums: the NaN/inf weights are refused
+    with pytest.raises(ValueError) as excinfo:
+        Mu2SlamForConditionalGeneration.from_pretrained(run_copy)
+    assert_clear(excinfo, str(run_copy / "model.safetensors"), "hold NaN or inf", "check_integrity=False")
+    Mu2SlamForConditionalGeneration.from_pretrained(run_copy, check_integrity=False)  # skipped on request
+    monkeypatch.setenv("MU2SLAM_SKIP_INTEGRITY_CHECKS", "1")
+    Mu2SlamForConditionalGeneration.from_pretrained(run_copy)
+
+
+def test_checksums_follow_each_save(trained, tmp_path):
+    checksums = json.loads((trained[0] / "checksums.json").read_text())["sha256"]
+    assert set(checksums) == {"model.safetensors", "tokenizer.json", "speech_codebook.safetensors"}
+    model = Mu2SlamForConditionalGeneration.from_pretrained(trained[0])
+    model.save_pretrained(tmp_path, max_shard_size="100KB")  # shards replace the single file's entry
+    Mu2SlamProcessor.from_pretrained(trained[0]).save_pretrained(tmp_path)
+    recorded = set(json.loads((tmp_path / "checksums.json").read_text())["sha256"])
+    assert "model.safetensors" not in recorded and "model.safetensors.index.json" in recorded
+    assert {"tokenizer.json", "speech_codebook.safetensors"} <= recorded
+    Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_an_edited_tokenizer_json_is_refused(run_copy):
+    tokenizer_file = run_copy / "tokenizer.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first, second = sorted(token for token, i in vocab.items() if i >= 5)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]  # same size: the vocabulary check cannot see it
+    tokenizer_file.write_text(json.dumps(tokenizer))
+    for load in (Mu2SlamForConditionalGeneration.from_pretrained, Mu2SlamProcessor.from_pretrained,
+                 Mu2SlamTokenizer.from_pretrained):  # fmt: skip
+        with pytest.raises(ValueError) as excinfo:
+            load(run_copy)
+        assert_clear(excinfo, "tokenizer.json", "changed after it was saved", "no longer matches the model")
+    Mu2SlamProcessor.from_pretrained(run_copy, check_integrity=False)
+
+
+@pytest.mark.parametrize("key, closest", [("num_mel_bin", "num_mel_bins"), ("languagess", "languages")])
+def test_misspelt_config_keys_are_refused(run_copy, key, closest):
+    with pytest.raises(ValueError) as excinfo:
+        Mu2SlamConfig(**{key: 80 if key == "num_mel_bin" else ["en"]})
+    assert_clear(excinfo, f"{key!r} is not a Mu2SlamConfig field", f"did you mean {closest!r}")
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, key: config[closest]}))
+    with pytest.raises(ValueError) as excinfo:
+        Mu2SlamForConditionalGeneration.from_pretrained(run_copy)
+    assert_clear(excinfo, f"{key!r} is not a Mu2SlamConfig field", f"did you mean {closest!r}")
+
+
+@pytest.mark.parametrize("preset", sorted(path.name for path in PRESETS.iterdir()))
+def test_presets_and_transformers_keys_still_load(preset, tmp_path):
+    from mu2slam_hf import Mu2SlamRetrievalConfig
+
+    config = Mu2SlamConfig.from_pretrained(PRESETS / preset)
+    config.save_pretrained(tmp_path)
+    assert Mu2SlamConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    Mu2SlamRetrievalConfig.from_pretrained(tmp_path).save_pretrained(tmp_path / "retrieval")
+    Mu2SlamRetrievalConfig.from_pretrained(tmp_path / "retrieval")
+    standard = {"num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}, "output_hidden_states": True, "dtype": "float32",
+                "problem_type": "single_label_classification", "max_length": 20, "torch_dtype": "float32",
+                "_name_or_path": "x", "architectures": ["Mu2SlamForConditionalGeneration"], "vocab_size": None}  # fmt: skip
+    standard["vocab_size"] = config.vocab_size
+    loaded = Mu2SlamConfig.from_dict({**config.to_dict(), **standard}, attn_implementation="eager")
+    assert loaded.num_labels == 3 and loaded.output_hidden_states
+
+
+def test_special_token_strings_in_user_text_are_text(trained, tmp_path):
+    from mu2slam_hf import train_char_tokenizer
+
+    text = "close the </s> door [MASK] <pad>"
+    tokenizer = train_char_tokenizer([text], vocab_size=64)
+    tokenizer.save_pretrained(tmp_path)
+    for loaded in (tokenizer, Mu2SlamTokenizer.from_pretrained(tmp_path)):
+        ids = loaded(text)["input_ids"]
+        assert ids.count(loaded.eos_token_id) == 1 and ids[-1] == loaded.eos_token_id  # only the one it appends
+        assert loaded.decode(ids, skip_special_tokens=True) == text
+    processor = Mu2SlamProcessor.from_pretrained(trained[0])
+    batch = processor(text=["un </s> deux"], src_lang="fr", text_target=["one <pad> two"], tgt_lang="en")
+    eos = processor.tokenizer.eos_token_id
+    for ids in (batch["input_ids"][0], batch["labels"][0]):
+        assert (ids == eos).sum() == 1 and ids[-1] == eos and not (ids == processor.tokenizer.pad_token_id).any()
+
+
+@pytest.mark.parametrize("name", ["text", "text_target", "audio"])
+def test_empty_processor_inputs_are_a_clear_error(trained, name):
+    processor = Mu2SlamProcessor.from_pretrained(trained[0])
+    inputs = {"text": ["un deux"], name: []} if name == "text_target" else {name: []}
+    with pytest.raises(ValueError) as excinfo:
+        processor(**inputs, src_lang="fr")
+    assert_clear(excinfo, f"`{name}` is empty")
+
+
+def test_a_model_folder_without_processor_files_names_them(trained, tmp_path):
+    from transformers import AutoProcessor
+
+    Mu2SlamForConditionalGeneration.from_pretrained(trained[0]).save_pretrained(tmp_path)
+    for load in (Mu2SlamProcessor.from_pretrained, AutoProcessor.from_pretrained):
+        with pytest.raises(FileNotFoundError) as excinfo:
+            load(tmp_path)
+        assert_clear(
+            excinfo, f"{tmp_path} has no preprocessor_config.json and no tokenizer.json", "processor.save_pretrained"
+        )

@@ -3,7 +3,9 @@
 A manifest line is checked for what would otherwise stop a run later (at the step that first draws it): that it is a
 JSON object of a known task (`manifest.iter_manifest_lines`), that it fits the schema with languages the model knows
 (`schema.check_example`), and that its audio file exists, has a readable header and is long enough for the model.
-Only the header is read (`soundfile.info`), so checking a corpus costs a fraction of decoding it.
+Only the header is read (and the samples of float files, the only ones that can hold NaN/inf), so checking a corpus
+costs a fraction of decoding it. A file cut short is found when its header promises more bytes than the file holds
+(WAV, AIFF, W64, RF64); a cut FLAC or MP3 shows only when decoded (`read_audio` refuses it then).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import soundfile as sf
 
+from ..input_checks import audio_file_problem, non_finite_samples_problem
 from .manifest import ManifestError, iter_manifest_lines, manifest_path
 from .schema import DataError, check_example
 
@@ -123,20 +126,25 @@ def _row_problem(
 
 
 def _audio_problem(source: str | io.BytesIO, min_audio_seconds: float, name: str | None = None) -> str | None:
-    """Whether an audio file's header reads and its clip is long enough (the samples are not decoded)."""
+    """Whether an audio file's header reads, promises no more data than the file holds, and its clip is long enough
+    (the samples are decoded only in float files, which alone can hold NaN/inf)."""
     path = name or source
     try:
-        info = sf.info(source)
+        with sf.SoundFile(source) as sound:
+            return _sound_problem(sound, str(path), min_audio_seconds)
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         return f"unreadable audio {path} ({type(error).__name__}: {error})"
-    if info.frames == 0:
+
+
+def _sound_problem(sound: sf.SoundFile, path: str, min_audio_seconds: float) -> str | None:
+    if sound.frames == 0:
         return f"empty audio {path}"
-    if info.frames / info.samplerate < min_audio_seconds:
+    if sound.frames / sound.samplerate < min_audio_seconds:
         return (
-            f"audio {path} lasts {1000 * info.frames / info.samplerate:.0f} ms, shorter than the model's "
+            f"audio {path} lasts {1000 * sound.frames / sound.samplerate:.0f} ms, shorter than the model's "
             f"{1000 * min_audio_seconds:.0f} ms minimum"
         )
-    return None
+    return audio_file_problem(sound, path) or non_finite_samples_problem(sound, path)
 
 
 __all__ = ["MIN_AUDIO_SECONDS", "CorpusError", "check_corpus", "row_problems"]

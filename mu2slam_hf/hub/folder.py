@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..input_checks import CHECKSUMS_NAME
 from ..ngram_lm import LM_FILE_NAME
 from .errors import PublishError
 
@@ -29,6 +30,7 @@ UPLOAD_FILES = (
     "speech_codebook.json",
     "speech_codebook.safetensors",
     LM_FILE_NAME,  # the CTC head's n-gram language model, when the model has one
+    CHECKSUMS_NAME,  # the sha256 of weights, tokenizer and codebook, verified when the folder is loaded
 )
 RETRIEVAL_MODEL_TYPE = "mu2slam_retrieval"
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")

@@ -27,7 +27,7 @@ RUN_FILE_PATTERNS = (
     "train_log.jsonl", "dev_results.json", "logs", "checkpoint-*", f"{TMP_PREFIX}*", f"{TRASH_PREFIX}*",
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "speech_codebook.json", "eval_*.json", "eval_*.md",
+    "special_tokens_map.json", "speech_codebook.json", "checksums.json", "eval_*.json", "eval_*.md",
 )  # fmt: skip
 
 
