@@ -78,7 +78,7 @@ def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RA
         else:
             problem = problem or decoded_length_problem(len(array), sound.frames, name)
         if problem:
-            raise ValueError(f"{problem}. Nothing was transcribed from it.")
+            raise ValueError(f"{problem}.")
         return to_mono_16k(array, sound.samplerate, target_rate)
 
 
