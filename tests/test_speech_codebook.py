@@ -151,7 +151,8 @@ def test_save_load_round_trip(tmp_path, corpus, builder):
         vectors = torch.randn(300, 24)
         codebook, inputs = fit_kmeans(vectors, 16, num_iters=3), (vectors.view(3, 100, 24), None)
     codebook.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CODEBOOK_CONFIG_NAME, CODEBOOK_WEIGHTS_NAME])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CODEBOOK_CONFIG_NAME, CODEBOOK_WEIGHTS_NAME,
+                                                                 "checksums.json"])  # fmt: skip
     saved = json.loads((tmp_path / CODEBOOK_CONFIG_NAME).read_text())
     assert saved["pad_value"] == CODE_PAD_VALUE and saved["codebook_size"] == codebook.codebook_size
     loaded = Mu2SlamSpeechCodebook.from_pretrained(tmp_path)
