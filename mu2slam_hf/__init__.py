@@ -17,13 +17,18 @@ from .feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from .modeling_mu2slam import (
     Mu2SlamEncoderOutput,
     Mu2SlamForConditionalGeneration,
-    Mu2SlamForRetrieval,
     Mu2SlamForSequenceClassification,
     Mu2SlamModel,
     Mu2SlamPreTrainedModel,
     Mu2SlamSeq2SeqLMOutput,
 )
-from .pipeline_mu2slam import Mu2SlamSpeechRecognitionPipeline, ctc_word_timestamps, transcribe
+from .modeling_retrieval import Mu2SlamForRetrieval
+from .pipeline_mu2slam import (
+    Mu2SlamSpeechRecognitionPipeline,
+    ctc_word_timestamps,
+    register_asr_pipeline,
+    transcribe,
+)
 from .processing_mu2slam import Mu2SlamProcessor
 from .speech_codebook import CODE_PAD_VALUE, CodebookUsage, Mu2SlamSpeechCodebook, build_best_rq, fit_kmeans
 from .tokenization_mu2slam import Mu2SlamTokenizer, train_char_tokenizer, train_unigram_tokenizer
@@ -36,6 +41,7 @@ AutoModel.register(Mu2SlamRetrievalConfig, Mu2SlamForRetrieval, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(Mu2SlamConfig, Mu2SlamForConditionalGeneration, exist_ok=True)
 AutoModelForSeq2SeqLM.register(Mu2SlamConfig, Mu2SlamForConditionalGeneration, exist_ok=True)
 AutoModelForSequenceClassification.register(Mu2SlamConfig, Mu2SlamForSequenceClassification, exist_ok=True)
+register_asr_pipeline()
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,6 +1,9 @@
 """Checks of what enters the package from outside, each failing with an error that names the problem and its fix.
 
-- Tensors: `input_features` must be finite (`check_finite`, `FiniteCheck`), or the model returns empty text.
+- Tensors: `input_features` must be finite (`check_finite`, `FiniteCheck`), or the model returns empty text. Every
+  forward and `generate` check ids, languages and audio lengths (`RangeCheck`, `check_speech_inputs`) and gather the
+  value checks in `check_ranges`: reading their results costs one device-to-host sync, so inputs are checked where
+  they enter a forward, never per layer or per decoding step.
 - Saved folders: each writer records the sha256 of the files it wrote in ``checksums.json`` (`record_checksums`),
   and loading compares them (`verify_checksums`): random bytes inside a safetensors file or an edited tokenizer.json
   keep the file's size and header, so nothing else would notice. Weights must also be finite (`check_finite_weights`).
@@ -19,9 +22,17 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
+from transformers.utils.generic import TransformersKwargs
+
+from .vocabulary import IGNORE_INDEX, UNKNOWN_LANGUAGE_ID
+
+if TYPE_CHECKING:
+    from .configuration_mu2slam import Mu2SlamConfig
 
 CHECKSUMS_NAME = "checksums.json"
 SKIP_ENV = "MU2SLAM_SKIP_INTEGRITY_CHECKS"
@@ -71,7 +82,129 @@ class FiniteCheck:
         )
 
 
-# ----------------------------------------------------------------------------------------- saved folders
+# --------------------------------------------------------------------------------------------- forward inputs
+
+
+def resolve_language_ids(
+    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, batch: int, device: torch.device, role: str
+) -> torch.Tensor:
+    """(B,) language ids, defaulting to the only language of a one-language model (not range-checked here:
+    `language_check` does that once per forward, together with the other checks)."""
+    if lang_ids is None:
+        if config.num_languages == 1:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        raise ValueError(
+            f"`{role}` is required: this model knows {config.num_languages} languages ({', '.join(config.languages)}). "
+            "Pass a (batch,) tensor of language ids (`config.language_id(code)`), or `src_lang=`/`tgt_lang=` codes "
+            "to `generate`."
+        )
+    return torch.as_tensor(lang_ids, device=device).long().reshape(-1).expand(batch)
+
+
+@dataclass
+class RangeCheck:
+    """Values that must lie in [low, high) (or be -100 where `allow_ignore`), and the error naming them.
+
+    `kind` picks the message: "token" ids, "language" ids, or "frames" (utterance lengths in log-mel frames).
+    """
+
+    name: str
+    ids: torch.Tensor | None
+    high: int
+    allow_ignore: bool = False
+    kind: str = "token"
+    low: int = 0
+
+    def invalid(self) -> torch.Tensor:
+        valid = (self.ids >= self.low) & (self.ids < self.high)
+        if self.allow_ignore:
+            valid |= self.ids == IGNORE_INDEX
+        return ~valid
+
+    def error(self) -> ValueError:
+        bad = self.ids[self.invalid()].unique()[:8].tolist()
+        if self.kind == "frames":
+            return ValueError(
+                f"Audio too short: an utterance has {min(bad)} log-mel frames, fewer than the {self.low} the speech "
+                f"front end needs (about {(self.low - 1) * 10 + 25} ms at a 10 ms hop). Drop or pad such clips "
+                "before batching."
+            )
+        if self.kind == "language":
+            unknown = f" or {UNKNOWN_LANGUAGE_ID} (language unknown)" if self.low < 0 else ""
+            return ValueError(
+                f"`{self.name}` holds ids outside [0, {self.high}){unknown}: {bad}. "
+                "Map language codes with `config.language_id(code)`."
+            )
+        return ValueError(
+            f"`{self.name}` holds ids outside the model's vocabulary [0, {self.high}): {bad}. Was it made by a "
+            "tokenizer for another model? The tokenizer's vocabulary must match `config.text_vocab_size`."
+        )
+
+
+def check_ranges(*checks: RangeCheck) -> None:
+    """Raise the first failing check's ValueError. All checks cost one device-to-host sync together, which is
+    why inputs are checked where they enter a forward, never per layer or per decoding step."""
+    present = [check for check in checks if check.ids is not None and check.ids.numel()]
+    if not present:
+        return
+    failed = torch.stack([check.invalid().any() for check in present]).tolist()
+    for check, is_bad in zip(present, failed, strict=True):
+        if is_bad:
+            raise check.error()
+
+
+# What every forward takes besides its named arguments: transformers' shared keyword arguments (output_attentions,
+# output_hidden_states, num_items_in_batch, the attention kernels' arguments), passed down to the attention
+# functions as transformers' own models do. Any other key is a TypeError: a misspelt `label=` would otherwise
+# train without a loss, silently.
+FORWARD_KWARGS = frozenset(TransformersKwargs.__annotations__)
+
+
+def check_forward_kwargs(module: nn.Module, kwargs: dict) -> None:
+    """Raise a TypeError naming the keyword arguments `module.forward` does not take."""
+    unknown = sorted(set(kwargs) - FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{type(module).__name__}.forward() got unexpected keyword argument(s) {unknown}. It takes its named "
+            f"arguments and transformers' shared ones ({', '.join(sorted(FORWARD_KWARGS))})."
+        )
+
+
+def language_check(
+    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str, allow_unknown: bool = False
+) -> RangeCheck:
+    """Language ids in [0, num_languages); the encoder also takes `UNKNOWN_LANGUAGE_ID` (no language embedding)."""
+    low = UNKNOWN_LANGUAGE_ID if allow_unknown else 0
+    return RangeCheck(role, lang_ids, config.num_languages, kind="language", low=low)
+
+
+def check_speech_inputs(
+    config: Mu2SlamConfig, input_features: torch.Tensor, attention_mask: torch.Tensor | None
+) -> RangeCheck:
+    """Clear errors for features of the wrong shape and mismatched masks; returns the check of audio too short for
+    the front end, to run with the forward's other value checks (one host sync)."""
+    if input_features.ndim != 3 or input_features.shape[-1] != config.num_mel_bins:
+        hint = ""
+        if input_features.ndim == 3 and input_features.shape[1] == config.num_mel_bins:
+            hint = " It looks transposed (batch, mel, frames): use `input_features.transpose(1, 2)`."
+        raise ValueError(
+            f"`input_features` must have shape (batch, frames, {config.num_mel_bins}) log-mel features, got "
+            f"{tuple(input_features.shape)}.{hint} Use the model's Mu2SlamFeatureExtractor."
+        )
+    lengths = (
+        attention_mask.long().sum(-1)
+        if attention_mask is not None
+        else torch.full(input_features.shape[:1], input_features.shape[1], device=input_features.device)
+    )
+    if attention_mask is not None and attention_mask.shape != input_features.shape[:2]:
+        raise ValueError(
+            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_features` has "
+            f"{tuple(input_features.shape[:2])} (batch, frames)."
+        )
+    return RangeCheck("input lengths", lengths, 2**62, kind="frames", low=config.min_input_frames)
+
+
+# ------------------------------------------------------------------------------------------------ saved folders
 
 
 def integrity_checks_enabled(check_integrity: bool = True) -> bool:

@@ -20,11 +20,10 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -33,55 +32,44 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.auto import modeling_auto
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-from transformers.utils import cached_file, logging
+from transformers.utils import logging
 from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_mu2slam import (
     Mu2SlamConfig,
-    Mu2SlamRetrievalConfig,
     check_processor_languages_beside,
     pretrained_location,
 )
-from .ctc_decoding import (
-    CTCPrefixLogitsProcessor,
-    ctc_forced_align,
-    ctc_greedy_decode,
-    ctc_prefix_beam_search,
-    ctc_token_spans,
-)
+from .generation_mu2slam import Mu2SlamEncoderDecoderCache, Mu2SlamGenerationMixin
 from .input_checks import (
     TOKENIZER_FILES,
     WEIGHT_FILES,
     FiniteCheck,
-    check_finite,
+    RangeCheck,
     check_finite_weights,
+    check_forward_kwargs,
+    check_ranges,
+    check_speech_inputs,
+    language_check,
     record_checksums,
+    resolve_language_ids,
     verify_checksums,
 )
 from .ngram_lm import LM_FILE_NAME, CharNgramLanguageModel
 from .pipeline_mu2slam import register_asr_pipeline
 from .vocabulary import (
-    BOS_ID,
-    EOS_ID,
     IGNORE_INDEX,
-    MASK_ID,
     NUM_SPECIAL_TOKENS,
-    PAD_ID,
     SPEECH_MODALITY,
     TEXT_MODALITY,
     UNKNOWN_LANGUAGE_ID,
     check_vocabulary_matches,
-    language_indices,
 )
 
 logger = logging.get_logger(__name__)
 
-# Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
-TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
-                      "example_weights", "speech_mlm_mask", "language_labels")  # fmt: skip
 
 # Every Auto class a saved folder answers to with trust_remote_code=True, wherever the package is not installed.
 # save_pretrained writes only the entry of the class it is called on, so a folder saved from the seq2seq model
@@ -93,17 +81,6 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForSeq2SeqLM": "modeling_mu2slam.Mu2SlamForConditionalGeneration",
     "AutoModelForSequenceClassification": "modeling_mu2slam.Mu2SlamForSequenceClassification",
 }
-# A retrieval folder (its own config type) answers AutoConfig and AutoModel only, as CLIP's folders do.
-RETRIEVAL_AUTO_MAP = {
-    "AutoConfig": "configuration_mu2slam.Mu2SlamRetrievalConfig",
-    "AutoModel": "modeling_mu2slam.Mu2SlamForRetrieval",
-}
-
-# The ASR pipeline treats a model as seq2seq only when its class name is in this mapping; any other model is run
-# as a CTC model (logits argmax), which ours is not.
-modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.setdefault("mu2slam", "Mu2SlamForConditionalGeneration")
-# Word timestamps and overlapping chunks come from our pipeline class (registered from remote code too).
-register_asr_pipeline()
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -179,16 +156,6 @@ class Mu2SlamSeq2SeqLMOutput(ModelOutput):
 
 
 # ------------------------------------------------------------------------------------- building blocks
-
-
-class Mu2SlamEncoderDecoderCache(EncoderDecoderCache):
-    """The decoder's cache. Beam search reorders only the self-attention keys and values: every beam of an utterance
-    holds the same cross-attention ones (computed from its encoder output, repeated per beam), and a beam is only ever
-    replaced by a beam of the same utterance, so reordering them copied (B * beams, heads, E, head_dim) tensors twice
-    per layer and step for nothing (45% of the beam search's decoding time at 5 beams on 10 s clips)."""
-
-    def reorder_cache(self, beam_idx: torch.LongTensor):
-        self.self_attention_cache.reorder_cache(beam_idx)
 
 
 def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -618,15 +585,6 @@ def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def _grown_classifier(old: nn.Linear, extra: int) -> nn.Linear:
-    """`old` with `extra` new output rows (new classes), started at the mean of the trained rows."""
-    grown = nn.Linear(old.in_features, old.out_features + extra)
-    with torch.no_grad():
-        grown.weight.copy_(_with_rows_after(old.weight, old.out_features, extra))
-        grown.bias.copy_(_with_rows_after(old.bias.unsqueeze(-1), old.out_features, extra).squeeze(-1))
-    return grown.to(old.weight.device, old.weight.dtype)
-
-
 class Mu2SlamLanguageIdHead(nn.Module):
     """Spoken language identification: a dense layer + tanh on every encoder state, then the statistics (mean and
     standard deviation) of those frames over the utterance (x-vector pooling), then one score per language.
@@ -758,6 +716,8 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+    # The `auto_map` that `save_pretrained` writes (the retrieval model answers to other Auto classes).
+    remote_code_auto_map = REMOTE_CODE_AUTO_MAP
 
     @classmethod
     def from_pretrained(
@@ -791,7 +751,7 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
             model.check_loaded_weights(info, pretrained_model_name_or_path)
         check_tokenizer_beside(model.config, pretrained_model_name_or_path)
         check_processor_languages_beside(model.config, pretrained_model_name_or_path)
-        if isinstance(model, Mu2SlamForConditionalGeneration):
+        if isinstance(model, Mu2SlamGenerationMixin):
             model.load_asr_language_model(pretrained_model_name_or_path, **kwargs)
         return (model, info) if return_info else model
 
@@ -828,8 +788,7 @@ class Mu2SlamPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config and the remote code, with a complete `auto_map`."""
-        retrieval = isinstance(self, Mu2SlamForRetrieval)
-        self.config.auto_map = dict(RETRIEVAL_AUTO_MAP if retrieval else REMOTE_CODE_AUTO_MAP)
+        self.config.auto_map = dict(self.remote_code_auto_map)
         output = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             record_checksums(save_directory, WEIGHT_FILES)
@@ -882,99 +841,6 @@ def check_tokenizer_beside(config: Mu2SlamConfig, folder) -> None:
     if os.path.isfile(tokenizer_file):
         text_vocab_size = Tokenizer.from_file(tokenizer_file).get_vocab_size(with_added_tokens=True)
         check_vocabulary_matches(config, text_vocab_size=text_vocab_size)
-
-
-def resolve_language_ids(
-    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, batch: int, device: torch.device, role: str
-) -> torch.Tensor:
-    """(B,) language ids, defaulting to the only language of a one-language model (not range-checked here:
-    `language_check` does that once per forward, together with the other checks)."""
-    if lang_ids is None:
-        if config.num_languages == 1:
-            return torch.zeros(batch, dtype=torch.long, device=device)
-        raise ValueError(
-            f"`{role}` is required: this model knows {config.num_languages} languages ({', '.join(config.languages)}). "
-            "Pass a (batch,) tensor of language ids (`config.language_id(code)`), or `src_lang=`/`tgt_lang=` codes "
-            "to `generate`."
-        )
-    return torch.as_tensor(lang_ids, device=device).long().reshape(-1).expand(batch)
-
-
-@dataclass
-class RangeCheck:
-    """Values that must lie in [low, high) (or be -100 where `allow_ignore`), and the error naming them.
-
-    `kind` picks the message: "token" ids, "language" ids, or "frames" (utterance lengths in log-mel frames).
-    """
-
-    name: str
-    ids: torch.Tensor | None
-    high: int
-    allow_ignore: bool = False
-    kind: str = "token"
-    low: int = 0
-
-    def invalid(self) -> torch.Tensor:
-        valid = (self.ids >= self.low) & (self.ids < self.high)
-        if self.allow_ignore:
-            valid |= self.ids == IGNORE_INDEX
-        return ~valid
-
-    def error(self) -> ValueError:
-        bad = self.ids[self.invalid()].unique()[:8].tolist()
-        if self.kind == "frames":
-            return ValueError(
-                f"Audio too short: an utterance has {min(bad)} log-mel frames, fewer than the {self.low} the speech "
-                f"front end needs (about {(self.low - 1) * 10 + 25} ms at a 10 ms hop). Drop or pad such clips "
-                "before batching."
-            )
-        if self.kind == "language":
-            unknown = f" or {UNKNOWN_LANGUAGE_ID} (language unknown)" if self.low < 0 else ""
-            return ValueError(
-                f"`{self.name}` holds ids outside [0, {self.high}){unknown}: {bad}. "
-                "Map language codes with `config.language_id(code)`."
-            )
-        return ValueError(
-            f"`{self.name}` holds ids outside the model's vocabulary [0, {self.high}): {bad}. Was it made by a "
-            "tokenizer for another model? The tokenizer's vocabulary must match `config.text_vocab_size`."
-        )
-
-
-def check_ranges(*checks: RangeCheck) -> None:
-    """Raise the first failing check's ValueError. All checks cost one device-to-host sync together, which is
-    why inputs are checked where they enter a forward, never per layer or per decoding step."""
-    present = [check for check in checks if check.ids is not None and check.ids.numel()]
-    if not present:
-        return
-    failed = torch.stack([check.invalid().any() for check in present]).tolist()
-    for check, is_bad in zip(present, failed, strict=True):
-        if is_bad:
-            raise check.error()
-
-
-# What every forward takes besides its named arguments: transformers' shared keyword arguments (output_attentions,
-# output_hidden_states, num_items_in_batch, the attention kernels' arguments), passed down to the attention
-# functions as transformers' own models do. Any other key is a TypeError: a misspelt `label=` would otherwise
-# train without a loss, silently.
-FORWARD_KWARGS = frozenset(TransformersKwargs.__annotations__)
-
-
-def check_forward_kwargs(module: nn.Module, kwargs: dict) -> None:
-    """Raise a TypeError naming the keyword arguments `module.forward` does not take."""
-    unknown = sorted(set(kwargs) - FORWARD_KWARGS)
-    if unknown:
-        raise TypeError(
-            f"{type(module).__name__}.forward() got unexpected keyword argument(s) {unknown}. It takes its named "
-            f"arguments and transformers' shared ones ({', '.join(sorted(FORWARD_KWARGS))})."
-        )
-
-
-def language_check(
-    config: Mu2SlamConfig, lang_ids: torch.Tensor | None, role: str, allow_unknown: bool = False
-) -> RangeCheck:
-    """Language ids in [0, num_languages); the encoder also takes `UNKNOWN_LANGUAGE_ID` (no language embedding)."""
-    low = UNKNOWN_LANGUAGE_ID if allow_unknown else 0
-    return RangeCheck(role, lang_ids, config.num_languages, kind="language", low=low)
 
 
 class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
@@ -1206,32 +1072,6 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         return Mu2SlamEncoderOutput(last_hidden_state=hidden_states, attention_mask=padding_mask, speech_length=width)
 
 
-def check_speech_inputs(
-    config: Mu2SlamConfig, input_features: torch.Tensor, attention_mask: torch.Tensor | None
-) -> RangeCheck:
-    """Clear errors for features of the wrong shape and mismatched masks; returns the check of audio too short for
-    the front end, to run with the forward's other value checks (one host sync)."""
-    if input_features.ndim != 3 or input_features.shape[-1] != config.num_mel_bins:
-        hint = ""
-        if input_features.ndim == 3 and input_features.shape[1] == config.num_mel_bins:
-            hint = " It looks transposed (batch, mel, frames): use `input_features.transpose(1, 2)`."
-        raise ValueError(
-            f"`input_features` must have shape (batch, frames, {config.num_mel_bins}) log-mel features, got "
-            f"{tuple(input_features.shape)}.{hint} Use the model's Mu2SlamFeatureExtractor."
-        )
-    lengths = (
-        attention_mask.long().sum(-1)
-        if attention_mask is not None
-        else torch.full(input_features.shape[:1], input_features.shape[1], device=input_features.device)
-    )
-    if attention_mask is not None and attention_mask.shape != input_features.shape[:2]:
-        raise ValueError(
-            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_features` has "
-            f"{tuple(input_features.shape[:2])} (batch, frames)."
-        )
-    return RangeCheck("input lengths", lengths, 2**62, kind="frames", low=config.min_input_frames)
-
-
 class Mu2SlamDecoder(Mu2SlamPreTrainedModel):
     """Transformer decoder over the unified vocabulary; each position gets position, language and modality.
 
@@ -1433,19 +1273,6 @@ class Mu2SlamModel(Mu2SlamPreTrainedModel):
         )
 
 
-class Mu2SlamModalityLogitsProcessor(LogitsProcessor):
-    """Keeps generation inside one modality: text tokens (+ eos) or speech codes (+ eos), never the other."""
-
-    def __init__(self, allowed_ids: range, vocab_size: int, eos_token_id: int = EOS_ID):
-        self.allowed = torch.zeros(vocab_size, dtype=torch.bool)
-        self.allowed[allowed_ids.start : allowed_ids.stop] = True
-        self.allowed[eos_token_id] = True
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        allowed = self.allowed.to(scores.device)[: scores.shape[-1]]
-        return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-
-
 def masked_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, example_weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1462,13 +1289,7 @@ def masked_cross_entropy(
     return losses.sum() / counted.sum().clamp(min=1.0), row_sums, counted.sum(-1)
 
 
-def _with_rows_after(rows: torch.Tensor, index: int, count: int) -> torch.Tensor:
-    """`rows` (N, ...) with `count` rows inserted at `index`, each the mean of `rows[:index]`."""
-    mean = rows[:index].mean(0, keepdim=True).expand(count, *rows.shape[1:])
-    return torch.cat([rows[:index], mean, rows[index:]])
-
-
-class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
+class Mu2SlamForConditionalGeneration(Mu2SlamGenerationMixin, Mu2SlamPreTrainedModel):
     """Mu2SLAM with the decoder LM head, the encoder MLM head, the encoder CTC head and, when the config asks for it,
     a spoken-language-identification head.
 
@@ -1555,24 +1376,86 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             `return_dict=False` (default `config.return_dict`).
         """
         check_forward_kwargs(self, kwargs)
+        self._check_labels(labels, mlm_labels, ctc_labels, language_labels)
+        if language_labels is not None and labels is None and decoder_input_ids is None and encoder_outputs is None:
+            return self._language_id_forward(input_features, attention_mask, language_labels, mlm_labels, ctc_labels)
+        decoder_input_ids = self._decoder_inputs(labels, decoder_input_ids)
+        use_cache = False if labels is not None else use_cache
+        # InterCTC reads an intermediate encoder layer, recorded with the hidden states (returned only if asked).
+        keep_states = kwargs.get("output_hidden_states", self.config.output_hidden_states)
+        intermediate = self.config.intermediate_ctc_layer if ctc_labels is not None and encoder_outputs is None else 0
+        if intermediate:
+            kwargs["output_hidden_states"] = True
+        outputs = self.model(
+            input_features=input_features, attention_mask=attention_mask, input_ids=input_ids,
+            text_attention_mask=text_attention_mask, src_lang_ids=src_lang_ids, text_lang_ids=text_lang_ids,
+            speech_mlm_mask=speech_mlm_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, tgt_lang_ids=tgt_lang_ids, tgt_modality_ids=tgt_modality_ids,
+            encoder_outputs=encoder_outputs, past_key_values=past_key_values, use_cache=use_cache, return_dict=True,
+            **kwargs,
+        )  # fmt: skip
+        logits = self.lm_head(outputs.last_hidden_state)
+        decoder_loss, mlm_loss, row_losses = self._token_losses(logits, outputs, labels, mlm_labels, example_weights)
+        ctc_loss = None if ctc_labels is None else self._speech_ctc_loss(outputs, ctc_labels, intermediate)
+        if intermediate and not keep_states:
+            outputs.encoder_hidden_states = outputs.decoder_hidden_states = None
+        language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)
+        return Mu2SlamSeq2SeqLMOutput(
+            loss=self._weighted_loss(decoder_loss, mlm_loss, ctc_loss, language_id_loss),
+            logits=logits, decoder_loss=decoder_loss, mlm_loss=mlm_loss, ctc_loss=ctc_loss,
+            row_losses=row_losses,
+            past_key_values=outputs.past_key_values, decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions,
+            encoder_attention_mask=outputs.encoder_attention_mask, language_id_loss=language_id_loss,
+            language_logits=language_logits,
+        )  # fmt: skip
+
+    def _token_losses(
+        self,
+        logits: torch.Tensor,
+        outputs: Mu2SlamSeq2SeqOutput,
+        labels: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+        example_weights: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(decoder loss, encoder MLM loss, `(B, 4)` per-row [decoder NLL sum, decoder tokens, MLM NLL sum, MLM
+        tokens]); each None without its labels (the rows: without both)."""
+        if labels is None and mlm_labels is None:
+            return None, None, None
+        row_losses = torch.zeros(logits.shape[0], 4, device=logits.device)
+        decoder_loss = mlm_loss = None
+        if labels is not None:
+            decoder_loss, row_losses[:, 0], row_losses[:, 1] = masked_cross_entropy(logits, labels, example_weights)
+        if mlm_labels is not None:
+            mlm_loss, row_losses[:, 2], row_losses[:, 3] = self._mlm_loss(
+                outputs.encoder_last_hidden_state, mlm_labels, example_weights
+            )
+        return decoder_loss, mlm_loss, row_losses
+
+    def _check_labels(
+        self,
+        labels: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+        ctc_labels: torch.Tensor | None,
+        language_labels: torch.Tensor | None,
+    ) -> None:
+        """Every label id in its vocabulary (or -100), checked together (one host sync)."""
         check_ranges(
             RangeCheck("labels", labels, self.config.vocab_size, allow_ignore=True),
             RangeCheck("mlm_labels", mlm_labels, self.config.vocab_size, allow_ignore=True),
             RangeCheck("ctc_labels", ctc_labels, self.config.text_vocab_size, allow_ignore=True),
             RangeCheck("language_labels", language_labels, self.config.num_languages, allow_ignore=True),
         )
-        if language_labels is not None and labels is None and decoder_input_ids is None and encoder_outputs is None:
-            if mlm_labels is not None or ctc_labels is not None:
-                raise ValueError(
-                    "`mlm_labels` and `ctc_labels` need decoder inputs (`labels`) beside `language_labels`."
-                )
-            return self._language_id_forward(input_features, attention_mask, language_labels)
-        if labels is not None:
-            if decoder_input_ids is None:
-                decoder_input_ids = shift_tokens_right(
-                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
-                )
-            use_cache = False
+
+    def _decoder_inputs(self, labels: torch.Tensor | None, decoder_input_ids: torch.Tensor | None) -> torch.Tensor:
+        """`decoder_input_ids`, by default the labels shifted right after the start token; in training with
+        `config.decoder_noise_ratio`, some of their text tokens replaced by near neighbours."""
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = shift_tokens_right(
+                labels, self.config.pad_token_id, self.config.decoder_start_token_id
+            )
         if self.training and self.config.decoder_noise_ratio > 0 and decoder_input_ids is not None:
             decoder_input_ids = add_decoder_noise(
                 decoder_input_ids,
@@ -1580,58 +1463,30 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
                 self.config.decoder_noise_ratio,
                 self.config.text_vocab_size,
             )
-        # InterCTC reads an intermediate encoder layer, recorded with the hidden states (returned only if asked).
-        keep_states = kwargs.get("output_hidden_states", self.config.output_hidden_states)
-        intermediate = self.config.intermediate_ctc_layer if ctc_labels is not None and encoder_outputs is None else 0
-        if intermediate:
-            kwargs["output_hidden_states"] = True
-        outputs = self.model(
-            input_features=input_features,
-            attention_mask=attention_mask,
-            input_ids=input_ids,
-            text_attention_mask=text_attention_mask,
-            src_lang_ids=src_lang_ids,
-            text_lang_ids=text_lang_ids,
-            speech_mlm_mask=speech_mlm_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            tgt_lang_ids=tgt_lang_ids,
-            tgt_modality_ids=tgt_modality_ids,
-            encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = self.lm_head(outputs.last_hidden_state)
+        return decoder_input_ids
+
+    def _speech_ctc_loss(
+        self, outputs: Mu2SlamSeq2SeqOutput, ctc_labels: torch.Tensor, intermediate: int
+    ) -> torch.Tensor:
+        """CTC loss on the speech positions of the encoder output, mixed with the `intermediate` layer's (InterCTC)
+        at `config.intermediate_ctc_weight` when that layer is given (0: none)."""
         encoder_states, encoder_mask = outputs.encoder_last_hidden_state, outputs.encoder_attention_mask
+        speech_length = outputs.encoder_speech_length or 0
+        if speech_length == 0:
+            raise ValueError("`ctc_labels` were given without speech input: CTC runs on the speech positions.")
+        speech_mask = encoder_mask[:, :speech_length]
+        ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], speech_mask, ctc_labels)
+        if intermediate:
+            middle = Mu2SlamTimeReduction.upsample(
+                outputs.encoder_hidden_states[intermediate], speech_length, encoder_states.shape[1]
+            )
+            middle = self.model.encoder.layer_norm(middle[:, :speech_length])
+            weight = self.config.intermediate_ctc_weight
+            ctc_loss = (1 - weight) * ctc_loss + weight * self._ctc_loss(middle, speech_mask, ctc_labels)
+        return ctc_loss
 
-        row_losses = torch.zeros(logits.shape[0], 4, device=logits.device)
-        decoder_loss = mlm_loss = None
-        if labels is not None:
-            decoder_loss, row_losses[:, 0], row_losses[:, 1] = masked_cross_entropy(logits, labels, example_weights)
-        if mlm_labels is not None:
-            mlm_loss, row_losses[:, 2], row_losses[:, 3] = self._mlm_loss(encoder_states, mlm_labels, example_weights)
-        ctc_loss = None
-        if ctc_labels is not None:
-            speech_length = outputs.encoder_speech_length or 0
-            if speech_length == 0:
-                raise ValueError("`ctc_labels` were given without speech input: CTC runs on the speech positions.")
-            speech_mask = encoder_mask[:, :speech_length]
-            ctc_loss = self._ctc_loss(encoder_states[:, :speech_length], speech_mask, ctc_labels)
-            if intermediate:
-                middle = Mu2SlamTimeReduction.upsample(
-                    outputs.encoder_hidden_states[intermediate], speech_length, encoder_states.shape[1]
-                )
-                middle = self.model.encoder.layer_norm(middle[:, :speech_length])
-                weight = self.config.intermediate_ctc_weight
-                ctc_loss = (1 - weight) * ctc_loss + weight * self._ctc_loss(middle, speech_mask, ctc_labels)
-        if intermediate and not keep_states:
-            outputs.encoder_hidden_states = outputs.decoder_hidden_states = None
-        language_id_loss = language_logits = None
-        if language_labels is not None:
-            language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)
-
+    def _weighted_loss(self, decoder_loss, mlm_loss, ctc_loss, language_id_loss) -> torch.Tensor | None:
+        """The sum of the losses present, each times its weight in the config (None when none is present)."""
         weighted = [
             (decoder_loss, self.config.decoder_loss_weight),
             (mlm_loss, self.config.mlm_loss_weight),
@@ -1639,31 +1494,19 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
             (language_id_loss, self.config.language_id_loss_weight),
         ]
         present = [part * weight for part, weight in weighted if part is not None]
-        loss = torch.stack(present).sum() if present else None
-
-        return Mu2SlamSeq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_loss=decoder_loss,
-            mlm_loss=mlm_loss,
-            ctc_loss=ctc_loss,
-            row_losses=row_losses if labels is not None or mlm_labels is not None else None,
-            past_key_values=outputs.past_key_values,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_states,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            encoder_attention_mask=encoder_mask,
-            language_id_loss=language_id_loss,
-            language_logits=language_logits,
-        )
+        return torch.stack(present).sum() if present else None
 
     def _language_id_forward(
-        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        language_labels: torch.Tensor,
+        mlm_labels: torch.Tensor | None = None,
+        ctc_labels: torch.Tensor | None = None,
     ) -> Mu2SlamSeq2SeqLMOutput:
         """Language identification alone (no decoder labels): one encoder pass without a language embedding."""
+        if mlm_labels is not None or ctc_labels is not None:
+            raise ValueError("`mlm_labels` and `ctc_labels` need decoder inputs (`labels`) beside `language_labels`.")
         language_id_loss, language_logits = self._language_id_loss(input_features, attention_mask, language_labels)
         return Mu2SlamSeq2SeqLMOutput(
             loss=language_id_loss * self.config.language_id_loss_weight,
@@ -1672,9 +1515,12 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         )
 
     def _language_id_loss(
-        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unweighted cross-entropy, (B, num_languages) logits) of the language-identification head."""
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, language_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(unweighted cross-entropy, (B, num_languages) logits) of the language-identification head; (None, None)
+        without `language_labels`."""
+        if language_labels is None:
+            return None, None
         logits = self.language_logits(input_features, attention_mask)
         return F.cross_entropy(logits.float(), language_labels, ignore_index=IGNORE_INDEX), logits
 
@@ -1728,15 +1574,6 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         rows = (target_lengths > 0).to(losses.dtype)
         return (losses / target_lengths.clamp(min=1) * rows).sum() / rows.sum().clamp(min=1)
 
-    # ---------------------------------------------------------------------------------------- generation
-
-    def _language_ids(self, code: str | list[str] | None, batch: int, device: torch.device) -> torch.Tensor | None:
-        if code is None:
-            return None
-        return torch.tensor(language_indices(self.config.languages, code, batch), device=device)
-
-    # ------------------------------------------------------------------------- spoken language identification
-
     def add_language_id_head(self) -> None:
         """Give the model a new (untrained) language-identification head over its languages (`config.language_id_head`);
         train it with the `language-id.yaml` recipe (or a recipe's `language_id_weight`)."""
@@ -1770,505 +1607,6 @@ class Mu2SlamForConditionalGeneration(Mu2SlamPreTrainedModel, GenerationMixin):
         )  # fmt: skip
         states = head.mix_layers(encoded.hidden_states) if all_layers else encoded.last_hidden_state
         return head(states, encoded.attention_mask)
-
-    @torch.no_grad()
-    def detect_language(
-        self, input_features: torch.FloatTensor, attention_mask: torch.LongTensor | None = None, **kwargs
-    ) -> tuple[list[str], torch.FloatTensor]:
-        """The spoken language of each clip: (the most probable code per clip, `(B, num_languages)` probabilities in
-        the order of `config.languages`). Takes the processor's output; other keys are ignored."""
-        probabilities = self.language_logits(input_features, attention_mask).float().softmax(-1)
-        return [self.config.languages[i] for i in probabilities.argmax(-1).tolist()], probabilities
-
-    def _detected_language_ids(
-        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None, threshold: float | None = None
-    ) -> torch.LongTensor:
-        """(B,) ids of the detected languages; a ValueError naming the clips whose best language is less probable
-        than `threshold` (default `config.language_detection_threshold`) rather than a guess."""
-        if self.language_id_head is None:
-            raise ValueError(
-                f"`src_lang` is required: this model knows {self.config.num_languages} languages "
-                f"({', '.join(self.config.languages)}) and has no language-identification head to detect them. Pass "
-                "`src_lang=` (a code, or one per clip), or train a head with configuration/recipes/language-id.yaml."
-            )
-        threshold = self.config.language_detection_threshold if threshold is None else threshold
-        _, probabilities = self.detect_language(input_features, attention_mask)
-        best, ids = probabilities.max(-1)
-        unsure = (best < threshold).nonzero().flatten().tolist()
-        if unsure:
-            guesses = []
-            for row in unsure[:4]:
-                values, indices = probabilities[row].topk(min(2, probabilities.shape[-1]))
-                pairs = zip(values.tolist(), indices.tolist(), strict=True)
-                shown = ", ".join(f"{self.config.languages[i]} {p:.2f}" for p, i in pairs)
-                guesses.append(f"clip {row}: {shown}")
-            raise ValueError(
-                f"Could not identify the spoken language of {len(unsure)} clip(s) with probability >= {threshold:g} "
-                f"({'; '.join(guesses)}). Pass `src_lang=` for them, or a lower `language_detection_threshold`."
-            )
-        return ids
-
-    def _source_language_ids(
-        self,
-        src_lang: str | list[str] | None,
-        src_lang_ids: torch.Tensor | None,
-        reference: torch.Tensor,
-        input_features: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        threshold: float | None = None,
-    ) -> torch.Tensor | None:
-        """(B,) source language ids (B = `reference.shape[0]`): given as ids or codes; for speech of a multilingual
-        model without them, detected by the language-identification head; else None (one-language models need none).
-        """
-        if src_lang_ids is not None:
-            return src_lang_ids
-        if src_lang is not None or input_features is None or self.config.num_languages == 1:
-            return self._language_ids(src_lang, reference.shape[0], reference.device)
-        return self._detected_language_ids(input_features, attention_mask, threshold)
-
-    def ctc_log_probs(self, encoder_outputs: Mu2SlamEncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """CTC log-probabilities `(B, S * config.ctc_upsampling, text_vocab_size)` (blank = <pad>) of the speech
-        positions' label slots, and their `(B,)` real lengths."""
-        speech_length = encoder_outputs.speech_length or 0
-        if speech_length == 0:
-            raise ValueError("CTC decoding needs speech input (`input_features`): the CTC head reads speech frames.")
-        states = encoder_outputs.last_hidden_state[:, :speech_length]
-        logits = self.ctc_head(states, self.model.shared.weight).float()
-        frames = encoder_outputs.attention_mask[:, :speech_length].sum(-1)
-        return F.log_softmax(logits, dim=-1), self.ctc_head.slot_lengths(frames)
-
-    @torch.no_grad()
-    def ctc_greedy_decode(
-        self,
-        input_features: torch.FloatTensor,
-        attention_mask: torch.LongTensor | None = None,
-        src_lang: str | list[str] | None = None,
-        src_lang_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> torch.LongTensor:
-        """Transcribe with the encoder's CTC head alone (best path; no decoder): fast, and the first decoder to
-        learn in training. Takes the processor's output like `generate`; extra keys (`tgt_lang_ids`...) are ignored.
-
-        Returns:
-            `(B, L)` text token ids padded with <pad> (decode with `processor.batch_decode(...,
-            skip_special_tokens=True)`).
-        """
-        return self._ctc_best_paths(self._encode_speech(input_features, attention_mask, src_lang, src_lang_ids))
-
-    def _encode_speech(
-        self,
-        input_features: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        src_lang: str | list[str] | None,
-        src_lang_ids: torch.Tensor | None,
-    ) -> Mu2SlamEncoderOutput:
-        """The encoder's output for speech input, the language given by code(s) or ids (or detected)."""
-        src_lang_ids = self._source_language_ids(
-            src_lang, src_lang_ids, input_features, input_features, attention_mask
-        )
-        return self.model.encoder(
-            input_features=input_features, attention_mask=attention_mask, src_lang_ids=src_lang_ids
-        )
-
-    def _ctc_best_paths(self, encoder_outputs: Mu2SlamEncoderOutput, bos: int | None = None) -> torch.LongTensor:
-        """`(B, L)` CTC best-path token ids padded with <pad>, each row after `bos` and ending with eos when `bos` is
-        given (the layout of `generate`'s output)."""
-        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
-        rows = ctc_greedy_decode(log_probs, lengths, blank=self.config.pad_token_id)
-        if bos is not None:
-            rows = [[bos, *row, self.config.eos_token_id] for row in rows]
-        return self._padded_ids(rows, log_probs.device)
-
-    def _padded_ids(self, rows: list[list[int]], device: torch.device) -> torch.LongTensor:
-        ids = torch.full((len(rows), max(1, max(len(r) for r in rows))), self.config.pad_token_id, dtype=torch.long)
-        for index, row in enumerate(rows):
-            ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return ids.to(device)
-
-    @torch.no_grad()
-    def ctc_align(
-        self,
-        input_features: torch.FloatTensor,
-        attention_mask: torch.LongTensor | None = None,
-        src_lang: str | list[str] | None = None,
-        src_lang_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        encoder_outputs: Mu2SlamEncoderOutput | None = None,
-        **kwargs,
-    ) -> list[list[tuple[int, int, int]]]:
-        """The tokens of each clip with the CTC frames the CTC head puts them at: `(token, start, end)`, frames
-        `[start, end)` (its label slots: `config.ctc_upsampling` to an encoder frame; `ctc_decoding.FrameClock` turns
-        them into seconds).
-
-        Without `labels`, the CTC head's own transcript (its best path, as `ctc_greedy_decode`). With `labels`
-        `(B, L)` (a transcript per clip, e.g. `generate`'s output), the best alignment of each row's text tokens
-        (Viterbi over the CTC lattice); pad, bos, eos, [MASK] and -100 are skipped. `encoder_outputs` of these
-        clips, when the caller has them (e.g. from `generate(..., return_dict_in_generate=True)`), spare a second
-        encoder pass. Extra keys are ignored.
-        """
-        if labels is not None:
-            check_ranges(RangeCheck("labels", labels, self.config.text_vocab_size, allow_ignore=True))
-        if encoder_outputs is None:
-            encoder_outputs = self._encode_speech(input_features, attention_mask, src_lang, src_lang_ids)
-        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
-        blank, skipped = self.config.pad_token_id, {IGNORE_INDEX, PAD_ID, BOS_ID, EOS_ID, MASK_ID}
-        alignments = []
-        for row, length in enumerate(lengths.tolist()):
-            if labels is None:
-                path = log_probs[row, :length].argmax(-1)
-            else:
-                tokens = [token for token in labels[row].tolist() if token not in skipped]
-                path = ctc_forced_align(log_probs[row, :length], tokens, blank=blank)
-            alignments.append(ctc_token_spans(path, blank=blank))
-        return alignments
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_features: torch.FloatTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        src_lang: str | list[str] | None = None,
-        tgt_lang: str | list[str] | None = None,
-        tgt_modality: str = "text",
-        src_lang_ids: torch.LongTensor | None = None,
-        tgt_lang_ids: torch.LongTensor | None = None,
-        logits_processor: LogitsProcessorList | None = None,
-        ctc_weight: float | None = None,
-        language_detection_threshold: float | None = None,
-        lm_weight: float | None = None,
-        lm_length_bonus: float | None = None,
-        **kwargs,
-    ) -> torch.LongTensor:
-        r"""
-        Generate text (ASR: `tgt_lang == src_lang`, the default; AST: another `tgt_lang`; MT from `input_ids`)
-        or speech codes (`tgt_modality="speech"`). Tokens of the other modality can never be produced.
-
-        Args:
-            input_features (`(B, T, num_mel_bins)`) + attention_mask (`(B, T)`): speech input; or
-            input_ids (`(B, L)`) + attention_mask (`(B, L)`): text input.
-            src_lang / tgt_lang: language codes (one for the batch, or one per example), or the
-                `*_lang_ids` tensors directly. Speech without `src_lang` is identified by the language-identification
-                head when the model has one (`detect_language`); `tgt_lang` then defaults to the detected language.
-            language_detection_threshold: the lowest probability a detected language may have (default
-                `config.language_detection_threshold`); a clip below it is a ValueError, never a guess.
-            ctc_weight: joint CTC/attention decoding for ASR (0.3 is ESPnet's usual weight): every step scores
-                the decoder's best tokens by `(1 - w) log p_att + w log p_ctc(prefix)`, which keeps the output
-                aligned with the audio (no repeated or dropped words). Works with greedy and beam search; 1 is a
-                CTC-only prefix search. Default: `generation_config.asr_ctc_weight` when every row is ASR (speech in,
-                text out, `tgt_lang == src_lang`), else 0; fine-tuning sets it to the decoder dev scored best, and
-                without it (0) the attention decoder decodes alone.
-            lm_weight / lm_length_bonus: with `ctc_weight=1`, the CTC head's prefix beam search (`num_beams` wide,
-                default `generation_config.asr_ctc_beams`) adds `lm_weight * log p_lm + lm_length_bonus` per token
-                from the model's character n-gram language model of each row's language (`set_asr_language_model`),
-                which fixes the spelling the CTC head gets wrong. Default: `generation_config.asr_lm_weight` /
-                `asr_lm_length_bonus` when the model has a language model, else 0. With `0 < ctc_weight < 1` the
-                same terms join the joint CTC/attention score of each candidate token (shallow fusion, ESPnet's
-                decoding with an LM); there they default to 0.
-            kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
-                these inputs when the caller has already run the encoder, ...). Training-only
-                keys of a collated batch (`labels`, `decoder_input_ids`, `ctc_labels`, ...) are ignored, so a
-                `Seq2SeqTrainer` batch can be passed as it is.
-        Returns:
-            `(B, U)` generated ids, starting with the decoder start token (or what `generate` returns with
-            `return_dict_in_generate=True`).
-        """
-        check_finite(input_features, "input_features")
-        if input_features is not None and input_ids is not None:
-            raise ValueError("Pass either `input_features` (speech) or `input_ids` (text) to `generate`, not both.")
-        reference = input_features if input_features is not None else input_ids
-        if reference is None:
-            raise ValueError("No input: pass `input_features` (speech) or `input_ids` (text) to `generate`.")
-        for key in TRAINING_ONLY_KEYS:
-            kwargs.pop(key, None)
-        requested_modality = kwargs.pop("tgt_modality_ids", None)
-        batch, device = reference.shape[0], reference.device
-        src_lang_ids = self._source_language_ids(
-            src_lang, src_lang_ids, reference, input_features, attention_mask, language_detection_threshold
-        )
-        if tgt_lang_ids is None:
-            tgt_lang_ids = self._language_ids(tgt_lang, batch, device)
-        if tgt_lang_ids is None:
-            tgt_lang_ids = src_lang_ids
-        modality = self.config.modality_id(tgt_modality)
-        if requested_modality is not None and bool((torch.as_tensor(requested_modality) != modality).any()):
-            raise ValueError(f"`tgt_modality_ids` disagree with tgt_modality={tgt_modality!r}: pass one of them.")
-
-        recorded = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
-        encoder_outputs = kwargs.pop("encoder_outputs", None)
-        if isinstance(encoder_outputs, ModelOutput):
-            # A new container: beam search expands its tensors in place, which would leave the caller's encoder
-            # outputs num_beams times as long (and a second call with them failing on the batch size).
-            encoder_outputs = type(encoder_outputs)(**dict(encoder_outputs.items()))
-        elif encoder_outputs is None:
-            encoder_outputs = self.model.encoder(
-                input_features=input_features,
-                attention_mask=attention_mask,
-                input_ids=input_ids,
-                src_lang_ids=src_lang_ids,
-                return_dict=True,
-                **recorded,
-            )
-        batch_lang = resolve_language_ids(self.config, tgt_lang_ids, batch, device, "tgt_lang (or src_lang)")
-        check_ranges(language_check(self.config, batch_lang, "tgt_lang (or src_lang)"))
-        vocab = self.config.vocabulary
-        allowed = vocab.speech_code_ids() if modality == 0 else vocab.text_token_ids()
-        processors = LogitsProcessorList(logits_processor or [])
-        processors.append(Mu2SlamModalityLogitsProcessor(allowed, self.config.vocab_size, self.config.eos_token_id))
-        if ctc_weight is None:
-            ctc_weight = self._default_ctc_weight(input_features, src_lang_ids, batch_lang, modality)
-        if ctc_weight == 1.0 and input_features is not None and self._returns_ids_only(kwargs):
-            # The CTC head alone needs no decoder: its best path (greedy) or a frame-synchronous prefix beam search,
-            # far faster than transformers' token-by-token beam search, which runs the decoder at every step.
-            self._check_asr_rows(src_lang_ids, batch_lang)
-            return self._ctc_search(encoder_outputs, src_lang_ids, kwargs.get("num_beams"), lm_weight, lm_length_bonus)
-        if (lm_weight or lm_length_bonus) and not ctc_weight:
-            raise ValueError(
-                "lm_weight fuses the CTC language model into joint CTC/attention decoding (0 < ctc_weight < 1) or "
-                "the CTC head's beam search (ctc_weight=1): pass a ctc_weight, or lm_weight=0."
-            )
-        if ctc_weight:
-            processors.append(
-                self._ctc_prefix_processor(
-                    encoder_outputs, src_lang_ids, batch_lang, ctc_weight, kwargs, lm_weight, lm_length_bonus
-                )
-            )
-        generated = super().generate(
-            encoder_outputs=encoder_outputs,
-            tgt_lang_ids=batch_lang,
-            tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
-            logits_processor=processors,
-            **kwargs,
-        )
-        if not any(key in kwargs for key in ("max_new_tokens", "max_length", "generation_config")):
-            self._warn_if_cut_at_length_limit(generated)
-        return generated
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
-        """transformers' cache for `generate`, as a `Mu2SlamEncoderDecoderCache` (a cache the caller passes is kept)."""
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
-        if type(cache) is EncoderDecoderCache and not getattr(cache, "_is_user_defined", False):
-            model_kwargs["past_key_values"] = Mu2SlamEncoderDecoderCache(
-                cache.self_attention_cache, cache.cross_attention_cache
-            )
-
-    def _warn_if_cut_at_length_limit(self, generated: torch.LongTensor | ModelOutput) -> None:
-        """Warn about outputs that the generation config's default length limit stopped before their end-of-sequence
-        token: a transcript or translation cut short would otherwise look complete."""
-        sequences = generated.sequences if isinstance(generated, ModelOutput) else generated
-        limit = self.generation_config.max_new_tokens
-        if limit is None or sequences.shape[1] - 1 < limit:
-            return
-        finished = (sequences[:, 1:] == self.config.eos_token_id).any(dim=1)
-        cut = int((~finished).sum())
-        if cut:
-            logger.warning(
-                f"{cut} of {sequences.shape[0]} outputs reached the {limit}-token limit (max_new_tokens of the "
-                "generation config) without ending: they are cut short. Split long audio into shorter pieces (the "
-                "ASR pipeline's chunk_length_s) or pass a larger max_new_tokens."
-            )
-
-    def _all_rows_asr(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> bool:
-        """Whether every row transcribes (target language = source language)."""
-        source = resolve_language_ids(self.config, src_lang_ids, tgt_lang_ids.shape[0], tgt_lang_ids.device, "src")
-        return bool((source == tgt_lang_ids).all())
-
-    def _check_asr_rows(self, src_lang_ids: torch.Tensor | None, tgt_lang_ids: torch.Tensor) -> None:
-        if not self._all_rows_asr(src_lang_ids, tgt_lang_ids):
-            raise ValueError(
-                "ctc_weight > 0 is for speech recognition (tgt_lang == src_lang): the CTC head transcribes the "
-                "audio, so it cannot score a translation. Use ctc_weight=0 for speech translation."
-            )
-
-    def _returns_ids_only(self, generate_kwargs: dict) -> bool:
-        """A search returning only ids (no sampling, scores or dict outputs)."""
-        sample = generate_kwargs.get("do_sample", self.generation_config.do_sample)
-        extras = ("return_dict_in_generate", "output_scores", "output_logits", "logits_processor", "generation_config")
-        return not sample and not any(generate_kwargs.get(key) for key in extras)
-
-    def _ctc_search(
-        self,
-        encoder_outputs: Mu2SlamEncoderOutput,
-        src_lang_ids: torch.Tensor,
-        num_beams: int | None,
-        lm_weight: float | None,
-        length_bonus: float | None,
-    ) -> torch.LongTensor:
-        """`(B, L)` ids of the CTC head's transcripts (generate's layout): the best path, or a prefix beam search
-        with the language model fused in (defaults from the generation config, see `generate`)."""
-        config, language_model = self.generation_config, self.asr_language_model
-        if lm_weight:
-            self._required_language_model(lm_weight)
-        if lm_weight is None:
-            lm_weight = float(getattr(config, "asr_lm_weight", 0.0) or 0.0) if language_model is not None else 0.0
-        if length_bonus is None:
-            length_bonus = float(getattr(config, "asr_lm_length_bonus", 0.0) or 0.0) if lm_weight else 0.0
-        if num_beams is None:
-            num_beams = int(getattr(config, "asr_ctc_beams", 8)) if lm_weight else config.num_beams
-        bos = config.decoder_start_token_id
-        if num_beams == 1 and not lm_weight and not length_bonus:
-            return self._ctc_best_paths(encoder_outputs, bos=bos)
-        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
-        texts = language_model.token_texts if language_model is not None else None
-        rows = []
-        for row, (frames, length) in enumerate(zip(log_probs, lengths.tolist(), strict=True)):
-            code = self.config.languages[int(src_lang_ids[row])]
-            model = language_model.for_language(code) if lm_weight else None
-            tokens = ctc_prefix_beam_search(
-                frames[: int(length)], texts, num_beams, model, lm_weight, length_bonus, blank=self.config.pad_token_id
-            )
-            rows.append([bos, *tokens, self.config.eos_token_id])
-        return self._padded_ids(rows, log_probs.device)
-
-    def _required_language_model(self, lm_weight: float) -> CharNgramLanguageModel:
-        if self.asr_language_model is None:
-            raise ValueError(
-                f"lm_weight={lm_weight} needs a CTC language model: this model has none. Build one with "
-                "`CharNgramLanguageModel.from_texts` and attach it with `model.set_asr_language_model`, or pass "
-                "lm_weight=0."
-            )
-        return self.asr_language_model
-
-    def set_asr_language_model(
-        self, language_model: CharNgramLanguageModel | None, lm_weight: float = 0.3, length_bonus: float = 0.3,
-        num_beams: int = 8,
-    ) -> None:  # fmt: skip
-        """Attach a character n-gram language model for CTC decoding and make `lm_weight`, `length_bonus` and
-        `num_beams` the defaults of CTC decoding (`generate(ctc_weight=1)`, `pipeline()` when the model's ASR
-        decoder is the CTC head). Saved with the model (`ctc_language_model.json`); None removes it."""
-        if language_model is not None:
-            size = len(language_model.token_texts)
-            if size != self.config.text_vocab_size:
-                raise ValueError(
-                    f"The language model was built for a tokenizer of {size} tokens, this model has "
-                    f"{self.config.text_vocab_size}: build it with this model's tokenizer."
-                )
-            unknown = sorted(set(language_model.languages) - set(self.config.languages))
-            if unknown:
-                raise ValueError(f"The language model has languages {unknown} this model does not know.")
-        self.asr_language_model = language_model
-        config = self.generation_config
-        config.asr_lm_weight = float(lm_weight) if language_model is not None else 0.0
-        config.asr_lm_length_bonus = float(length_bonus) if language_model is not None else 0.0
-        config.asr_ctc_beams = int(num_beams)
-        config._from_model_config = False
-
-    def load_asr_language_model(self, location: str | os.PathLike, **hub_kwargs) -> None:
-        """Attach the `ctc_language_model.json` saved in `location` (a folder or Hub id), if it has one."""
-        keep = ("revision", "token", "cache_dir", "local_files_only")
-        path = cached_file(
-            location, LM_FILE_NAME, _raise_exceptions_for_missing_entries=False,
-            **{key: value for key, value in hub_kwargs.items() if key in keep},
-        )  # fmt: skip
-        config = self.generation_config
-        if path is None:
-            if getattr(config, "asr_lm_weight", 0.0):
-                logger.warning(
-                    "%s sets asr_lm_weight=%s but has no %s: CTC decoding runs without its language model (copy the "
-                    "file beside the model, or pass lm_weight=0 to silence this).",
-                    location, config.asr_lm_weight, LM_FILE_NAME,
-                )  # fmt: skip
-                config.asr_lm_weight = 0.0
-        else:
-            self.set_asr_language_model(
-                CharNgramLanguageModel.load(path),
-                getattr(config, "asr_lm_weight", 0.0),
-                getattr(config, "asr_lm_length_bonus", 0.0),
-                getattr(config, "asr_ctc_beams", 8),
-            )
-
-    def add_text_tokens(self, count: int) -> None:
-        """Grow the text vocabulary by `count` ids (tokens just added to the tokenizer), keeping every trained row.
-
-        The unified vocabulary puts the speech codes after the text ids, so the new rows go between them and the
-        speech-code rows move up by `count` with their weights. New rows start at the mean of the text rows
-        (transformers' mean resizing); the MLM and CTC biases of new ids at the mean of theirs.
-        """
-        if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}.")
-        if count == 0:
-            return
-        text = self.config.text_vocab_size
-        old = self.model.shared
-        grown = Mu2SlamScaledEmbedding(old.num_embeddings + count, old.embedding_dim, old.padding_idx, old.embed_scale)
-        mlm_decoder = nn.Linear(old.embedding_dim, grown.num_embeddings)
-        with torch.no_grad():
-            grown.weight.copy_(_with_rows_after(old.weight, text, count))
-            mlm_decoder.bias.copy_(_with_rows_after(self.mlm_head.decoder.bias, text, count))
-            ctc_bias = nn.Parameter(_with_rows_after(self.ctc_head.bias, text, count))
-        grown.to(old.weight.device, old.weight.dtype)
-        self.model.set_input_embeddings(grown)
-        self.lm_head = nn.Linear(old.embedding_dim, grown.num_embeddings, bias=False)
-        self.lm_head.weight = grown.weight
-        mlm_decoder.weight = grown.weight
-        self.mlm_head.decoder = mlm_decoder.to(old.weight.device)
-        self.ctc_head.bias, self.ctc_head.text_vocab_size = ctc_bias, text + count
-        self.config.text_vocab_size = text + count
-
-    def add_languages(self, codes: list[str]) -> None:
-        """Append language codes (new language-embedding rows, started at the mean of the trained ones)."""
-        known = [code for code in codes if code in self.config.languages]
-        if known or len(set(codes)) != len(codes):
-            raise ValueError(f"add_languages: {sorted(set(known))} already known or codes repeated in {codes}.")
-        for module in (self.model.encoder, self.model.decoder):
-            old = module.embed_languages
-            grown = nn.Embedding(old.num_embeddings + len(codes), old.embedding_dim)
-            with torch.no_grad():
-                grown.weight.copy_(_with_rows_after(old.weight, old.num_embeddings, len(codes)))
-            module.embed_languages = grown.to(old.weight.device, old.weight.dtype)
-        if self.language_id_head is not None:
-            self.language_id_head.classifier = _grown_classifier(self.language_id_head.classifier, len(codes))
-        self.config.languages = [*self.config.languages, *codes]
-
-    def set_asr_ctc_weight(self, ctc_weight: float) -> None:
-        """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.
-        0: the attention decoder alone, 1: the CTC head alone (prefix search), in between: joint decoding."""
-        if not 0.0 <= ctc_weight <= 1.0:
-            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}.")
-        self.generation_config.asr_ctc_weight = float(ctc_weight)
-        # `from_pretrained` rebuilds a generation config marked as derived from the model config, dropping this field.
-        self.generation_config._from_model_config = False
-
-    def _default_ctc_weight(
-        self,
-        input_features: torch.Tensor | None,
-        src_lang_ids: torch.Tensor,
-        tgt_lang_ids: torch.Tensor,
-        modality: int,
-    ) -> float:
-        """`generation_config.asr_ctc_weight` when every row is ASR (speech to text in the same language), else 0."""
-        weight = float(getattr(self.generation_config, "asr_ctc_weight", None) or 0.0)
-        if weight == 0 or input_features is None or modality != TEXT_MODALITY:
-            return 0.0
-        return weight if self._all_rows_asr(src_lang_ids, tgt_lang_ids) else 0.0
-
-    def _ctc_prefix_processor(
-        self,
-        encoder_outputs,
-        src_lang_ids,
-        tgt_lang_ids,
-        ctc_weight: float,
-        generate_kwargs: dict,
-        lm_weight: float | None = None,
-        length_bonus: float | None = None,
-    ) -> CTCPrefixLogitsProcessor:
-        """Joint CTC/attention scoring for ASR (the CTC head transcribes: it cannot score a translation), with the
-        model's n-gram LM fused in where ``lm_weight`` or ``length_bonus`` is given (None: 0, the LM is not used)."""
-        self._check_asr_rows(src_lang_ids, tgt_lang_ids)
-        log_probs, lengths = self.ctc_log_probs(encoder_outputs)
-        config = generate_kwargs.get("generation_config") or self.generation_config
-        num_beams = generate_kwargs.get("num_beams") or config.num_beams or 1
-        lm_weight, length_bonus = float(lm_weight or 0.0), float(length_bonus or 0.0)
-        models, texts = None, None
-        if lm_weight or length_bonus:
-            language_model = self._required_language_model(lm_weight)
-            codes = [self.config.languages[int(i)] for i in src_lang_ids.tolist()]
-            models, texts = [language_model.for_language(code) for code in codes], language_model.token_texts
-        return CTCPrefixLogitsProcessor(
-            log_probs, lengths, ctc_weight, num_beams, self.config.eos_token_id, blank=self.config.pad_token_id,
-            language_models=models, token_texts=texts, lm_weight=lm_weight, length_bonus=length_bonus,
-        )  # fmt: skip
 
 
 class Mu2SlamEncoderOnlyModel(Mu2SlamPreTrainedModel):
@@ -2346,193 +1684,6 @@ class Mu2SlamForSequenceClassification(Mu2SlamPreTrainedModel):
         )
 
 
-@dataclass
-class Mu2SlamRetrievalOutput(ModelOutput):
-    """
-    Args:
-        loss: `retrieval_loss` plus `config.retrieval_spread_out_weight` times `spread_out_loss` (with `return_loss`).
-        retrieval_loss: the bidirectional in-batch contrastive loss (mean of speech->text and text->speech).
-        spread_out_loss: the spread-out regulariser of the speech and the text embeddings (0 when its weight is 0).
-        logits_per_speech (`(B, B)`): scaled cosine similarities, row i: query i (speech, or the source text of a
-            translation pair) against every text of the batch.
-        logits_per_text (`(B, B)`): its transpose.
-        speech_embeds / text_embeds (`(B, retrieval_embedding_dim)`): L2-normalised embeddings of the queries and of
-            the texts.
-    """
-
-    loss: torch.FloatTensor | None = None
-    retrieval_loss: torch.FloatTensor | None = None
-    spread_out_loss: torch.FloatTensor | None = None
-    logits_per_speech: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    speech_embeds: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-
-
-def multi_positive_contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """In-batch softmax cross-entropy where a row may have several right answers (the same sentence twice in a
-    batch, e.g. Czech and Dutch speech of one English line): -log of the probability mass on the positives.
-
-    logits (B, C), positives (B, C) bool with at least one True per row -> mean over rows.
-    """
-    log_probs = logits.float().log_softmax(-1)
-    return -torch.logsumexp(log_probs.masked_fill(~positives, float("-inf")), dim=-1).mean()
-
-
-def spread_out_loss(embeddings: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Global orthogonal regularisation (Zhang et al., 2017) of L2-normalised (B, E) embeddings over their
-    non-matching pairs (not `positives`, (B, B) bool): mean similarity pushed to 0 and its second moment to at
-    most 1/E, as for points spread uniformly on the sphere."""
-    similarity = embeddings.float() @ embeddings.float().T
-    negatives = ~positives
-    if not negatives.any():
-        return similarity.new_zeros(())
-    values = similarity[negatives]
-    return values.mean() ** 2 + F.relu(values.pow(2).mean() - 1.0 / embeddings.shape[-1])
-
-
-class Mu2SlamForRetrieval(Mu2SlamPreTrainedModel):
-    """Speech-text dual encoder on the shared encoder (papers: Gomez et al. 2024; mSLAM): speech and text go through
-    the same Conformer encoder separately; the mean of each one's states over its real positions, projected and
-    L2-normalised, is its embedding. Trained with the bidirectional in-batch contrastive loss on (speech, text)
-    pairs: a transcript (speech -> text retrieval) or a translation (cross-lingual).
-
-    Loads from any Mu2SLAM checkpoint (pre-trained or fine-tuned seq2seq folders: the encoder and shared embedding are
-    taken, the projection starts new). `encode_speech` / `encode_text` give the embeddings; their dot product is the
-    cosine similarity.
-    """
-
-    config_class = Mu2SlamRetrievalConfig
-
-    def __init__(self, config: Mu2SlamConfig):
-        if not isinstance(config, Mu2SlamRetrievalConfig):
-            config = Mu2SlamRetrievalConfig.from_mu2slam_config(config)
-        super().__init__(config)
-        self.model = Mu2SlamEncoderOnlyModel(config)
-        self.projection = nn.Linear(config.d_model, config.retrieval_embedding_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.retrieval_temperature)))
-        self.post_init()
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module):
-        super()._init_weights(module)
-        if module is self:
-            init.constant_(self.logit_scale, math.log(1.0 / self.config.retrieval_temperature))
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.shared
-
-    def _language_ids(self, lang: str | list[str] | torch.Tensor | None, batch: int, device) -> torch.Tensor:
-        """(B,) language ids from codes or ids; without a language (or without `retrieval_language_prefix`),
-        UNKNOWN_LANGUAGE_ID: the encoder then adds no language embedding."""
-        if lang is None or not self.config.retrieval_language_prefix:
-            return torch.full((batch,), UNKNOWN_LANGUAGE_ID, dtype=torch.long, device=device)
-        if isinstance(lang, torch.Tensor):
-            return lang.to(device).long().reshape(-1).expand(batch)
-        codes = [lang] * batch if isinstance(lang, str) else list(lang)
-        if len(codes) != batch:
-            raise ValueError(f"{len(codes)} language codes for a batch of {batch}: pass one code or one per row.")
-        return torch.tensor([self.config.language_id(code) for code in codes], dtype=torch.long, device=device)
-
-    def _embed(self, encoder_outputs: Mu2SlamEncoderOutput) -> torch.Tensor:
-        pooled = masked_mean(encoder_outputs.last_hidden_state, encoder_outputs.attention_mask)
-        return F.normalize(self.projection(pooled), dim=-1)
-
-    def encode_speech(
-        self,
-        input_features: torch.FloatTensor,
-        attention_mask: torch.LongTensor | None = None,
-        src_lang: str | list[str] | torch.Tensor | None = None,
-    ) -> torch.FloatTensor:
-        """(B, T, F) log-mel features (+ (B, T) mask; the processor's) -> (B, E) L2-normalised speech embeddings.
-        `src_lang`: the spoken language (a code, one per row, or ids); None when it is not known.
-
-        The encoder takes rows of similar length together when that drops at least 30% of the padding, so a batch
-        that mixes short and long clips (a contrastive batch drawn from several tasks) costs about its real frames.
-        """
-        lang_ids = self._language_ids(src_lang, input_features.shape[0], input_features.device)
-        encoded = self.model(
-            input_features=input_features, attention_mask=attention_mask, src_lang_ids=lang_ids, return_dict=True
-        )
-        return self._embed(encoded)
-
-    def encode_text(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor | None = None,
-        text_lang: str | list[str] | torch.Tensor | None = None,
-    ) -> torch.FloatTensor:
-        """(B, L) token ids (+ (B, L) mask; the processor's tokenizer) -> (B, E) L2-normalised text embeddings."""
-        lang_ids = self._language_ids(text_lang, input_ids.shape[0], input_ids.device)
-        encoded = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, src_lang_ids=lang_ids, return_dict=True
-        )
-        return self._embed(encoded)
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_features: torch.FloatTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        text_attention_mask: torch.LongTensor | None = None,
-        src_lang_ids: torch.LongTensor | None = None,
-        text_lang_ids: torch.LongTensor | None = None,
-        return_loss: bool = True,
-        source_input_ids: torch.LongTensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> Mu2SlamRetrievalOutput:
-        """B (query, text) pairs -> similarities of every query to every text, and the contrastive loss.
-
-        The queries are speech, input_features (B, T, F) + attention_mask (B, T), or the source texts of translation
-        pairs, source_input_ids (B, L') + attention_mask (B, L'): paper 001 adds translation pairs to the
-        speech-text pairs, which carries cross-lingual matching over to speech. input_ids (B, L) +
-        text_attention_mask (B, L): the texts; src_lang_ids / text_lang_ids (B,): languages of the queries and of
-        the texts (or none, see `retrieval_language_prefix`). Rows whose texts are identical count as right answers
-        for each other. `speech_embeds` and `logits_per_speech` hold the queries' whatever their modality.
-        """
-        check_forward_kwargs(self, kwargs)
-        if (input_features is None) == (source_input_ids is None):
-            raise ValueError(
-                "Mu2SlamForRetrieval.forward takes one kind of query: speech (input_features) or source texts "
-                "(source_input_ids), each with its attention_mask."
-            )
-        if input_ids is None:
-            raise ValueError("Mu2SlamForRetrieval.forward needs the texts to match (input_ids).")
-        if input_features is not None:
-            queries = self.encode_speech(input_features, attention_mask, src_lang_ids)
-        else:
-            queries = self.encode_text(source_input_ids, attention_mask, src_lang_ids)
-        text = self.encode_text(input_ids, text_attention_mask, text_lang_ids)
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits_per_speech = scale * queries @ text.T
-        loss = contrastive = spread = None
-        if return_loss:
-            positives = same_rows(input_ids, text_attention_mask)
-            query_logits, text_logits, answers = logits_per_speech, logits_per_speech.T, positives
-            if self.training and _distributed_world_size() > 1:
-                # Every process's rows are negatives too (CLIP's gathered loss): the loss sees the global batch.
-                all_queries, all_text, answers = gathered_pairs(queries, text, input_ids, text_attention_mask)
-                query_logits, text_logits = scale * queries @ all_text.T, scale * text @ all_queries.T
-            contrastive = 0.5 * (
-                multi_positive_contrastive_loss(query_logits, answers)
-                + multi_positive_contrastive_loss(text_logits, answers)
-            )
-            spread = queries.new_zeros((), dtype=torch.float32)
-            if self.config.retrieval_spread_out_weight:
-                spread = spread_out_loss(queries, positives) + spread_out_loss(text, positives)
-            loss = contrastive + self.config.retrieval_spread_out_weight * spread
-        return Mu2SlamRetrievalOutput(
-            loss=loss,
-            retrieval_loss=contrastive,
-            spread_out_loss=spread,
-            logits_per_speech=logits_per_speech,
-            logits_per_text=logits_per_speech.T,
-            speech_embeds=queries,
-            text_embeds=text,
-        )
-
-
 GROUPING_MIN_SAVING = 0.7  # group speech rows by length only when that leaves at most 70% of the padded frames
 
 
@@ -2549,53 +1700,14 @@ def length_groups(lengths: torch.Tensor, max_padding: float = 0.25) -> list[torc
     return groups
 
 
-def same_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, B) bool: whether rows i and j hold the same token sequence (padding ignored)."""
-    ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
-    return (ids.unsqueeze(1) == ids.unsqueeze(0)).all(-1)
-
-
-def _distributed_world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def gathered_pairs(
-    speech: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This process's (B, E) speech and text embeddings and (B, L) text rows -> every process's embeddings, (N, E)
-    each in process order, and the (B, N) bool matrix of which of them hold this process's rows' texts.
-
-    Processes may hold different B and L. The embeddings are gathered with autograd (`torch.distributed.nn`), so
-    the gradient of each process's loss reaches the process whose rows it used.
-    """
-    import torch.distributed.nn.functional as distributed_autograd
-
-    world = torch.distributed.get_world_size()
-    shape = torch.tensor(input_ids.shape, device=input_ids.device)
-    shapes = [torch.empty_like(shape) for _ in range(world)]
-    torch.distributed.all_gather(shapes, shape)
-    rows = [int(s[0]) for s in shapes]
-    most_rows, longest = max(rows), max(int(s[1]) for s in shapes)
-
-    def gather_rows(values: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(values, (0, 0, 0, most_rows - values.shape[0]))
-        return torch.cat(
-            [part[:count] for part, count in zip(distributed_autograd.all_gather(padded), rows, strict=True)]
-        )
-
-    ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
-    ids = F.pad(ids, (0, longest - ids.shape[1], 0, most_rows - ids.shape[0]), value=-1)
-    all_ids = [torch.empty_like(ids) for _ in range(world)]
-    torch.distributed.all_gather(all_ids, ids)
-    all_ids = torch.cat([part[:count] for part, count in zip(all_ids, rows, strict=True)])
-    positives = (ids[: input_ids.shape[0]].unsqueeze(1) == all_ids.unsqueeze(0)).all(-1)
-    return gather_rows(speech), gather_rows(text), positives
-
+if __package__ != "mu2slam_hf":
+    # Loaded as a saved folder's remote code (`trust_remote_code=True`), where `import mu2slam_hf`, which registers
+    # the ASR pipeline class, never runs: without it the pipeline would run the model as a CTC model.
+    register_asr_pipeline()
 
 Mu2SlamModel.register_for_auto_class("AutoModel")
 Mu2SlamForConditionalGeneration.register_for_auto_class("AutoModelForSpeechSeq2Seq")
 Mu2SlamForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-Mu2SlamForRetrieval.register_for_auto_class("AutoModel")
 
 __all__ = [
     "Mu2SlamPreTrainedModel",
@@ -2604,8 +1716,6 @@ __all__ = [
     "Mu2SlamModel",
     "Mu2SlamForConditionalGeneration",
     "Mu2SlamForSequenceClassification",
-    "Mu2SlamForRetrieval",
-    "Mu2SlamRetrievalOutput",
     "Mu2SlamEncoderOutput",
     "Mu2SlamSeq2SeqLMOutput",
 ]

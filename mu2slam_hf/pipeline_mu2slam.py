@@ -3,8 +3,8 @@
 transformers' `AutomaticSpeechRecognitionPipeline` gives non-Whisper seq2seq models no timestamps and concatenates
 the outputs of overlapping chunks (repeating the words of the overlaps). `Mu2SlamSpeechRecognitionPipeline`
 subclasses it and changes what it does for Mu2SLAM models only; any other model runs exactly as in the parent.
-`register_asr_pipeline` (called where the model class is defined, so also by the model's remote code) makes it the
-class that `pipeline("automatic-speech-recognition", ...)` builds.
+`register_asr_pipeline` (run by `import mu2slam_hf`, and by a saved folder's remote code) makes it the class that
+`pipeline("automatic-speech-recognition", ...)` builds.
 
 Transcription (target language = source language) of a long file, in two passes. The chunks only find the pauses:
 the CTC head's frames of each chunk outside its strides are joined (the kept parts of successive chunks tile the
@@ -472,9 +472,14 @@ def _single(value: Any) -> Any:
 
 def register_asr_pipeline() -> None:
     """Make `pipeline("automatic-speech-recognition")` build `Mu2SlamSpeechRecognitionPipeline`, for every model
-    (it runs models other than Mu2SLAM exactly as transformers' own class)."""
+    (it runs models other than Mu2SLAM exactly as transformers' own class), and run Mu2SLAM models in it as the
+    sequence-to-sequence models they are. Run by `import mu2slam_hf`, and by a saved folder's remote code."""
+    from transformers.models.auto import modeling_auto
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    # The ASR pipeline treats a model as seq2seq only when its class name is in this mapping; any other model is run
+    # as a CTC model (logits argmax), which ours is not.
+    modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.setdefault("mu2slam", "Mu2SlamForConditionalGeneration")
     PIPELINE_REGISTRY.supported_tasks[TASK]["impl"] = Mu2SlamSpeechRecognitionPipeline
 
 

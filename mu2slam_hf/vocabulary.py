@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN = "<pad>", "<s>", "</s>", "<unk>", "[MASK]"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN)
@@ -138,3 +142,68 @@ def check_vocabulary_matches(
 
 def list_or_value(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+# ------------------------------------------------------------------------------------------- growing a model
+
+
+def grow_text_vocabulary(model: Any, count: int) -> None:
+    """Grow a `Mu2SlamForConditionalGeneration`'s text vocabulary by `count` ids (tokens just added to the tokenizer),
+    keeping every trained row.
+
+    The unified vocabulary puts the speech codes after the text ids, so the new rows go between them and the
+    speech-code rows move up by `count` with their weights. New rows start at the mean of the text rows
+    (transformers' mean resizing); the MLM and CTC biases of new ids at the mean of theirs.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}.")
+    if count == 0:
+        return
+    text = model.config.text_vocab_size
+    old = model.model.shared
+    grown = type(old)(old.num_embeddings + count, old.embedding_dim, old.padding_idx, old.embed_scale)
+    mlm_decoder = nn.Linear(old.embedding_dim, grown.num_embeddings)
+    with torch.no_grad():
+        grown.weight.copy_(_with_rows_after(old.weight, text, count))
+        mlm_decoder.bias.copy_(_with_rows_after(model.mlm_head.decoder.bias, text, count))
+        ctc_bias = nn.Parameter(_with_rows_after(model.ctc_head.bias, text, count))
+    grown.to(old.weight.device, old.weight.dtype)
+    model.model.set_input_embeddings(grown)
+    model.lm_head = nn.Linear(old.embedding_dim, grown.num_embeddings, bias=False)
+    model.lm_head.weight = grown.weight
+    mlm_decoder.weight = grown.weight
+    model.mlm_head.decoder = mlm_decoder.to(old.weight.device)
+    model.ctc_head.bias, model.ctc_head.text_vocab_size = ctc_bias, text + count
+    model.config.text_vocab_size = text + count
+
+
+def grow_languages(model: Any, codes: list[str]) -> None:
+    """Append language codes to a `Mu2SlamForConditionalGeneration` (new language-embedding rows and, with a
+    language-identification head, new classes, started at the mean of the trained ones)."""
+    known = [code for code in codes if code in model.config.languages]
+    if known or len(set(codes)) != len(codes):
+        raise ValueError(f"grow_languages: {sorted(set(known))} already known or codes repeated in {codes}.")
+    for module in (model.model.encoder, model.model.decoder):
+        old = module.embed_languages
+        grown = nn.Embedding(old.num_embeddings + len(codes), old.embedding_dim)
+        with torch.no_grad():
+            grown.weight.copy_(_with_rows_after(old.weight, old.num_embeddings, len(codes)))
+        module.embed_languages = grown.to(old.weight.device, old.weight.dtype)
+    if model.language_id_head is not None:
+        model.language_id_head.classifier = _grown_classifier(model.language_id_head.classifier, len(codes))
+    model.config.languages = [*model.config.languages, *codes]
+
+
+def _grown_classifier(old: nn.Linear, extra: int) -> nn.Linear:
+    """`old` with `extra` new output rows (new classes), started at the mean of the trained rows."""
+    grown = nn.Linear(old.in_features, old.out_features + extra)
+    with torch.no_grad():
+        grown.weight.copy_(_with_rows_after(old.weight, old.out_features, extra))
+        grown.bias.copy_(_with_rows_after(old.bias.unsqueeze(-1), old.out_features, extra).squeeze(-1))
+    return grown.to(old.weight.device, old.weight.dtype)
+
+
+def _with_rows_after(rows: torch.Tensor, index: int, count: int) -> torch.Tensor:
+    """`rows` (N, ...) with `count` rows inserted at `index`, each the mean of `rows[:index]`."""
+    mean = rows[:index].mean(0, keepdim=True).expand(count, *rows.shape[1:])
+    return torch.cat([rows[:index], mean, rows[index:]])

@@ -9,7 +9,7 @@ from conftest import PRESETS, make_model, random_batch
 import mu2slam_hf  # noqa: F401  (registers the Auto classes)
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
 from mu2slam_hf.modeling_mu2slam import Mu2SlamSeq2SeqLMOutput
-from mu2slam_hf.vocabulary import MASK_ID, NUM_SPECIAL_TOKENS
+from mu2slam_hf.vocabulary import MASK_ID, NUM_SPECIAL_TOKENS, grow_languages, grow_text_vocabulary
 
 ATOL = 1e-5
 
@@ -677,8 +677,8 @@ def test_new_text_tokens_and_languages_keep_every_trained_output(tiny_config, tm
     with torch.no_grad():
         before = model(**batch).logits
     ctc_bias = model.ctc_head.bias.detach().clone()
-    model.add_text_tokens(k)
-    model.add_languages(["pl"])
+    grow_text_vocabulary(model, k)
+    grow_languages(model, ["pl"])
     assert model.config.text_vocab_size == text + k and model.config.languages[-1] == "pl"
     assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
     assert model.mlm_head.decoder.weight.data_ptr() == model.model.shared.weight.data_ptr()
@@ -693,7 +693,7 @@ def test_new_text_tokens_and_languages_keep_every_trained_output(tiny_config, tm
     with torch.no_grad():
         torch.testing.assert_close(loaded(**moved).logits, after)
     with pytest.raises(ValueError, match=r"already known"):
-        model.add_languages(["en"])
+        grow_languages(model, ["en"])
 
 
 def test_sequence_classification_loads_a_seq2seq_checkpoint(tiny_config, tmp_path):

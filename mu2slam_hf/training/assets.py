@@ -17,11 +17,12 @@ from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.audio import decode_example
 from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from ..lora import merge_lora
-from ..modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamPreTrainedModel
+from ..modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamPreTrainedModel
+from ..modeling_retrieval import Mu2SlamForRetrieval
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
 from ..tokenization_mu2slam import Mu2SlamTokenizer, train_tokenizer
-from ..vocabulary import SAMPLING_RATE
+from ..vocabulary import SAMPLING_RATE, grow_languages, grow_text_vocabulary
 from .recipe import Recipe
 
 
@@ -181,10 +182,10 @@ def extend_vocabulary(
     characters = [char for char in characters if not char.isspace()]
     if characters:
         processor.tokenizer.add_tokens(characters)
-        model.add_text_tokens(len(processor.tokenizer) - model.config.text_vocab_size)
+        grow_text_vocabulary(model, len(processor.tokenizer) - model.config.text_vocab_size)
     languages = [code for code in data_languages(sources) if code not in model.config.languages]
     if languages:
-        model.add_languages(languages)
+        grow_languages(model, languages)
         processor.languages = [*processor.languages, *languages]
     processor.check_model_config(model.config)
     return characters, languages

@@ -27,7 +27,7 @@ from ..evaluation import (
     score,
     spread_over_languages,
 )
-from ..modeling_mu2slam import Mu2SlamForRetrieval
+from ..modeling_retrieval import Mu2SlamForRetrieval
 from ..pretraining import Mu2SlamCollator, split_by_layout
 from .instances import InstanceBuilder, step_generator
 from .losses import LossTracker
