@@ -670,7 +670,7 @@ RETRIEVAL_EVAL = {
     ],
     "retrieval_candidates": 40,
 }
-# Appended to the folder's modeling_mu2slam.py: its encode_speech no longer matches the installed package's.
+# Appended to the folder's modeling_retrieval.py: its encode_speech no longer matches the installed package's.
 STALE_ENCODE_SPEECH = """
 
 _encode_speech = Mu2SlamForRetrieval.encode_speech
@@ -753,7 +753,7 @@ def test_retrieval_card_usage_snippet_runs_without_the_package(retrieval, retrie
 
 def test_stale_retrieval_remote_code_is_refused(retrieval, tmp_path):
     folder = shutil.copytree(retrieval.folder, tmp_path / "stale")
-    with (folder / "modeling_mu2slam.py").open("a", encoding="utf-8") as code:
+    with (folder / "modeling_retrieval.py").open("a", encoding="utf-8") as code:
         code.write(STALE_ENCODE_SPEECH)
     with pytest.raises(
         PublishError,
