@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers.generation import LogitsProcessor
 
+from .asr_decoding import DEFAULT_CTC_BEAMS
 from .ngram_lm import END
 
 NEG_INF = -1e30  # finite, so that (NEG_INF) + (NEG_INF) stays representable and logaddexp never yields NaN
@@ -407,7 +408,7 @@ class _PrefixTree:
 def ctc_prefix_beam_search(
     log_probs: torch.Tensor,
     token_texts: list[str | None],
-    beam_size: int = 8,
+    beam_size: int = DEFAULT_CTC_BEAMS,
     language_model: Any = None,
     lm_weight: float = 0.0,
     length_bonus: float = 0.0,

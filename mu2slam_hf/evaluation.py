@@ -398,8 +398,9 @@ def asr_generate_options(
     """The `generate` options that decode ASR with ``decoder``:
 
     - ``"model"`` (the default, unless ``ctc_weight`` is given): the model's own decoder, left to `generate`'s
-      defaults (``generation_config.asr_ctc_weight``, the CTC language model's weight and beam), so the figures
-      are those users get from ``generate`` and ``pipeline()``; ``num_beams`` > 1 and ``lm_weight`` override them.
+      defaults (the model's ``asr_decoding``: its CTC weight, the CTC language model's weight and beam), so the
+      figures are those users get from ``generate`` and ``pipeline()``; ``num_beams`` > 1 and ``lm_weight`` override
+      them.
     - ``"attention"``: the attention decoder, jointly scored with the CTC head at ``ctc_weight`` (default 0) and
       the CTC language model fused in at ``lm_weight``.
     - ``"ctc"``: the CTC head alone (greedy with ``num_beams=1``, prefix beam search otherwise, with the model's

@@ -19,6 +19,7 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import cached_file, logging
 
+from .asr_decoding import DEFAULT_CTC_BEAMS, DEFAULT_LM_LENGTH_BONUS, DEFAULT_LM_WEIGHT, AsrDecodingOptions
 from .ctc_decoding import (
     CTCPrefixLogitsProcessor,
     ctc_forced_align,
@@ -267,14 +268,14 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             ctc_weight: joint CTC/attention decoding for ASR (0.3 is ESPnet's usual weight): every step scores
                 the decoder's best tokens by `(1 - w) log p_att + w log p_ctc(prefix)`, which keeps the output
                 aligned with the audio (no repeated or dropped words). Works with greedy and beam search; 1 is a
-                CTC-only prefix search. Default: `generation_config.asr_ctc_weight` when every row is ASR (speech in,
-                text out, `tgt_lang == src_lang`), else 0; fine-tuning sets it to the decoder dev scored best, and
+                CTC-only prefix search. Default: the model's `asr_decoding.ctc_weight` when every row is ASR (speech
+                in, text out, `tgt_lang == src_lang`), else 0; fine-tuning sets it to the decoder dev scored best, and
                 without it (0) the attention decoder decodes alone.
             lm_weight / lm_length_bonus: with `ctc_weight=1`, the CTC head's prefix beam search (`num_beams` wide,
-                default `generation_config.asr_ctc_beams`) adds `lm_weight * log p_lm + lm_length_bonus` per token
-                from the model's character n-gram language model of each row's language (`set_asr_language_model`),
-                which fixes the spelling the CTC head gets wrong. Default: `generation_config.asr_lm_weight` /
-                `asr_lm_length_bonus` when the model has a language model, else 0. With `0 < ctc_weight < 1` the
+                default `asr_decoding.ctc_beams`) adds `lm_weight * log p_lm + lm_length_bonus` per token from the
+                model's character n-gram language model of each row's language (`set_asr_language_model`), which
+                fixes the spelling the CTC head gets wrong. Default: `asr_decoding.lm_weight` / `lm_length_bonus`
+                when the model has a language model, else 0. With `0 < ctc_weight < 1` the
                 same terms join the joint CTC/attention score of each candidate token (shallow fusion, ESPnet's
                 decoding with an LM); there they default to 0.
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
@@ -445,12 +446,9 @@ class Mu2SlamGenerationMixin(GenerationMixin):
         config, language_model = self.generation_config, self.asr_language_model
         if lm_weight:
             self._required_language_model(lm_weight)
-        if lm_weight is None:
-            lm_weight = float(getattr(config, "asr_lm_weight", 0.0) or 0.0) if language_model is not None else 0.0
-        if length_bonus is None:
-            length_bonus = float(getattr(config, "asr_lm_length_bonus", 0.0) or 0.0) if lm_weight else 0.0
-        if num_beams is None:
-            num_beams = int(getattr(config, "asr_ctc_beams", 8)) if lm_weight else config.num_beams
+        lm_weight, length_bonus, num_beams = self.asr_decoding.ctc_search(
+            lm_weight, length_bonus, num_beams, language_model is not None, config.num_beams
+        )
         bos = config.decoder_start_token_id
         if num_beams == 1 and not lm_weight and not length_bonus:
             return self._ctc_best_paths(encoder_outputs, bos=bos)
@@ -476,8 +474,8 @@ class Mu2SlamGenerationMixin(GenerationMixin):
         return self.asr_language_model
 
     def set_asr_language_model(
-        self, language_model: CharNgramLanguageModel | None, lm_weight: float = 0.3, length_bonus: float = 0.3,
-        num_beams: int = 8,
+        self, language_model: CharNgramLanguageModel | None, lm_weight: float = DEFAULT_LM_WEIGHT,
+        length_bonus: float = DEFAULT_LM_LENGTH_BONUS, num_beams: int = DEFAULT_CTC_BEAMS,
     ) -> None:  # fmt: skip
         """Attach a character n-gram language model for CTC decoding and make `lm_weight`, `length_bonus` and
         `num_beams` the defaults of CTC decoding (`generate(ctc_weight=1)`, `pipeline()` when the model's ASR
@@ -492,12 +490,14 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             unknown = sorted(set(language_model.languages) - set(self.config.languages))
             if unknown:
                 raise ValueError(f"The language model has languages {unknown} this model does not know.")
+        attached = language_model is not None
+        options = self.asr_decoding.replace(
+            lm_weight=float(lm_weight) if attached else 0.0,
+            lm_length_bonus=float(length_bonus) if attached else 0.0,
+            ctc_beams=int(num_beams),
+        )
         self.asr_language_model = language_model
-        config = self.generation_config
-        config.asr_lm_weight = float(lm_weight) if language_model is not None else 0.0
-        config.asr_lm_length_bonus = float(length_bonus) if language_model is not None else 0.0
-        config.asr_ctc_beams = int(num_beams)
-        config._from_model_config = False
+        options.save_to(self.generation_config, "lm_weight", "lm_length_bonus", "ctc_beams")
 
     def load_asr_language_model(self, location: str | os.PathLike, **hub_kwargs) -> None:
         """Attach the `ctc_language_model.json` saved in `location` (a folder or Hub id), if it has one."""
@@ -506,31 +506,27 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             location, LM_FILE_NAME, _raise_exceptions_for_missing_entries=False,
             **{key: value for key, value in hub_kwargs.items() if key in keep},
         )  # fmt: skip
-        config = self.generation_config
-        if path is None:
-            if getattr(config, "asr_lm_weight", 0.0):
-                logger.warning(
-                    "%s sets asr_lm_weight=%s but has no %s: CTC decoding runs without its language model (copy the "
-                    "file beside the model, or pass lm_weight=0 to silence this).",
-                    location, config.asr_lm_weight, LM_FILE_NAME,
-                )  # fmt: skip
-                config.asr_lm_weight = 0.0
-        else:
-            self.set_asr_language_model(
-                CharNgramLanguageModel.load(path),
-                getattr(config, "asr_lm_weight", 0.0),
-                getattr(config, "asr_lm_length_bonus", 0.0),
-                getattr(config, "asr_ctc_beams", 8),
-            )
+        options = self.asr_decoding
+        if path is not None:
+            language_model = CharNgramLanguageModel.load(path)
+            self.set_asr_language_model(language_model, options.lm_weight, options.lm_length_bonus, options.ctc_beams)
+        elif options.lm_weight:
+            logger.warning(
+                "%s sets asr_lm_weight=%s but has no %s: CTC decoding runs without its language model (copy the "
+                "file beside the model, or pass lm_weight=0 to silence this).",
+                location, options.lm_weight, LM_FILE_NAME,
+            )  # fmt: skip
+            options.replace(lm_weight=0.0).save_to(self.generation_config, "lm_weight")
+
+    @property
+    def asr_decoding(self) -> AsrDecodingOptions:
+        """The model's default ASR decoder (`AsrDecodingOptions`), as saved in its generation config."""
+        return AsrDecodingOptions.from_generation_config(self.generation_config)
 
     def set_asr_ctc_weight(self, ctc_weight: float) -> None:
         """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.
         0: the attention decoder alone, 1: the CTC head alone (prefix search), in between: joint decoding."""
-        if not 0.0 <= ctc_weight <= 1.0:
-            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}.")
-        self.generation_config.asr_ctc_weight = float(ctc_weight)
-        # `from_pretrained` rebuilds a generation config marked as derived from the model config, dropping this field.
-        self.generation_config._from_model_config = False
+        self.asr_decoding.replace(ctc_weight=float(ctc_weight)).save_to(self.generation_config, "ctc_weight")
 
     def _default_ctc_weight(
         self,
@@ -539,8 +535,9 @@ class Mu2SlamGenerationMixin(GenerationMixin):
         tgt_lang_ids: torch.Tensor,
         modality: int,
     ) -> float:
-        """`generation_config.asr_ctc_weight` when every row is ASR (speech to text in the same language), else 0."""
-        weight = float(getattr(self.generation_config, "asr_ctc_weight", None) or 0.0)
+        """The model's ASR CTC weight (`asr_decoding`) when every row is ASR (speech to text in the same language),
+        else 0."""
+        weight = self.asr_decoding.default_ctc_weight()
         if weight == 0 or input_features is None or modality != TEXT_MODALITY:
             return 0.0
         return weight if self._all_rows_asr(src_lang_ids, tgt_lang_ids) else 0.0

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamProcessor
+from mu2slam_hf.asr_decoding import AsrDecodingOptions
 from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.evaluation import (
     GENERATION_TASKS,
@@ -120,14 +121,7 @@ def describe_asr_decoding(options: dict, generation_config: dict) -> str:
     """One line naming the ASR decoder `options` resolve to for this model (printed before decoding)."""
     if options["decoder"] is not None or options["ctc_weight"] is not None:
         return str({key: value for key, value in options.items() if value is not None})
-    weight = float(generation_config.get("asr_ctc_weight") or 0.0)
-    lm_weight = options["lm_weight"] if options["lm_weight"] is not None else generation_config.get("asr_lm_weight")
-    if weight == 0.0:
-        decoder = "the attention decoder"
-    elif weight == 1.0:
-        decoder = f"the CTC head with its n-gram LM (weight {lm_weight:g})" if lm_weight else "the CTC head"
-    else:
-        decoder = f"joint CTC/attention (CTC weight {weight:g})"
+    decoder = AsrDecodingOptions.from_generation_config(generation_config).describe(options["lm_weight"])
     return f"the model's own, {decoder} (generation_config.json)"
 
 

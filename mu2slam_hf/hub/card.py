@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..asr_decoding import AsrDecodingOptions
 from ..ngram_lm import LM_FILE_NAME
 from .folder import RETRIEVAL_MODEL_TYPE, weight_files
 from .recipes import Recipe, recipe_strings, recipe_values
@@ -223,16 +224,17 @@ def asr_decoding(model_dir: Path) -> dict[str, Any]:
     beside the model, the CTC head's n-gram language model (its languages and fusion settings)."""
     generation_file = model_dir / "generation_config.json"
     generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else {}
-    decoding: dict[str, Any] = {"ctc_weight": generation.get("asr_ctc_weight"), "language_model": None}
+    options = AsrDecodingOptions.from_generation_config(generation)
+    decoding: dict[str, Any] = {"ctc_weight": options.ctc_weight, "language_model": None}
     lm_file = model_dir / LM_FILE_NAME
-    if lm_file.is_file() and generation.get("asr_lm_weight"):
+    if lm_file.is_file() and options.lm_weight:
         languages = json.loads(lm_file.read_text(encoding="utf-8"))["languages"]
         decoding["language_model"] = {
             "languages": sorted(languages),
             "order": max(entry["order"] for entry in languages.values()),
-            "weight": generation["asr_lm_weight"],
-            "length_bonus": generation.get("asr_lm_length_bonus", 0.0),
-            "beams": generation.get("asr_ctc_beams", 8),
+            "weight": options.lm_weight,
+            "length_bonus": options.lm_length_bonus,
+            "beams": options.ctc_beams,
         }
     return decoding
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from ..asr_decoding import DEFAULT_CTC_BEAMS
 from ..data.audio import decode_example
 from ..evaluation import averages, evaluate_model
 from ..ngram_lm import CharNgramLanguageModel
@@ -43,7 +44,7 @@ def fit_ctc_language_model(
     train_rows: Iterable[dict[str, Any]],
     dev_examples: Sequence[dict[str, Any]],
     order: int = 6,
-    num_beams: int = 8,
+    num_beams: int = DEFAULT_CTC_BEAMS,
     batch_size: int = 16,
     other_ctc_weight: float | None = None,
     max_new_tokens: int = 128,

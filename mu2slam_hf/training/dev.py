@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
+from ..asr_decoding import JOINT_CTC_WEIGHT, AsrDecodingOptions
 from ..data.audio import decode_example
 from ..data.schema import LABELLED_TASKS
 from ..evaluation import (
@@ -34,11 +35,10 @@ from .losses import LossTracker
 
 logger = logging.getLogger(__name__)
 GENERATION_METRICS = {"asr": ("cer", "wer"), "ast": ("bleu",), "mt": ("bleu",)}
-JOINT_CTC_WEIGHT = 0.3  # ESPnet's usual weight for joint CTC/attention decoding
 DEV_LOSS_TOTALS = ("language_id_loss", "retrieval_loss")  # dev losses beside the per-task ones
-# Below this spread the encoder gives nearly one vector for every position. Measured on MT from scratch: 0.96 at
-# init; without an encoder-side loss 0.03 after 100 steps and 0.004 after 300, the decoder by then a language model
-# that ignores the source; with `mt_source_mlm` 0.15 about 0.9 at step 400, the decoder reading the source.
+# Below this spread the encoder gives nearly one vector for every position: an MT model trained from scratch without
+# an encoder-side loss falls far below it within a few hundred steps, its decoder then a language model that ignores
+# the source; with `mt_source_mlm` the spread stays near its value at init (docs/training.md).
 COLLAPSED_ENCODER_SPREAD = 0.1
 
 
@@ -218,7 +218,7 @@ ASR_DECODER_CTC_WEIGHTS = {"dev/asr_cer": 0.0, "dev/asr_cer_joint": JOINT_CTC_WE
 def dev_chosen_ctc_weight(metrics: dict[str, float]) -> float | None:
     """The CTC weight of the ASR decoder with the lowest dev CER in one dev evaluation (None without ASR CERs).
 
-    Chosen on dev, it becomes the model's default for ASR (``generation_config.asr_ctc_weight``), so that
+    Chosen on dev, it becomes the model's default for ASR (``model.asr_decoding.ctc_weight``), so that
     ``generate`` and ``pipeline()`` transcribe with the decoder that works best at this point of training.
     """
     scored = {key: metrics[key] for key in ASR_DECODER_CTC_WEIGHTS if key in metrics}
@@ -229,18 +229,9 @@ def dev_chosen_ctc_weight(metrics: dict[str, float]) -> float | None:
 
 def dev_chosen_asr_decoding(generation_config: Mapping[str, Any]) -> dict[str, Any]:
     """`evaluate_model` options of a fine-tuned model's default ASR decoder, which its run chose on dev, never on test
-    (``generation_config.asr_ctc_weight``, see `Mu2SlamTrainer.save_final`): the attention decoder (0), joint
-    CTC/attention greedy decoding, or the CTC head (1), with the run's n-gram LM where ``asr_lm_weight`` > 0 and
-    greedy otherwise. Joint decoding for a model without a choice (no ASR dev results)."""
-    weight = generation_config.get("asr_ctc_weight")
-    weight = JOINT_CTC_WEIGHT if weight is None else float(weight)
-    if weight != 1.0:
-        return {"decoder": "attention", "ctc_weight": weight}
-    return (
-        {"decoder": "ctc"}
-        if (generation_config.get("asr_lm_weight") or 0.0) > 0
-        else {"decoder": "ctc", "lm_weight": 0.0}
-    )
+    (its `AsrDecodingOptions`, see `Mu2SlamTrainer.save_final`); `generation_config` is generation_config.json's
+    dict."""
+    return AsrDecodingOptions.from_generation_config(generation_config).evaluation_options()
 
 
 def write_dev_results(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
