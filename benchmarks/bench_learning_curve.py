@@ -41,7 +41,7 @@ since a dev split of a few clips gives a noisy ratio, and never used to choose a
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en            # 15 min, both at once
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth --minutes 15 --eval_interval 100 \\
         --dev_examples 40 --jobs 2 --demo_dir runs/demo --output_dir runs/bench-learning-curve
-    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --set ctc_weight=0.5  # a recipe variant
+    python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --set ctc_loss_weight=0.5  # a recipe variant
     python benchmarks/bench_learning_curve.py --data runs/exp/data/synth-en --quick    # smoke run: tiny, 0.5 min
     python benchmarks/bench_learning_curve.py --task mt --data runs/mt/de-en --output_dir runs/bench-mt   # 60 min
     python benchmarks/bench_learning_curve.py --task ast --data runs/ast/de-en --output_dir runs/bench-ast  # 60 min

@@ -71,9 +71,9 @@ def test_demo_stages_are_placed_after_the_stages_they_start_from(tmp_path):
 
 def test_learning_curve_recipe_variants_reach_both_runs():
     bench = load_learning_curve()
-    args = bench.parse_args(["--data", "corpus", "--set", "ctc_weight=0.5", "--set", "optimizer.decay=constant"])
+    args = bench.parse_args(["--data", "corpus", "--set", "ctc_loss_weight=0.5", "--set", "optimizer.decay=constant"])
     recipe = bench.load_benchmark_recipe(args)
-    assert recipe.ctc_weight == 0.5 and recipe.optimizer.decay == "constant"
+    assert recipe.ctc_loss_weight == 0.5 and recipe.optimizer.decay == "constant"
     command = bench.child_command(args, "peer")  # each child process reads the same variant
     assert bench.recipe_overrides(bench.parse_args(command[2:])) == bench.recipe_overrides(args)
 

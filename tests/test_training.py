@@ -95,6 +95,20 @@ def test_recipe_rejects_unknown_keys_by_name():
         recipe_from_dict({"model": "configuration/models/tiny", "max_step": 10})
 
 
+def test_recipe_old_ctc_weight_key_loads_as_the_ctc_loss_weight(tmp_path, caplog):
+    """The CTC loss weight's old recipe key still loads, with a message naming the new one; both at once is an error."""
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "stage: finetune\nmodel: configuration/models/tiny\nexamples_per_step: {asr: 2}\nctc_weight: 0.5\n"
+    )
+    with caplog.at_level("WARNING", logger="mu2slam_hf.training.recipe"):
+        recipe = load_recipe(path)
+    assert recipe.ctc_loss_weight == 0.5 and "is now `ctc_loss_weight`" in caplog.text
+    assert load_recipe(path, {"ctc_weight": 0.2}).ctc_loss_weight == 0.2  # an override by the old name wins too
+    with pytest.raises(RecipeError, match=r"`ctc_weight` is the old name of `ctc_loss_weight`"):
+        recipe_from_dict({"model": "m", "ctc_weight": 0.5, "ctc_loss_weight": 0.5})
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -723,7 +737,7 @@ def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpu
         ({"language_id_weight": -1.0}, "language_id_weight must be >= 0"),
         ({"retrieval": True, "examples_per_step": {"mt": 2}}, "retrieval: draw asr or ast rows too"),
         ({"retrieval": True, "examples_per_step": {"asr": 2, "mt": 2}, "mt_source_mlm": 0.15}, "mt_source_mlm"),
-        ({"retrieval": True, "ctc_weight": 0.3}, r"\['ctc_weight'\] belong to the seq2seq model"),
+        ({"retrieval": True, "ctc_loss_weight": 0.3}, r"\['ctc_loss_weight'\] belong to the seq2seq model"),
         ({"retrieval": True, "stage": "pretrain"}, "retrieval: the dual encoder is trained in `stage: finetune`"),
     ],
 )

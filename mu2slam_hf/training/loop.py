@@ -151,8 +151,7 @@ def make_accelerator(recipe: Recipe, output_dir: str | Path, log_with: str | Non
 
 
 # bf16 autocast pays on a CPU only where its matrix products are clearly faster than fp32: the rest of a training
-# step (norms, casts, the optimizer) does not speed up. Measured on the small preset: bf16 products 4.7x faster gave
-# a 1.5x faster step, 0.5x as fast gave a 1.6x slower one.
+# step (norms, casts, the optimizer) does not speed up, so slower bf16 products make the whole step slower.
 CPU_BF16_MIN_SPEEDUP = 1.5
 
 
@@ -297,8 +296,8 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> tor
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    # The fused kernel updates every tensor in one pass: 11 ms for the small preset on 2 CPU threads against 30 ms for
-    # the per-parameter loop, and a stage 2 step of 0.28 s against 0.32 s. The same update up to float rounding.
+    # The fused kernel updates every tensor in one pass, faster than the per-parameter loop (docs/results.md); the
+    # same update up to float rounding.
     return cls(groups, lr=lr, betas=tuple(opt.betas), eps=opt.eps, fused=True)
 
 
@@ -322,8 +321,8 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         logger.info("extend_vocabulary: added the characters %s and the languages %s", characters, languages)
     elif resume_from is None and recipe.init_checkpoint and not (recipe.language_id_only or recipe.retrieval):
         refuse_unknown_text(processor, sources.values(), recipe.init_checkpoint)
-    if recipe.ctc_weight is not None:
-        model.config.ctc_loss_weight = recipe.ctc_weight
+    if recipe.ctc_loss_weight is not None:
+        model.config.ctc_loss_weight = recipe.ctc_loss_weight
     if recipe.language_id_weight:
         if model.language_id_head is None:
             model.add_language_id_head()
@@ -410,7 +409,7 @@ class Mu2SlamTrainer:
             self.config,
             recipe.stage,
             recipe.dataloader.cache_features and streams is None,  # a stream's clips are not seen twice soon
-            ctc=bool(recipe.ctc_weight),
+            ctc=bool(recipe.ctc_loss_weight),
             ctc_ast_source=recipe.ctc_ast_source,
             mt_source_mlm=recipe.mt_source_mlm,
             speed_perturbation=recipe.speed_perturbation,
@@ -724,7 +723,7 @@ class Mu2SlamTrainer:
 
     def save_final(self) -> None:
         """Model + processor at the top of output_dir (``from_pretrained(output_dir)``), with the ASR decoder dev
-        scored best as the model's default for ASR (``generation_config.asr_ctc_weight``): the best greedy decoder of
+        scored best as the model's default for ASR (``model.asr_decoding.ctc_weight``): the best greedy decoder of
         the last dev evaluation, or the CTC head with the recipe's language model where that is better on dev."""
         weight = dev_chosen_ctc_weight(self.dev_history[-1]) if self.dev_history else None
         if weight is not None and self.recipe.ctc_language_model and self.accelerator.is_main_process:

@@ -8,6 +8,7 @@ its schedule, and the intervals of evaluation and checkpointing. See ``docs/trai
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 MAX_SILENCE_PADDING_S = 5.0  # silence_padding_s: beyond this a clip is mostly silence
 MIN_SPEED, MAX_SPEED = 0.5, 2.0  # speed_perturbation factors: beyond these, speech stops sounding like speech
 FINETUNE_CTC_WEIGHT = 0.3  # ESPnet's joint CTC/attention weight; attention-only small models stall for long
+# Recipe keys that were renamed: the old key still loads, with a message naming the new one. `ctc_weight` means the
+# CTC/attention mixing weight of decoding everywhere else (`generate(ctc_weight=...)`), not this loss weight.
+RENAMED_KEYS = {"ctc_weight": "ctc_loss_weight"}
+
+logger = logging.getLogger(__name__)
 
 
 class RecipeError(ValueError):
@@ -121,7 +127,7 @@ class Recipe:
     Model: ``model`` is a preset folder (``configuration/models/small``) or ``init_checkpoint`` a trained folder
     (model + processor); ``model_overrides`` are set on the model config at init (dropout, noise, ...).
 
-    Learning: ``ctc_weight`` is the weight of the encoder's CTC loss (``config.ctc_loss_weight``); fine-tuning puts
+    Learning: ``ctc_loss_weight`` is the weight of the encoder's CTC loss (``config.ctc_loss_weight``); fine-tuning puts
     CTC on ASR rows (and, with ``ctc_ast_source``, on AST rows from their source transcript) and defaults to 0.3
     (0 turns it off); pre-training keeps the preset's weight unless set. ``mt_source_mlm`` is the same kind of
     encoder-side loss for MT fine-tuning: that fraction of each source's words (one whole-word span, corrupted as
@@ -173,7 +179,7 @@ class Recipe:
     examples_per_step: dict[str, int] = field(default_factory=lambda: dict(PAPER_EXAMPLES_PER_STEP))
     language_temperature: dict[str, float] = field(default_factory=lambda: dict(PAPER_LANGUAGE_TEMPERATURE))
     loss_weights: dict[str, float] = field(default_factory=dict)
-    ctc_weight: float | None = None
+    ctc_loss_weight: float | None = None
     ctc_ast_source: bool = False
     mt_source_mlm: float = 0.0
     seconds_per_step: dict[str, float] = field(default_factory=dict)
@@ -254,10 +260,10 @@ class Recipe:
             raise RecipeError(f"optimizer.warmup_fraction must be in (0, 1), got {fraction}.")
         if self.optimizer.decay not in DECAYS:
             raise RecipeError(f"optimizer.decay must be one of {DECAYS}, got {self.optimizer.decay!r}.")
-        if self.ctc_weight is None and self.stage == "finetune":
-            self.ctc_weight = 0.0 if self.retrieval else FINETUNE_CTC_WEIGHT
-        if self.ctc_weight is not None and self.ctc_weight < 0:
-            raise RecipeError(f"ctc_weight must be >= 0, got {self.ctc_weight}.")
+        if self.ctc_loss_weight is None and self.stage == "finetune":
+            self.ctc_loss_weight = 0.0 if self.retrieval else FINETUNE_CTC_WEIGHT
+        if self.ctc_loss_weight is not None and self.ctc_loss_weight < 0:
+            raise RecipeError(f"ctc_loss_weight must be >= 0, got {self.ctc_loss_weight}.")
         not_speech = sorted(set(self.seconds_per_step) - set(SPEECH_TASKS))
         if not_speech:
             raise RecipeError(f"seconds_per_step: {not_speech} are not speech tasks (speech, asr, ast).")
@@ -291,8 +297,8 @@ class Recipe:
         clashes = [
             name for name in ("language_id_weight", "ctc_language_model", "mt_source_mlm") if getattr(self, name)
         ]
-        if self.ctc_weight:
-            clashes.append("ctc_weight")
+        if self.ctc_loss_weight:
+            clashes.append("ctc_loss_weight")
         if self.extend_vocabulary:
             clashes.append("extend_vocabulary")
         if clashes:
@@ -459,7 +465,25 @@ def _value(hint: Any, value: Any, path: str) -> Any:
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """A validated `Recipe` from a mapping (the parsed YAML)."""
-    return _convert(Recipe, data, "")
+    return _convert(Recipe, with_renamed_keys(data), "")
+
+
+def with_renamed_keys(data: Any, where: str = "recipe") -> Any:
+    """`data` with each old key of `RENAMED_KEYS` under its new name (a message names the new one); both at once is a
+    RecipeError."""
+    if not isinstance(data, dict):
+        return data
+    renamed = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise RecipeError(f"{where}: `{old}` is the old name of `{new}`; give only `{new}`.")
+        logger.warning(
+            "%s: the key `%s` is now `%s` (the weight of the encoder's CTC loss): rename it.", where, old, new
+        )
+        renamed[new] = renamed.pop(old)
+    return renamed
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -473,7 +497,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         data = yaml.safe_load(handle) or {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}.")
-    for dotted, value in (overrides or {}).items():
+    data = with_renamed_keys(data, str(path))
+    for dotted, value in with_renamed_keys(dict(overrides or {}), "overrides").items():
         target = data
         *parents, leaf = dotted.split(".")
         for parent in parents:
