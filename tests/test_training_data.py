@@ -151,6 +151,17 @@ def test_every_kind_of_data_gives_the_canonical_rows_of_the_manifest(clips, kind
         assert all(row["audio"]["bytes"] for row in rows)  # decoded later by soundfile, not torchcodec
 
 
+def test_a_corpus_without_a_dev_split_is_refused_for_dev_unless_test_is_asked_for(tmp_path):
+    """Dev never falls back to the test split unasked: decoders and LM weights chosen on it would be tuned on test."""
+    for split in ("train", "test"):
+        write_manifest(tmp_path / f"{split}.jsonl", [])
+    with pytest.raises(DataSourceError, match=r"no dev split .*eval_split_name='test'"):
+        TrainingData(dataset_name=str(tmp_path)).resolved_eval_split()
+    assert TrainingData(dataset_name=str(tmp_path), eval_split_name="test").resolved_eval_split() == "test"
+    (tmp_path / "test.jsonl").unlink()
+    assert TrainingData(dataset_name=str(tmp_path)).resolved_eval_split() is None  # no held-out split: no dev
+
+
 def test_tsv_and_jsonl_tables_read_like_csv(clips):
     reference = essentials(csv_data(clips).load("train"))
     assert essentials(csv_data(clips, "\t", ".tsv").load("train")) == reference

@@ -42,7 +42,9 @@ from .validation import CorpusError, check_corpus, row_problems
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
-EVAL_SPLIT_NAMES = ("dev", "validation", "valid", "test")
+EVAL_SPLIT_NAMES = ("dev", "validation", "valid")
+# Never a dev split by default: decoders and LM weights chosen on it would be tuned on the figures they report.
+TEST_SPLIT_NAME = "test"
 DATA_FILE_SUFFIXES = (".parquet", ".arrow")
 
 
@@ -59,8 +61,10 @@ class TrainingData:
         dataset_config_name: the ``load_dataset`` configuration (e.g. a Common Voice language).
         train_file, validation_file: CSV / TSV / JSON Lines tables instead of ``dataset_name``.
         train_split_name: the training split (manifest folders: ``train``).
-        eval_split_name: the split the run's dev metrics use; default the first of dev, validation, valid, test
-            that exists (none: no dev evaluation).
+        eval_split_name: the split the run's dev metrics use; default the first of dev, validation, valid that
+            exists (none: no dev evaluation). Data whose only held-out split is the test split is refused unless
+            ``eval_split_name="test"`` says so: dev chooses the ASR decoder and LM weights, which would then be
+            tuned on test.
         task: ``asr``, ``ast`` or ``mt`` for every row; default per row from the data (see the module docstring).
         audio_column_name: the audio (an ``Audio`` column, a path, or ``{"path", "bytes"}``).
         text_column_name: the label: the transcript (ASR) or the translation (AST, MT).
@@ -150,7 +154,15 @@ class TrainingData:
                     f"{self}: no split {self.eval_split_name!r} (eval_split_name); its splits are {available}."
                 )
             return self.eval_split_name
-        return next((name for name in EVAL_SPLIT_NAMES if name in available), None)
+        split = next((name for name in EVAL_SPLIT_NAMES if name in available), None)
+        if split is None and TEST_SPLIT_NAME in available:
+            raise DataSourceError(
+                f"{self} has no dev split ({', '.join(EVAL_SPLIT_NAMES)}), only {TEST_SPLIT_NAME!r}: dev evaluation "
+                "chooses the ASR decoder and the language model's weights, which would then be tuned on the test set. "
+                "Add a dev split, or pass eval_split_name='test' (--eval_split_name test) to use the test split "
+                "knowingly."
+            )
+        return split
 
     def split_names(self) -> list[str]:
         """The splits the data has."""
@@ -369,7 +381,8 @@ class TrainingData:
 _HELP = {
     "dataset_config_name": "the datasets configuration (e.g. a language)",
     "train_split_name": "the training split (default: train)",
-    "eval_split_name": "the split for dev metrics (default: dev, validation, valid or test, whichever exists)",
+    "eval_split_name": "the split for dev metrics (default: dev, validation or valid, whichever exists; 'test' only "
+    "when given)",
     "task": "asr, ast or mt for every row (default: from the data)",
     "audio_column_name": "the audio column (default: audio)",
     "text_column_name": "the label column: transcript or translation (default: text)",
