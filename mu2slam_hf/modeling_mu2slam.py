@@ -1052,7 +1052,7 @@ class Mu2SlamEncoder(Mu2SlamPreTrainedModel):
         groups = length_groups(lengths) if lengths is not None and batch > 1 else []
         grouped_frames = sum(len(rows) * int(lengths[rows].max()) for rows in groups)
         # Several smaller passes cost more per frame on a CPU: only worth it when they drop much of the padding
-        # (length-bucketed batches of one task mostly stay whole; grouping them cost +10% step time in the demo's stage 2).
+        # (length-bucketed batches of one task mostly stay whole: grouping them would only add passes).
         if len(groups) < 2 or grouped_frames > GROUPING_MIN_SAVING * batch * int(lengths.max()):
             return self._encode(input_features, attention_mask, None, None, src_lang_ids, None, None, kwargs)
         width = int(self.config.speech_output_lengths(torch.tensor(frames)))

@@ -12,10 +12,9 @@ file), and every run of at least `pause_s` (a call option, `PAUSE_S` by default)
 (`pause_segments`). The stretches between pauses (sentences, as the models were trained on) are then transcribed one
 by one, whatever the decoder (greedy, beam, joint CTC/attention, the CTC head with its LM), from the file's
 features. Decoded inside a chunk, next to the end of one sentence and the start of another, speech is transcribed
-worse: on 3-minute files of test sentences in 8 languages the demo model's WER was 4.0 points above the same
-sentences decoded one by one on average, and is 0.7 above it this way (docs/results.md). A transcript is aligned to
-its CTC log-probabilities (`Mu2SlamForConditionalGeneration.ctc_align`, Viterbi), which gives every word its frames,
-hence its seconds (`FrameClock`). A stretch longer than the chunk length is cut in its longest pause between words.
+worse than the same sentences decoded one by one; stretch by stretch it comes close to them (docs/results.md).
+A transcript is aligned to its CTC log-probabilities (`Mu2SlamForConditionalGeneration.ctc_align`, Viterbi), which
+gives every word its frames, hence its seconds (`FrameClock`). A stretch longer than the chunk length is cut in its longest pause between words.
 Translation has no pauses to cut on: its chunk outputs are merged on their longest common token run.
 """
 
@@ -47,13 +46,13 @@ OUTPUT_KEYS = (
 # A run of blank frames of the CTC head at least this long is a pause between two stretches of a long file that are
 # transcribed on their own: the pauses between sentences, not the shorter ones between words. The head counts as
 # blank where it gives blank at least PAUSE_BLANK_PROBABILITY. Recordings whose sentences are parted by longer pauses
-# than the pauses inside them can raise it per call (`pause_s`): on espeak-ng's French, pauses inside a sentence reach
-# 0.64 s, and cuts there cost WER (docs/results.md).
+# than the pauses inside them can raise it per call (`pause_s`): some voices pause inside a sentence for longer than
+# PAUSE_S, and cuts there cost words (docs/results.md).
 PAUSE_S, PAUSE_BLANK_PROBABILITY = 0.4, 0.9
 SEGMENT_BATCH_SIZE = 8  # stretches transcribed together
 # An input longer than LONG_INPUT_S without `chunk_length_s` is cut into chunks of LONG_INPUT_CHUNK_S: decoded as one
-# input, a long file loses the pauses' sentence-by-sentence decoding (the demo model's English WER on a 3-minute
-# file: 56.0 whole, 47.2 in 8 s chunks; docs/results.md), and the attention decoder would stop at its
+# input, a long file loses the pauses' sentence-by-sentence decoding (a much higher WER than in chunks;
+# docs/results.md), and the attention decoder would stop at its
 # `max_target_positions` tokens, cutting the transcript short without a word.
 LONG_INPUT_S, LONG_INPUT_CHUNK_S = 30.0, 8.0
 
