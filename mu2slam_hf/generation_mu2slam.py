@@ -284,7 +284,6 @@ class Mu2SlamGenerationMixin(GenerationMixin):
         Returns:
             `(B, U)` ids, the decoder start token first (or `generate`'s dict with `return_dict_in_generate=True`).
         """
-        check_finite(input_features, "input_features")
         reference = self._generation_input(input_features, input_ids, kwargs)
         batch, device = reference.shape[0], reference.device
         src_lang_ids = self._source_language_ids(
@@ -322,7 +321,8 @@ class Mu2SlamGenerationMixin(GenerationMixin):
     def _generation_input(
         input_features: torch.Tensor | None, input_ids: torch.Tensor | None, generate_kwargs: dict
     ) -> torch.Tensor:
-        """The one input of `generate` (speech or text); drops the training-only keys of a collated batch."""
+        """The one input of `generate` (speech or text, finite); drops the training-only keys of a collated batch."""
+        check_finite(input_features, "input_features")
         if input_features is not None and input_ids is not None:
             raise ValueError("Pass either `input_features` (speech) or `input_ids` (text) to `generate`, not both.")
         reference = input_features if input_features is not None else input_ids
