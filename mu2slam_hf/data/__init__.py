@@ -23,6 +23,7 @@ from .corpora import load_corpus
 from .libreoffice import build_libreoffice
 from .manifest import combine_corpora, load_manifest, read_manifest, summarize, write_manifest
 from .mixing import TaskMixture, temperature_probabilities
+from .parallel_text import build_parallel_text
 from .schema import (
     FEATURES,
     FIELDS,
@@ -41,6 +42,6 @@ __all__ = [
     "padded_fraction", "text_token_lengths", "TaskMixture", "temperature_probabilities", "SAMPLING_RATE", "TASKS",
     "DataError", "DataSourceError", "TrainingData", "check_example", "decode_example", "decode_examples",
     "example_language", "filter_valid", "load_corpus", "load_manifest", "make_example", "read_audio",
-    "build_libreoffice", "combine_corpora", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
+    "build_libreoffice", "build_parallel_text", "combine_corpora", "read_manifest", "summarize", "to_dataset", "to_mono_16k", "write_flac", "write_manifest",
     "until_any_process_ends",
 ]  # fmt: skip

@@ -213,8 +213,35 @@ def connected_components(keys: list[Iterable[Hashable]]) -> list[list[int]]:
     return list(components.values())
 
 
-def _row_texts(row: dict[str, Any]) -> set[str]:
+def row_texts(row: dict[str, Any]) -> set[str]:
+    """The normalised (:func:`normalize_text`) transcript/source and translation/label of an example."""
     return {normalize_text(row[key]) for key in ("source_text", "target_text") if row.get(key)}
+
+
+def held_out_manifests(path: str | os.PathLike) -> list[str]:
+    """The dev and test manifests of a corpus folder (``dev.jsonl``, ``test.jsonl``), or ``[path]`` for a
+    ``.jsonl`` file; a FileNotFoundError saying what was expected otherwise."""
+    if os.path.isfile(path) and str(path).endswith(".jsonl"):
+        return [str(path)]
+    found = [os.path.join(path, f"{split}.jsonl") for split in ("dev", "test")]
+    found = [manifest for manifest in found if os.path.isfile(manifest)]
+    if not found:
+        raise FileNotFoundError(
+            f"{path} is neither a .jsonl manifest nor a corpus folder with dev.jsonl or test.jsonl; pass a built "
+            "corpus (e.g. the output folder of mu2slam-build-text) or one of its manifests"
+        )
+    return found
+
+
+def held_out_texts(paths: Iterable[str | os.PathLike]) -> set[str]:
+    """Every normalised text (:func:`row_texts`) of the dev/test manifests of ``paths``
+    (:func:`held_out_manifests`), for leaving them out of a training split."""
+    texts: set[str] = set()
+    for path in paths:
+        for manifest in held_out_manifests(path):
+            for row in iter_manifest(manifest):
+                texts |= row_texts(row)
+    return texts
 
 
 def combine_corpora(
@@ -256,14 +283,14 @@ def combine_corpora(
     if not source_rows:
         raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
     held_out = set().union(
-        *(_row_texts(row) for split, rows in source_rows.items() if split != "train" for row in rows)
+        *(row_texts(row) for split, rows in source_rows.items() if split != "train" for row in rows)
     )
     os.makedirs(out_dir, exist_ok=True)
     rows_by_split, dropped = {}, 0
     for split, rows in source_rows.items():
         rows = [row for row in rows if not tasks or row["task"] in tasks]
         if split == "train":
-            kept = [row for row in rows if not _row_texts(row) & held_out]
+            kept = [row for row in rows if not row_texts(row) & held_out]
             rows, dropped = kept, len(rows) - len(kept)
         write_manifest(os.path.join(out_dir, f"{split}.jsonl"), rows)
         rows_by_split[split] = rows
