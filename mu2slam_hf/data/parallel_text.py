@@ -49,9 +49,9 @@ TRAIN_SETS = ("news-test2008", "newssyscomb2009")
 SPLITS = ("train", "dev", "test")
 MULTI30K_SET = "multi30k-train"
 LICENSES = {
-    "newstest": "WMT news test sets, distributed by WMT (statmt.org) for research; OPUS-MT-testsets states no licence",
+    "newstest": "WMT news test sets (statmt.org); OPUS-MT-testsets states no licence for them: check WMT's terms",
     "tatoeba": "CC-BY 2.0 FR (Tatoeba)",
-    "multi30k": "research and educational use under the Flickr30k terms",
+    "multi30k": "non-commercial research or educational use, under the Flickr30k terms",
 }
 
 _NEWSTEST = re.compile(r"newstest(\d{4})")
