@@ -1,4 +1,4 @@
-"""Where a training step's time goes on this machine's device (the GPU where there is one, else the CPU).
+"""Where a training step's time goes on the device of the machine it runs on (the GPU where there is one, else the CPU).
 
 Our step is `Mu2SlamTrainer.train_step`, the real loop, on the ASR-from-scratch recipe (`asr-scratch-small.yaml`:
 about 40 s of audio per step, the weight average, bf16 where `mixed_precision: auto` picks it). Printed:

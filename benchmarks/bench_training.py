@@ -1,4 +1,4 @@
-"""Training throughput, model FLOPs utilisation and memory of the Mu2SLAM training loop on this machine.
+"""Training throughput, model FLOPs utilisation and memory of the Mu2SLAM training loop on the machine it runs on.
 
 1. Matmul peak (fp32 2048^3 and bf16 1024^3, the configured threads): the denominator of MFU.
 2. The `small` preset through `Mu2SlamTrainer.train_step` (the real loop: mixture -> instances -> per-layout
