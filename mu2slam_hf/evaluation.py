@@ -366,13 +366,17 @@ def generate_predictions(
     ctc_weight: float | None = None,
     decoder: str | None = None,
     lm_weight: float | None = None,
+    translation: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a hypothesis for every ASR/AST/MT example (data schema; audio decoded here when needed).
 
     Speech and text examples are batched separately, each sorted by length. ASR examples are decoded by
     ``decoder`` (:func:`asr_generate_options`): by default the model's own ASR decoder, as ``generate`` and
     ``pipeline()`` decode it (the one its fine-tuning run chose on dev); AST and MT examples always by the attention
-    decoder (greedy with ``num_beams=1``, beam search otherwise). ``max_new_tokens=None`` leaves the length limit to
+    decoder: with ``translation`` (`generate` options such as ``num_beams``, ``no_repeat_ngram_size``,
+    ``length_penalty``) where given, else with ``num_beams`` where it is not 1, else as the model's own translation
+    decoding (``generation_config.translation_decoding``, chosen on dev by its fine-tuning run; greedy for a model
+    without one). ``max_new_tokens=None`` leaves the length limit to
     the model's generation config (its ``max_target_positions``), which warns about every output cut there: a
     smaller fixed limit would silently cut long references' hypotheses and count the missing end as errors.
     Returns records with ``id``, ``task``, ``source_lang``, ``target_lang``, ``reference`` (the example's
@@ -381,11 +385,19 @@ def generate_predictions(
     examples = list(examples)
     asr = [example for example in examples if _task_of(example) == "asr"]
     others = [example for example in examples if _task_of(example) != "asr"]
-    attention = _with_length_limit({"num_beams": num_beams}, max_new_tokens)
+    attention = _with_length_limit(translation_generate_options(translation, num_beams), max_new_tokens)
     asr_options = asr_generate_options(decoder, ctc_weight, lm_weight, num_beams, max_new_tokens)
     return _decode(model, processor, asr, batch_size, asr_options) + _decode(
         model, processor, others, batch_size, attention
     )
+
+
+def translation_generate_options(translation: dict[str, Any] | None, num_beams: int = 1) -> dict[str, Any]:
+    """The `generate` options of AST/MT decoding (see :func:`generate_predictions`): ``translation`` where given,
+    ``num_beams`` where it is not 1, else none (the model's own translation decoding)."""
+    if translation is not None:
+        return dict(translation)
+    return {"num_beams": num_beams} if num_beams != 1 else {}
 
 
 def asr_generate_options(
@@ -581,6 +593,40 @@ def evaluate_model(
     metrics = score_predictions(predictions)
     if with_loss:
         metrics = _merge_by_group(metrics, score_nll(target_nll(model, processor, selected, batch_size)))
+    return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
+
+
+def evaluate_cascade(
+    asr: tuple[Any, Any],
+    translation: tuple[Any, Any],
+    examples: Iterable[dict[str, Any]],
+    batch_size: int = 8,
+    model_name: str = "",
+    data_name: str = "",
+    split: str = "",
+    return_predictions: bool = False,
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Speech translation by a cascade, the baseline a direct AST model should beat: the ``asr`` (model,
+    processor) transcribes each AST example with its own ASR decoder, and the ``translation`` (model, processor)
+    translates the transcript as text (its own translation decoding). Scored as AST (BLEU, chrF) against each
+    example's ``target_text``; the evaluation JSON dict of :func:`evaluate_model`, whose predictions also carry
+    each ``transcript``. ``max_new_tokens``: both steps' length limit (None: each model's own)."""
+    speech = [decode_example(dict(example)) for example in examples if example["task"] == "ast"]
+    if not speech:
+        raise ValueError("evaluate_cascade needs AST examples (speech with a translation).")
+    as_asr = [{**example, "task": "asr", "target_lang": example["source_lang"]} for example in speech]
+    transcripts = {r["id"]: r["hypothesis"] for r in generate_predictions(*asr, as_asr, batch_size, max_new_tokens)}
+    as_mt = [
+        {**_identity(example), "task": "mt", "audio": None, "source_text": transcripts[example["id"]],
+         "target_text": example["target_text"]}
+        for example in speech
+    ]  # fmt: skip
+    predictions = [
+        {**record, "task": "ast", "transcript": transcripts[record["id"]]}
+        for record in generate_predictions(*translation, as_mt, batch_size, max_new_tokens)
+    ]
+    metrics = score_predictions(predictions)
     return make_results(model_name, data_name, split, metrics, predictions if return_predictions else None)
 
 
@@ -836,6 +882,7 @@ __all__ = [
     "asr_generate_options",
     "averages",
     "bleu_tokenizer",
+    "evaluate_cascade",
     "char_error_rate",
     "corpus_bleu",
     "corpus_chrf",

@@ -48,6 +48,8 @@ logger = logging.get_logger(__name__)
 # Keys of a collated training batch that generation does not take (a Seq2SeqTrainer batch goes to generate as is).
 TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
                       "example_weights", "speech_mlm_mask", "language_labels")  # fmt: skip
+# `generate` options of translation decoding that a fine-tuning run chooses on dev (training.translation_decoding).
+TRANSLATION_DECODING_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "repetition_penalty")
 
 
 class Mu2SlamEncoderDecoderCache(EncoderDecoderCache):
@@ -312,7 +314,7 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             tgt_lang_ids=tgt_lang_ids,
             tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
             logits_processor=processors,
-            **kwargs,
+            **self._with_translation_decoding(kwargs, input_features, src_lang_ids, tgt_lang_ids),
         )
         self._warn_if_cut_at_length_limit(generated, kwargs)
         return generated
@@ -522,6 +524,29 @@ class Mu2SlamGenerationMixin(GenerationMixin):
     def asr_decoding(self) -> AsrDecodingOptions:
         """The model's default ASR decoder (`AsrDecodingOptions`), as saved in its generation config."""
         return AsrDecodingOptions.from_generation_config(self.generation_config)
+
+    def _with_translation_decoding(
+        self, kwargs: dict, input_features: torch.Tensor | None, src_lang_ids: torch.Tensor, tgt_lang_ids: torch.Tensor
+    ) -> dict:
+        """``kwargs`` with the model's translation decoding (`generation_config.translation_decoding`: beams,
+        repetition and length controls its fine-tuning run chose on dev) when the rows translate (text in, or
+        another target language) and the caller passes none of its keys and no generation config of its own:
+        passing any of them replaces the saved choice as a whole."""
+        saved = getattr(self.generation_config, "translation_decoding", None) or {}
+        if not saved or "generation_config" in kwargs or any(key in kwargs for key in TRANSLATION_DECODING_KEYS):
+            return kwargs
+        if input_features is not None and self._all_rows_asr(src_lang_ids, tgt_lang_ids):
+            return kwargs
+        return {**kwargs, **saved}
+
+    def set_translation_decoding(self, options: dict) -> None:
+        """Make ``options`` (`generate` keyword arguments among `TRANSLATION_DECODING_KEYS`) the model's default
+        translation decoding (AST and MT; saved in generation_config.json)."""
+        unknown = set(options) - set(TRANSLATION_DECODING_KEYS)
+        if unknown:
+            raise ValueError(f"translation decoding takes {TRANSLATION_DECODING_KEYS}, not {sorted(unknown)}.")
+        self.generation_config.translation_decoding = dict(options)
+        self.generation_config._from_model_config = False  # else loading rebuilds it from the model config
 
     def set_asr_ctc_weight(self, ctc_weight: float) -> None:
         """Make `ctc_weight` the default of `generate` (and `pipeline()`) for ASR; saved in generation_config.json.

@@ -39,6 +39,9 @@ logger = logging.get_logger(__name__)
 SPACE_PIECE = "\u2581"  # ▁, as in SentencePiece
 
 
+UNKNOWN_SPANS_CHUNK = 4096  # texts encoded at once by `unknown_spans`
+
+
 class Mu2SlamTokenizer(PreTrainedTokenizerFast):
     """A ``PreTrainedTokenizerFast`` over a Mu2SLAM text tokenizer (see the module docstring for its layout).
 
@@ -88,12 +91,19 @@ class Mu2SlamTokenizer(PreTrainedTokenizerFast):
         return files
 
     def unknown_spans(self, texts: list[str]) -> list[list[str]]:
-        """For each text, the pieces of it that this tokenizer writes as ``<unk>`` (characters it never saw)."""
-        encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [
-            [text[start:end] for token, (start, end) in zip(e.ids, e.offsets, strict=True) if token == UNK_ID]
-            for text, e in zip(texts, encodings, strict=True)
-        ]
+        """For each text, the pieces of it that this tokenizer writes as ``<unk>`` (characters it never saw).
+
+        Texts are encoded a chunk at a time: an encoding holds its ids, offsets and token strings, so a corpus's
+        hundreds of thousands of texts encoded at once took gigabytes."""
+        spans = []
+        for start in range(0, len(texts), UNKNOWN_SPANS_CHUNK):
+            chunk = texts[start : start + UNKNOWN_SPANS_CHUNK]
+            encodings = self.backend_tokenizer.encode_batch(chunk, add_special_tokens=False)
+            spans += [
+                [text[begin:end] for token, (begin, end) in zip(e.ids, e.offsets, strict=True) if token == UNK_ID]
+                for text, e in zip(chunk, encodings, strict=True)
+            ]
+        return spans
 
     def unknown_text_report(self, texts: Iterable[tuple[str, str]]) -> UnknownTextReport:
         """Count, per language, the ``(language, text)`` pairs that hold text this tokenizer cannot write."""

@@ -187,3 +187,22 @@ def test_combined_train_split_leaves_out_sentences_of_any_sources_dev_or_test(tm
     assert load_manifest(out, "train")["id"] == ["s1", "r5"]
     assert summary["held_out_text_dropped"] == 3
     assert load_manifest(out, "test")["id"] == ["s2"] and load_manifest(out, "dev")["id"] == ["r0"]
+
+
+def test_combined_corpora_keep_only_the_asked_target_languages(tmp_path):
+    """A translation stage into English combines corpora of both directions: only the rows into English stay."""
+    from mu2slam_hf.data.manifest import combine_corpora
+
+    source, out = tmp_path / "text", tmp_path / "into-en"
+    source.mkdir()
+    rows = [
+        make_example("1", "mt", "de", source_text="Ein Boot.", target_text="A boat.", target_lang="en"),
+        make_example("2", "mt", "en", source_text="A boat.", target_text="Ein Boot.", target_lang="de"),
+        make_example("3", "text", "de", source_text="Ein Fisch."),
+    ]
+    write_manifest(source / "train.jsonl", rows)
+    summary = combine_corpora(out, [source], tasks=["mt"], target_langs=["en"])
+    assert load_manifest(out, "train")["id"] == ["1"]
+    assert summary["combined"]["target_langs"] == ["en"]
+    with pytest.raises(FileExistsError, match="already holds another corpus"):
+        combine_corpora(out, [source], tasks=["mt"])  # the same sources into every language: another corpus

@@ -15,7 +15,17 @@ from conftest import REPO_ROOT
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "training_scripts" / "demo.py"), "--output_dir", str(tmp_path), "--quick"],
+        [
+            sys.executable,
+            str(REPO_ROOT / "training_scripts" / "demo.py"),
+            "--output_dir",
+            str(tmp_path),
+            "--quick",
+            "--libreoffice_help_dir",
+            eight_language_help(tmp_path / "help"),
+            "--tuxpaint_dir",
+            tuxpaint_stamps(tmp_path / "stamps"),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -54,6 +64,18 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     fitted = (tmp_path / "ft2-noisy" / "ctc_language_model_fit.json").exists()
     assert len(evaluations) == 3 + fitted and "eval_synth.json" in evaluations, evaluations
     assert "(chosen on dev)" in report
+    # stage 2 for translation: AST and MT into English only, its decoding chosen on dev, the cascade beside it
+    translation = tmp_path / "ft2-translation"
+    assert (translation / "model.safetensors").exists() and (translation / "translation_decoding_fit.json").exists()
+    chosen = json.loads((translation / "generation_config.json").read_text())["translation_decoding"]
+    assert chosen == json.loads((translation / "translation_decoding_fit.json").read_text())["chosen"]
+    direct = json.loads((translation / "eval_synth_into_en.json").read_text())
+    assert {m["task"] for m in direct["metrics"]} == {"ast", "mt"} and {
+        m["target_lang"] for m in direct["metrics"]
+    } == {"en"}
+    assert (translation / "eval_fillets_into_en_cascade.json").exists()
+    assert "Translation into English" in report and "cascade BLEU" in report and "| libreoffice-text | MT |" in report
+    assert "| tuxpaint | AST |" in report and "never trained on (Tux Paint)" in report
 
 
 @pytest.mark.slow
@@ -104,6 +126,22 @@ def eight_language_help(root) -> str:
         if not (folder / help_dir_name(lang)).exists():
             shutil.copytree(folder / help_dir_name("fr"), folder / help_dir_name(lang))
     return str(folder)
+
+
+def tuxpaint_stamps(root) -> str:
+    """An extracted Tux Paint package of 24 stamps read in French, Spanish and Russian (every split gets some)."""
+    from test_data_tuxpaint import TRANSLATIONS, _description, _ogg
+
+    from mu2slam_hf.data.tuxpaint import STAMPS_DIR
+
+    animals = Path(root) / STAMPS_DIR / "animals"
+    animals.mkdir(parents=True)
+    for i in range(24):
+        texts = {lang: text.format(i=i) for lang, text in TRANSLATIONS.items()}
+        (animals / f"cat{i}.txt").write_text(_description(f"A cat {i}.", texts), encoding="utf-8")
+        for j, lang in enumerate(("fr", "es", "ru")):
+            _ogg(animals / f"cat{i}_desc_{lang}.ogg", seconds=0.8, rate=16_000, channels=1, seed=3 * i + j)
+    return str(root)
 
 
 def load_demo():

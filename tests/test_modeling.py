@@ -803,3 +803,31 @@ def test_speech_enters_the_encoder_on_the_scale_of_the_positions():
     positions = sinusoidal_positions(torch.arange(speech.shape[1]), config.d_model)
     ratio = (speech.std() / positions.std()).item()
     assert 0.5 < ratio < 3.0, ratio
+
+
+def _repeated_ngrams(row: list[int], n: int) -> int:
+    grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_saved_translation_decoding_is_the_default_until_the_caller_passes_its_options(tiny_config, tmp_path):
+    """A translation decoding chosen on dev is saved with the model and used by `generate` for translation; a
+    caller's own beam / repetition options replace it as a whole, and transcription never sees it."""
+    from mu2slam_hf import Mu2SlamForConditionalGeneration
+
+    model = make_model(tiny_config)
+    ids = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 9))
+    mt = dict(input_ids=ids, attention_mask=torch.ones_like(ids), src_lang="de", tgt_lang="en", max_new_tokens=24)
+    greedy = model.generate(**mt)
+    assert _repeated_ngrams(greedy[0, 2:].tolist(), 2) > 0  # a random model loops
+    with pytest.raises(ValueError, match="translation decoding takes"):
+        model.set_translation_decoding({"num_beam": 4})
+    model.set_translation_decoding({"num_beams": 1, "no_repeat_ngram_size": 2})
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path).eval()
+    chosen = loaded.generate(**mt)
+    assert all(_repeated_ngrams(row[2:].tolist(), 2) == 0 for row in chosen)
+    assert torch.equal(loaded.generate(**mt, num_beams=1), greedy)  # the caller's options, and nothing saved
+    features, mask = random_batch(tiny_config)
+    transcribe = dict(input_features=features, attention_mask=mask, src_lang="de", max_new_tokens=12, ctc_weight=0.0)
+    assert torch.equal(loaded.generate(**transcribe), model.generate(**transcribe))  # the saved choice is AST/MT's

@@ -44,9 +44,12 @@ from mu2slam_hf.data import combine_corpora, load_manifest
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
 from mu2slam_hf.data.libreoffice import build_libreoffice
 from mu2slam_hf.data.synthetic import build_synthetic
+from mu2slam_hf.data.tuxpaint import build_tuxpaint
 from mu2slam_hf.evaluation import (
     averages,
     char_error_rate,
+    corpus_chrf,
+    evaluate_cascade,
     evaluate_model,
     load_examples,
     results_to_markdown,
@@ -69,11 +72,26 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # stage 2 (20 s of audio) 0.26, so stage 2 trained 4,210 steps; on a 2-core AMD EPYC with AVX512-BF16 before
 # tcmalloc, stage 2 took 0.30-0.40 s a step (2,400-3,400 steps).
 PLANS = {
-    "demo": {"pretrain": 100, "stage1": 210, "stage2": 1500, "stage2_until_minute": 24.5},  # the README's main job
+    # the main job: stage 2 ASR until minute 24.5, then stage 2 translation until minute 25 (at least a minute)
+    "demo": {
+        "pretrain": 100,
+        "stage1": 210,
+        "stage2": 1500,
+        "stage2_until_minute": 24.5,
+        "translation": 2000,
+        "translation_until_minute": 25.0,
+    },
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
     # (an AST step costs about twice an ASR step: AST's stage 2 is shorter)
     "long": {"pretrain": 300, "stage1": 210, "stage2": 1000, "stage2_ast": 400, "libreoffice_speech_hours": 1.0},
-    "quick": {"pretrain": 12, "stage1": 8, "stage2": 6, "stage2_until_minute": 60.0},  # --quick (tests)
+    "quick": {
+        "pretrain": 12,
+        "stage1": 8,
+        "stage2": 6,
+        "stage2_until_minute": 60.0,
+        "translation": 6,
+        "translation_until_minute": 60.0,
+    },  # --quick (tests)
 }
 # `--compare` with a plan that has `libreoffice_speech_hours` also scores the compared AST models on the LibreOffice
 # help corpus (real sentences the models never saw, spoken by espeak-ng; its builder speaks a tenth of these hours in
@@ -103,15 +121,27 @@ STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 # characters only the real transcripts have (`extend_vocabulary`).
 STAGE2_ASR_DATA = Path("data") / "synth+fillets-asr"
 STAGE2_ASR = {**STAGE2_BATCH, "extend_vocabulary": True}
+# Stage 2 for translation (the paper's stage 2 is per task): AST and MT into English from the stage 1 model, on the
+# synthetic corpus, the real Czech/Dutch speech with its English lines, and the LibreOffice help's real sentence
+# pairs (text only: the help's pages give about 25,000 pairs a language, where the game has a thousand lines).
+TRANSLATION_DATA = Path("data") / "translation-into-en"
+TRANSLATION_DEV_EXAMPLES = 64  # per task: the dev set of the decoding choice (beams, repetition controls)
+QUICK_MAX_NEW_TOKENS = 24  # the quick plan's translation outputs: its untrained models never stop by themselves
 
 
 def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def build_data(root: Path, quick: bool) -> tuple[Path, Path]:
-    """The synthetic and the real-speech corpus; writes both corpora's ASR rows to ``root / STAGE2_ASR_DATA``, the
-    ASR fine-tuning data."""
+def build_data(
+    root: Path, quick: bool, help_dir: str | None = None, stamps_dir: str | None = None
+) -> tuple[Path, Path, Path, Path | None]:
+    """The synthetic and the real-speech corpus, the LibreOffice help's sentence pairs (``help_dir``: an extracted
+    help folder, else Debian's packages) and Tux Paint's real read speech (``stamps_dir``: an extracted stamps
+    package, else Debian's; left out of ``quick`` runs without one); writes the synthetic and Fish Fillets ASR rows
+    to ``root / STAGE2_ASR_DATA`` (the ASR fine-tuning data) and every corpus's AST and MT rows into English to
+    ``root / TRANSLATION_DATA`` (the translation fine-tuning data). Returns the synthetic, Fish Fillets, help and
+    Tux Paint (or None) corpora."""
     synth, fillets = root / "data" / "synth", root / "data" / "fillets"
     cache = root / "data" / "debian-cache"
     if not (synth / "summary.json").exists():
@@ -130,7 +160,20 @@ def build_data(root: Path, quick: bool) -> tuple[Path, Path]:
         f"stage 2 ASR data: {combined['held_out_text_dropped']} train clips left out, their sentence is in a dev or "
         "test split"
     )
-    return synth, fillets
+    help_text = root / "data" / "libreoffice-text"
+    if not (help_text / "summary.json").exists():
+        log("building the LibreOffice help's parallel sentences (text only)")
+        build_libreoffice(str(help_text), LANGUAGES, help_dir=help_dir, cache_dir=str(cache))
+    stamps = None
+    if stamps_dir or not quick:
+        stamps = root / "data" / "tuxpaint"
+        if not (stamps / "summary.json").exists():
+            log("building Tux Paint's real read speech (fr, es, ru, en, nl; descriptions in every language)")
+            build_tuxpaint(str(stamps), stamps_dir, cache_dir=str(cache), languages=LANGUAGES)
+    sources = [synth, fillets, help_text] + ([stamps] if stamps else [])
+    combined = combine_corpora(root / TRANSLATION_DATA, sources, tasks=["ast", "mt"], target_langs=["en"])
+    log(f"translation data: {combined['held_out_text_dropped']} train rows left out, their text is held out")
+    return synth, fillets, help_text, stamps
 
 
 def build_libreoffice_test_set(root: Path, hours: float, help_dir: str | None) -> Path:
@@ -273,9 +316,90 @@ def decoder_comparison(model_dir: Path, chosen_results: dict[Path, dict], count:
     return rows
 
 
-def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count: int) -> list[dict]:
+def into_english(root: Path, data: Path) -> Path:
+    """A corpus folder of ``data``'s test AST and MT rows into English (the translation model's directions)."""
+    out = root / "data" / f"{data.name}-test-into-en"
+    combine_corpora(out, [data], tasks=["ast", "mt"], splits=("test",), target_langs=["en"])
+    return out
+
+
+def evaluate_translation(
+    root: Path, asr_model: Path, translator: Path, corpora: tuple[Path, ...], count: int, quick: bool = False
+) -> dict:
+    """The translation model's AST and MT into English on each corpus's test rows (``count`` per task, spread over
+    the directions; its own translation decoding, chosen on dev), and the cascade baseline on the AST rows: the ASR
+    model's transcript (its own decoder) translated as text by the translation model. Written to
+    ``<translator>/eval_<corpus>_into_en[_cascade].json``; returns ``{title: results}``. ``quick``: outputs cut at
+    `QUICK_MAX_NEW_TOKENS` (the quick plan's models never stop by themselves)."""
+    limit = QUICK_MAX_NEW_TOKENS if quick else None
+    model = Mu2SlamForConditionalGeneration.from_pretrained(translator).eval()
+    processor = Mu2SlamProcessor.from_pretrained(translator)
+    asr = (
+        Mu2SlamForConditionalGeneration.from_pretrained(asr_model).eval(),
+        Mu2SlamProcessor.from_pretrained(asr_model),
+    )
+    tables = {}
+    for data in corpora:
+        test = into_english(root, data)
+        tasks = tuple(task for task in ("ast", "mt") if load_examples(test, "test", (task,), 1))
+        examples = load_examples(test, "test", tasks, count)
+        direct = evaluate_model(model, processor, examples, tasks, batch_size=16, max_new_tokens=limit,
+                                model_name="stage 2 translation", data_name=data.name)  # fmt: skip
+        write_results(direct, translator / f"eval_{data.name}_into_en.json")
+        tables[f"direct, {data.name}"] = direct
+        if "ast" in tasks:
+            cascade = evaluate_cascade(
+                asr, (model, processor), examples, 16, "cascade: stage 2 ASR, then MT", data.name, max_new_tokens=limit
+            )
+            write_results(cascade, translator / f"eval_{data.name}_into_en_cascade.json")
+            tables[f"cascade, {data.name}"] = cascade
+    return tables
+
+
+def translation_section(translator: Path, tables: dict[str, dict]) -> list[str]:
+    """The report's translation section: averages of direct and cascade AST / MT per test set, the decoding the
+    model chose on dev, and each table per direction."""
+    lines = ["## Translation into English (stage 2 translation model)", ""]
+    fit_file = translator / "translation_decoding_fit.json"
+    if fit_file.exists():
+        fit = json.loads(fit_file.read_text())
+        tried = "; ".join(f"{_options(c['options'])}: chrF {c['chrf']:.1f}" for c in fit["candidates"])
+        lines += [f"Translation decoding, chosen on {fit['dev_examples']} dev rows: **{_options(fit['chosen'])}** "
+                  f"(dev: {tried}).", ""]  # fmt: skip
+    lines += [
+        "| test set | task | direct BLEU | direct chrF | cascade BLEU | cascade chrF |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for title, results in tables.items():
+        route, data = title.split(", ")
+        if route != "direct":
+            continue
+        for task in ("ast", "mt"):
+            direct = averages(results, task)
+            if not direct:
+                continue
+            cascade = (
+                averages(tables[f"cascade, {data}"], task) if task == "ast" and f"cascade, {data}" in tables else {}
+            )
+            cells = [f"{values[key]:.2f}" if key in values else "-" for values in (direct, cascade)
+                     for key in ("bleu xx-en", "chrf xx-en")]  # fmt: skip
+            lines.append(f"| {data} | {task.upper()} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for title, results in tables.items():
+        lines += [f"### {title}", "", results_to_markdown(results).split("\n", 1)[1].replace("\n## ", "\n#### "), ""]
+    return lines
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in options.items()) or "greedy"
+
+
+def pipeline_samples(
+    asr_model: Path, translation_model: Path, data: Path, count: int, targets: tuple[str, ...] | None = None
+) -> list[dict]:
     """The ASR pipeline on the first test clip of ``count`` languages: transcribed by the ASR model with the decoder
-    its dev set chose (through generate_kwargs), translated by the multi-task model."""
+    its dev set chose (through generate_kwargs), and translated by the translation model (its own decoding) where
+    the clip's direction is into one of ``targets`` (None: every direction)."""
     from transformers import pipeline
 
     transcribe = pipeline("automatic-speech-recognition", model=str(asr_model))
@@ -289,7 +413,9 @@ def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count
         path = str(data / example["audio"]["path"])
         source, target = example["source_lang"], example["target_lang"]
         transcript = transcribe(path, generate_kwargs={"src_lang": source, "tgt_lang": source, **decoding})["text"]
-        translation = translate(path, generate_kwargs={"src_lang": source, "tgt_lang": target})["text"]
+        translation = None
+        if targets is None or target in targets:
+            translation = translate(path, generate_kwargs={"src_lang": source, "tgt_lang": target})["text"]
         reference = example.get("source_text") or ""
         samples.append(
             {
@@ -300,6 +426,7 @@ def pipeline_samples(asr_model: Path, translation_model: Path, data: Path, count
                 "cer": char_error_rate([reference], [transcript]),
                 "reference translation": example["target_text"],
                 "translation": translation,
+                "chrf": None if translation is None else corpus_chrf([example["target_text"]], [translation]),
             }
         )
     return samples
@@ -328,7 +455,12 @@ def plot_losses(stages: dict[str, Path], output: Path) -> Path:
 
 
 def write_report(
-    root: Path, results: dict[str, dict], decoders: list[str], samples: list[dict], seconds: dict[str, float]
+    root: Path,
+    results: dict[str, dict],
+    decoders: list[str],
+    samples: list[dict],
+    seconds: dict[str, float],
+    translation: dict[str, dict] | None = None,
 ) -> Path:
     lines = ["# Mu2SLAM demo report", "", "Measured by `python training_scripts/demo.py`.", ""]
     lines += [f"Machine: {machine_summary()}.", ""]
@@ -346,22 +478,25 @@ def write_report(
         "",
     ]
     lines += [*decoders, ""]
+    if translation:
+        lines += translation_section(root / FOLDERS["stage 2 translation"], translation)
+        translated_by = "the stage 2 translation model (its decoding chosen on dev)"
+    else:
+        translated_by = f"the stage 1 model ({trained_steps(root / FOLDERS['stage 1'])} small multitask steps)"
     lines += [
         "## pipeline() on test audio",
         "",
-        "Transcripts by the stage 2 model (the decoder its dev set chose); translations by the stage 1 model, whose",
-        f"AST had {trained_steps(root / FOLDERS['stage 1'])} small steps on a few hundred sentences per language (its "
-        "BLEU is in the stage 1 tables above): the",
-        "demo spends its minutes on ASR, and speech translation from scratch needs far more steps and sentences",
-        "(docs/results.md: BLEU 4.4 after 60 minutes of de->en on 12 hours of LibreOffice help sentences).",
+        f"Transcripts by the stage 2 ASR model (the decoder its dev set chose); translations by {translated_by}.",
         "",
-        "| direction | transcript (reference) | CER | translation (reference) |",
+        "| direction | transcript (reference) | CER | translation (reference) | chrF |",
     ]
-    lines += ["|---|---|---:|---|"]
+    lines += ["|---|---|---:|---|---:|"]
     for s in samples:
+        translated = "-" if s["translation"] is None else f"{s['translation']} ({s['reference translation']})"
+        chrf = "-" if s["chrf"] is None else f"{s['chrf']:.1f}"
         lines.append(
             f"| {s['direction']} | {s['transcript']} ({s['reference transcript']}) | {s['cer']:.1f} "
-            f"| {s['translation']} ({s['reference translation']}) |"
+            f"| {translated} | {chrf} |"
         )
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -460,21 +595,46 @@ def _progress(stage: Stage) -> str:
     return f"{stage.name} step {json.loads(lines[-1])['step'] if lines else 0}/{stage.overrides['max_steps']}"
 
 
-def main_stages(root: Path, plan: dict, quick: bool, train_until: float | None = None) -> list[Stage]:
+def main_stages(
+    root: Path, plan: dict, quick: bool, train_until: float | None = None, translate_until: float | None = None
+) -> list[Stage]:
     """Pre-training (every objective), gradual stage 1 (AST + ASR + MT), and stage 2 ASR with noisy fine-tuning:
-    ``plan["stage2"]`` steps, or, with ``train_until`` (a time.monotonic() deadline), as many as fit before it."""
+    ``plan["stage2"]`` steps, or, with ``train_until`` (a time.monotonic() deadline), as many as fit before it;
+    then, where the plan has ``translation``, stage 2 for translation from stage 1 until the plan's
+    ``translation_until_minute`` (``translate_until``) or for that many steps."""
     stage2 = asr_overrides(plan["stage2"], quick, **starting_from(root / "ft1"), **noisy(plan["stage2"]))
     if train_until is not None:
         steps = plan["stage2"] if quick else STAGE2_MAX_STEPS
         stage2.update(max_steps=steps, eval_interval=steps, checkpoint_interval=steps, spec_augment_from_step=
                       min(stage2["spec_augment_from_step"], STAGE2_SPEC_AUGMENT_FROM))  # fmt: skip
         stage2.update({"optimizer.warmup_fraction": None, "optimizer.warmup_steps": min(STAGE2_WARMUP_STEPS, steps)})
-    return [
+    stages = [
         Stage("pre-training", "pretrain-small.yaml", root / "pt", stage_overrides(plan["pretrain"], quick)),
         Stage("stage 1", "gradual-stage1.yaml", root / "ft1", stage1_overrides(root, plan, quick), ("pre-training",)),
         Stage("stage 2 ASR noisy", "gradual-stage2-asr.yaml", root / "ft2-noisy", stage2, ("stage 1",), train_until,
               root / STAGE2_ASR_DATA),
     ]  # fmt: skip
+    if "translation" in plan:
+        stages.append(Stage("stage 2 translation", "gradual-stage2-translation.yaml", root / "ft2-translation",
+                            translation_overrides(root, plan, quick, translate_until is not None),
+                            ("stage 2 ASR noisy",), translate_until, root / TRANSLATION_DATA))  # fmt: skip
+    return stages
+
+
+def translation_overrides(root: Path, plan: dict, quick: bool, timed: bool) -> dict:
+    """Stage 2 for translation from stage 1: the recipe's schedule (warmup, peak lr), one dev evaluation at the end
+    (on more rows, which also choose the translation decoding); with ``timed``, up to ``plan["translation"]`` steps
+    (the time limit stops it first)."""
+    steps = plan["translation"]
+    overrides = stage_overrides(steps, quick, **starting_from(root / "ft1"))
+    for key in ("optimizer.lr", "optimizer.warmup_fraction"):
+        overrides.pop(key)  # the recipe's own
+    overrides["dev_examples_per_task"] = 4 if quick else TRANSLATION_DEV_EXAMPLES
+    if quick:
+        overrides["eval_max_new_tokens"] = QUICK_MAX_NEW_TOKENS
+    if timed and not quick:  # the time limit stops it first; the quick plan's steps fit in its minutes
+        overrides.update(max_steps=steps * 10, eval_interval=steps * 10, checkpoint_interval=steps * 10)
+    return overrides
 
 
 def stage1_overrides(root: Path, plan: dict, quick: bool, **extra) -> dict:
@@ -506,7 +666,8 @@ def noisy(steps: int) -> dict:
 # (docs/results.md), but a head with two slots from random weights stays on the blank plateau (English from scratch:
 # dev CER 76.1 against 14.5 with one slot at 15 minutes), which would credit pre-training with the recipe's choice.
 SCRATCH_ASR = {"model_overrides.ctc_upsampling": 1}
-FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noisy"}
+FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noisy",
+           "stage 2 translation": "ft2-translation"}  # fmt: skip
 NOISY = {"decoder_noise_ratio": 0.06, "apply_spec_augment": True}
 
 
@@ -700,6 +861,10 @@ def main(argv: list[str] | None = None) -> None:
         "--libreoffice_help_dir", help="--compare with --plan long: an extracted LibreOffice help folder (default: "
         "fetched with apt-get); --quick: also scores the comparison on it"
     )  # fmt: skip
+    parser.add_argument(
+        "--tuxpaint_dir", help="an extracted tuxpaint-stamps-default package (default: fetched with apt-get; --quick: "
+        "Tux Paint is left out without it)"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if argv is None:  # run as a program: may re-execute it with tcmalloc preloaded (a fifth faster CPU steps)
         log(f"memory allocator: {use_fast_allocator(training_on_cpu=not torch.cuda.is_available())}")
@@ -714,14 +879,16 @@ def main(argv: list[str] | None = None) -> None:
     # --compare gives every stage 2 the same number of steps; the main job alone spends its minutes.
     until_minute = None if args.compare else plan.get("stage2_until_minute")
     train_until = None if until_minute is None else time.monotonic() + 60 * until_minute
+    # translation is not compared: it keeps its minutes with --compare too
+    translate_until = time.monotonic() + 60 * plan["translation_until_minute"] if "translation" in plan else None
 
     start = time.perf_counter()
-    synth, fillets = build_data(root, args.quick)
+    synth, fillets, help_text, stamps = build_data(root, args.quick, args.libreoffice_help_dir, args.tuxpaint_dir)
     libreoffice = None
     if args.compare and "libreoffice_speech_hours" in plan:
         libreoffice = build_libreoffice_test_set(root, plan["libreoffice_speech_hours"], args.libreoffice_help_dir)
     seconds["data"] = time.perf_counter() - start
-    stages = main_stages(root, plan, args.quick, train_until) + (
+    stages = main_stages(root, plan, args.quick, train_until, translate_until) + (
         compare_stages(root, plan, args.quick, args.seeds) if args.compare else []
     )
     start = time.perf_counter()
@@ -737,15 +904,29 @@ def main(argv: list[str] | None = None) -> None:
         "Stage 1 model, real speech test (Fish Fillets cs/nl)": (ft1, fillets, ("asr", "ast")),
         "Stage 2 ASR (noisy fine-tuning), real speech test": (ft2, fillets, ("asr",)),
     }
+    if stamps:  # read speech by voices no training clip has
+        tests["Stage 2 ASR (noisy fine-tuning), real read speech never trained on (Tux Paint)"] = (
+            ft2,
+            stamps,
+            ("asr",),
+        )
     start = time.perf_counter()
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in tests.items()}
     decoders = decoder_comparison(ft2, {d: results[t] for t, (m, d, _) in tests.items() if m == ft2}, count)
     seconds["evaluation"] = time.perf_counter() - start
+    translator = root / "ft2-translation" if "translation" in plan else ft1
+    translation = None
+    if "translation" in plan:
+        start = time.perf_counter()
+        corpora = (synth, fillets, help_text) + ((stamps,) if stamps else ())
+        translation = evaluate_translation(root, ft2, translator, corpora, count, args.quick)
+        seconds["translation evaluation"] = time.perf_counter() - start
     start = time.perf_counter()
-    samples = pipeline_samples(ft2, ft1, synth, 6)
+    samples = pipeline_samples(ft2, translator, synth, 6, ("en",) if "translation" in plan else None)
     seconds["pipeline()"] = time.perf_counter() - start
-    plot_losses({name: root / folder for name, folder in FOLDERS.items()}, root / "losses.png")
-    report = write_report(root, results, decoders, samples, seconds)
+    plot_losses({name: root / folder for name, folder in FOLDERS.items() if (root / folder).exists()},
+                root / "losses.png")  # fmt: skip
+    report = write_report(root, results, decoders, samples, seconds, translation)
     log(f"done: {report}")
     print(report.read_text())
     if args.compare:

@@ -249,9 +249,11 @@ def combine_corpora(
     sources: list[str | os.PathLike],
     tasks: Collection[str] | None = None,
     splits: tuple[str, ...] = ("train", "dev", "test"),
+    target_langs: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Writes a corpus folder whose manifests are the concatenation of ``sources``' manifests (only ``tasks``'
-    rows when given), with absolute audio paths so no audio is copied, and returns its summary.
+    rows when given, and only rows whose ``target_lang`` is in ``target_langs`` when given: translation into
+    English alone, say), with absolute audio paths so no audio is copied, and returns its summary.
 
     Training on several corpora at once (synthetic and real speech, say) then takes one ``--data`` folder. A
     split missing from every source is left out; one missing from some sources is taken from the others.
@@ -265,6 +267,8 @@ def combine_corpora(
     """
     out_dir = os.path.abspath(out_dir)
     origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
+    if target_langs:
+        origin["target_langs"] = sorted(target_langs)
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         previous = None
@@ -288,7 +292,8 @@ def combine_corpora(
     os.makedirs(out_dir, exist_ok=True)
     rows_by_split, dropped = {}, 0
     for split, rows in source_rows.items():
-        rows = [row for row in rows if not tasks or row["task"] in tasks]
+        rows = [row for row in rows if (not tasks or row["task"] in tasks)
+                and (not target_langs or row.get("target_lang") in target_langs)]  # fmt: skip
         if split == "train":
             kept = [row for row in rows if not row_texts(row) & held_out]
             rows, dropped = kept, len(rows) - len(kept)

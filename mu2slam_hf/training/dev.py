@@ -181,7 +181,8 @@ class DevEvaluator:
             if task not in self.examples or not self.decode:
                 continue
             mine = self._shard(self.examples[task], accelerator)
-            decoders = {"": {"decoder": "attention"}}  # never the model's chosen decoder: dev is what chooses it
+            # never the model's chosen decoders: dev is what chooses them (greedy translation, plain)
+            decoders = {"": {"decoder": "attention", "translation": {"num_beams": 1}}}
             if task == "asr":
                 decoders.update({"_ctc": {"decoder": "ctc"}, "_joint": {"ctc_weight": JOINT_CTC_WEIGHT}})
             for suffix, options in decoders.items():

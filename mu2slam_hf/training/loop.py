@@ -80,6 +80,7 @@ from .preflight import (
 from .recipe import Recipe, RecipeError
 from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
+from .translation_decoding import choose_translation_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -731,6 +732,8 @@ class Mu2SlamTrainer:
         if weight is not None:
             self.final_model().set_asr_ctc_weight(weight)
             self.accelerator.print(f"ASR decoding default (chosen on dev): ctc_weight={weight:g}")
+        if self.recipe.choose_translation_decoding and self.accelerator.is_main_process:
+            self.fit_translation_decoding()
         self.save_model_and_processor(self.output_dir)
         self.accelerator.wait_for_everyone()
 
@@ -762,6 +765,30 @@ class Mu2SlamTrainer:
             f"{fit['num_beams']} beams){against}"
         )
         return weight
+
+    def fit_translation_decoding(self) -> None:
+        """Choose the model's translation decoding on the dev AST/MT rows (`choose_translation_decoding`; as many
+        rows per task as the periodic dev evaluation decodes), set it on the model and write the fit to
+        translation_decoding_fit.json."""
+        rows = [
+            row for row in eval_rows(self.recipe, self.data, self.config.languages) if row["task"] in ("ast", "mt")
+        ]
+        if not rows:
+            self.accelerator.print("choose_translation_decoding: no AST/MT dev rows; the model keeps greedy decoding")
+            return
+        dev = [e for task in ("ast", "mt") for e in dev_subset([r for r in rows if r["task"] == task],
+                                                                self.recipe.dev_examples_per_task)]  # fmt: skip
+        limit = decoding_limit(
+            self.processor, dev, self.recipe.eval_max_new_tokens, self.config.max_target_positions - 1
+        )
+        fit = choose_translation_decoding(self.final_model(), self.processor, dev, self.recipe.eval_batch_size, limit)
+        self.final_model().set_translation_decoding(fit["chosen"])
+        write_json(self.output_dir / "translation_decoding_fit.json", fit)
+        best = max(fit["candidates"], key=lambda c: (c["chrf"], c["bleu"]))
+        self.accelerator.print(
+            f"translation decoding (chosen on {fit['dev_examples']} dev rows): {fit['chosen']}, dev chrF "
+            f"{best['chrf']:.1f}, BLEU {best['bleu']:.2f} (greedy: chrF {fit['candidates'][0]['chrf']:.1f})"
+        )
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -156,6 +156,9 @@ class Recipe:
     ``ctc_language_model``: when the dev set picks the CTC head as the ASR decoder, fit a character n-gram language
     model of this order to the train text at the end (weight and length bonus chosen on dev) and save it with the
     model, as the default of CTC decoding (`training.ctc_language_model`).
+    ``choose_translation_decoding``: at the end, decode the dev AST/MT rows with a small grid of beam widths and
+    repetition / length controls and save the best (dev chrF) as the model's translation decoding
+    (`training.translation_decoding`; written to translation_decoding_fit.json).
     ``retrieval``: train a speech-text dual encoder (`Mu2SlamForRetrieval`, from ``init_checkpoint`` or a preset)
     with the in-batch contrastive loss on the (speech, target text) pairs of the drawn asr/ast rows, and on the
     (source, target) text pairs of drawn mt rows (translation pairs carry cross-lingual matching over to speech):
@@ -210,6 +213,7 @@ class Recipe:
     language_id_only: bool = False
     trainable_modules: list[str] = field(default_factory=list)
     ctc_language_model: int | None = None
+    choose_translation_decoding: bool = False
     retrieval: bool = False
     ema_decay: float | None = None
 
@@ -295,7 +299,9 @@ class Recipe:
         if not set(self.drawn_tasks()) & {"asr", "ast"}:
             raise RecipeError("retrieval: draw asr or ast rows too; the dual encoder is evaluated on speech.")
         clashes = [
-            name for name in ("language_id_weight", "ctc_language_model", "mt_source_mlm") if getattr(self, name)
+            name
+            for name in ("language_id_weight", "ctc_language_model", "mt_source_mlm", "choose_translation_decoding")
+            if getattr(self, name)
         ]
         if self.ctc_loss_weight:
             clashes.append("ctc_loss_weight")
