@@ -157,7 +157,7 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
 
     demo = load_demo()
     plan = demo.PLANS["demo"]
-    stage2 = demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() + 600)[-1]
+    stage2 = _asr_stage2(demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() + 600))
     overrides = stage2.resolved_overrides()
     assert 9.9 < overrides["max_train_minutes"] <= 10.0
     assert stage2.data == tmp_path / "data" / "synth+fillets-asr" and overrides["extend_vocabulary"] is True
@@ -165,14 +165,37 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
     assert recipe.max_steps == demo.STAGE2_MAX_STEPS and recipe.max_train_minutes == overrides["max_train_minutes"]
     assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
     # past the deadline, stage 2 still trains a minute rather than not at all
-    late = demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() - 60)[-1]
+    late = _asr_stage2(demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() - 60))
     assert late.resolved_overrides()["max_train_minutes"] == 1.0
     # --compare: a fixed number of steps, warmup and SpecAugment at 10% / 30% of them (the same 150 / 450)
-    fixed = demo.main_stages(tmp_path, plan, quick=False)[-1]
+    fixed = _asr_stage2(demo.main_stages(tmp_path, plan, quick=False))
     assert "max_train_minutes" not in fixed.resolved_overrides()
     recipe = load_recipe(demo.RECIPES / fixed.recipe_file, fixed.resolved_overrides())
     assert recipe.max_steps == plan["stage2"] == 1500
     assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
+
+
+def _asr_stage2(stages):
+    (stage,) = [stage for stage in stages if stage.name == "stage 2 ASR noisy"]
+    return stage
+
+
+def test_the_translation_stage_follows_asr_and_trains_until_its_own_minute(tmp_path):
+    """Stage 2 for translation starts from stage 1 after stage 2 ASR, on the data into English, and trains until
+    the plan's minute (at least one), its steps bounded only by that time; the recipe chooses its decoding on dev."""
+    from mu2slam_hf.training import load_recipe
+
+    demo = load_demo()
+    plan = demo.PLANS["demo"]
+    stages = demo.main_stages(tmp_path, plan, False, time.monotonic() + 600, time.monotonic() + 900)
+    translation = stages[-1]
+    assert translation.name == "stage 2 translation" and translation.after == ("stage 2 ASR noisy",)
+    assert translation.data == tmp_path / "data" / "translation-into-en"
+    overrides = translation.resolved_overrides()
+    assert 14.9 < overrides["max_train_minutes"] <= 15.0 and overrides["init_checkpoint"] == str(tmp_path / "ft1")
+    recipe = load_recipe(demo.RECIPES / translation.recipe_file, overrides)
+    assert recipe.max_steps == 10 * plan["translation"] and recipe.choose_translation_decoding
+    assert recipe.ctc_ast_source and recipe.mt_source_mlm == 0.15 and recipe.dev_examples_per_task == 64
 
 
 def test_compared_asr_from_scratch_keeps_one_ctc_slot(tmp_path):
