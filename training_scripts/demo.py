@@ -67,10 +67,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # learning curves (docs/results.md): ASR is learned by the encoder's CTC head long before the attention decoder
 # follows it, and stage 2 keeps learning for thousands of steps, so stage 2 gets every minute the other steps leave.
 # In the plans with `stage2_until_minute`, stage 2 trains until that many minutes after the demo started (at most
-# STAGE2_MAX_STEPS; `--quick`: `stage2`): the steps a machine can afford, not a count tuned to one machine. Measured
-# in the README job on a 2-core Xeon with AMX (bf16 weights, tcmalloc): pre-training 1.2 s a step, stage 1 0.78,
-# stage 2 (20 s of audio) 0.26, so stage 2 trained 4,210 steps; on a 2-core AMD EPYC with AVX512-BF16 before
-# tcmalloc, stage 2 took 0.30-0.40 s a step (2,400-3,400 steps).
+# STAGE2_MAX_STEPS; `--quick`: `stage2`): the steps a machine can afford, not a count tuned to one machine (the step
+# times of the CPUs measured are in docs/results.md).
 PLANS = {
     # the main job: stage 2 ASR until minute 24.5, then stage 2 translation until minute 25 (at least a minute)
     "demo": {
@@ -101,24 +99,21 @@ PLANS = {
 # (about 10 epochs of the demo corpus, where English ASR from scratch stopped improving: a GPU's minutes would
 # otherwise only over-fit it).
 STAGE2_WARMUP_STEPS, STAGE2_SPEC_AUGMENT_FROM, STAGE2_MAX_STEPS = 150, 450, 6000
-# One peak learning rate for every stage: on the learning curves (docs/results.md) 5e-4 learned CTC fastest;
-# 1.5e-3 with a short warmup sat on the blank plateau for hundreds of steps, 2e-4 was slower.
+# One peak learning rate for every stage: on the learning curves (docs/experiments/) 5e-4 learned CTC fastest; a
+# higher rate with a short warmup sat on the blank plateau for hundreds of steps, a lower one was slower.
 PEAK_LR = 5e-4
 # Seconds of padded audio per step: stage 1 keeps the paper's AST 4 : ASR 2 : MT 2 ratio (clips of about 3 s), in
-# small steps at a constant rate: 210 steps of these batches take the minutes of 120 steps of twice their size, and
-# the CTC head leaves its blank plateau in stage 1 instead of stage 2 (CTC loss 2.35 against 3.26 at the end); the
-# demo's stage 2 from it, 9 minutes: dev CER 34.0 greedy / 24.9 with the LM against 35.7 / 26.0, a head start of a
-# few hundred stage 2 steps that the old stage 1 catches up on later (docs/results.md).
+# small steps at a constant rate: more updates in the same minutes, so the CTC head leaves its blank plateau in
+# stage 1 instead of stage 2 (docs/experiments/main-job.md).
 STAGE1_BATCH = {"seconds_per_step": {"asr": 10.0, "ast": 20.0}, "examples_per_step": {"mt": 3}}
 STAGE1_SCHEDULE = {"optimizer.decay": "constant", "optimizer.warmup_fraction": 0.05}
-# Stage 2: 20 s of audio per step. ASR from scratch on all 8 languages, 12 minutes on one core: dev CER 39.0 with 20 s
-# (1,011 steps) against 41.1 with 40 s (573 steps) and 39.2 with 10 s (1,843); 10 minutes: 45.0 with 40 s against 51.5
-# with 60 s. In this under-fitted regime more updates beat larger ones, down to about 20 s.
+# Stage 2: 20 s of audio per step. In this under-fitted regime more updates beat larger ones, down to about 20 s
+# (docs/experiments/main-job.md).
 STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 # ASR fine-tuning (stage 2, and direct ASR in --compare) trains on the real Czech and Dutch voice acting beside the
-# synthetic speech: the demo's stage 2 continued to 3,000 steps, real cs/nl dev CER 77.6 -> 58.1, synthetic 18.9 ->
-# 21.2 (CTC head + LM; docs/results.md). Its tokenizer, built in pre-training from the synthetic text, gains the few
-# characters only the real transcripts have (`extend_vocabulary`).
+# synthetic speech, which more than pays for itself on real dev speech (docs/experiments/main-job.md). Its tokenizer,
+# built in pre-training from the synthetic text, gains the few characters only the real transcripts have
+# (`extend_vocabulary`).
 STAGE2_ASR_DATA = Path("data") / "synth+fillets-asr"
 STAGE2_ASR = {**STAGE2_BATCH, "extend_vocabulary": True}
 # Stage 2 for translation (the paper's stage 2 is per task): AST and MT into English from the stage 1 model, on the
@@ -662,9 +657,9 @@ def noisy(steps: int) -> dict:
     }
 
 
-# (a) scratch ASR keeps the CTC head at one slot a frame: the stage 2 recipe grows a trained head to two, which pays
-# (docs/results.md), but a head with two slots from random weights stays on the blank plateau (English from scratch:
-# dev CER 76.1 against 14.5 with one slot at 15 minutes), which would credit pre-training with the recipe's choice.
+# (a) scratch ASR keeps the CTC head at one slot a frame: the stage 2 recipe grows a trained head to two, which pays,
+# but a head with two slots from random weights stays on the blank plateau (docs/experiments/asr-from-scratch.md),
+# which would credit pre-training with the recipe's choice.
 SCRATCH_ASR = {"model_overrides.ctc_upsampling": 1}
 FOLDERS = {"pre-training": "pt", "stage 1": "ft1", "stage 2 ASR noisy": "ft2-noisy",
            "stage 2 translation": "ft2-translation"}  # fmt: skip
