@@ -336,8 +336,8 @@ def evaluate_translation(
     tables = {}
     for data in corpora:
         test = into_english(root, data)
-        tasks = tuple(task for task in ("ast", "mt") if load_examples(test, "test", (task,), 1))
-        examples = load_examples(test, "test", tasks, count)
+        examples = load_examples(test, "test", ("ast", "mt"), count)
+        tasks = tuple(task for task in ("ast", "mt") if any(example["task"] == task for example in examples))
         direct = evaluate_model(model, processor, examples, tasks, batch_size=16, max_new_tokens=limit,
                                 model_name="stage 2 translation", data_name=data.name)  # fmt: skip
         write_results(direct, translator / f"eval_{data.name}_into_en.json")

@@ -80,7 +80,7 @@ from .preflight import (
 from .recipe import Recipe, RecipeError
 from .run_folder import RunFolder, claim_run_folder
 from .schedule import peak_lr, transformer_schedule
-from .translation_decoding import choose_translation_decoding
+from .translation_decoding import TRANSLATION_TASKS, choose_translation_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -771,12 +771,12 @@ class Mu2SlamTrainer:
         rows per task as the periodic dev evaluation decodes), set it on the model and write the fit to
         translation_decoding_fit.json."""
         rows = [
-            row for row in eval_rows(self.recipe, self.data, self.config.languages) if row["task"] in ("ast", "mt")
+            row for row in eval_rows(self.recipe, self.data, self.config.languages) if row["task"] in TRANSLATION_TASKS
         ]
         if not rows:
             self.accelerator.print("choose_translation_decoding: no AST/MT dev rows; the model keeps greedy decoding")
             return
-        dev = [e for task in ("ast", "mt") for e in dev_subset([r for r in rows if r["task"] == task],
+        dev = [e for task in TRANSLATION_TASKS for e in dev_subset([r for r in rows if r["task"] == task],
                                                                 self.recipe.dev_examples_per_task)]  # fmt: skip
         limit = decoding_limit(
             self.processor, dev, self.recipe.eval_max_new_tokens, self.config.max_target_positions - 1
