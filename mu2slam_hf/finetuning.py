@@ -26,6 +26,7 @@ import torch
 from transformers import EvalPrediction
 
 from .configuration_mu2slam import Mu2SlamConfig
+from .data.augmentation import AudioAugmentation
 from .data.schema import LABELLED_TASKS, SPEECH_TASKS
 from .evaluation import METRICS_BY_TASK, score
 from .lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
@@ -66,6 +67,8 @@ class Mu2SlamSeq2SeqCollator:
             from torch's global generator; leave it empty for an evaluation collator.
         silence_padding_s: silence of up to this many seconds before and after each clip (lengths drawn from torch's
             global generator; the recipes' key of that name); 0 for an evaluation collator.
+        audio_augmentation: corruptions of the clips (reverberation, noise, telephone channel, gain; the recipes' key
+            of that name), drawn from torch's global generator; None for an evaluation collator.
         max_target_length: truncate labels to this many ids (eos kept); None keeps them whole.
         pad_to_multiple_of: round T / L / U up to a multiple of this.
     """
@@ -82,6 +85,7 @@ class Mu2SlamSeq2SeqCollator:
         mt_source_mlm: float = 0.0,
         speed_perturbation: Sequence[float] = (),
         silence_padding_s: float = 0.0,
+        audio_augmentation: AudioAugmentation | None = None,
     ):
         if task is not None and task not in LABELLED_TASKS:
             raise ValueError(f"task must be one of {LABELLED_TASKS} or None, got {task!r}.")
@@ -100,6 +104,7 @@ class Mu2SlamSeq2SeqCollator:
             mt_source_mlm=mt_source_mlm,
             speed_perturbation=speed_perturbation,
             silence_padding_s=silence_padding_s,
+            audio_augmentation=audio_augmentation,
         )
         self.collator = Mu2SlamCollator(config, pad_to_multiple_of)
 

@@ -15,6 +15,7 @@ from filelock import FileLock
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import TaskMixture, load_manifest
+from mu2slam_hf.data.augmentation import AudioAugmentation
 from mu2slam_hf.pretraining import Mu2SlamCollator, split_by_layout
 from mu2slam_hf.training import (
     InstanceBuilder,
@@ -137,6 +138,20 @@ def test_recipe_old_ctc_weight_key_loads_as_the_ctc_loss_weight(tmp_path, caplog
             r"speed_perturbation: the recipe draws no speech task",
         ),
         ({"model": "m", "silence_padding_s": -1}, r"silence_padding_s is the longest silence"),
+        ({"model": "m", "audio_augmentation": {"noise_probability": 0.5}}, r"audio_augmentation is a fine-tuning"),
+        (
+            {"model": "m", "stage": "finetune", "audio_augmentation": {"reverb_probability": 2}},
+            r"reverb_probability is a probability in \[0, 1\]",
+        ),
+        (
+            {
+                "model": "m",
+                "stage": "finetune",
+                "examples_per_step": {"mt": 1},
+                "audio_augmentation": {"gain_db": [-3, 3]},
+            },
+            r"audio_augmentation: the recipe draws no speech task",
+        ),
         ({"model": "m", "silence_padding_s": 0.5}, r"silence_padding_s is a fine-tuning option"),
         (
             {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "silence_padding_s": 0.5},
@@ -332,6 +347,34 @@ def test_speed_perturbation_draws_a_factor_per_clip_in_training_only(corpus):
     precomputed = [{**examples[0], "input_features": first[0][0].numpy()}]
     with pytest.raises(ValueError, match="precomputed `input_features`"):
         InstanceBuilder(processor, config, stage="finetune", speed_perturbation=(0.9, 1.1)).speech(precomputed)
+
+
+def test_audio_augmentation_corrupts_drawn_training_clips_and_keeps_the_cache_clean(corpus):
+    """The step's generator decides which clips are corrupted (the same generator, the same features); corrupted clips
+    keep their length and are featurised afresh, clean ones match the plain features and come from the cache, and
+    evaluation hears the audio as it is. Without augmentation nothing is drawn from the generator."""
+    recipe = tiny_recipe()
+    rows = load_manifest(corpus, "train", "asr")
+    processor, config = build_processor(recipe, load_preset(recipe), list(rows))
+    examples = [rows[i] for i in range(8)]
+    plain = InstanceBuilder(processor, config, stage="finetune", cache_features=False).speech(examples)
+    augmentation = AudioAugmentation(noise_probability=0.5, reverb_probability=0.3)
+    builder = InstanceBuilder(processor, config, stage="finetune", audio_augmentation=augmentation)
+    first = builder.speech(examples, step_generator(0, 0, 3))
+    again = InstanceBuilder(processor, config, stage="finetune", audio_augmentation=augmentation, cache_features=False)
+    for (features, _), (same, _) in zip(first, again.speech(examples, step_generator(0, 0, 3)), strict=True):
+        assert torch.equal(features, same)
+    changed = [not torch.equal(f, p) for (f, _), (p, _) in zip(first, plain, strict=True)]
+    assert 0 < sum(changed) < len(examples)
+    assert all(f.shape == p.shape for (f, _), (p, _) in zip(first, plain, strict=True))
+    assert set(builder.cache) == {(e["audio"]["path"], 1.0) for e, c in zip(examples, changed, strict=True) if not c}
+    for (features, _), (reference, _) in zip(builder.for_evaluation().speech(examples), plain, strict=True):
+        assert torch.equal(features, reference)
+    generator = step_generator(0, 0, 3)
+    InstanceBuilder(processor, config, stage="finetune", audio_augmentation=AudioAugmentation()).speech(
+        examples, generator
+    )
+    assert torch.equal(generator.get_state(), step_generator(0, 0, 3).get_state())
 
 
 def test_silence_padding_surrounds_each_training_clip_with_silence_frames(corpus):

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..configuration_mu2slam import Mu2SlamConfig
 from ..data.audio import decode_example, draw_speed_factors, speed_perturb
+from ..data.augmentation import AudioAugmentation, Corruptions
 from ..data.mixing import TaskMixture
 from ..data.schema import SPEECH_TASKS, SPEECH_TEXT_TASKS, target_language
 from ..pretraining import (
@@ -65,6 +66,9 @@ class InstanceBuilder:
         silence_padding_s: fine-tuning: silence of a length drawn uniformly from [0, s] seconds before each clip
             and after it (frames of the feature extractor's output for digital silence, added to the cached
             features). 0: the clips as they are. See `for_evaluation`.
+        audio_augmentation: corruptions of training clips (reverberation, noise, telephone channel, gain), drawn per
+            clip from the batch's generator; a corrupted clip is featurised afresh, a clean one comes from the
+            cache. None: the audio as it is. See `for_evaluation`.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class InstanceBuilder:
         mt_source_mlm: float = 0.0,
         speed_perturbation: Sequence[float] = (),
         silence_padding_s: float = 0.0,
+        audio_augmentation: AudioAugmentation | None = None,
     ):
         if silence_padding_s and stage != "finetune":
             raise ValueError(
@@ -92,16 +97,18 @@ class InstanceBuilder:
         self.mt_source_mlm = mt_source_mlm
         self.speed_perturbation = tuple(speed_perturbation)
         self.silence_padding_s = silence_padding_s
+        self.audio_augmentation = audio_augmentation if audio_augmentation and audio_augmentation.active else None
         self._silence_frame: torch.Tensor | None = None
 
     def for_evaluation(self) -> InstanceBuilder:
         """This builder without the training-only corruption of inputs (``mt_source_mlm``, ``speed_perturbation``,
-        ``silence_padding_s``): dev losses score the whole source and the audio as decoding sees them. Shares the
+        ``silence_padding_s``, ``audio_augmentation``): dev losses score the whole source and the audio as decoding sees them. Shares the
         feature cache."""
         evaluation = copy.copy(self)
         evaluation.mt_source_mlm = 0.0
         evaluation.speed_perturbation = ()
         evaluation.silence_padding_s = 0.0
+        evaluation.audio_augmentation = None
         return evaluation
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -110,15 +117,19 @@ class InstanceBuilder:
         self, examples: Sequence[dict[str, Any]], generator: torch.Generator | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(features (T, F), codes (S,)) of each example's audio, at a speed drawn from ``generator`` (torch's
-        global generator when None) when the builder has ``speed_perturbation``."""
+        global generator when None) when the builder has ``speed_perturbation``, corrupted by its draws of
+        ``audio_augmentation``."""
         factors = self.speed_factors(len(examples), generator)
+        rng, corrupted = self._augmentation_draws(len(examples), generator)
         keys = [
-            ((example.get("audio") or {}).get("path"), factor)
-            for example, factor in zip(examples, factors, strict=True)
+            ((example.get("audio") or {}).get("path") if corruptions is None else None, factor)
+            for example, factor, corruptions in zip(examples, factors, corrupted, strict=True)
         ]
         cached = self.cache or {}
         missing = [i for i, key in enumerate(keys) if key[0] is None or key not in cached]
-        featurised = self._featurise([examples[i] for i in missing], [factors[i] for i in missing])
+        featurised = self._featurise(
+            [examples[i] for i in missing], [factors[i] for i in missing], [corrupted[i] for i in missing], rng
+        )
         computed = dict(zip(missing, featurised, strict=True))
         results = []
         for index, key in enumerate(keys):
@@ -154,18 +165,33 @@ class InstanceBuilder:
         """One speed factor per clip: drawn uniformly from ``speed_perturbation``, else 1.0."""
         return draw_speed_factors(self.speed_perturbation, count, generator)
 
+    def _augmentation_draws(
+        self, count: int, generator: torch.Generator | None
+    ) -> tuple[np.random.Generator | None, list[Corruptions | None]]:
+        """The batch's numpy generator for ``audio_augmentation`` (seeded from ``generator``) and each clip's drawn
+        corruptions (None: clean); (None, all None) without augmentation, drawing nothing from ``generator``."""
+        if self.audio_augmentation is None:
+            return None, [None] * count
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        return rng, self.audio_augmentation.draw(count, rng)
+
     def _featurise(
-        self, examples: Sequence[dict[str, Any]], factors: Sequence[float]
+        self,
+        examples: Sequence[dict[str, Any]],
+        factors: Sequence[float],
+        corrupted: Sequence[Corruptions | None] = (),
+        rng: np.random.Generator | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(features, codes) of each example played at its speed factor; codes only for pre-training (fine-tuning
-        has no speech targets). Precomputed ``input_features`` are used as they are."""
+        """(features, codes) of each example played at its speed factor, the ``corrupted`` ones through
+        ``audio_augmentation``; codes only for pre-training (fine-tuning has no speech targets). Precomputed
+        ``input_features`` are used as they are."""
         precomputed = [e for e in examples if e.get("input_features") is not None]
         if precomputed and len(precomputed) < len(examples):
             raise ValueError("Pass `input_features` for every example of a batch or for none.")
-        if precomputed and self.speed_perturbation:
+        if precomputed and (self.speed_perturbation or self.audio_augmentation):
             raise ValueError(
-                "speed_perturbation changes the audio before its features are computed, but these examples carry "
-                "precomputed `input_features`: pass the audio instead, or leave speed_perturbation empty."
+                "speed_perturbation and audio_augmentation change the audio before its features are computed, but "
+                "these examples carry precomputed `input_features`: pass the audio instead, or leave both unset."
             )
         if precomputed:
             features_list = [torch.as_tensor(np.asarray(e["input_features"]), dtype=torch.float32) for e in examples]
@@ -176,6 +202,11 @@ class InstanceBuilder:
             speed_perturb(decode_example(example)["audio"]["array"], factor)
             for example, factor in zip(examples, factors, strict=True)
         ]
+        if any(c is not None for c in corrupted):
+            clips = [
+                clip if corruptions is None else self.audio_augmentation.corrupt(clip, corruptions, index, clips, rng)
+                for index, (clip, corruptions) in enumerate(zip(clips, corrupted, strict=True))
+            ]
         batch = self.processor.feature_extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         features, mask = batch["input_features"], batch["attention_mask"]
         codes = self._codes(features, mask)

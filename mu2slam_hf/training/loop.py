@@ -29,6 +29,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Pro
 from tqdm.auto import tqdm
 
 from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
+from ..data.augmentation import AudioAugmentation
 from ..data.batching import text_token_lengths
 from ..data.mixing import TaskMixture, step_budgets
 from ..data.schema import SPEECH_TASKS
@@ -415,6 +416,7 @@ class Mu2SlamTrainer:
             mt_source_mlm=recipe.mt_source_mlm,
             speed_perturbation=recipe.speed_perturbation,
             silence_padding_s=recipe.silence_padding_s,
+            audio_augmentation=AudioAugmentation.from_dict(recipe.audio_augmentation),
         )
         self.collator = Mu2SlamCollator(self.config, recipe.dataloader.pad_to_multiple_of)
         self.mixture = self._mixture(sources, streams, resume_from)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
+from ..data.augmentation import AudioAugmentation
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
 from ..data.schema import SPEECH_TASKS, TASKS, TEXT_TASKS
 from .schedule import DECAYS
@@ -144,6 +145,10 @@ class Recipe:
     seconds before it and another after it (the log-mel frame of digital silence, per clip from the step's
     generator). Corpora cut their clips tightly around the speech; recordings, and the stretches `pipeline()` cuts
     from a long file, are not: a model that never heard silence around speech loses words to it.
+    ``audio_augmentation`` (fine-tuning): corruptions of training clips for robustness to real recordings, the
+    fields of :class:`~mu2slam_hf.data.augmentation.AudioAugmentation` (``reverb_probability``, ``reverb_rt60_s``,
+    ``noise_probability``, ``noise_snr_db``, ``babble_fraction``, ``noise_dir``, ``telephone_probability``,
+    ``gain_db``); empty: none. Dev and decoding hear the audio as it is.
     ``max_train_minutes``: also stop (evaluate, save the final model) once this much training time has passed,
     evaluation and saving not counted: runs compared at equal minutes (the learning-curve benchmark).
     ``extend_vocabulary``: characters of the train texts the tokenizer cannot write become new tokens (embedding
@@ -191,6 +196,7 @@ class Recipe:
     spec_augment_from_step: int = 0
     speed_perturbation: list[float] = field(default_factory=list)
     silence_padding_s: float = 0.0
+    audio_augmentation: dict[str, Any] = field(default_factory=dict)
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     gradient_accumulation_steps: int = 1
     mixed_precision: str | None = "no"
@@ -282,6 +288,7 @@ class Recipe:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
         self._validate_speed_perturbation()
         self._validate_silence_padding()
+        self._validate_audio_augmentation()
         self._validate_dataloader()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise RecipeError(
@@ -336,6 +343,21 @@ class Recipe:
             )
         if seconds and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
             raise RecipeError("silence_padding_s: the recipe draws no speech task, so there is no audio to pad.")
+
+    def _validate_audio_augmentation(self) -> None:
+        try:
+            augmentation = AudioAugmentation.from_dict(self.audio_augmentation)
+        except (TypeError, ValueError) as error:
+            raise RecipeError(str(error)) from error
+        if augmentation is None or not augmentation.active:
+            return
+        if self.stage != "finetune":
+            raise RecipeError(
+                "audio_augmentation is a fine-tuning option: pre-training's speech targets are codes of the clips' "
+                "own frames. Leave it empty in this pre-training recipe."
+            )
+        if not set(self.drawn_tasks()) & set(SPEECH_TASKS):
+            raise RecipeError("audio_augmentation: the recipe draws no speech task, so there is no audio to corrupt.")
 
     def _validate_dataloader(self) -> None:
         workers = self.dataloader.num_workers
