@@ -75,7 +75,16 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     } == {"en"}
     assert (translation / "eval_fillets_into_en_cascade.json").exists()
     assert "Translation into English" in report and "cascade BLEU" in report and "| libreoffice-text | MT |" in report
-    assert "| tuxpaint | AST |" in report and "never trained on (Tux Paint)" in report
+    assert "| tuxpaint | AST |" in report and "real read speech test (Tux Paint stamps)" in report
+    # stage 2 ASR heard the real train clips of both corpora (none of their test clips); the report says how long
+    asr_ids = {json.loads(line)["id"] for line in (tmp_path / "data" / "synth+real-asr" / "train.jsonl").open()}
+    for corpus in ("fillets", "tuxpaint"):
+        rows = [json.loads(line) for line in (tmp_path / "data" / corpus / "train.jsonl").open()]
+        assert {r["id"] for r in rows if r["task"] == "asr"} & asr_ids, corpus
+        tests = [json.loads(line) for line in (tmp_path / "data" / corpus / "test.jsonl").open()]
+        assert not {r["id"] for r in tests} & asr_ids, corpus
+    real = report.split("## Real speech: minutes heard in training and test CER")[1].split("\n## ")[0]
+    assert "| **average** |" in real and "| fr |" in real and "| cs |" in real
 
 
 @pytest.mark.slow
@@ -160,7 +169,7 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
     stage2 = _asr_stage2(demo.main_stages(tmp_path, plan, quick=False, train_until=time.monotonic() + 600))
     overrides = stage2.resolved_overrides()
     assert 9.9 < overrides["max_train_minutes"] <= 10.0
-    assert stage2.data == tmp_path / "data" / "synth+fillets-asr" and overrides["extend_vocabulary"] is True
+    assert stage2.data == tmp_path / "data" / "synth+real-asr" and overrides["extend_vocabulary"] is True
     recipe = load_recipe(demo.RECIPES / stage2.recipe_file, overrides)
     assert recipe.max_steps == demo.STAGE2_MAX_STEPS and recipe.max_train_minutes == overrides["max_train_minutes"]
     assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450

@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from mu2slam_hf.evaluation import (
     evaluate_cascade,
     evaluate_model,
     load_examples,
+    results_tables,
     results_to_markdown,
     write_results,
 )
@@ -110,16 +112,22 @@ STAGE1_SCHEDULE = {"optimizer.decay": "constant", "optimizer.warmup_fraction": 0
 # Stage 2: 20 s of audio per step. In this under-fitted regime more updates beat larger ones, down to about 20 s
 # (docs/experiments/main-job.md).
 STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
-# ASR fine-tuning (stage 2, and direct ASR in --compare) trains on the real Czech and Dutch voice acting beside the
-# synthetic speech, which more than pays for itself on real dev speech (docs/experiments/main-job.md). Its tokenizer,
-# built in pre-training from the synthetic text, gains the few characters only the real transcripts have
+# ASR fine-tuning (stage 2, and direct ASR in --compare) trains on every real voice the job has beside the synthetic
+# speech: the Czech and Dutch voice acting and Tux Paint's read descriptions (their train splits; test stamps and
+# levels are never heard), which more than pays for itself on real dev speech (docs/experiments/main-job.md). Its
+# tokenizer, built in pre-training from the synthetic text, gains the few characters only the real transcripts have
 # (`extend_vocabulary`).
-STAGE2_ASR_DATA = Path("data") / "synth+fillets-asr"
+STAGE2_ASR_DATA = Path("data") / "synth+real-asr"
 STAGE2_ASR = {**STAGE2_BATCH, "extend_vocabulary": True}
 # Stage 2 for translation (the paper's stage 2 is per task): AST and MT into English from the stage 1 model, on the
 # synthetic corpus, the real Czech/Dutch speech with its English lines, and the LibreOffice help's real sentence
 # pairs (text only: the help's pages give about 25,000 pairs a language, where the game has a thousand lines).
 TRANSLATION_DATA = Path("data") / "translation-into-en"
+# The stage 2 ASR model's test sets of real speech, by corpus (the report's real-speech table reads them).
+REAL_SPEECH_TESTS = {
+    "fillets": "Stage 2 ASR (noisy fine-tuning), real speech test (Fish Fillets cs/nl voice acting)",
+    "tuxpaint": "Stage 2 ASR (noisy fine-tuning), real read speech test (Tux Paint stamps)",
+}
 TRANSLATION_DEV_EXAMPLES = 64  # per task: the dev set of the decoding choice (beams, repetition controls)
 QUICK_MAX_NEW_TOKENS = 24  # the quick plan's translation outputs: its untrained models never stop by themselves
 
@@ -133,8 +141,8 @@ def build_data(
 ) -> tuple[Path, Path, Path, Path | None]:
     """The synthetic and the real-speech corpus, the LibreOffice help's sentence pairs (``help_dir``: an extracted
     help folder, else Debian's packages) and Tux Paint's real read speech (``stamps_dir``: an extracted stamps
-    package, else Debian's; left out of ``quick`` runs without one); writes the synthetic and Fish Fillets ASR rows
-    to ``root / STAGE2_ASR_DATA`` (the ASR fine-tuning data) and every corpus's AST and MT rows into English to
+    package, else Debian's; left out of ``quick`` runs without one); writes the ASR rows of the synthetic and the
+    real-speech corpora to ``root / STAGE2_ASR_DATA`` (the ASR fine-tuning data) and every corpus's AST and MT rows into English to
     ``root / TRANSLATION_DATA`` (the translation fine-tuning data). Returns the synthetic, Fish Fillets, help and
     Tux Paint (or None) corpora."""
     synth, fillets = root / "data" / "synth", root / "data" / "fillets"
@@ -148,9 +156,16 @@ def build_data(
     if not (fillets / "summary.json").exists():
         log("building the real-speech benchmark (Fish Fillets NG, cs + nl)")
         build_fillets(str(fillets), cache_dir=str(cache), levels=_quick_levels(cache) if quick else None)
-    # Fish Fillets' real speech is split by level, the synthetic corpus by sentence: most synthetic cs/nl test
+    stamps = None
+    if stamps_dir or not quick:
+        stamps = root / "data" / "tuxpaint"
+        if not (stamps / "summary.json").exists():
+            log("building Tux Paint's real read speech (fr, es, ru, en, nl; descriptions in every language)")
+            build_tuxpaint(str(stamps), stamps_dir, cache_dir=str(cache), languages=LANGUAGES)
+    real = [fillets] + ([stamps] if stamps else [])
+    # The real corpora are split by level or stamp, the synthetic one by sentence: most synthetic cs/nl test
     # sentences are spoken in real train levels, and would be heard in stage 2 (and in the LM's text) without this.
-    combined = combine_corpora(root / STAGE2_ASR_DATA, [synth, fillets], tasks=["asr"])
+    combined = combine_corpora(root / STAGE2_ASR_DATA, [synth, *real], tasks=["asr"])
     log(
         f"stage 2 ASR data: {combined['held_out_text_dropped']} train clips left out, their sentence is in a dev or "
         "test split"
@@ -159,12 +174,6 @@ def build_data(
     if not (help_text / "summary.json").exists():
         log("building the LibreOffice help's parallel sentences (text only)")
         build_libreoffice(str(help_text), LANGUAGES, help_dir=help_dir, cache_dir=str(cache))
-    stamps = None
-    if stamps_dir or not quick:
-        stamps = root / "data" / "tuxpaint"
-        if not (stamps / "summary.json").exists():
-            log("building Tux Paint's real read speech (fr, es, ru, en, nl; descriptions in every language)")
-            build_tuxpaint(str(stamps), stamps_dir, cache_dir=str(cache), languages=LANGUAGES)
     sources = [synth, fillets, help_text] + ([stamps] if stamps else [])
     combined = combine_corpora(root / TRANSLATION_DATA, sources, tasks=["ast", "mt"], target_langs=["en"])
     log(f"translation data: {combined['held_out_text_dropped']} train rows left out, their text is held out")
@@ -456,6 +465,7 @@ def write_report(
     samples: list[dict],
     seconds: dict[str, float],
     translation: dict[str, dict] | None = None,
+    real: dict[str, tuple[Path, dict]] | None = None,
 ) -> Path:
     lines = ["# Mu2SLAM demo report", "", "Measured by `python training_scripts/demo.py`.", ""]
     lines += [f"Machine: {machine_summary()}.", ""]
@@ -467,6 +477,8 @@ def write_report(
     for title, result in results.items():
         tables = results_to_markdown(result).split("\n", 1)[1]  # drop its own title line
         lines += [f"## {title}", "", tables.replace("\n## ", "\n### "), ""]
+    if real:
+        lines += real_speech_section(root / STAGE2_ASR_DATA, real)
     lines += ["## ASR decoders of the stage 2 model (CER, average over languages)", ""]
     lines += [
         "Each model decodes ASR with the decoder its last dev evaluation scored best (never chosen on test).",
@@ -496,6 +508,42 @@ def write_report(
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def real_speech_section(asr_data: Path, real: dict[str, tuple[Path, dict]]) -> list[str]:
+    """Markdown: per language, the minutes of real speech the stage 2 ASR model trained on (each real corpus's train
+    clips that are in ``asr_data``) and its test CER on each real corpus (``real``: title -> (corpus, results)). A
+    language's CER is the mean over the real corpora that test it; the last row averages the languages."""
+    heard = {row["id"]: row for row in _asr_rows(asr_data / "train.jsonl")}
+    minutes: dict[str, float] = defaultdict(float)
+    for corpus, _ in real.values():
+        for row in _asr_rows(corpus / "train.jsonl"):
+            if row["id"] in heard:
+                minutes[row["source_lang"]] += row["duration"] / 60
+    cer = {title: {label: (value, count) for label, value, count in results_tables(results)[("asr", "cer")]
+                   if label != "average"} for title, (_, results) in real.items()}  # fmt: skip
+    languages = sorted(set(minutes) | {lang for table in cer.values() for lang in table})
+    lines = ["## Real speech: minutes heard in training and test CER (stage 2 ASR model)", ""]
+    lines += ["| language | real speech in training (min) | " + " | ".join(f"CER {t} (clips)" for t in real)
+              + " | CER, mean over corpora |", "|---|---:|" + "---:|" * (len(real) + 1)]  # fmt: skip
+    means = []
+    for lang in languages:
+        values = [table[lang] for table in cer.values() if lang in table]
+        mean = sum(v for v, _ in values) / len(values) if values else None
+        means += [mean] if mean is not None else []
+        cells = [f"{table[lang][0]:.1f} ({table[lang][1]})" if lang in table else "-" for table in cer.values()]
+        lines.append(f"| {lang} | {minutes.get(lang, 0.0):.1f} | " + " | ".join(cells)
+                     + f" | {'-' if mean is None else f'{mean:.1f}'} |")  # fmt: skip
+    average = f"{sum(means) / len(means):.1f}" if means else "-"
+    lines += [f"| **average** | {sum(minutes.values()):.1f} | " + " | ".join("" for _ in real) + f" | {average} |", ""]
+    return lines
+
+
+def _asr_rows(manifest: Path) -> list[dict]:
+    if not manifest.exists():
+        return []
+    rows = (json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [row for row in rows if row.get("task") == "asr"]
 
 
 def machine_summary() -> str:
@@ -897,14 +945,10 @@ def main(argv: list[str] | None = None) -> None:
         "Stage 1 model (AST, ASR, MT), synthetic test": (ft1, synth, ("asr", "ast", "mt")),
         "Stage 2 ASR (noisy fine-tuning), synthetic test": (ft2, synth, ("asr",)),
         "Stage 1 model, real speech test (Fish Fillets cs/nl)": (ft1, fillets, ("asr", "ast")),
-        "Stage 2 ASR (noisy fine-tuning), real speech test": (ft2, fillets, ("asr",)),
+        REAL_SPEECH_TESTS["fillets"]: (ft2, fillets, ("asr",)),
     }
-    if stamps:  # read speech by voices no training clip has
-        tests["Stage 2 ASR (noisy fine-tuning), real read speech never trained on (Tux Paint)"] = (
-            ft2,
-            stamps,
-            ("asr",),
-        )
+    if stamps:  # read speech of stamps no training clip describes
+        tests[REAL_SPEECH_TESTS["tuxpaint"]] = (ft2, stamps, ("asr",))
     start = time.perf_counter()
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in tests.items()}
     decoders = decoder_comparison(ft2, {d: results[t] for t, (m, d, _) in tests.items() if m == ft2}, count)
@@ -921,7 +965,10 @@ def main(argv: list[str] | None = None) -> None:
     seconds["pipeline()"] = time.perf_counter() - start
     plot_losses({name: root / folder for name, folder in FOLDERS.items() if (root / folder).exists()},
                 root / "losses.png")  # fmt: skip
-    report = write_report(root, results, decoders, samples, seconds, translation)
+    real = {
+        title: (data, results[title]) for title, (_, data, _) in tests.items() if title in REAL_SPEECH_TESTS.values()
+    }
+    report = write_report(root, results, decoders, samples, seconds, translation, real)
     log(f"done: {report}")
     print(report.read_text())
     if args.compare:
