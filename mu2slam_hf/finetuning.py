@@ -28,10 +28,9 @@ from transformers import EvalPrediction
 from .configuration_mu2slam import Mu2SlamConfig
 from .data.schema import LABELLED_TASKS, SPEECH_TASKS
 from .evaluation import METRICS_BY_TASK, score
+from .instances import InstanceBuilder, Mu2SlamCollator
 from .lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
 from .modeling_mu2slam import Mu2SlamForSequenceClassification
-from .pretraining import Mu2SlamCollator
-from .training.instances import InstanceBuilder
 
 # ------------------------------------------------------------------------------------------- seq2seq
 

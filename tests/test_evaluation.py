@@ -291,8 +291,8 @@ def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_othe
     dev evaluation, which makes that choice, keeps scoring the attention decoder as the plain `asr_cer`."""
     from accelerate import Accelerator
 
+    from mu2slam_hf.instances import InstanceBuilder
     from mu2slam_hf.training.dev import DevEvaluator
-    from mu2slam_hf.training.instances import InstanceBuilder
 
     processor = tiny_processor()
     model = tiny_model(processor)

@@ -231,8 +231,7 @@ def test_collator_builds_speech_and_text_batches():
 def test_trainer_collator_and_training_loop_build_the_same_batch_and_loss():
     """One fine-tuning path: the Seq2SeqTrainer collator and the Accelerate loop's instances + collator."""
     from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator
-    from mu2slam_hf.pretraining import Mu2SlamCollator
-    from mu2slam_hf.training.instances import InstanceBuilder
+    from mu2slam_hf.instances import InstanceBuilder, Mu2SlamCollator
 
     processor = tiny_processor()
     model = tiny_model(processor, ctc_loss_weight=0.3)

@@ -15,7 +15,7 @@ from filelock import FileLock
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import TaskMixture, load_manifest
-from mu2slam_hf.pretraining import Mu2SlamCollator, split_by_layout
+from mu2slam_hf.instances import Mu2SlamCollator, split_by_layout
 from mu2slam_hf.training import (
     InstanceBuilder,
     InstanceStream,
