@@ -144,7 +144,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.seconds_per_step is not None:
         overrides["seconds_per_step.asr"] = args.seconds_per_step
-    from mu2slam_hf.training.cli import parse_recipe_overrides
+    from mu2slam_hf.cli.train import parse_recipe_overrides
 
     return {**overrides, **parse_recipe_overrides(args.set)}
 

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration
-from mu2slam_hf.training.cli import parse_recipe_overrides
+from mu2slam_hf.cli.train import parse_recipe_overrides
 
 PRESET = "configuration/models/small"
 

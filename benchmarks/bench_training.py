@@ -89,7 +89,7 @@ def timed_steps(trainer, steps: int, warmup: int = 1) -> dict:
 
 def activation_bytes(trainer) -> int:
     """Bytes of distinct tensors saved for backward during one step's forwards (its largest group)."""
-    from mu2slam_hf.pretraining import split_by_layout
+    from mu2slam_hf.instances import split_by_layout
     from mu2slam_hf.training import step_generator
 
     instances = trainer.builder.build(trainer.mixture.next_batch(), step_generator(0, 0, 10**6))

@@ -12,11 +12,10 @@ import pytest
 import soundfile as sf
 from filelock import FileLock
 
+from mu2slam_hf.cli.build_data import build_fillets_main, build_synthetic_main
 from mu2slam_hf.data import decode_example, load_manifest
 from mu2slam_hf.data.fillets import _ENTRY, fetch_fillets, level_split, read_dialogs
-from mu2slam_hf.data.fillets import main as fillets_main
 from mu2slam_hf.data.manifest import normalize_text
-from mu2slam_hf.data.synthetic import main as synthetic_main
 
 LANGS = ("en", "de", "cs", "ru")
 
@@ -33,7 +32,7 @@ def synth_dir(game_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     argv = ["--out", str(out), "--langs", ",".join(LANGS), "--max-groups", "16", "--numbers", "4",
             "--fillets-dir", game_dir]  # fmt: skip
-    synthetic_main(argv)
+    build_synthetic_main(argv)
     return out
 
 
@@ -117,7 +116,7 @@ def test_real_speech_benchmark_cs_nl(game_dir, tmp_path):
         next(lv for lv in sorted(os.listdir(os.path.join(game_dir, "script"))) if level_split(lv) == "test"),
     )
     assert level_split(train_level) == "train"
-    fillets_main(["--out", str(tmp_path), "--fillets-dir", game_dir, "--levels", f"{train_level},{test_level}"])
+    build_fillets_main(["--out", str(tmp_path), "--fillets-dir", game_dir, "--levels", f"{train_level},{test_level}"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["levels"]["train"] == [train_level] and summary["levels"]["test"] == [test_level]
     test = load_manifest(tmp_path, "test")

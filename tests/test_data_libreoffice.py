@@ -10,6 +10,7 @@ import os
 import pytest
 import soundfile as sf
 
+from mu2slam_hf.cli.build_data import build_text_main
 from mu2slam_hf.data import read_manifest
 from mu2slam_hf.data.libreoffice import (
     Paragraph,
@@ -17,7 +18,6 @@ from mu2slam_hf.data.libreoffice import (
     choose_speech,
     clean_fragment,
     estimated_seconds,
-    main,
     page_split,
     read_language,
     translation_pairs,
@@ -165,7 +165,9 @@ def test_every_page_in_one_split_and_duplicates_kept_in_train(help_dir):
 def test_build_writes_text_and_mt_per_split_deterministically(help_dir, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        main(["--out", str(out), "--langs", "de,fr", "--help-dir", help_dir, "--pairs", "de-fr", "--workers", "1"])
+        build_text_main(
+            ["--out", str(out), "--langs", "de,fr", "--help-dir", help_dir, "--pairs", "de-fr", "--workers", "1"]
+        )
     for split in ("train", "dev", "test"):
         assert (outs[0] / f"{split}.jsonl").read_bytes() == (outs[1] / f"{split}.jsonl").read_bytes()
     summary = json.loads((outs[0] / "summary.json").read_text())
@@ -200,8 +202,8 @@ def test_speech_subset_respects_the_budget_and_gives_asr_and_ast(help_dir, tmp_p
     total = sum(estimated_seconds(k, lang, text, 0) for k, lang, text in lines)
     assert total < 0.002 * 3600 + 3 * 60  # each split stops within one paragraph (< 60 s) past its share
     out = tmp_path / "speech"
-    main(["--out", str(out), "--langs", "de,fr", "--help-dir", help_dir, "--speech-hours", "0.002",
-          "--speech-langs", "en,de", "--workers", "1"])  # fmt: skip
+    build_text_main(["--out", str(out), "--langs", "de,fr", "--help-dir", help_dir, "--speech-hours", "0.002",
+                     "--speech-langs", "en,de", "--workers", "1"])  # fmt: skip
     rows = [r for split in ("train", "dev", "test") for r in read_manifest(out / f"{split}.jsonl")]
     ast = {(r["source_lang"], r["target_lang"]) for r in rows if r["task"] == "ast"}
     assert ast == {("en", "de"), ("de", "en"), ("en", "fr")}  # English audio also gives en-xx for unspoken xx

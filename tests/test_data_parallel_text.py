@@ -10,8 +10,9 @@ import os
 
 import pytest
 
+from mu2slam_hf.cli.build_data import build_parallel_text_main
 from mu2slam_hf.data import read_manifest, write_manifest
-from mu2slam_hf.data.parallel_text import build_parallel_text, main, set_split, source_set
+from mu2slam_hf.data.parallel_text import build_parallel_text, set_split, source_set
 from mu2slam_hf.data.schema import make_example
 
 # (folder, set): [(xx sentence, English sentence)]
@@ -162,7 +163,7 @@ def test_bad_input_is_refused_before_anything_is_written(sources, tmp_path):
 
 def test_cli_writes_the_corpus_and_names_directions_without_dev(sources, tmp_path, capsys):
     out = tmp_path / "corpus"
-    main(["--out", str(out), "--testsets-dir", os.path.dirname(sources[0]), "--langs", "cs"])
+    build_parallel_text_main(["--out", str(out), "--testsets-dir", os.path.dirname(sources[0]), "--langs", "cs"])
     printed = capsys.readouterr().out
     assert "no dev rows for cs-en" in printed and "no test rows for cs-en, en-cs" in printed
     summary = json.loads((out / "summary.json").read_text())

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mu2slam_hf.cli.build_data import build_tuxpaint_main
 from mu2slam_hf.data import load_manifest
 from mu2slam_hf.data.manifest import connected_components, hash_split
-from mu2slam_hf.data.tuxpaint import STAMPS_DIR, build_tuxpaint, main, read_description, stamp_split
+from mu2slam_hf.data.tuxpaint import STAMPS_DIR, build_tuxpaint, read_description, stamp_split
 
 SPLITS = ("train", "dev", "test")
 TRANSLATIONS = {"de": "Eine Katze {i}.", "fr": "Un chat {i}.", "es": "Un gato {i}.", "ru": "Кошка {i}."}
@@ -55,7 +56,7 @@ def package(tmp_path_factory):
 @pytest.fixture(scope="module")
 def corpus(package, tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    main(["--out", str(out), "--stamps-dir", str(package)])
+    build_tuxpaint_main(["--out", str(out), "--stamps-dir", str(package)])
     return out
 
 

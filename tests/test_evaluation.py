@@ -18,6 +18,7 @@ from mu2slam_hf import (
     build_best_rq,
     train_char_tokenizer,
 )
+from mu2slam_hf.cli import evaluate as evaluate_cli
 from mu2slam_hf.evaluation import (
     accuracy,
     audio_dependence,
@@ -291,8 +292,8 @@ def test_evaluate_model_decodes_asr_with_the_models_own_decoder_unless_told_othe
     dev evaluation, which makes that choice, keeps scoring the attention decoder as the plain `asr_cer`."""
     from accelerate import Accelerator
 
+    from mu2slam_hf.instances import InstanceBuilder
     from mu2slam_hf.training.dev import DevEvaluator
-    from mu2slam_hf.training.instances import InstanceBuilder
 
     processor = tiny_processor()
     model = tiny_model(processor)
@@ -400,17 +401,6 @@ def test_audio_dependence_is_zero_without_audio_use_and_positive_with_it():
         audio_dependence(model, processor, examples[:1])
 
 
-def _evaluate_script():
-    import importlib.util
-
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def _saved_model_and_corpus(tmp_path, asr_ctc_weight=None):
     """A tiny model folder (with a dev choice of ASR decoder when given) and a test split of 3 ASR rows + 1 MT."""
     from mu2slam_hf.data import write_flac, write_manifest
@@ -438,9 +428,7 @@ def test_evaluate_script_writes_json_and_markdown(tmp_path):
     model, data = _saved_model_and_corpus(tmp_path)
     output = tmp_path / "out" / "eval.json"
     argv = ["--model", str(model), "--data", str(data), "--split", "test", "--tasks", "asr,mt"]
-    assert (
-        _evaluate_script().main([*argv, "--max_examples", "2", "--max_new_tokens", "4", "--output", str(output)]) == 0
-    )
+    assert evaluate_cli.main([*argv, "--max_examples", "2", "--max_new_tokens", "4", "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     asr = {(m["source_lang"], m["name"]): m["num_examples"] for m in results["metrics"] if m["task"] == "asr"}
     assert asr == {("fr", "wer"): 1, ("fr", "cer"): 1, ("de", "wer"): 1, ("de", "cer"): 1}  # 2 ASR examples at most
@@ -451,14 +439,13 @@ def test_evaluate_script_writes_json_and_markdown(tmp_path):
 def test_evaluate_script_decodes_asr_with_the_models_own_decoder_by_default(tmp_path, capsys):
     """The figures a user gets from evaluate.py are those of the model's default decoding (the decoder its run chose
     on dev), not of the attention decoder whatever the model chose."""
-    script = _evaluate_script()
     model, data = _saved_model_and_corpus(tmp_path, asr_ctc_weight=1.0)  # the dev choice: the CTC head
     argv = ["--model", str(model), "--data", str(data), "--split", "test", "--tasks", "asr", "--save_predictions",
             "--max_new_tokens", "6"]  # fmt: skip
 
     def hypotheses(name: str, *options: str) -> list[str]:
         output = tmp_path / f"{name}.json"
-        assert script.main([*argv, "--output", str(output), *options]) == 0
+        assert evaluate_cli.main([*argv, "--output", str(output), *options]) == 0
         return [record["hypothesis"] for record in json.loads(output.read_text())["predictions"]]
 
     default = hypotheses("default")
@@ -468,7 +455,7 @@ def test_evaluate_script_decodes_asr_with_the_models_own_decoder_by_default(tmp_
     assert hypotheses("joint", "--ctc_weight", "0.3") == hypotheses("joint_too", "--decoder", "attention",
                                                                      "--ctc_weight", "0.3")  # fmt: skip
     with pytest.raises(SystemExit) as refused:
-        script.parse_args([*argv, "--decoder", "model", "--ctc_weight", "0.3"])
+        evaluate_cli.parse_args([*argv, "--decoder", "model", "--ctc_weight", "0.3"])
     assert refused.value.code == 2
     assert "pass --decoder attention with it" in capsys.readouterr().err
 

@@ -5,7 +5,6 @@ One tiny corpus of tones (en/fr, train + dev) and one 3-step run of the tiny pre
 """
 
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -30,12 +29,13 @@ from mu2slam_hf import (
     Mu2SlamProcessor,
     Mu2SlamTokenizer,
 )
+from mu2slam_hf.cli import evaluate as evaluate_cli
+from mu2slam_hf.cli.train import finetune_main, pretrain_main
 from mu2slam_hf.data import load_manifest, make_example, write_flac, write_manifest
 from mu2slam_hf.data.manifest import ManifestError
 from mu2slam_hf.data.training_data import DataSourceError
 from mu2slam_hf.data.validation import CorpusError, check_corpus
 from mu2slam_hf.training import Mu2SlamTrainer, RecipeError, latest_checkpoint, load_recipe, recipe_from_dict
-from mu2slam_hf.training.cli import finetune_main, pretrain_main
 from mu2slam_hf.training.run_folder import LOCK_NAME, RunFolder, RunFolderError, claim_run_folder
 
 TINY_RECIPE = REPO_ROOT / "configuration" / "recipes" / "pretrain-tiny.yaml"
@@ -126,13 +126,6 @@ def set_field(manifest: Path, line: int, **fields) -> None:
         return lines
 
     edit_lines(manifest, edit)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "training_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -382,19 +375,17 @@ def test_evaluate_checks_the_split_before_decoding(trained, corpus, tmp_path):
     data = copy_corpus(corpus, tmp_path)
     shutil.copy(data / "dev.jsonl", data / "test.jsonl")
     set_field(data / "test.jsonl", 8, source_lang="xx")  # an asr row, far into the file
-    evaluate = load_script("evaluate")
     out = tmp_path / "eval.json"
     with pytest.raises(SystemExit) as excinfo:
-        evaluate.main(["--model", str(output_dir), "--data", str(data), "--output", str(out)])
+        evaluate_cli.main(["--model", str(output_dir), "--data", str(data), "--output", str(out)])
     assert_clear(excinfo, "test.jsonl:8", "source_lang='xx'")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("flag", ["--batch_size", "--num_beams", "--max_new_tokens", "--max_examples"])
 def test_evaluate_refuses_non_positive_sizes(flag, capsys):
-    evaluate = load_script("evaluate")
     with pytest.raises(SystemExit) as excinfo:
-        evaluate.parse_args(["--model", "m", "--data", "d", flag, "0"])
+        evaluate_cli.parse_args(["--model", "m", "--data", "d", flag, "0"])
     assert excinfo.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
 

@@ -189,7 +189,7 @@ def trainer_args(tmp_path, **overrides):
 
 
 def test_collator_builds_speech_and_text_batches():
-    from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator
+    from mu2slam_hf.training.hf_trainer import Mu2SlamSeq2SeqCollator
 
     processor = tiny_processor()
     config = tiny_model(processor).config
@@ -230,9 +230,8 @@ def test_collator_builds_speech_and_text_batches():
 
 def test_trainer_collator_and_training_loop_build_the_same_batch_and_loss():
     """One fine-tuning path: the Seq2SeqTrainer collator and the Accelerate loop's instances + collator."""
-    from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator
-    from mu2slam_hf.pretraining import Mu2SlamCollator
-    from mu2slam_hf.training.instances import InstanceBuilder
+    from mu2slam_hf.instances import InstanceBuilder, Mu2SlamCollator
+    from mu2slam_hf.training.hf_trainer import Mu2SlamSeq2SeqCollator
 
     processor = tiny_processor()
     model = tiny_model(processor, ctc_loss_weight=0.3)
@@ -256,7 +255,7 @@ def test_seq2seq_trainer_with_generate_returns_metrics(tmp_path):
     from transformers import Seq2SeqTrainer
 
     from mu2slam_hf.evaluation import char_error_rate, word_error_rate
-    from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator, decode_ids, make_compute_metrics
+    from mu2slam_hf.training.hf_trainer import Mu2SlamSeq2SeqCollator, decode_ids, make_compute_metrics
 
     processor = tiny_processor()
     model = tiny_model(processor, decoder_noise_ratio=0.06, apply_spec_augment=True)
@@ -287,7 +286,7 @@ def test_seq2seq_trainer_with_generate_returns_metrics(tmp_path):
 def test_lora_train_merge_and_pipeline(tmp_path):
     from transformers import Seq2SeqTrainer, pipeline
 
-    from mu2slam_hf.finetuning import Mu2SlamSeq2SeqCollator, add_lora, merge_lora
+    from mu2slam_hf.training.hf_trainer import Mu2SlamSeq2SeqCollator, add_lora, merge_lora
 
     processor = tiny_processor()
     base = tiny_model(processor)
@@ -341,7 +340,7 @@ def xnli_toy(count: int, seed: int) -> list[dict]:
 def test_sequence_classification_direct_finetuning(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from mu2slam_hf.finetuning import (
+    from mu2slam_hf.training.hf_trainer import (
         Mu2SlamClassificationCollator,
         classification_model_from_pretrained,
         make_compute_metrics,
@@ -373,3 +372,16 @@ def test_sequence_classification_direct_finetuning(tmp_path):
     after = trainer.evaluate()
     assert after["eval_loss"] < before["eval_loss"]
     assert after["eval_accuracy"] > 60.0  # chance is 33.3
+
+
+def test_the_old_module_path_imports_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    from mu2slam_hf.training import hf_trainer
+
+    sys.modules.pop("mu2slam_hf.finetuning", None)
+    with pytest.warns(DeprecationWarning, match=r"mu2slam_hf\.training\.hf_trainer"):
+        old = importlib.import_module("mu2slam_hf.finetuning")
+    assert old.Mu2SlamSeq2SeqCollator is hf_trainer.Mu2SlamSeq2SeqCollator
+    assert old.__all__ == hf_trainer.__all__

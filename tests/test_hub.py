@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -45,6 +44,7 @@ from mu2slam_hf import (
     build_best_rq,
     train_char_tokenizer,
 )
+from mu2slam_hf.cli import push_to_hub as push_to_hub_cli
 from mu2slam_hf.evaluation import METRIC_ORDER, RETRIEVAL_METRICS, TASK_ORDER
 from mu2slam_hf.hub import (
     MODEL_CARD_TEMPLATE,
@@ -470,10 +470,9 @@ def test_missing_token_is_a_clear_error(trained, tmp_path, monkeypatch):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    push_to_hub = _load_script()
     argv = ["--model", str(trained.folder), "--repo_id", REPO_ID, "--results", str(trained.results)]
     with pytest.raises(SystemExit, match=r"No Hugging Face token found: run `hf auth login` \(or set the HF_TOKEN"):
-        push_to_hub.main(argv)
+        push_to_hub_cli.main(argv)
 
 
 def test_missing_results_is_a_clear_error(trained, tmp_path):
@@ -615,13 +614,6 @@ def test_dry_run_with_a_non_editable_install_outside_the_source_tree(trained, tm
     assert card.startswith("---\n") and "# mu2slam-tiny-synth" in card and "| en | 0 | 1.25 | 3 |" in card
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("push_to_hub", PUSH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_processor_push_to_hub_round_trip(hub, tmp_path):
     """Mu2SlamProcessor.push_to_hub, then from_pretrained(repo id): the same features, codes and token ids."""
     script = textwrap.dedent(
@@ -705,7 +697,7 @@ def retrieval_dry_run(retrieval, tmp_path_factory):
     args = ["--model", str(retrieval.folder), "--repo_id", RETRIEVAL_REPO_ID, "--results", str(retrieval.results)]
     args += ["--audio", str(retrieval.root / "speech.wav"), "--dry_run", str(dry)]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert _load_script().main(args) == 0
+        assert push_to_hub_cli.main(args) == 0
     return SimpleNamespace(folder=dry, stdout=printed.getvalue())
 
 

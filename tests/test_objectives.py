@@ -7,7 +7,7 @@ import torch
 from conftest import make_model
 from torch.nn import functional as F
 
-from mu2slam_hf.pretraining import (
+from mu2slam_hf.instances import (
     Mu2SlamCollator,
     Mu2SlamInstance,
     build_mt_alignment,

@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModel
 
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForRetrieval, Mu2SlamRetrievalConfig
 from mu2slam_hf.evaluation import recall_at_k
+from mu2slam_hf.instances import retrieval_pairs
 from mu2slam_hf.modeling_retrieval import multi_positive_contrastive_loss, same_rows, spread_out_loss
-from mu2slam_hf.pretraining import retrieval_pairs
 from mu2slam_hf.vocabulary import PAD_ID
 
 

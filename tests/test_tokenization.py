@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamTokenizer, VocabularyLayout, train_char_tokenizer, train_unigram_tokenizer
+from mu2slam_hf.cli import train_tokenizer as train_tokenizer_cli
 from mu2slam_hf.vocabulary import EOS_ID, SPECIAL_TOKENS, UNK_ID
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "training_scripts" / "train_tokenizer.py"
-_spec = importlib.util.spec_from_file_location("train_tokenizer_cli", CLI)
-train_tokenizer_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_tokenizer_cli)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

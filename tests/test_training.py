@@ -14,9 +14,10 @@ from conftest import CPU_ONLY, ON_CUDA, REPO_ROOT
 from filelock import FileLock
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf.cli.train import finetune_main
 from mu2slam_hf.data import TaskMixture, load_manifest
 from mu2slam_hf.data.augmentation import AudioAugmentation
-from mu2slam_hf.pretraining import Mu2SlamCollator, split_by_layout
+from mu2slam_hf.instances import Mu2SlamCollator, split_by_layout
 from mu2slam_hf.training import (
     InstanceBuilder,
     InstanceStream,
@@ -30,7 +31,6 @@ from mu2slam_hf.training import (
     transformer_lr,
 )
 from mu2slam_hf.training.assets import build_processor, load_preset
-from mu2slam_hf.training.cli import finetune_main
 from mu2slam_hf.training.dev import (
     dev_chosen_asr_decoding,
     dev_chosen_ctc_weight,
@@ -140,7 +140,12 @@ def test_recipe_old_ctc_weight_key_loads_as_the_ctc_loss_weight(tmp_path, caplog
         ({"model": "m", "silence_padding_s": -1}, r"silence_padding_s is the longest silence"),
         ({"model": "m", "audio_augmentation": {"noise_probability": 0.5}}, r"audio_augmentation is a fine-tuning"),
         (
-            {"model": "m", "stage": "finetune", "audio_augmentation": {"reverb_probability": 2}},
+            {
+                "model": "m",
+                "stage": "finetune",
+                "examples_per_step": {"asr": 1},
+                "audio_augmentation": {"reverb_probability": 2},
+            },
             r"reverb_probability is a probability in \[0, 1\]",
         ),
         (
@@ -753,11 +758,8 @@ def test_retrieval_recipe_trains_a_dual_encoder_that_evaluates(pretrained, corpu
     base = Mu2SlamForConditionalGeneration.from_pretrained(init)
     assert not torch.equal(model.model.encoder.layers[0].ffn1.fc1.weight, base.model.encoder.layers[0].ffn1.fc1.weight)
 
-    import importlib.util
+    from mu2slam_hf.cli import evaluate
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "training_scripts" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
     output = tmp_path / "eval.json"
     argv = ["--model", str(output_dir), "--data", corpus, "--split", "dev", "--tasks", "retrieval"]
     assert evaluate.main([*argv, "--retrieval_candidates", "20", "--output", str(output)]) == 0

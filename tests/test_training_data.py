@@ -12,11 +12,11 @@ import yaml
 from conftest import PRESETS
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+from mu2slam_hf.cli.train import finetune_main
 from mu2slam_hf.data import make_example, write_flac, write_manifest
 from mu2slam_hf.data.training_data import DataSourceError, TrainingData
 from mu2slam_hf.data.validation import CorpusError
 from mu2slam_hf.training import Mu2SlamTrainer, recipe_from_dict
-from mu2slam_hf.training.cli import finetune_main
 from mu2slam_hf.training.preflight import UnknownTextError
 
 SR = 16_000

@@ -1,6 +1,7 @@
-"""Thin wrapper of `mu2slam-build-fillets` (logic in :mod:`mu2slam_hf.data.fillets`); see `--help`."""
+"""Thin wrapper of `mu2slam-build-fillets` (command in :mod:`mu2slam_hf.cli.build_data`, corpus built by
+:mod:`mu2slam_hf.data.fillets`); see `--help`."""
 
-from mu2slam_hf.data.fillets import main
+from mu2slam_hf.cli.build_data import build_fillets_main
 
 if __name__ == "__main__":
-    main()
+    build_fillets_main()

@@ -1,6 +1,7 @@
-"""Thin wrapper of `mu2slam-build-synthetic` (logic in :mod:`mu2slam_hf.data.synthetic`); see `--help`."""
+"""Thin wrapper of `mu2slam-build-synthetic` (command in :mod:`mu2slam_hf.cli.build_data`, corpus built by
+:mod:`mu2slam_hf.data.synthetic`); see `--help`."""
 
-from mu2slam_hf.data.synthetic import main
+from mu2slam_hf.cli.build_data import build_synthetic_main
 
 if __name__ == "__main__":
-    main()
+    build_synthetic_main()

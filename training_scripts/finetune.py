@@ -4,7 +4,7 @@
         --recipe configuration/recipes/gradual-stage1.yaml --init runs/pt --data data/synth --output_dir runs/ft1
 """
 
-from mu2slam_hf.training.cli import finetune_main
+from mu2slam_hf.cli.train import finetune_main
 
 if __name__ == "__main__":
     finetune_main()

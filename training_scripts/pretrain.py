@@ -4,7 +4,7 @@
         --recipe configuration/recipes/pretrain-small.yaml --data data/synth --output_dir runs/pt [--resume]
 """
 
-from mu2slam_hf.training.cli import pretrain_main
+from mu2slam_hf.cli.train import pretrain_main
 
 if __name__ == "__main__":
     pretrain_main()

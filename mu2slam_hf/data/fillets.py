@@ -12,7 +12,6 @@ manifest format of :mod:`mu2slam_hf.data.manifest`.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import re
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .audio import convert_clips
-from .manifest import format_summary, hash_split, summarize, write_manifest, write_summary
+from .manifest import hash_split, summarize, write_manifest, write_summary
 from .schema import make_example
 
 PACKAGES = ("fillets-ng-data", "fillets-ng-data-cs", "fillets-ng-data-nl")
@@ -189,27 +188,3 @@ def build_fillets(
     summary["levels"] = {s: sorted({r[2] for r in rows.get(s, [])}) for s in ("train", "dev", "test")}
     write_summary(out, summary)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-fillets``: the real cs/nl speech benchmark from Debian's Fish Fillets NG packages."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="output corpus directory")
-    parser.add_argument(
-        "--fillets-dir", help=f"an extracted game folder (.../{GAME_DIR}); fetched with apt when absent"
-    )
-    parser.add_argument("--cache-dir", help=f"where the .deb files are extracted (default {default_cache_dir()})")
-    parser.add_argument("--langs", default=",".join(SPEECH_LANGUAGES), help="speech languages (cs,nl)")
-    parser.add_argument("--levels", help="comma-separated subset of levels (default: all)")
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    summary = build_fillets(
-        args.out,
-        args.fillets_dir,
-        args.cache_dir,
-        tuple(args.langs.split(",")),
-        args.levels.split(",") if args.levels else None,
-        args.workers,
-    )
-    print(format_summary(summary))
-    print(f"levels per split: { {s: len(v) for s, v in summary['levels'].items()} }; skipped: {summary['skipped']}")

@@ -21,7 +21,6 @@ xx-en/en-xx (:func:`mu2slam_hf.data.synthetic.synthesize_lines`), in the manifes
 
 from __future__ import annotations
 
-import argparse
 import glob
 import html
 import os
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .fillets import default_cache_dir, fetch_debian_packages
-from .manifest import format_summary, hash_split, normalize_text, summarize, write_manifest, write_summary
+from .manifest import hash_split, normalize_text, summarize, write_manifest, write_summary
 from .schema import SPEECH_TASKS, make_example
 from .synthetic import TextGroup, check_espeak, group_examples, speakable, synthesize_lines, voice_settings
 
@@ -354,28 +353,3 @@ def build_libreoffice(
     )  # fmt: skip
     write_summary(out, summary)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-text``: the LibreOffice help parallel corpus (text-only, MT, optional synthetic AST)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="output corpus directory")
-    parser.add_argument("--langs", default=",".join(LANGUAGES), help="comma-separated ISO codes (en always added)")
-    parser.add_argument("--help-dir", help=f"an extracted .../{HELP_ROOT} folder (fetched with apt when absent)")
-    parser.add_argument(
-        "--cache-dir", help=f"where the packages are extracted ({default_cache_dir('libreoffice-help')})"
-    )
-    parser.add_argument("--speech-hours", "--speech_hours", type=float, default=0.0, help="espeak-ng hours (0: none)")
-    parser.add_argument("--speech-langs", help="languages to speak (default: --langs)")
-    parser.add_argument("--pairs", default="", help="extra MT pairs besides en<->xx, e.g. de-fr,es-it (both ways)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    summary = build_libreoffice(
-        args.out, tuple(args.langs.split(",")), args.help_dir, args.cache_dir, args.speech_hours,
-        tuple(args.speech_langs.split(",")) if args.speech_langs else None,
-        tuple(p for p in args.pairs.split(",") if p), args.seed, args.workers,
-    )  # fmt: skip
-    print(format_summary(summary))
-    print(f"pages per split: {summary['pages']}; paragraphs per split: {summary['paragraphs']}")
-    print(f"speech failures: {len(summary['speech_failures'])}")

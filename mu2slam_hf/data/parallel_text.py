@@ -27,7 +27,6 @@ of a language once per split) and ``mt`` rows xx->en and en->xx in the manifest 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import re
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .libreoffice import LANGUAGES
-from .manifest import format_summary, held_out_texts, normalize_text, summarize, write_manifest, write_summary
+from .manifest import held_out_texts, normalize_text, summarize, write_manifest, write_summary
 from .schema import make_example
 
 ISO3 = {"en": "eng", "de": "deu", "fr": "fra", "es": "spa", "it": "ita", "nl": "nld", "ru": "rus", "cs": "ces"}
@@ -330,25 +329,3 @@ def _dropped(stats: Counter) -> dict[str, int]:
         if not key.startswith(("unused/", "skipped_benchmark/")):
             totals[key.rpartition("/")[0]] += count
     return dict(sorted(totals.items()))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-parallel-text``: WMT newstest, Multi30k and Tatoeba MT (xx<->en) from downloaded folders."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="output corpus directory")
-    parser.add_argument("--testsets-dir", help="the testsets folder of a clone of Helsinki-NLP/OPUS-MT-testsets")
-    parser.add_argument("--multi30k-dir", help="a clone of multi30k/dataset (or its data/task1/raw folder)")
-    parser.add_argument("--langs", default=",".join(LANGUAGES), help="comma-separated ISO codes (en always added)")
-    parser.add_argument(
-        "--held-out", action="append", default=[],
-        help="a corpus folder (its dev/test.jsonl) or manifest whose sentences no train row may contain; repeatable",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    summary = build_parallel_text(
-        args.out, args.testsets_dir, args.multi30k_dir, tuple(args.langs.split(",")), tuple(args.held_out)
-    )
-    print(format_summary(summary))
-    print(f"pairs dropped: {summary['dropped']}")
-    for split, directions in summary["missing"].items():
-        if directions:
-            print(f"no {split} rows for {', '.join(directions)}: use another corpus's {split} split for them")

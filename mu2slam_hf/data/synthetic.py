@@ -20,7 +20,6 @@ CLI: ``mu2slam-build-synthetic --langs en,de,fr,es,it,nl,ru,cs --out data/synth 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -40,7 +39,6 @@ from .audio import to_mono_16k, write_flac
 from .fillets import PARALLEL_LANGUAGES, fetch_fillets, level_split, read_dialogs
 from .manifest import (
     connected_components,
-    format_summary,
     hash_split,
     normalize_text,
     summarize,
@@ -296,32 +294,3 @@ def build_synthetic(
     )  # fmt: skip
     write_summary(out, summary)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-synthetic``: the espeak-ng n-way parallel corpus (speech, text, ASR, AST, MT)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="output corpus directory")
-    parser.add_argument("--langs", default=",".join(DEFAULT_LANGUAGES), help="comma-separated ISO 639-1 codes")
-    parser.add_argument("--small", action="store_true", help=f"a quick build for tests and CI: {SMALL}")
-    parser.add_argument("--max-groups", type=int, help="cap on Fish Fillets text groups (default: all)")
-    parser.add_argument("--numbers", type=int, help=f"number-word groups (default {FULL['num_numbers']})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fillets-dir", help="an extracted Fish Fillets NG game folder (fetched with apt if absent)")
-    parser.add_argument("--cache-dir", help="where the Fish Fillets packages are extracted")
-    parser.add_argument("--no-fillets", action="store_true", help="number words only (no apt-get download)")
-    parser.add_argument(
-        "--all-train-groups", action="store_true", help="--max-groups caps the dev and test groups only"
-    )
-    args = parser.parse_args(argv)
-    preset = SMALL if args.small else FULL
-    summary = build_synthetic(
-        args.out, tuple(args.langs.split(",")),
-        max_groups=args.max_groups if args.max_groups is not None else preset["max_groups"],
-        num_numbers=args.numbers if args.numbers is not None else preset["num_numbers"],
-        seed=args.seed, num_workers=args.workers, game_dir=args.fillets_dir, cache_dir=args.cache_dir,
-        use_fillets=not args.no_fillets, all_train_groups=args.all_train_groups,
-    )  # fmt: skip
-    print(format_summary(summary))
-    print(f"groups per split: {summary['groups']}; synthesis failures: {len(summary['failures'])}")

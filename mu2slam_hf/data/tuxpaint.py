@@ -19,7 +19,6 @@ language's readings come from one volunteer, so speakers cannot be held out: the
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import os
@@ -35,7 +34,6 @@ from .fillets import default_cache_dir, fetch_debian_packages
 from .libreoffice import LANGUAGES, translation_pairs
 from .manifest import (
     connected_components,
-    format_summary,
     hash_split,
     normalize_text,
     summarize,
@@ -299,27 +297,3 @@ def clip_table(splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "clips": {split: dict(sorted(counts.items())) for split, counts in clips.items()},
         "minutes": {split: {k: round(v / 60, 1) for k, v in sorted(s.items())} for split, s in seconds.items()},
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-tuxpaint``: real read speech (ASR, AST) and parallel text (MT) from Tux Paint's stamps."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", required=True, help="output corpus directory")
-    parser.add_argument("--stamps-dir", help=f"an extracted {PACKAGE} (its root or .../{STAMPS_DIR}); apt when absent")
-    parser.add_argument(
-        "--cache-dir", help=f"where the package is extracted (default {default_cache_dir('tuxpaint')})"
-    )
-    parser.add_argument("--langs", default=",".join(LANGUAGES), help="description languages (en always added)")
-    parser.add_argument("--speech-langs", help="readings to use (default: --langs; the package has en fr es ru nl)")
-    parser.add_argument("--pairs", default="", help="extra MT pairs besides en<->xx, e.g. de-fr,es-it (both ways)")
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    summary = build_tuxpaint(
-        args.out, args.stamps_dir, args.cache_dir, tuple(args.langs.split(",")),
-        tuple(args.speech_langs.split(",")) if args.speech_langs else None,
-        tuple(p for p in args.pairs.split(",") if p), args.workers,
-    )  # fmt: skip
-    print(format_summary(summary))
-    print(f"stamps per split: {summary['stamps']}")
-    print(f"readings per split: {summary['clips']}; minutes: {summary['minutes']}")
-    print(f"dropped: {summary['dropped']}; unreadable audio: {len(summary['failures'])}")

@@ -3,14 +3,15 @@
     recipe = load_recipe("configuration/recipes/pretrain-small.yaml")
     result = train(recipe, "data/synth", output_dir="runs/pt", resume=True)
 
-Recipes (`recipe`), the Transformer schedule (`schedule`), processor/model setup (`assets`), mixture steps to
-instances (`instances`), loss accounting (`losses`), dev evaluation (`dev`), atomic checkpoints (`checkpointing`)
+Recipes (`recipe`), the Transformer schedule (`schedule`), processor/model setup (`assets`), mixture draws built
+into instances (`instance_stream`), loss accounting (`losses`), dev evaluation (`dev`), atomic checkpoints (`checkpointing`)
 and the loop (`loop`).
 """
 
+from ..instances import InstanceBuilder
 from .checkpointing import checkpoint_steps, latest_checkpoint, save_checkpoint
 from .dev import DevEvaluator, dev_subset
-from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader, step_generator
+from .instance_stream import InstanceStream, MixtureDraw, instance_loader, step_generator
 from .loop import Mu2SlamTrainer, TrainingResult, make_accelerator, train
 from .losses import LossTracker
 from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict

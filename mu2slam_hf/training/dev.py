@@ -28,9 +28,9 @@ from ..evaluation import (
     score,
     spread_over_languages,
 )
+from ..instances import InstanceBuilder, Mu2SlamCollator, split_by_layout
 from ..modeling_retrieval import Mu2SlamForRetrieval
-from ..pretraining import Mu2SlamCollator, split_by_layout
-from .instances import InstanceBuilder, step_generator
+from .instance_stream import step_generator
 from .losses import LossTracker
 
 logger = logging.getLogger(__name__)

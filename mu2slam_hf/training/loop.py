@@ -35,8 +35,8 @@ from ..data.mixing import TaskMixture, step_budgets
 from ..data.schema import SPEECH_TASKS
 from ..data.streaming import StreamingTaskMixture, first_rows
 from ..data.training_data import TrainingData
+from ..instances import InstanceBuilder, Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from ..lora import add_lora
-from ..pretraining import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..vocabulary import IGNORE_INDEX
 from .assets import (
@@ -68,7 +68,7 @@ from .dev import (
     warn_collapsed_encoder,
     write_dev_results,
 )
-from .instances import InstanceBuilder, InstanceStream, MixtureDraw, instance_loader
+from .instance_stream import InstanceStream, MixtureDraw, instance_loader
 from .losses import LossTracker
 from .preflight import (
     check_run_data,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from ..data.schema import TASKS
-from ..pretraining import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
+from ..instances import OBJECTIVE_WEIGHT_KEYS, Mu2SlamInstance
 
 OBJECTIVES = (*OBJECTIVE_WEIGHT_KEYS, "finetune")
 KEYS = tuple(f"task/{task}" for task in TASKS) + tuple(f"objective/{name}" for name in OBJECTIVES)

@@ -1,4 +1,5 @@
-"""Every objective of the paper (eq. 2-5, 3.1) as masked sequence-to-sequence instances.
+"""The instances of every objective: the masked objectives of pre-training (paper eq. 2-5, 3.1) and the plain
+P(y|x) of fine-tuning, all as masked sequence-to-sequence instances.
 
 An instance is one row of a batch: an encoder input of one or two segments ([speech; text]), the encoder
 MLM targets, a decoder input and target, the target language and modality, optional CTC targets and a

@@ -1,4 +1,5 @@
-"""Command lines of ``training_scripts/pretrain.py`` and ``training_scripts/finetune.py`` (run them with
+"""The training commands: ``mu2slam-pretrain`` / ``training_scripts/pretrain.py`` and ``mu2slam-finetune`` /
+``training_scripts/finetune.py`` (run the scripts with
 ``accelerate launch --config_file configuration/accelerate/<cpu|single_gpu|multi_gpu_ddp|fsdp|...>.yaml``)."""
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from accelerate import PartialState
 
 from ..data.training_data import DataSourceError, TrainingData
 from ..data.validation import CorpusError
-from .loop import train
-from .memory_allocator import use_fast_allocator
-from .preflight import UnknownTextError
-from .recipe import RecipeError, load_recipe
-from .run_folder import RunFolderError
+from ..training.loop import train
+from ..training.memory_allocator import use_fast_allocator
+from ..training.preflight import UnknownTextError
+from ..training.recipe import RecipeError, load_recipe
+from ..training.run_folder import RunFolderError
 
 # Errors about the user's inputs: their message says what to fix, so the command prints it without a traceback.
 USER_ERRORS = (RecipeError, RunFolderError, CorpusError, DataSourceError, UnknownTextError)

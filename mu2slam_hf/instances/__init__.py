@@ -1,10 +1,17 @@
-"""Pre-training and fine-tuning instances of every Mu2SLAM objective, and the collator that batches them.
+"""Model inputs for every task of both stages: examples in the data schema -> `Mu2SlamInstance` rows -> a batch.
 
-instances = build_speech_text_pretraining(config, features, codes, text_ids, word_starts, fr, en, generator)
-for group in split_by_layout(instances):
-    loss = model(**Mu2SlamCollator(config)(group)).loss
+`builder` turns examples into instances (audio decoded and featurised, texts tokenized), `objectives` builds the
+instances of each objective from those tensors (pre-training: the masked objectives of the paper, eq. 2-6;
+fine-tuning: plain P(y|x)), `masking` draws their masks, and `collator` pads a list of instances into the keyword
+arguments of the model's forward.
+
+    builder = InstanceBuilder(processor, model.config, stage="pretrain")   # or "finetune"
+    instances = builder.build({"asr": examples}, generator)
+    for group in split_by_layout(instances):
+        loss = model(**Mu2SlamCollator(model.config)(group)).loss
 """
 
+from .builder import InstanceBuilder
 from .collator import Mu2SlamCollator, retrieval_pairs, split_by_layout, with_language_labels
 from .masking import (
     corrupt_text,
@@ -32,6 +39,7 @@ from .objectives import (
 )
 
 __all__ = [
+    "InstanceBuilder",
     "OBJECTIVE_WEIGHT_KEYS",
     "Mu2SlamCollator",
     "Mu2SlamInstance",
