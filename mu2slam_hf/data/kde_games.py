@@ -30,8 +30,7 @@ from collections import Counter
 
 from .fillets import default_cache_dir, fetch_debian_packages
 from .libreoffice import LANGUAGES
-from .manifest import format_summary
-from .real_speech import Clip, build_clip_corpus, check_languages
+from .real_speech import Clip, build_clip_corpus, check_languages, format_clip_summary
 
 PACKAGES = ("ktuberling-data", "klettres-data")
 KTUBERLING_DIR = os.path.join("usr", "share", "ktuberling", "sounds")
@@ -212,7 +211,4 @@ def main(argv: list[str] | None = None) -> None:
     summary = build_kde_games(
         args.out, args.root, args.cache_dir, tuple(args.langs.split(",")), args.letters, args.workers
     )
-    print(format_summary(summary))
-    print(f"items per split: {summary['items']}")
-    print(f"clips per split: {summary['clips']}; minutes: {summary['minutes']}")
-    print(f"dropped: {summary['dropped']}; unreadable audio: {len(summary['failures'])}")
+    print(format_clip_summary(summary))

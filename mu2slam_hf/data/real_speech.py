@@ -23,7 +23,15 @@ import soundfile as sf
 
 from ..vocabulary import DEFAULT_LANGUAGES
 from .audio import convert_clips
-from .manifest import connected_components, hash_split, normalize_text, summarize, write_manifest, write_summary
+from .manifest import (
+    connected_components,
+    format_summary,
+    hash_split,
+    normalize_text,
+    summarize,
+    write_manifest,
+    write_summary,
+)
 from .schema import make_example
 from .tuxpaint import clip_table
 
@@ -150,3 +158,16 @@ def build_clip_corpus(
     )  # fmt: skip
     write_summary(out, summary)
     return summary
+
+
+def format_clip_summary(summary: dict[str, Any]) -> str:
+    """What a clip builder's command prints: :func:`~mu2slam_hf.data.manifest.format_summary`, then items, clips
+    and minutes per split, and what was dropped."""
+    return "\n".join(
+        [
+            format_summary(summary),
+            f"items per split: {summary['items']}",
+            f"clips per split: {summary['clips']}; minutes: {summary['minutes']}",
+            f"dropped: {summary['dropped']}; unreadable audio: {len(summary['failures'])}",
+        ]
+    )

@@ -1,0 +1,263 @@
+"""GCompris voices (GitHub ``gcompris/GCompris-voices``): real spoken words and numbers in all eight languages.
+
+The voices repository holds ``<lang>/<folder>/<name>.ogg`` (``words``: one word or short phrase a file, named by
+its English id, ``apple.ogg``; ``alphabet``: letters ``U0061.ogg`` and numbers ``U0031.ogg``, ``10.ogg``; also
+``colors``, ``geography``, ``intro``, ``misc``), each folder with a ``README`` naming the speaker and licence
+(per file, ``U0061.ogg<TAB>Julia Wycherley 2011 / GPL``, or for the whole folder). The text of each file is
+GCompris' own: the vocabulary activity's ``content-<lang>.json`` (``{"apple.ogg": "der Apfel", "U0031.ogg":
+"eins"}``), read from a folder of those files (GCompris-qt's ``src/activities/lang/resource``) or from the Qt
+resource ``lang.rcc`` of Debian's ``gcompris-qt-data`` (:func:`read_rcc`; fetched with apt when no text source
+is given). A file whose name is not in that table, or whose text there is empty, is skipped and counted
+(``<lang>/text_unknown``); so are the folders the table does not cover (``<lang>/folder_<name>``). Letters
+(``U0061.ogg``, text: the letter) are left out unless asked, as in :mod:`~mu2slam_hf.data.kde_games`.
+
+:func:`build_gcompris` (CLI ``mu2slam-build-gcompris``) cannot download the voices: pass a local checkout
+(``--voices-dir``). Rows are ASR only, split by item (the English id: ``apple`` in every language, one split) through
+:func:`~mu2slam_hf.data.real_speech.build_clip_corpus`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import struct
+import time
+import unicodedata
+import zlib
+from collections import Counter
+
+from .fillets import default_cache_dir, fetch_debian_packages
+from .libreoffice import LANGUAGES
+from .real_speech import Clip, build_clip_corpus, check_languages, format_clip_summary
+
+PACKAGE = "gcompris-qt-data"
+LANG_RCC = os.path.join("usr", "share", "gcompris-qt", "rcc", "lang.rcc")
+CONTENT_PREFIX = "/gcompris/src/activities/lang/resource/"
+FOLDERS = ("words", "alphabet")  # the folders content-<lang>.json names files of
+LICENSE = "per folder (summary.json attributions): GPL-2+/GPL-3 or CC-BY-SA-3.0 voices; GPL-3+ text"
+CORPUS = "gcompris"
+_CODE_POINT = re.compile(r"^U([0-9A-Fa-f]{4,6})$")
+
+
+def read_rcc(path: str) -> dict[str, bytes]:
+    """The files of a Qt binary resource (``.rcc``, format versions 1-3): ``{"/path/in/resource": bytes}``.
+
+    Layout: ``qres``, version, then the offsets of the node tree, the data and the names (big-endian). A node is
+    a name offset, flags (2: directory, 1: zlib-compressed) and either a child count and first child or a locale
+    and data offset; version 2+ adds an 8-byte time. Raises ValueError for a file that is not one, or a
+    zstd-compressed entry (Qt 6 ``rcc --compress-algo zstd``).
+    """
+    with open(path, "rb") as handle:
+        blob = handle.read()
+    if blob[:4] != b"qres":
+        raise ValueError(f"{path} is not a Qt resource file (no 'qres' header)")
+    version, tree, data, names = struct.unpack(">IIII", blob[4:20])
+    node_size = 14 if version == 1 else 22
+    files: dict[str, bytes] = {}
+
+    def name(offset: int) -> str:
+        (length,) = struct.unpack(">H", blob[names + offset : names + offset + 2])
+        return blob[names + offset + 6 : names + offset + 6 + 2 * length].decode("utf-16-be")
+
+    def walk(index: int, prefix: str) -> None:
+        at = tree + index * node_size
+        name_offset, flags = struct.unpack(">IH", blob[at : at + 6])
+        path_here = prefix + (name(name_offset) if index else "")
+        if flags & 2:
+            count, first = struct.unpack(">II", blob[at + 6 : at + 14])
+            for child in range(first, first + count):
+                walk(child, path_here + "/")
+            return
+        (offset,) = struct.unpack(">I", blob[at + 10 : at + 14])
+        (size,) = struct.unpack(">I", blob[data + offset : data + offset + 4])
+        raw = blob[data + offset + 4 : data + offset + 4 + size]
+        if flags & 4:
+            raise ValueError(f"{path}: {path_here} is zstd-compressed; extract it with Qt's tools")
+        files[path_here] = zlib.decompress(raw[4:]) if flags & 1 else raw
+
+    walk(0, "")
+    return files
+
+
+def fetch_gcompris_text(cache_dir: str | None = None) -> str:
+    """Downloads and extracts Debian's ``gcompris-qt-data`` once; returns the path of its ``lang.rcc``."""
+    return os.path.join(
+        fetch_debian_packages(cache_dir or default_cache_dir(CORPUS), (PACKAGE,), _install_hint), LANG_RCC
+    )
+
+
+def _install_hint(reason: str) -> str:
+    return (
+        f"Cannot fetch GCompris' word list: {reason}. This needs a Debian/Ubuntu machine with apt-get and dpkg-deb "
+        f"(run `apt-get update` first; package {PACKAGE}, in Debian main). Alternatively pass --text with a folder "
+        "of content-<lang>.json files (GCompris-qt's src/activities/lang/resource) or a lang.rcc."
+    )
+
+
+def load_texts(text_source: str, languages: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``{lang: {"apple.ogg": "der Apfel"}}`` from a folder of ``content-<lang>.json``, an extraction root of
+    ``gcompris-qt-data`` or a ``lang.rcc``; texts whitespace-collapsed, empty ones left out.
+
+    Raises:
+        ValueError: none of these is there, with what to pass.
+    """
+    raw: dict[str, bytes] = {}
+    rcc = os.path.join(text_source, LANG_RCC) if os.path.isdir(text_source) else text_source
+    if os.path.isdir(text_source) and glob.glob(os.path.join(text_source, "content-*.json")):
+        for lang in languages:
+            path = os.path.join(text_source, f"content-{lang}.json")
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    raw[lang] = handle.read()
+    elif os.path.isfile(rcc):
+        files = read_rcc(rcc)
+        raw = {
+            lang: files[f"{CONTENT_PREFIX}content-{lang}.json"]
+            for lang in languages
+            if f"{CONTENT_PREFIX}content-{lang}.json" in files
+        }
+    else:
+        raise ValueError(
+            f"{text_source} holds no GCompris word list: neither content-<lang>.json files (GCompris-qt's "
+            f"src/activities/lang/resource) nor {LANG_RCC} (an extracted {PACKAGE}) nor a .rcc file. Pass one of "
+            "them as --text, or leave --text out to fetch the Debian package with apt."
+        )
+    return {
+        lang: {file: " ".join(text.split()) for file, text in json.loads(blob.decode("utf-8")).items() if text.strip()}
+        for lang, blob in raw.items()
+    }
+
+
+def read_attributions(folder: str) -> tuple[dict[str, str], list[str]]:
+    """A voices folder's ``README``: ``({file: attribution}, [lines about the whole folder])``; empty without one
+    (:func:`read_voices` then takes the general lines of the language's own ``README``, as Czech has)."""
+    per_file, general = {}, []
+    path = os.path.join(folder, "README")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            for line in handle:
+                file, _, rest = line.strip().partition("\t")
+                if file.endswith(".ogg") and rest.strip():
+                    per_file[file] = rest.strip()
+                elif line.strip():
+                    general.append(line.strip())
+    return per_file, general
+
+
+def speaker_of(lang: str, folder: str, attribution: str | None) -> str:
+    """``gcompris-<lang>-<name>`` from a README attribution (``Copyright Martin Herweg 2001 / Release under GPL``
+    -> ``gcompris-de-martin-herweg``); ``gcompris-<lang>-<folder>`` when the README names nobody per file."""
+    if not attribution:
+        return f"{CORPUS}-{lang}-{folder}"
+    who = re.sub(r"(?i)\b(copyright|voice\s*:)|\(c\)|\d{4}", " ", attribution.split("/")[0])
+    slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", who).encode("ascii", "ignore").decode().lower())
+    return f"{CORPUS}-{lang}-{slug.strip('-') or folder}"
+
+
+def read_voices(
+    voices_dir: str, texts: dict[str, dict[str, str]], languages: tuple[str, ...], letters: bool, stats: Counter
+) -> tuple[list[Clip], dict[str, list[str]]]:
+    """The clips of ``languages`` with known text, and the attributions of the folders used."""
+    clips, attributions = [], {}
+    for lang in languages:
+        for folder_path in sorted(glob.glob(os.path.join(voices_dir, lang, "*", ""))):
+            folder = os.path.basename(os.path.dirname(folder_path))
+            files = sorted(glob.glob(os.path.join(folder_path, "*.ogg")))
+            if folder not in FOLDERS:
+                stats[f"{lang}/folder_{folder}"] += len(files)
+                continue
+            per_file, general = read_attributions(folder_path)
+            general = general or read_attributions(os.path.join(voices_dir, lang))[1]  # cs/README: the language's
+            used = set()
+            for path in files:
+                file = os.path.basename(path)
+                stem = file[: -len(".ogg")]
+                text, kind = texts.get(lang, {}).get(file), "word" if folder == "words" else "number"
+                code = _CODE_POINT.match(stem)
+                if (
+                    text is None
+                    and folder == "alphabet"
+                    and code
+                    and unicodedata.category(chr(int(code[1], 16)))[0] == "L"
+                ):
+                    text, kind = chr(int(code[1], 16)).lower(), "letter"
+                reason = (
+                    "text_unknown" if text is None
+                    else "letter" if kind == "letter" and not letters
+                    else "letter_other_script" if kind == "letter" and lang == "ru" and text.isascii()
+                    else None
+                )  # fmt: skip
+                if reason:
+                    stats[f"{lang}/{reason}"] += 1
+                    continue
+                speaker = speaker_of(lang, folder, per_file.get(file))
+                used.add(per_file.get(file) or " ".join(general) or "no README")
+                clips.append(Clip(path, lang, text, speaker, stem, f"{folder}.{stem}", kind))
+            if used:
+                attributions[f"{lang}/{folder}"] = sorted(used)
+    return clips, attributions
+
+
+def find_voices_dir(voices_dir: str, languages: tuple[str, ...]) -> str:
+    """Checks that ``voices_dir`` is a GCompris-voices checkout (a ``<lang>/words`` or ``<lang>/alphabet``)."""
+    if not any(os.path.isdir(os.path.join(voices_dir, lang, folder)) for lang in languages for folder in FOLDERS):
+        raise ValueError(
+            f"{voices_dir} is not a GCompris voices folder: no <lang>/words or <lang>/alphabet in it for "
+            f"{','.join(languages)}. Clone https://github.com/gcompris/GCompris-voices (`git clone --depth 1 ...`) "
+            "and pass the checkout as --voices-dir; this builder does not download it."
+        )
+    return voices_dir
+
+
+def build_gcompris(
+    out: str,
+    voices_dir: str,
+    text_source: str | None = None,
+    cache_dir: str | None = None,
+    languages: tuple[str, ...] = LANGUAGES,
+    letters: bool = False,
+    num_workers: int = 2,
+) -> dict:
+    """Builds the GCompris real-speech corpus (ASR rows) into ``out``; returns its summary.
+
+    Args:
+        voices_dir: a checkout of GCompris-voices (``<lang>/words/*.ogg``...).
+        text_source: a folder of ``content-<lang>.json``, an extracted ``gcompris-qt-data`` or a ``lang.rcc``;
+            fetched with :func:`fetch_gcompris_text` into ``cache_dir`` when None.
+        letters: also write single letters (their transcript is the letter).
+    Raises:
+        ValueError: an unknown language, no voices or no word list where given (before writing).
+    """
+    check_languages(languages)
+    start = time.time()
+    voices_dir = find_voices_dir(voices_dir, languages)
+    texts = load_texts(text_source or fetch_gcompris_text(cache_dir), languages)
+    stats: Counter = Counter()
+    clips, attributions = read_voices(voices_dir, texts, languages, letters, stats)
+    return build_clip_corpus(
+        out, clips, CORPUS, stats, num_workers, start=start, license=LICENSE, languages=list(languages),
+        source=f"GCompris-voices ({os.path.abspath(voices_dir)}); text: {text_source or 'Debian ' + PACKAGE}",
+        letters=letters, texts_per_language={lang: len(table) for lang, table in texts.items()}, attributions=attributions,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``mu2slam-build-gcompris``: real spoken words and numbers (ASR) from GCompris' voices, text from GCompris."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="output corpus directory")
+    parser.add_argument("--voices-dir", required=True, help="a checkout of github.com/gcompris/GCompris-voices")
+    parser.add_argument(
+        "--text", help=f"content-<lang>.json folder, extracted {PACKAGE} or lang.rcc (default: {PACKAGE} via apt)"
+    )
+    parser.add_argument("--cache-dir", help=f"where {PACKAGE} is extracted (default {default_cache_dir(CORPUS)})")
+    parser.add_argument("--langs", default=",".join(LANGUAGES), help="languages kept")
+    parser.add_argument("--letters", action="store_true", help="also single letters (transcript: the letter)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    summary = build_gcompris(
+        args.out, args.voices_dir, args.text, args.cache_dir, tuple(args.langs.split(",")), args.letters, args.workers
+    )
+    print(format_clip_summary(summary))
