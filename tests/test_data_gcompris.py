@@ -9,7 +9,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mu2slam_hf.data.gcompris import build_gcompris, load_texts, main, read_rcc, speaker_of
+from mu2slam_hf.data import gcompris
+from mu2slam_hf.data.gcompris import (
+    CONTENT_PREFIX,
+    LANG_RCC,
+    QM,
+    QM_MAGIC,
+    RCC_DIR,
+    build_gcompris,
+    load_texts,
+    main,
+    place_names,
+    read_qm,
+    read_rcc,
+    speaker_of,
+)
 from mu2slam_hf.data.manifest import hash_split, read_manifest
 from mu2slam_hf.data.real_speech import SPLIT_FRACTIONS
 
@@ -29,8 +43,9 @@ def _ogg(path, seconds=0.5, rate=44_100, seed=0, amplitude=0.3):
     sf.write(path, (tone + noise).astype(np.float32), rate, format="OGG", subtype="VORBIS")
 
 
-def _rcc(files: dict[str, bytes]) -> bytes:
-    """A version-3 Qt resource: root -> "gcompris" -> one file per entry (zlib-compressed), flat under it."""
+def _rcc(files: dict[str, bytes], folder: str = "gcompris") -> bytes:
+    """A version-3 Qt resource: root -> ``folder`` (one node, its name may hold slashes) -> one file per entry,
+    zlib-compressed."""
     names, tree, data = b"", b"", b""
 
     def name(text):
@@ -41,7 +56,7 @@ def _rcc(files: dict[str, bytes]) -> bytes:
         return offset
 
     entries = sorted(files)
-    dir_name = name("gcompris")
+    dir_name = name(folder)
     tree += struct.pack(">IHII", 0, 2, 1, 1) + b"\0" * 8  # root: one child, node 1
     tree += struct.pack(">IHII", dir_name, 2, len(entries), 2) + b"\0" * 8
     for entry in entries:
@@ -52,6 +67,46 @@ def _rcc(files: dict[str, bytes]) -> bytes:
     tree_at, data_at = header_size, header_size + len(tree)
     names_at = data_at + len(data)
     return b"qres" + struct.pack(">IIIII", 3, tree_at, data_at, names_at, 0) + tree + data + names
+
+
+def _qm(messages: list[tuple[str, str, str]]) -> bytes:
+    """A .qm with (context, source, translation) messages, laid out as lrelease writes them."""
+
+    def field(tag, raw):
+        return bytes([tag]) + struct.pack(">I", len(raw)) + raw
+
+    block = b"".join(
+        field(3, translation.encode("utf-16-be")) + bytes([8]) + struct.pack(">I", 0) + field(6, source.encode())
+        + field(7, context.encode()) + b"\x01"
+        for context, source, translation in messages
+    )  # fmt: skip
+    hashes = b"\x42" + struct.pack(">I", 8) + b"\0" * 8
+    return QM_MAGIC + hashes + b"\x69" + struct.pack(">I", len(block)) + block
+
+
+BOARD = """QtObject { property var levels: [
+    { "pixmapfile": "africa/africa.svgz", "type": "SHAPE_BACKGROUND_IMAGE" },
+    { "pixmapfile": "africa/egypt.svgz", "soundFile": "voices-$CA/$LOCALE/geography/egypt.$CA",
+      "toolTipText": qsTr("Egypt"), "x": "0.8", "y": "0.2" },
+    { "pixmapfile": "africa/chad.svgz", "soundFile": "voices-$CA/$LOCALE/geography/chad.$CA",
+      "toolTipText": qsTr("Chad"), "x": "0.5", "y": "0.4" },
+    { "soundFile": "voices-$CA/$LOCALE/geography/usa.$CA", "toolTipText": qsTr("United States of America") }
+] }"""
+
+
+@pytest.fixture(scope="module")
+def debian_root(texts, tmp_path_factory):
+    """An extracted gcompris-qt-data: lang.rcc with the word lists, geography.rcc with one board (Egypt, Chad, USA)
+    and gcompris_de.qm (Ägypten for this board; Tschad under two contexts, told apart by the board's)."""
+    root = tmp_path_factory.mktemp("debian")
+    (root / RCC_DIR).mkdir(parents=True)
+    contents = {f"content-{lang}.json": (texts / f"content-{lang}.json").read_bytes() for lang in TEXTS}
+    (root / LANG_RCC).write_bytes(_rcc(contents, CONTENT_PREFIX.strip("/")))
+    (root / RCC_DIR / "geography.rcc").write_bytes(_rcc({"board1_0.qml": BOARD.encode()}))
+    (root / QM.format(lang="de")).parent.mkdir(parents=True)
+    messages = [("board1_0", "Egypt", "Ägypten"), ("other", "Chad", "Tschad (alt)"), ("board1_0", "Chad", "Tschad")]
+    (root / QM.format(lang="de")).write_bytes(_qm(messages + [("board1_0", "United States of America", "USA")]))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +123,14 @@ def voices(tmp_path_factory):
         _ogg(root / "de" / "words" / f"{word}.ogg", seed=50, amplitude=amplitude)
     _ogg(root / "de" / "words" / "quiet.ogg", amplitude=0.0)
     _ogg(root / "de" / "colors" / "black.ogg", seed=60)
+    for i, place in enumerate(["egypt", "chad", "usa", "atlantis"]):
+        _ogg(root / "de" / "geography" / f"{place}.ogg", seed=70 + i)
     (root / "de" / "alphabet" / "README").write_text(
         "\ufeffU0031.ogg\t\t\tCopyright Martin Herweg 2001 / Release under GPL\n", encoding="utf-8"
     )
     (root / "fr" / "words" / "README").write_text("Voices by someone.\nUnder the GPLv3.\n", encoding="utf-8")
+    (root / "fr" / "README").write_bytes("Sons de Martin Šín\n".encode("iso-8859-15"))  # not UTF-8: Latin-9
+    (root / "fr" / "alphabet" / "README").write_text("U0031.oggClara Coudoin 2004 / GPL\n")  # no tab
     return root
 
 
@@ -98,12 +157,47 @@ def _rows(directory):
 def test_rcc_and_json_give_the_same_texts(texts, tmp_path):
     blobs = {f"content-{lang}.json": (texts / f"content-{lang}.json").read_bytes() for lang in TEXTS}
     rcc = tmp_path / "lang.rcc"
-    rcc.write_bytes(_rcc(blobs))
-    assert read_rcc(str(rcc)) == {f"/gcompris/{name}": blob for name, blob in blobs.items()}
+    rcc.write_bytes(_rcc(blobs, CONTENT_PREFIX.strip("/")))
+    assert read_rcc(str(rcc)) == {f"{CONTENT_PREFIX}{name}": blob for name, blob in blobs.items()}
     from_json = load_texts(str(texts), ("de", "fr"))
-    assert from_json["de"]["apple.ogg"] == "der Apfel" and "cave.ogg" not in from_json["de"]
+    assert from_json["de"]["words/apple.ogg"] == "der Apfel" and "words/cave.ogg" not in from_json["de"]
+    assert from_json["fr"]["alphabet/U0031.ogg"] == "un"
+    assert load_texts(str(rcc), ("de", "fr")) == from_json  # a lang.rcc gives the same
+    (tmp_path / "other.rcc").write_bytes(_rcc(blobs))  # the tables, but not where GCompris keeps them
+    with pytest.raises(ValueError, match="no content-<lang>.json"):
+        load_texts(str(tmp_path / "other.rcc"), ("de",))
     with pytest.raises(ValueError, match="not a Qt resource"):
         read_rcc(str(texts / "content-de.json"))
+
+
+def test_place_names_come_from_the_boards_and_their_translations(debian_root, tmp_path):
+    assert read_qm(str(debian_root / QM.format(lang="de")))["Chad"] == {"other": "Tschad (alt)", "board1_0": "Tschad"}
+    names = place_names(str(debian_root), ("en", "de", "fr"))
+    assert names["en"] == {"egypt": "Egypt", "chad": "Chad", "usa": "United States of America"}
+    assert names["de"] == {"egypt": "Ägypten", "chad": "Tschad", "usa": "USA"}
+    assert names["fr"] == {}  # no gcompris_fr.qm: no French place names
+    texts = load_texts(str(debian_root), ("de",))["de"]
+    assert texts["geography/egypt.ogg"] == "Ägypten" and texts["words/apple.ogg"] == "der Apfel"
+    assert texts["alphabet/U0031.ogg"] == "eins" and "words/cave.ogg" not in texts
+    with pytest.raises(ValueError, match="not a Qt translation file"):
+        read_qm(str(debian_root / LANG_RCC))
+
+
+def test_places_from_the_debian_text(voices, debian_root, tmp_path, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(gcompris, "fetch_debian_packages", lambda *args: fetched.append(args[1]) or str(debian_root))
+    summary = build_gcompris(str(tmp_path), str(voices), languages=("de",))  # no --text: the Debian package
+    assert fetched == [("gcompris-qt-data",)]
+    rows = _rows(tmp_path)
+    assert rows["gcompris-asr-de-geography.egypt"][1]["target_text"] == "Ägypten"
+    assert rows["gcompris-asr-de-geography.chad"][1]["target_text"] == "Tschad"
+    assert "gcompris-asr-de-geography.usa" not in rows  # renamed since the recordings: unsure
+    assert summary["dropped"]["de/text_unsure"] == 1 and summary["kinds"]["de/place"] == 2
+    assert summary["dropped"]["de/text_unknown"] == 3  # cave, ghost, atlantis
+
+
+def test_readme_in_latin9_is_read(voices):
+    assert gcompris.read_attributions(str(voices / "fr")) == ({}, ["Sons de Martin Šín"])
 
 
 def test_speakers_come_from_the_readme():
@@ -134,11 +228,13 @@ def test_rows_texts_speakers_and_audio(corpus):
 def test_unknown_text_letters_silence_and_other_folders_are_counted(corpus):
     summary = json.loads((corpus / "summary.json").read_text())
     assert summary["dropped"] == {
-        "de/folder_colors": 1, "de/letter": 1, "de/silent": 1, "de/text_unknown": 2, "fr/letter": 1,
+        "de/folder_colors": 1, "de/letter": 1, "de/silent": 1, "de/text_unknown": 6, "fr/letter": 1,
     }  # fmt: skip
     assert sum(summary["clips"][s].get("de", 0) for s in SPLITS) == 14  # apple, 12 things, one number
     assert summary["kinds"] == {"de/number": 1, "de/word": 13, "fr/number": 1, "fr/word": 13}
     assert summary["attributions"]["fr/words"] == ["Voices by someone. Under the GPLv3."]
+    assert summary["attributions"]["fr/alphabet"] == ["Clara Coudoin 2004 / GPL"]
+    assert "gcompris-fr-clara-coudoin" in summary["speakers"]
     assert not (corpus / "audio" / "de" / "words.quiet.flac").exists()
 
 

@@ -112,7 +112,8 @@ def build_clip_corpus(
     """Splits, converts and writes ``clips`` as ASR rows into ``out``; returns the summary (``summary.json``).
 
     Rows: id ``<corpus>-asr-<lang>-<key>``, audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
-    ``failures``; silent ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with ``stats``), as are empty ones.
+    ``failures``; silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with
+    ``stats``).
     ``facts`` are added to the summary (source, licence...).
     """
     start = time.time() if start is None else start
