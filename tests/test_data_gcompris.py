@@ -30,7 +30,13 @@ from mu2slam_hf.data.real_speech import SPLIT_FRACTIONS
 SPLITS = ("train", "dev", "test")
 WORDS = [f"thing{i}" for i in range(12)]
 TEXTS = {
-    "de": {"apple.ogg": "der  Apfel ", "cave.ogg": "", "quiet.ogg": "leise", "U0031.ogg": "eins"}
+    "de": {
+        "apple.ogg": "der  Apfel ",
+        "cave.ogg": "",
+        "quiet.ogg": "leise",
+        "U0031.ogg": "eins",
+        "long.ogg": "ein sehr sehr langes Wort",
+    }
     | {f"{w}.ogg": f"das Ding {w[5:]}" for w in WORDS},
     "fr": {"apple.ogg": "une pomme", "U0031.ogg": "un"} | {f"{w}.ogg": f"une chose {w[5:]}" for w in WORDS},
 }
@@ -116,13 +122,14 @@ def voices(tmp_path_factory):
     root = tmp_path_factory.mktemp("voices")
     for lang in TEXTS:
         for i, word in enumerate(["apple", *WORDS]):
-            _ogg(root / lang / "words" / f"{word}.ogg", seconds=0.4 + i / 20, seed=i)
+            _ogg(root / lang / "words" / f"{word}.ogg", seconds=1.0 + i / 20, seed=i)
         _ogg(root / lang / "alphabet" / "U0031.ogg", seed=40)
         _ogg(root / lang / "alphabet" / "U0061.ogg", seed=41)
     for word, amplitude in (("cave", 0.3), ("ghost", 0.3)):
         _ogg(root / "de" / "words" / f"{word}.ogg", seed=50, amplitude=amplitude)
     _ogg(root / "de" / "words" / "quiet.ogg", amplitude=0.0)
     _ogg(root / "de" / "colors" / "black.ogg", seed=60)
+    _ogg(root / "de" / "words" / "long.ogg", seconds=0.5, seed=61)  # 20 letters in 0.5 s: not what it says
     for i, place in enumerate(["egypt", "chad", "usa", "atlantis"]):
         _ogg(root / "de" / "geography" / f"{place}.ogg", seed=70 + i)
     (root / "de" / "alphabet" / "README").write_text(
@@ -222,13 +229,13 @@ def test_rows_texts_speakers_and_audio(corpus):
         info = sf.info(row["audio"]["path"])
         assert (info.samplerate, info.channels) == (16_000, 1)
         assert info.frames / 16_000 == pytest.approx(row["duration"])
-    assert rows["gcompris-asr-fr-words.thing3"][1]["duration"] == pytest.approx(0.6, abs=0.01)
+    assert rows["gcompris-asr-fr-words.thing3"][1]["duration"] == pytest.approx(1.2, abs=0.01)
 
 
 def test_unknown_text_letters_silence_and_other_folders_are_counted(corpus):
     summary = json.loads((corpus / "summary.json").read_text())
     assert summary["dropped"] == {
-        "de/folder_colors": 1, "de/letter": 1, "de/silent": 1, "de/text_unknown": 6, "fr/letter": 1,
+        "de/folder_colors": 1, "de/letter": 1, "de/silent": 1, "de/text_unknown": 6, "de/too_fast": 1, "fr/letter": 1,
     }  # fmt: skip
     assert sum(summary["clips"][s].get("de", 0) for s in SPLITS) == 14  # apple, 12 things, one number
     assert summary["kinds"] == {"de/number": 1, "de/word": 13, "fr/number": 1, "fr/word": 13}

@@ -47,16 +47,18 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("kde")
     sounds = root / KTUBERLING_DIR
     fr = ["patate_ballon", "egypte_ane", "lune_etoile-filante", "robin_j-aime", "robin_avis-recherche", "robin_quiet"]
+    fr += ["robin_je-suis-malade"]  # 0.3 s: too short for its 12 letters
     for i, stem in enumerate(fr):
-        _sound(sounds / "fr" / f"{stem}.wav", seconds=0.5 + i / 10, seed=i, amplitude=0.0 if "quiet" in stem else 0.3)
-    names = ["ball", "egypt_donkey", "moon_star", "robin_love", "robin_wanted", "robin_quiet"]
+        seconds = 0.3 if "malade" in stem else 1.0 + i / 10
+        _sound(sounds / "fr" / f"{stem}.wav", seconds=seconds, seed=i, amplitude=0.0 if "quiet" in stem else 0.3)
+    names = ["ball", "egypt_donkey", "moon_star", "robin_love", "robin_wanted", "robin_quiet", "robin_sick"]
     _theme(
         sounds / "fr.soundtheme",
         "fr",
         [*zip(names, [f"fr/{s}.wav" for s in fr], strict=True), ("ghost", "fr/ghost.wav")],
     )
     for i, stem in enumerate(["ojo", "pelota", "gafasdesol", "lazo"]):
-        _sound(sounds / "es" / f"{stem}.wav", rate=22_050, seed=10 + i)
+        _sound(sounds / "es" / f"{stem}.wav", seconds=1.0, rate=22_050, seed=10 + i)
     _theme(
         sounds / "es.soundtheme", "es",
         [("eye", "es/ojo.wav"), ("ball", "es/pelota.wav"), ("sunglasses", "es/gafasdesol.wav"),
@@ -116,14 +118,14 @@ def test_rows_carry_text_speaker_and_16k_audio(corpus):
         info = sf.info(corpus / row["audio"]["path"])
         assert (info.samplerate, info.channels) == (16_000, 1)
         assert info.frames / 16_000 == pytest.approx(row["duration"])
-    assert rows["kde-games-asr-fr-ktuberling.moon_star"]["duration"] == pytest.approx(0.7, abs=0.01)
+    assert rows["kde-games-asr-fr-ktuberling.moon_star"]["duration"] == pytest.approx(1.2, abs=0.01)
     assert load_manifest(str(corpus), "train", task="asr").num_rows == len(_rows(corpus)["train"]) > 0
 
 
 def test_unknown_text_letters_silence_and_repeats_are_dropped_and_counted(corpus):
     summary = json.loads((corpus / "summary.json").read_text())
     assert summary["dropped"] == {
-        "de/text_unknown": 1, "en/letter": 2, "es/duplicate_audio": 1, "fr/no_file": 1, "fr/silent": 1,
+        "de/text_unknown": 1, "en/letter": 2, "es/duplicate_audio": 1, "fr/no_file": 1, "fr/silent": 1, "fr/too_fast": 1,
         "fr/text_unknown": 1,
     }  # fmt: skip
     ids = set(_by_id(corpus))
@@ -134,7 +136,7 @@ def test_unknown_text_letters_silence_and_repeats_are_dropped_and_counted(corpus
     assert sum(summary["clips"][s].get("fr", 0) for s in SPLITS) == 4
     assert sum(summary["clips"][s].get("es", 0) for s in SPLITS) == 4  # lazo once
     minutes = sum(summary["minutes"][s].get("fr", 0) for s in SPLITS)
-    assert minutes == pytest.approx((0.5 + 0.6 + 0.7 + 0.8) / 60, abs=0.1)
+    assert minutes == pytest.approx((1.0 + 1.1 + 1.2 + 1.3) / 60, abs=0.1)
     assert summary["speakers"] == ["klettres-en", "klettres-en_GB", "klettres-ru", "ktuberling-es", "ktuberling-fr"]
 
 

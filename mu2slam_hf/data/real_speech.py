@@ -37,6 +37,9 @@ from .tuxpaint import clip_table
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.1, "test": 0.2}
 SILENCE_PEAK = 10 ** (-50 / 20)  # a clip whose loudest sample is below -50 dBFS holds no speech
+# More letters a second than careful speech says: the text is not what the clip says (a word list newer than its
+# recordings: GCompris' "un chariot de supermarché" over a 1.1 s "un chariot"). Careful single words run 5-13.
+MAX_LETTERS_PER_SECOND = 15.0
 
 
 @dataclass
@@ -99,6 +102,11 @@ def is_silent(path: str) -> bool:
     return not array.size or float(np.abs(array).max()) < SILENCE_PEAK
 
 
+def too_fast(text: str, seconds: float) -> bool:
+    """Whether ``text`` has more than :data:`MAX_LETTERS_PER_SECOND` letters and digits a second of ``seconds``."""
+    return sum(char.isalnum() for char in text) > MAX_LETTERS_PER_SECOND * seconds
+
+
 def build_clip_corpus(
     out: str,
     clips: list[Clip],
@@ -113,7 +121,7 @@ def build_clip_corpus(
 
     Rows: id ``<corpus>-asr-<lang>-<key>``, audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
     ``failures``; silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with
-    ``stats``).
+    ``stats``), as are clips too short for their text (:func:`too_fast`, ``<lang>/too_fast``).
     ``facts`` are added to the summary (source, licence...).
     """
     start = time.time() if start is None else start
@@ -137,9 +145,10 @@ def build_clip_corpus(
             else:
                 failures[rel] = seconds
             continue
-        if is_silent(target):
+        reason = "silent" if is_silent(target) else "too_fast" if too_fast(clip.text, seconds) else None
+        if reason:
             os.remove(target)
-            stats[f"{clip.lang}/silent"] += 1
+            stats[f"{clip.lang}/{reason}"] += 1
             continue
         kinds[f"{clip.lang}/{clip.kind}"] += 1
         splits[clip.split].append(
