@@ -6,16 +6,20 @@ each builds with its module in :mod:`mu2slam_hf.data`.
     mu2slam-build-text            build_text_main           data/libreoffice.py    LibreOffice help parallel text
     mu2slam-build-tuxpaint        build_tuxpaint_main       data/tuxpaint.py       Tux Paint read speech and text
     mu2slam-build-parallel-text   build_parallel_text_main  data/parallel_text.py  WMT newstest, Multi30k, Tatoeba
+    mu2slam-build-kde-games       build_kde_games_main      data/kde_games.py      KTuberling/KLettres spoken words
+    mu2slam-build-gcompris        build_gcompris_main       data/gcompris.py       GCompris' spoken words
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ..data import gcompris, kde_games
 from ..data.fillets import GAME_DIR, SPEECH_LANGUAGES, build_fillets, default_cache_dir
 from ..data.libreoffice import HELP_ROOT, LANGUAGES, build_libreoffice
 from ..data.manifest import format_summary
 from ..data.parallel_text import build_parallel_text
+from ..data.real_speech import format_clip_summary
 from ..data.synthetic import DEFAULT_LANGUAGES, FULL, SMALL, build_synthetic
 from ..data.tuxpaint import PACKAGE, STAMPS_DIR, build_tuxpaint
 
@@ -142,3 +146,47 @@ def build_parallel_text_main(argv: list[str] | None = None) -> None:
     for split, directions in summary["missing"].items():
         if directions:
             print(f"no {split} rows for {', '.join(directions)}: use another corpus's {split} split for them")
+
+
+def build_kde_games_main(argv: list[str] | None = None) -> None:
+    """``mu2slam-build-kde-games``: real spoken words and syllables (ASR) from KTuberling and KLettres."""
+    parser = argparse.ArgumentParser(description=build_kde_games_main.__doc__)
+    parser.add_argument("--out", required=True, help="output corpus directory")
+    parser.add_argument(
+        "--root", help=f"where {' and '.join(kde_games.PACKAGES)} were extracted (dpkg-deb -x); apt if absent"
+    )
+    parser.add_argument(
+        "--cache-dir", help=f"where the packages are extracted (default {default_cache_dir(kde_games.CORPUS)})"
+    )
+    parser.add_argument("--langs", default=",".join(LANGUAGES), help="languages kept")
+    parser.add_argument(
+        "--letters", action="store_true", help="also KLettres' single letters (transcript: the letter)"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    summary = kde_games.build_kde_games(
+        args.out, args.root, args.cache_dir, tuple(args.langs.split(",")), args.letters, args.workers
+    )
+    print(format_clip_summary(summary))
+
+
+def build_gcompris_main(argv: list[str] | None = None) -> None:
+    """``mu2slam-build-gcompris``: real spoken words and numbers (ASR) from GCompris' voices, text from GCompris."""
+    parser = argparse.ArgumentParser(description=build_gcompris_main.__doc__)
+    parser.add_argument("--out", required=True, help="output corpus directory")
+    parser.add_argument("--voices-dir", required=True, help="a checkout of github.com/gcompris/GCompris-voices")
+    parser.add_argument(
+        "--text",
+        help=f"content-<lang>.json folder, extracted {gcompris.PACKAGE} or lang.rcc (default: {gcompris.PACKAGE} via apt)",
+    )
+    parser.add_argument(
+        "--cache-dir", help=f"where {gcompris.PACKAGE} is extracted (default {default_cache_dir(gcompris.CORPUS)})"
+    )
+    parser.add_argument("--langs", default=",".join(LANGUAGES), help="languages kept")
+    parser.add_argument("--letters", action="store_true", help="also single letters (transcript: the letter)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    summary = gcompris.build_gcompris(
+        args.out, args.voices_dir, args.text, args.cache_dir, tuple(args.langs.split(",")), args.letters, args.workers
+    )
+    print(format_clip_summary(summary))
