@@ -13,7 +13,7 @@ test to score. Three models are scored on the same test clips:
     steps, the CTC head's character n-gram LM fitted at the end, and the tokenizer extended with the characters of
     the new transcripts it cannot write, ``extend_vocabulary``);
   - scratch: the same run from random weights. Its starting folder has ``--model``'s config and processor (tokenizer,
-    feature statistics, codebook) and weights drawn from the recipe's seed, so the trained weights are the only
+    feature statistics, codebook) and random weights (seed 0), so the trained weights are the only
     difference between the two runs (including the CTC head's two label slots a frame, which the stage 2 recipe
     gives a trained head).
 
