@@ -1,6 +1,7 @@
 """Benchmarks: the learning-curve instrument's --quick mode end to end on a tiny espeak-ng corpus, how it places
-the demo job's stages on the minutes axis, the data-path benchmark on a tiny corpus it scales up, and the split of
-a training step into its phases."""
+the demo job's stages on the minutes axis, the data-path benchmark on a tiny corpus it scales up, the split of
+a training step into its phases, and the fine-tuning benchmark (a trained model against the same steps from scratch
+on a left-out source) on a tiny model and corpus."""
 
 import importlib.util
 import json
@@ -209,3 +210,98 @@ def test_step_phases_benchmark_splits_our_step_and_times_the_peer(tmp_path):
     assert ours["seconds_per_step_sdpa_kernel"] > 0 and "with SDPA's own kernel" in done.stdout
     assert (ours["host_syncs_per_step"] is not None) == ON_CUDA  # counted on CUDA only
     assert "| forward |" in done.stdout and "ours / peer = " in done.stdout
+
+
+FINETUNE_REAL = REPO_ROOT / "benchmarks" / "bench_finetune_real.py"
+
+
+def tiny_model_folder(folder) -> None:
+    """A tiny Mu2SLAM model (random weights) and its processor, whose tokenizer lacks the corpus's "é"."""
+    from conftest import PRESETS
+
+    from mu2slam_hf import Mu2SlamConfig, Mu2SlamFeatureExtractor, Mu2SlamForConditionalGeneration, Mu2SlamProcessor
+    from mu2slam_hf.speech_codebook import build_best_rq
+    from mu2slam_hf.tokenization_mu2slam import train_tokenizer
+
+    tokenizer = train_tokenizer("char", ["one two three", "un deux trois"], 64)
+    processor = Mu2SlamProcessor(Mu2SlamFeatureExtractor(), tokenizer, build_best_rq(seed=0, codebook_size=64),
+                                 languages=["en", "fr"])  # fmt: skip
+    config = Mu2SlamConfig.from_pretrained(PRESETS / "tiny", languages=["en", "fr"], text_vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    Mu2SlamForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def tiny_real_corpus(root) -> None:
+    """Tones with en/fr transcripts (one with a character the model cannot write), ASR train/dev/test, and an MT
+    row the benchmark leaves out."""
+    import numpy as np
+
+    from mu2slam_hf.data import make_example, write_flac, write_manifest
+
+    texts = {"en": ["one two", "two three", "three one"], "fr": ["un deux", "deux trois été", "trois un"]}
+    for split, count in (("train", 3), ("dev", 2), ("test", 2)):
+        rows = []
+        for lang, sentences in texts.items():
+            for i in range(count):
+                path = f"audio/{split}-{lang}-{i}.flac"
+                t = np.arange(int(16_000 * (0.4 + 0.1 * i))) / 16_000
+                seconds = write_flac(root / path, 0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t))
+                rows.append(make_example(f"{split}-{lang}-{i}", "asr", lang, audio=path, target_text=sentences[i],
+                                         duration=seconds))  # fmt: skip
+        rows.append(make_example(f"{split}-mt", "mt", "en", source_text="one", target_text="un", target_lang="fr"))
+        write_manifest(root / f"{split}.jsonl", rows)
+
+
+def test_finetune_real_benchmark_reports_each_model_per_language_and_refuses_bad_inputs(tmp_path, capsys):
+    model, corpus, out = tmp_path / "model", tmp_path / "corpus", tmp_path / "out"
+    tiny_model_folder(model)
+    tiny_real_corpus(corpus)
+    argv = ["--model", str(model), "--data", str(corpus), "--steps", "2", "--output_dir", str(out),
+            "--set", "dev_examples_per_task=2", "--set", "eval_max_new_tokens=4"]  # fmt: skip
+    bench = load_finetune_real()
+    bench.main(argv)
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "bench_finetune_real.json").read_text())
+    assert summary["languages"] == ["en", "fr"] and summary["steps"] == 2
+    assert summary["train_clips"] == {"en": 3, "fr": 3, "total": 6} and summary["test_clips"]["total"] == 4
+    assert summary["train_audio_minutes"]["total"] == pytest.approx((0.4 + 0.5 + 0.6) * 2 / 60, abs=1e-3)
+    for run in ("zero-shot", "fine-tuned", "scratch"):
+        figures = summary["runs"][run]
+        assert set(figures["cer"]) == set(figures["wer"]) == {"en", "fr"}
+        assert figures["cer_average"] >= 0 and figures["decoder"]
+    for run in ("fine-tuned", "scratch"):
+        assert summary["runs"][run]["steps"] == 2 and summary["runs"][run]["run_minutes"] > 0
+    # the two runs differ only in their starting weights: same recipe, same config and processor
+    overrides = summary["recipe_overrides"]
+    assert {**overrides["fine-tuned"], "init_checkpoint": None} == {**overrides["scratch"], "init_checkpoint": None}
+    assert overrides["fine-tuned"]["extend_vocabulary"] is True
+    assert json.loads((out / "scratch-init" / "config.json").read_text()) | {"_name_or_path": None} == (
+        json.loads((model / "config.json").read_text()) | {"_name_or_path": None}
+    )
+    assert "é" in (out / "finetuned" / "tokenizer.json").read_text()  # the vocabulary grew for the new character
+    ratio = summary["cer_ratio_finetuned_over_scratch"]
+    assert ratio is None or ratio == pytest.approx(summary["runs"]["fine-tuned"]["cer_average"]
+                                                   / summary["runs"]["scratch"]["cer_average"])  # fmt: skip
+    table = printed[printed.index("language ") :]
+    assert "zero-shot CER" in table and "\nen " in table and "\nfr " in table and "\naverage " in table
+    assert "fine-tuned / scratch test CER (average over languages): " in printed
+    # the folder now holds a run: a second run there is refused, as are bad inputs, each with a clear message
+    with pytest.raises(SystemExit, match="already holds a run"):
+        bench.main(argv)
+    for bad, message in (
+        (["--model", str(tmp_path / "nothing"), "--data", str(corpus)], "no such folder"),
+        (["--model", str(corpus), "--data", str(corpus)], "not a model folder"),
+        (["--model", str(model), "--data", str(model)], "no ASR rows in train.jsonl"),
+        (["--model", str(model), "--data", str(corpus), "--languages", "en,de"], "no ASR rows of train: de"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            bench.main([*bad, "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+
+
+def load_finetune_real():
+    spec = importlib.util.spec_from_file_location("bench_finetune_real", FINETUNE_REAL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
