@@ -13,9 +13,10 @@ test to score. Three models are scored on the same test clips:
     steps, the CTC head's character n-gram LM fitted at the end, and the tokenizer extended with the characters of
     the new transcripts it cannot write, ``extend_vocabulary``);
   - scratch: the same run from random weights. Its starting folder has ``--model``'s config and processor (tokenizer,
-    feature statistics, codebook) and random weights (seed 0), so the trained weights are the only
-    difference between the two runs (including the CTC head's two label slots a frame, which the stage 2 recipe
-    gives a trained head).
+    feature statistics, codebook) and random weights (seed 0), so the trained weights are the difference between
+    the two runs, with one exception that favours scratch: its CTC head keeps one label slot a frame, as the demo's
+    scratch ASR runs do (``SCRATCH_ASR``): a random head with the two slots the stage 2 recipe gives a trained head
+    stays on the blank plateau, which would credit the trained weights with the recipe's choice.
 
 Each fine-tuning run evaluates its dev split at the end and decodes test with the decoder it chose there (attention,
 the CTC head, joint, or the CTC head with the n-gram LM it fitted to the train transcripts), as the demo does; the
@@ -198,12 +199,13 @@ def per_language(rows: list[dict[str, Any]], value) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- the runs
 
 
-def recipe_overrides(demo, init: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The demo's stage 2 ASR overrides for ``args.steps`` steps from the folder ``init``, plus ``--set``."""
-    from mu2slam_hf.training.cli import parse_recipe_overrides
+def recipe_overrides(demo, init: Path, args: argparse.Namespace, scratch: bool = False) -> dict[str, Any]:
+    """The demo's stage 2 ASR overrides for ``args.steps`` steps from the folder ``init`` (``scratch``: with the
+    demo's scratch ASR head, ``SCRATCH_ASR``), plus ``--set``."""
+    from mu2slam_hf.cli.train import parse_recipe_overrides
 
     overrides = demo.asr_overrides(args.steps, False, **demo.starting_from(init), **demo.noisy(args.steps))
-    return {**overrides, **parse_recipe_overrides(args.set)}
+    return {**overrides, **(demo.SCRATCH_ASR if scratch else {}), **parse_recipe_overrides(args.set)}
 
 
 def scratch_folder(model: Path, folder: Path, seed: int) -> Path:
@@ -216,12 +218,12 @@ def scratch_folder(model: Path, folder: Path, seed: int) -> Path:
     return folder
 
 
-def fine_tune(demo, init: Path, data: Path, output: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One run of the recipe from ``init``: its wall-clock minutes (setup, training, dev, the LM fit, saving) and
+def fine_tune(data: Path, output: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One run of the recipe with ``overrides`` (`recipe_overrides`): its wall-clock minutes (setup, training, dev, the LM fit, saving) and
     its training minutes (the optimizer steps alone) and steps, from its log."""
     from mu2slam_hf.training import load_recipe, train
 
-    recipe = load_recipe(REPO / "configuration" / "recipes" / RECIPE, recipe_overrides(demo, init, args))
+    recipe = load_recipe(REPO / "configuration" / "recipes" / RECIPE, overrides)
     start = time.perf_counter()
     train(recipe, str(data), str(output), log_with=None, progress=False)
     wall = time.perf_counter() - start
@@ -344,12 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     summary["runs"]["zero-shot"] = score(demo, model, test, "zero-shot", out)
     starts = {"fine-tuned": model, "scratch": scratch_folder(model, out / "scratch-init", seed=0)}
     summary["recipe_overrides"] = {
-        run: recipe_overrides(demo, start, args) for run, start in starts.items()
+        run: recipe_overrides(demo, start, args, scratch=run == "scratch") for run, start in starts.items()
     }  # fmt: skip
     for run, start in starts.items():
         folder = out / ("finetuned" if run == "fine-tuned" else "scratch")
         print(f"{run}: {args.steps} steps of {RECIPE} from {start} -> {folder}", flush=True)
-        trained = fine_tune(demo, start, corpus, folder, args)
+        trained = fine_tune(corpus, folder, summary["recipe_overrides"][run])
         summary["runs"][run] = {**trained, **score(demo, folder, test, run, out)}
     fine_tuned, scratch = summary["runs"]["fine-tuned"]["cer_average"], summary["runs"]["scratch"]["cer_average"]
     summary["cer_ratio_finetuned_over_scratch"] = fine_tuned / scratch if scratch else None

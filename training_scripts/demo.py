@@ -524,7 +524,8 @@ def real_speech_section(asr_data: Path, real: dict[str, tuple[Path, dict]]) -> l
                    if label != "average"} for title, (_, results) in real.items()}  # fmt: skip
     languages = sorted(set(minutes) | {lang for table in cer.values() for lang in table})
     lines = ["## Real speech: minutes heard in training and test CER (stage 2 ASR model)", ""]
-    lines += ["| language | real speech in training (min) | " + " | ".join(f"CER {t} (clips)" for t in real)
+    lines += ["| language | real speech in training (min) | " + " | ".join(f"CER {corpus.name} (clips)"
+                                                                    for corpus, _ in real.values())
               + " | CER, mean over corpora |", "|---|---:|" + "---:|" * (len(real) + 1)]  # fmt: skip
     means = []
     for lang in languages:
