@@ -198,7 +198,7 @@ def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (Linux /proc/cpuinfo; empty elsewhere)."""
+    """The CPU feature flags of the machine it runs on (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -406,18 +406,7 @@ class Mu2SlamTrainer:
             sources = load_train_sources(recipe, self.data)
         model, self.processor = prepare_model_and_processor(recipe, sources, resume_from)
         self.config = (model.get_base_model() if recipe.lora.enabled else model).config
-        self.builder = InstanceBuilder(
-            self.processor,
-            self.config,
-            recipe.stage,
-            recipe.dataloader.cache_features and streams is None,  # a stream's clips are not seen twice soon
-            ctc=bool(recipe.ctc_loss_weight),
-            ctc_ast_source=recipe.ctc_ast_source,
-            mt_source_mlm=recipe.mt_source_mlm,
-            speed_perturbation=recipe.speed_perturbation,
-            silence_padding_s=recipe.silence_padding_s,
-            audio_augmentation=AudioAugmentation.from_dict(recipe.audio_augmentation),
-        )
+        self.builder = self._instance_builder(cache_features=streams is None)
         self.collator = Mu2SlamCollator(self.config, recipe.dataloader.pad_to_multiple_of)
         self.mixture = self._mixture(sources, streams, resume_from)
         dev_examples = load_dev_examples(recipe, self.data, self.config.languages)  # resumed or extended too
@@ -462,6 +451,23 @@ class Mu2SlamTrainer:
         if self.log_with:
             accelerator.init_trackers("mu2slam", config=_flat_hparams(recipe))
         return step
+
+    def _instance_builder(self, cache_features: bool) -> InstanceBuilder:
+        """The run's instance builder: the recipe's corruptions of training inputs, CTC targets and feature cache (not
+        for streamed data, whose clips are not seen twice soon)."""
+        recipe = self.recipe
+        return InstanceBuilder(
+            self.processor,
+            self.config,
+            recipe.stage,
+            recipe.dataloader.cache_features and cache_features,
+            ctc=bool(recipe.ctc_loss_weight),
+            ctc_ast_source=recipe.ctc_ast_source,
+            mt_source_mlm=recipe.mt_source_mlm,
+            speed_perturbation=recipe.speed_perturbation,
+            silence_padding_s=recipe.silence_padding_s,
+            audio_augmentation=AudioAugmentation.from_dict(recipe.audio_augmentation),
+        )
 
     def _mixture(
         self, sources: dict[str, Any], streams: dict[str, Any] | None, resume_from: Path | None
