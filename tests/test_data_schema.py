@@ -1,6 +1,7 @@
 """The example schema, audio decoding (soundfile + soxr) and bad-data handling."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -187,6 +188,27 @@ def test_combined_train_split_leaves_out_sentences_of_any_sources_dev_or_test(tm
     assert load_manifest(out, "train")["id"] == ["s1", "r5"]
     assert summary["held_out_text_dropped"] == 3
     assert load_manifest(out, "test")["id"] == ["s2"] and load_manifest(out, "dev")["id"] == ["r0"]
+
+
+def test_combined_dev_and_test_rows_take_turns_between_sources_so_first_rows_cover_each(tmp_path):
+    """Dev evaluation and test subsets read the first rows of each language: in a combination of a synthetic and a
+    real corpus they must not all be synthetic. Train rows keep the sources' order."""
+    from mu2slam_hf.data.manifest import combine_corpora
+    from mu2slam_hf.evaluation import spread_over_languages
+
+    synth, real, out = tmp_path / "synth", tmp_path / "real", tmp_path / "both"
+    for folder, prefix, count in ((synth, "s", 4), (real, "r", 2)):
+        folder.mkdir()
+        for split in ("train", "dev"):
+            rows = [make_example(f"{prefix}-{split}{i}", "asr", "fr", audio=f"audio/{split}{i}.flac",
+                                 source_text=f"{prefix} {split} {i}", target_text=f"{prefix} {split} {i}")
+                    for i in range(count)]  # fmt: skip
+            write_manifest(folder / f"{split}.jsonl", rows)
+    combine_corpora(out, [synth, real], tasks=["asr"])
+    dev = [json.loads(line) for line in (out / "dev.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in dev] == ["s-dev0", "r-dev0", "s-dev1", "r-dev1", "s-dev2", "s-dev3"]
+    assert {row["id"][0] for row in spread_over_languages(dev, 2)} == {"s", "r"}
+    assert load_manifest(out, "train")["id"] == [f"s-train{i}" for i in range(4)] + ["r-train0", "r-train1"]
 
 
 def test_combined_corpora_keep_only_the_asked_target_languages(tmp_path):

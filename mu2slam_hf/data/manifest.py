@@ -9,6 +9,7 @@ manifest into a ``datasets.Dataset`` with absolute audio paths.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -244,6 +245,16 @@ def held_out_texts(paths: Iterable[str | os.PathLike]) -> set[str]:
     return texts
 
 
+def concatenated(sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of every source, one source after the other."""
+    return [row for rows in sources for row in rows]
+
+
+def interleaved(sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of every source, taking turns: the first of each source, then the second of each, and so on."""
+    return [row for turn in itertools.zip_longest(*sources) for row in turn if row is not None]
+
+
 def combine_corpora(
     out_dir: str | os.PathLike,
     sources: list[str | os.PathLike],
@@ -264,6 +275,10 @@ def combine_corpora(
     one corpus's test split may be spoken in the other's train split. Train rows whose transcript or translation
     (normalised) occurs in any source's dev or test split, of any task, are therefore left out; their count is
     ``summary["held_out_text_dropped"]``.
+
+    Dev and test rows take turns between the sources (the first row of each, then the second of each, ...): a run's
+    dev evaluation and the test subsets read the first rows of each language, which then come from every source
+    rather than from the first one alone. Train rows keep the sources' order (the training mixture shuffles them).
     """
     out_dir = os.path.abspath(out_dir)
     origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
@@ -282,7 +297,9 @@ def combine_corpora(
     candidates = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
     found = {split: [path for path in paths if os.path.exists(path)] for split, paths in candidates.items()}
     source_rows = {
-        split: [row for path in paths for row in read_manifest(path)] for split, paths in found.items() if paths
+        split: (concatenated if split == "train" else interleaved)([read_manifest(path) for path in paths])
+        for split, paths in found.items()
+        if paths
     }
     if not source_rows:
         raise FileNotFoundError(f"none of {sources} holds a manifest of the splits {', '.join(splits)}")
