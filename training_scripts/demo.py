@@ -44,6 +44,7 @@ from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import combine_corpora, load_manifest
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
 from mu2slam_hf.data.libreoffice import build_libreoffice
+from mu2slam_hf.data.manifest import read_manifest
 from mu2slam_hf.data.synthetic import build_synthetic
 from mu2slam_hf.data.tuxpaint import build_tuxpaint
 from mu2slam_hf.evaluation import (
@@ -515,7 +516,7 @@ def real_speech_section(asr_data: Path, real: dict[str, tuple[Path, dict]]) -> l
     """Markdown: per language, the minutes of real speech the stage 2 ASR model trained on (each real corpus's train
     clips that are in ``asr_data``) and its test CER on each real corpus (``real``: title -> (corpus, results)). A
     language's CER is the mean over the real corpora that test it; the last row averages the languages."""
-    heard = {row["id"]: row for row in _asr_rows(asr_data / "train.jsonl")}
+    heard = {row["id"] for row in _asr_rows(asr_data / "train.jsonl")}
     minutes: dict[str, float] = defaultdict(float)
     for corpus, _ in real.values():
         for row in _asr_rows(corpus / "train.jsonl"):
@@ -542,10 +543,7 @@ def real_speech_section(asr_data: Path, real: dict[str, tuple[Path, dict]]) -> l
 
 
 def _asr_rows(manifest: Path) -> list[dict]:
-    if not manifest.exists():
-        return []
-    rows = (json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
-    return [row for row in rows if row.get("task") == "asr"]
+    return [row for row in read_manifest(manifest) if row["task"] == "asr"] if manifest.exists() else []
 
 
 def machine_summary() -> str:
