@@ -278,11 +278,27 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Mu2Slam
     raise ValueError(f"kind must be 'char' or 'unigram', got {kind!r}.")
 
 
+def character_rows(old: Mu2SlamTokenizer, new: Mu2SlamTokenizer) -> list[list[int]]:
+    """For every id of ``new``, the ids of ``old`` its embedding starts from when a model trained with ``old`` moves
+    to ``new`` (`vocabulary.replace_text_vocabulary`): a special token its own id, any other piece the old ids of
+    its characters (``▁`` included; characters ``old`` cannot write are left out, a piece of none gets ``[]``)."""
+    rows = []
+    for token_id in range(len(new)):
+        piece = new.convert_ids_to_tokens(token_id)
+        if token_id < len(SPECIAL_TOKENS):
+            rows.append([old.convert_tokens_to_ids(piece)])
+            continue
+        ids = [old.convert_tokens_to_ids(char) for char in piece]
+        rows.append([i for i in ids if i is not None and i >= len(SPECIAL_TOKENS)])
+    return rows
+
+
 AutoTokenizer.register(Mu2SlamConfig, tokenizer_class=Mu2SlamTokenizer, exist_ok=True)
 Mu2SlamTokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = [
     "Mu2SlamTokenizer",
+    "character_rows",
     "UnknownTextReport",
     "train_char_tokenizer",
     "train_tokenizer",

@@ -157,24 +157,50 @@ def grow_text_vocabulary(model: Any, count: int) -> None:
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}.")
-    if count == 0:
-        return
-    text = model.config.text_vocab_size
+    if count:
+        text = model.config.text_vocab_size
+        replace_text_vocabulary(model, [[i] for i in range(text)] + [[]] * count)
+
+
+def replace_text_vocabulary(model: Any, initial_rows: Sequence[Sequence[int]]) -> None:
+    """Give a `Mu2SlamForConditionalGeneration` a new text vocabulary of ``len(initial_rows)`` ids (a new
+    tokenizer's), keeping the speech codes and every other weight.
+
+    New text id ``i`` starts as the mean of the old text rows ``initial_rows[i]`` (for a subword, the old ids of its
+    characters), in the shared embedding (tied to the decoder's output and the MLM and CTC heads) and in the MLM
+    and CTC biases; an empty list starts it at the mean of the old text rows. The speech-code rows move to the new
+    end of the text ids with their weights. Special ids (0-4) should map to themselves.
+    """
+    old_text = model.config.text_vocab_size
+    bad = sorted({row for rows in initial_rows for row in rows if not 0 <= row < old_text})
+    if bad:
+        raise ValueError(f"initial_rows name ids outside the old text vocabulary [0, {old_text}): {bad[:10]}.")
+    if len(initial_rows) <= NUM_SPECIAL_TOKENS:
+        raise ValueError(f"A text vocabulary needs more than the {NUM_SPECIAL_TOKENS} special ids.")
     old = model.model.shared
-    grown = type(old)(old.num_embeddings + count, old.embedding_dim, old.padding_idx, old.embed_scale)
-    mlm_decoder = nn.Linear(old.embedding_dim, grown.num_embeddings)
+    new_text = len(initial_rows)
+    replaced = type(old)(new_text + old.num_embeddings - old_text, old.embedding_dim, old.padding_idx, old.embed_scale)
+    mlm_decoder = nn.Linear(old.embedding_dim, replaced.num_embeddings)
     with torch.no_grad():
-        grown.weight.copy_(_with_rows_after(old.weight, text, count))
-        mlm_decoder.bias.copy_(_with_rows_after(model.mlm_head.decoder.bias, text, count))
-        ctc_bias = nn.Parameter(_with_rows_after(model.ctc_head.bias, text, count))
-    grown.to(old.weight.device, old.weight.dtype)
-    model.model.set_input_embeddings(grown)
-    model.lm_head = nn.Linear(old.embedding_dim, grown.num_embeddings, bias=False)
-    model.lm_head.weight = grown.weight
-    mlm_decoder.weight = grown.weight
+        replaced.weight.copy_(_rows_from(old.weight, old_text, initial_rows))
+        mlm_decoder.bias.copy_(_rows_from(model.mlm_head.decoder.bias, old_text, initial_rows))
+        ctc_bias = nn.Parameter(_rows_from(model.ctc_head.bias, old_text, initial_rows))
+    replaced.to(old.weight.device, old.weight.dtype)
+    model.model.set_input_embeddings(replaced)
+    model.lm_head = nn.Linear(old.embedding_dim, replaced.num_embeddings, bias=False)
+    model.lm_head.weight = replaced.weight
+    mlm_decoder.weight = replaced.weight
     model.mlm_head.decoder = mlm_decoder.to(old.weight.device)
-    model.ctc_head.bias, model.ctc_head.text_vocab_size = ctc_bias, text + count
-    model.config.text_vocab_size = text + count
+    model.ctc_head.bias, model.ctc_head.text_vocab_size = ctc_bias, new_text
+    model.config.text_vocab_size = new_text
+
+
+def _rows_from(rows: torch.Tensor, text_size: int, initial_rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """New text rows (each the mean of the named old rows, or of every old text row), then the rows from
+    ``text_size`` on (speech codes; none for the CTC bias) unchanged."""
+    fallback = rows[:text_size].mean(0)
+    text = [rows[list(ids)].mean(0) if ids else fallback for ids in initial_rows]
+    return torch.cat([torch.stack(text), rows[text_size:]])
 
 
 def grow_languages(model: Any, codes: list[str]) -> None:

@@ -9,7 +9,13 @@ from conftest import PRESETS, make_model, random_batch
 import mu2slam_hf  # noqa: F401  (registers the Auto classes)
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
 from mu2slam_hf.modeling_mu2slam import Mu2SlamSeq2SeqLMOutput
-from mu2slam_hf.vocabulary import MASK_ID, NUM_SPECIAL_TOKENS, grow_languages, grow_text_vocabulary
+from mu2slam_hf.vocabulary import (
+    MASK_ID,
+    NUM_SPECIAL_TOKENS,
+    grow_languages,
+    grow_text_vocabulary,
+    replace_text_vocabulary,
+)
 
 ATOL = 1e-5
 
@@ -694,6 +700,41 @@ def test_new_text_tokens_and_languages_keep_every_trained_output(tiny_config, tm
         torch.testing.assert_close(loaded(**moved).logits, after)
     with pytest.raises(ValueError, match=r"already known"):
         grow_languages(model, ["en"])
+
+
+def test_a_new_text_vocabulary_starts_from_the_mean_of_the_named_rows(tiny_config, tmp_path):
+    model = make_model(tiny_config)
+    features, mask = random_batch(tiny_config)
+    text = tiny_config.text_vocab_size
+    # new ids: the specials, old token 7 alone, the mean of 7 and 9, one with no old rows; speech codes follow
+    rows = [[i] for i in range(NUM_SPECIAL_TOKENS)] + [[7], [7, 9], []]
+    old = model.model.shared.weight.detach().clone()
+    old_ctc_bias = model.ctc_head.bias.detach().clone()
+    batch = dict(input_features=features, attention_mask=mask, src_lang_ids=torch.tensor([0, 3]),
+                 tgt_lang_ids=torch.tensor([0, 3]))  # fmt: skip
+    with torch.no_grad():
+        before = model(**batch, decoder_input_ids=torch.tensor([[1, 7, 7], [1, text + 5, 2]])).logits
+    replace_text_vocabulary(model, rows)
+    new_text = len(rows)
+    assert model.config.text_vocab_size == new_text and model.model.shared.weight.shape[0] == new_text + (
+        old.shape[0] - text
+    )
+    shared = model.model.shared.weight
+    assert model.lm_head.weight.data_ptr() == shared.data_ptr() == model.mlm_head.decoder.weight.data_ptr()
+    torch.testing.assert_close(shared[NUM_SPECIAL_TOKENS + 1], (old[7] + old[9]) / 2)
+    torch.testing.assert_close(shared[NUM_SPECIAL_TOKENS + 2], old[:text].mean(0))
+    torch.testing.assert_close(shared[new_text:], old[text:])  # speech codes moved with their weights
+    torch.testing.assert_close(model.ctc_head.bias[NUM_SPECIAL_TOKENS], old_ctc_bias[7])
+    # the same decoder inputs under the new ids (old 7 is new 5, speech code 5 moved down) give the same logits
+    with torch.no_grad():
+        after = model(**batch, decoder_input_ids=torch.tensor([[1, 5, 5], [1, new_text + 5, 2]])).logits
+    torch.testing.assert_close(after[..., 5], before[..., 7])
+    torch.testing.assert_close(after[..., new_text:], before[..., text:])
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.text_vocab_size == new_text and torch.equal(loaded.model.shared.weight, shared)
+    with pytest.raises(ValueError, match=r"outside the old text vocabulary"):
+        replace_text_vocabulary(model, rows + [[new_text + 3]])
 
 
 def test_sequence_classification_loads_a_seq2seq_checkpoint(tiny_config, tmp_path):

@@ -246,6 +246,26 @@ def test_unknown_characters_and_languages_are_refused_or_added(clips, trained, t
     assert model.config.text_vocab_size == len(processor.tokenizer)
 
 
+def test_a_character_model_moves_to_a_subword_tokenizer(clips, trained, tmp_path):
+    data = KINDS["table"](clips)
+    fine_tune = {"model": None, "init_checkpoint": str(trained)}
+    train_on(
+        data, clips, tmp_path / "sub", **fine_tune, tokenizer={"kind": "unigram", "vocab_size": 40, "replace": True}
+    )
+    processor = Mu2SlamProcessor.from_pretrained(tmp_path / "sub")
+    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path / "sub")
+    old = Mu2SlamProcessor.from_pretrained(trained).tokenizer
+    assert model.config.text_vocab_size == len(processor.tokenizer) != len(old)
+    pieces = processor.tokenizer.tokenize("three four")
+    assert any(len(piece.lstrip("\u2581")) > 1 for piece in pieces)  # subwords, not characters
+    assert processor.tokenizer.decode(processor.tokenizer("three four")["input_ids"], skip_special_tokens=True) == (
+        "three four"
+    )
+    assert model.config.codebook_size == Mu2SlamForConditionalGeneration.from_pretrained(trained).config.codebook_size
+    with pytest.raises(ValueError, match=r"tokenizer.replace moves a trained seq2seq model"):
+        recipe_from_dict({**RECIPE, "tokenizer": {"kind": "unigram", "replace": True}})
+
+
 def test_training_script_takes_the_transformers_argument_names(clips, tmp_path):
     data = csv_data(clips)
     recipe = tmp_path / "recipe.yaml"

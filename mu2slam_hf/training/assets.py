@@ -21,8 +21,8 @@ from ..modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamPreTraine
 from ..modeling_retrieval import Mu2SlamForRetrieval
 from ..processing_mu2slam import Mu2SlamProcessor
 from ..speech_codebook import Mu2SlamSpeechCodebook, build_best_rq
-from ..tokenization_mu2slam import Mu2SlamTokenizer, train_tokenizer
-from ..vocabulary import SAMPLING_RATE, grow_languages, grow_text_vocabulary
+from ..tokenization_mu2slam import Mu2SlamTokenizer, character_rows, train_tokenizer
+from ..vocabulary import SAMPLING_RATE, grow_languages, grow_text_vocabulary, replace_text_vocabulary
 from .recipe import Recipe
 
 
@@ -64,10 +64,7 @@ def build_processor(
 ) -> tuple[Mu2SlamProcessor, Mu2SlamConfig]:
     """Tokenizer + normalised feature extractor + codebook for a run from a preset; the config they imply.
     ``train_examples`` is iterated twice (a list, or `ConcatenatedRows`)."""
-    if recipe.tokenizer.path:
-        tokenizer = Mu2SlamTokenizer.from_pretrained(recipe.tokenizer.path)
-    else:
-        tokenizer = train_tokenizer(recipe.tokenizer.kind, corpus_texts(train_examples), recipe.tokenizer.vocab_size)
+    tokenizer = run_tokenizer(recipe, train_examples)
     overrides = {"text_vocab_size": len(tokenizer), **recipe.model_overrides}
     if recipe.loss_weights:
         overrides["objective_loss_weights"] = {**config.objective_loss_weights, **recipe.loss_weights}
@@ -95,6 +92,30 @@ def build_processor(
     processor = Mu2SlamProcessor(feature_extractor, tokenizer, speech_codebook=codebook, languages=config.languages)
     processor.check_model_config(config)
     return processor, config
+
+
+def run_tokenizer(recipe: Recipe, train_examples: Iterable[dict[str, Any]]) -> Mu2SlamTokenizer:
+    """The recipe's tokenizer: the saved one at ``tokenizer.path``, or one of ``tokenizer.kind`` trained on the
+    train texts."""
+    if recipe.tokenizer.path:
+        return Mu2SlamTokenizer.from_pretrained(recipe.tokenizer.path)
+    return train_tokenizer(recipe.tokenizer.kind, corpus_texts(train_examples), recipe.tokenizer.vocab_size)
+
+
+def replace_tokenizer(
+    model: Mu2SlamForConditionalGeneration, processor: Mu2SlamProcessor, tokenizer: Mu2SlamTokenizer
+) -> Mu2SlamProcessor:
+    """Move a trained model to ``tokenizer`` (recipe ``tokenizer.replace``): new text embedding rows from the mean of
+    the old rows of each token's characters (`character_rows`); returns the processor with the new tokenizer."""
+    replace_text_vocabulary(model, character_rows(processor.tokenizer, tokenizer))
+    replaced = Mu2SlamProcessor(
+        processor.feature_extractor,
+        tokenizer,
+        speech_codebook=processor.speech_codebook,
+        languages=processor.languages,
+    )
+    replaced.check_model_config(model.config)
+    return replaced
 
 
 def config_with_overrides(config: Mu2SlamConfig, overrides: dict[str, Any]) -> Mu2SlamConfig:

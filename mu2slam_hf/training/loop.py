@@ -47,6 +47,8 @@ from .assets import (
     load_preset,
     merged_copy,
     new_model,
+    replace_tokenizer,
+    run_tokenizer,
 )
 from .averaging import WeightAverage
 from .bf16_weights import Bf16Weights, use_bf16_weights
@@ -314,6 +316,10 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         model, processor = init_from_checkpoint(
             recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights, retrieval
         )
+        if recipe.tokenizer.replace:
+            processor = replace_tokenizer(model, processor, run_tokenizer(recipe, ConcatenatedRows(sources.values())))
+            logger.info("tokenizer.replace: %d text ids (%s) instead of the checkpoint's", len(processor.tokenizer),
+                        recipe.tokenizer.path or recipe.tokenizer.kind)  # fmt: skip
     else:
         examples = ConcatenatedRows(sources.values())
         processor, config = build_processor(recipe, load_preset(recipe), examples)

@@ -41,11 +41,17 @@ class RecipeError(ValueError):
 
 @dataclass
 class TokenizerRecipe:
-    """``path``: a saved tokenizer folder; without it a tokenizer of ``kind`` is trained on the train texts."""
+    """``path``: a saved tokenizer folder; without it a tokenizer of ``kind`` is trained on the train texts.
+
+    A run from a preset builds this tokenizer; a run from ``init_checkpoint`` keeps the checkpoint's unless
+    ``replace``: then it moves to this one, each new token's embedding (tied to the output and CTC rows) starting at
+    the mean of the checkpoint's embeddings of its characters (a character model fine-tuned into a subword one).
+    """
 
     path: str | None = None
     kind: str = "char"
     vocab_size: int = 4096
+    replace: bool = False
 
 
 @dataclass
@@ -233,6 +239,11 @@ class Recipe:
         if self.bf16_weights not in (True, False, "auto"):
             raise RecipeError(f"bf16_weights must be true, false or auto; got {self.bf16_weights!r}.")
         _choice("tokenizer.kind", self.tokenizer.kind, ("char", "unigram"))
+        if self.tokenizer.replace and (self.init_checkpoint is None or self.retrieval):
+            raise RecipeError(
+                "tokenizer.replace moves a trained seq2seq model (init_checkpoint) to a new tokenizer; a run from a "
+                "preset builds its tokenizer anyway, and the retrieval model keeps its checkpoint's."
+            )
         _choice("optimizer.name", self.optimizer.name, ("adam", "adamw"))
         if (self.model is None) == (self.init_checkpoint is None):
             raise RecipeError("Set exactly one of `model` (a preset folder) and `init_checkpoint` (a trained folder).")
