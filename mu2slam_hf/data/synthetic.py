@@ -330,9 +330,10 @@ def check_festival(languages: tuple[str, ...] | list[str]) -> None:
     missing = [package for voice, package in wanted.items() if voice not in installed]
     if missing:
         voiced = ", ".join(lang for lang in languages if lang in FESTIVAL_VOICES)
+        packages = " ".join(dict.fromkeys(["festival", *missing]))
         raise RuntimeError(
-            f"festival_fraction > 0 needs Festival's voices for {voiced}: `apt-get install -y "
-            f"--no-install-recommends {' '.join(dict.fromkeys(['festival', *missing]))}` (or leave those languages out)"
+            f"festival_fraction > 0 needs Festival's voices for {voiced}: "
+            f"`apt-get install -y --no-install-recommends {packages}` (or leave those languages out)"
         )
 
 
