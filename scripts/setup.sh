@@ -2,12 +2,16 @@
 # Creates .venv and installs the package with its test and training extras.
 # - System packages (as root with apt-get): espeak-ng + sox build the synthetic corpus, libsndfile1 decodes audio,
 #   ffmpeg lets pipeline("automatic-speech-recognition") read the audio files libsndfile cannot (AAC, M4A, ...),
-#   tcmalloc makes CPU training faster.
+#   tcmalloc makes CPU training faster. Festival and its English, Italian and Czech voices (56 MB to download) speak
+#   the synthetic corpus's --festival-fraction lines and its tests; the Russian voice is 179 MB more, so it is
+#   installed only when asked for: `MU2SLAM_FESTIVAL_RU=1 scripts/setup.sh`.
 # - torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the CPU build
 #   (never several GB of CUDA wheels); with torch already installed in .venv, nothing is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg"
+FESTIVAL_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-itapc16k festvox-italp16k
+  festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph ${MU2SLAM_FESTIVAL_RU:+festvox-ru}"
+SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg $FESTIVAL_PACKAGES"
 missing=$(for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 # tcmalloc, which the training scripts preload: CPU training steps about a fifth faster than with glibc's malloc.
 # Its package is libtcmalloc-minimal4t64 since Debian 13 / Ubuntu 24.04, libtcmalloc-minimal4 before.

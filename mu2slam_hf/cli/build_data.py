@@ -1,7 +1,7 @@
 """The corpus builders' commands (``[project.scripts]`` in pyproject.toml): argument parsing and the printed summary;
 each builds with its module in :mod:`mu2slam_hf.data`.
 
-    mu2slam-build-synthetic       build_synthetic_main      data/synthetic.py      espeak-ng n-way parallel corpus
+    mu2slam-build-synthetic       build_synthetic_main      data/synthetic.py      espeak-ng/Festival n-way parallel
     mu2slam-build-fillets         build_fillets_main        data/fillets.py        Fish Fillets NG cs/nl speech
     mu2slam-build-text            build_text_main           data/libreoffice.py    LibreOffice help parallel text
     mu2slam-build-tuxpaint        build_tuxpaint_main       data/tuxpaint.py       Tux Paint read speech and text
@@ -20,12 +20,12 @@ from ..data.libreoffice import HELP_ROOT, LANGUAGES, build_libreoffice
 from ..data.manifest import format_summary
 from ..data.parallel_text import build_parallel_text
 from ..data.real_speech import format_clip_summary
-from ..data.synthetic import DEFAULT_LANGUAGES, FULL, SMALL, build_synthetic
+from ..data.synthetic import DEFAULT_LANGUAGES, FESTIVAL_VOICES, FULL, SMALL, build_synthetic
 from ..data.tuxpaint import PACKAGE, STAMPS_DIR, build_tuxpaint
 
 
 def build_synthetic_main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-synthetic``: the espeak-ng n-way parallel corpus (speech, text, ASR, AST, MT)."""
+    """``mu2slam-build-synthetic``: the espeak-ng (and Festival) n-way parallel corpus (speech, text, ASR, AST, MT)."""
     parser = argparse.ArgumentParser(description=build_synthetic_main.__doc__)
     parser.add_argument("--out", required=True, help="output corpus directory")
     parser.add_argument("--langs", default=",".join(DEFAULT_LANGUAGES), help="comma-separated ISO 639-1 codes")
@@ -40,6 +40,11 @@ def build_synthetic_main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--all-train-groups", action="store_true", help="--max-groups caps the dev and test groups only"
     )
+    parser.add_argument(
+        "--festival-fraction", type=float, default=0.0,
+        help=f"share of the {'/'.join(FESTIVAL_VOICES)} lines spoken by a Festival voice, seeded per line (default 0: "
+        "espeak-ng only); needs apt-get install festival and the voices' festvox packages",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     preset = SMALL if args.small else FULL
     summary = build_synthetic(
@@ -48,9 +53,11 @@ def build_synthetic_main(argv: list[str] | None = None) -> None:
         num_numbers=args.numbers if args.numbers is not None else preset["num_numbers"],
         seed=args.seed, num_workers=args.workers, game_dir=args.fillets_dir, cache_dir=args.cache_dir,
         use_fillets=not args.no_fillets, all_train_groups=args.all_train_groups,
+        festival_fraction=args.festival_fraction,
     )  # fmt: skip
     print(format_summary(summary))
     print(f"groups per split: {summary['groups']}; synthesis failures: {len(summary['failures'])}")
+    print(f"clips per engine: {summary['clips_per_engine']}")
 
 
 def build_fillets_main(argv: list[str] | None = None) -> None:
