@@ -2,15 +2,18 @@
 # Creates .venv and installs the package with its test and training extras.
 # - System packages (as root with apt-get): espeak-ng + sox build the synthetic corpus, libsndfile1 decodes audio,
 #   ffmpeg lets pipeline("automatic-speech-recognition") read the audio files libsndfile cannot (AAC, M4A, ...),
-#   tcmalloc makes CPU training faster. Festival and its English, Italian and Czech voices (56 MB to download) speak
-#   the synthetic corpus's --festival-fraction lines and its tests; the Russian voice is 179 MB more, so it is
-#   installed only when asked for: `MU2SLAM_FESTIVAL_RU=1 scripts/setup.sh`.
+#   tcmalloc makes CPU training faster. Festival and its English, Italian and Czech voices (56 MB to download), which
+#   speak the synthetic corpus's --festival-fraction lines, only when asked for (the main job does not use them):
+#   `MU2SLAM_FESTIVAL=1 scripts/setup.sh`; the Russian voice, 179 MB more, with `MU2SLAM_FESTIVAL_RU=1` as well.
 # - torch is installed first and pinned: on a machine without CUDA, `pip install torch==2.13.0` takes the CPU build
 #   (never several GB of CUDA wheels); with torch already installed in .venv, nothing is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FESTIVAL_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-itapc16k festvox-italp16k
-  festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph ${MU2SLAM_FESTIVAL_RU:+festvox-ru}"
+FESTIVAL_PACKAGES=""
+if [ -n "${MU2SLAM_FESTIVAL:-}" ]; then
+  FESTIVAL_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-itapc16k festvox-italp16k
+    festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph ${MU2SLAM_FESTIVAL_RU:+festvox-ru}"
+fi
 SYSTEM_PACKAGES="espeak-ng sox libsndfile1 ffmpeg $FESTIVAL_PACKAGES"
 missing=$(for p in $SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 # tcmalloc, which the training scripts preload: CPU training steps about a fifth faster than with glibc's malloc.
