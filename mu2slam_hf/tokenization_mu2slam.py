@@ -32,7 +32,17 @@ from transformers.utils import logging
 
 from .configuration_mu2slam import Mu2SlamConfig, check_saved_files, pretrained_location
 from .input_checks import TOKENIZER_FILES, record_checksums, verify_checksums
-from .vocabulary import BOS_TOKEN, EOS_ID, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_ID, UNK_TOKEN
+from .vocabulary import (
+    BOS_TOKEN,
+    EOS_ID,
+    EOS_TOKEN,
+    MASK_TOKEN,
+    NUM_SPECIAL_TOKENS,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    UNK_TOKEN,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -285,11 +295,11 @@ def character_rows(old: Mu2SlamTokenizer, new: Mu2SlamTokenizer) -> list[list[in
     rows = []
     for token_id in range(len(new)):
         piece = new.convert_ids_to_tokens(token_id)
-        if token_id < len(SPECIAL_TOKENS):
+        if token_id < NUM_SPECIAL_TOKENS:
             rows.append([old.convert_tokens_to_ids(piece)])
             continue
-        ids = [old.convert_tokens_to_ids(char) for char in piece]
-        rows.append([i for i in ids if i is not None and i >= len(SPECIAL_TOKENS)])
+        ids = [old.convert_tokens_to_ids(char) for char in piece]  # a character it cannot write: <unk>, left out
+        rows.append([i for i in ids if i >= NUM_SPECIAL_TOKENS])
     return rows
 
 
