@@ -34,7 +34,6 @@ from .objectives import (
     build_text_to_text_finetuning,
 )
 
-
 SILENCE_WITH_CLIP_NORMALIZATION = (
     "silence_padding_s adds silence frames to features already normalised by their clip's own statistics "
     "(features.normalize_means), which the silence would have changed: the two cannot be combined. Set "

@@ -369,7 +369,9 @@ class Recipe:
                 "set features.normalize_means: true as well."
             )
         if self.features.mel_floor is not None and not self.features.mel_floor > 0:
-            raise RecipeError(f"features.mel_floor must be positive (the log of it is taken), got {self.features.mel_floor}.")
+            raise RecipeError(
+                f"features.mel_floor must be positive (the log of it is taken), got {self.features.mel_floor}."
+            )
 
     def _validate_silence_padding(self) -> None:
         seconds = self.silence_padding_s
