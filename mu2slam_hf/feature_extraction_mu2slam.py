@@ -82,6 +82,9 @@ def read_audio(source: str | os.PathLike | bytes, target_rate: int = SAMPLING_RA
         return to_mono_16k(array, sound.samplerate, target_rate)
 
 
+# Floor on a clip's own per-bin standard deviation (``normalize_vars``): a bin that never changes in a clip (a band
+# the recording lacks, digital silence) keeps its zero instead of being blown up.
+UTTERANCE_MIN_STD = 1e-3
 # A (samples, channels) array has at most this many channels; no real clip is this short (the minimum is 1360).
 MAX_CHANNELS = 32
 # Integer PCM types we know how to scale to [-1, 1): full scale is 2 ** (bits - 1).
@@ -97,7 +100,8 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Log-mel feature extractor of Mu2SLAM: ``feature_size`` (80) mel bins at 16 kHz, 25 ms Hann window (``n_fft``
     400), 10 ms hop (160), power spectrum, Slaney mel filter bank (0-8 kHz), natural log floored at ``mel_floor``.
-    Optionally normalised per mel bin with corpus statistics (see [`compute_normalization_stats`]).
+    Optionally normalised per mel bin by each clip's own statistics (``normalize_means``, ``normalize_vars``: the
+    utterance CMVN of Speech2Text and Kaldi), then by corpus statistics (see [`compute_normalization_stats`]).
 
     Args:
         feature_size (`int`): number of mel bins.
@@ -107,7 +111,12 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         padding_value (`float`): value of padded frames in `input_features`.
         mel_floor (`float`): floor applied to mel energies before the log.
         min_frames (`int`): fewest frames a clip must give: the receptive field of the model's speech front end.
-        do_normalize (`bool`): subtract `feature_mean` and divide by `feature_std`, per mel bin.
+        normalize_means (`bool`): subtract each clip's mean over its real frames, per mel bin. A recording's gain
+            and its microphone's colouring add a constant to each bin of the log-mel: this removes them, so a model
+            trained on one kind of recording hears another as it heard the first.
+        normalize_vars (`bool`): also divide by each clip's standard deviation per mel bin (needs ``normalize_means``).
+        do_normalize (`bool`): subtract `feature_mean` and divide by `feature_std`, per mel bin (after the
+            per-clip normalisation).
         feature_mean / feature_std (`list[float]`, *optional*): per-bin statistics, length `feature_size`.
         return_attention_mask (`bool`): return the frame mask (1 = real frame) by default.
     """
@@ -123,6 +132,8 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         mel_floor: float = 1e-10,
         min_frames: int = receptive_field(),
+        normalize_means: bool = False,
+        normalize_vars: bool = False,
         do_normalize: bool = False,
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
@@ -140,6 +151,8 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         self.hop_length = hop_length
         self.mel_floor = mel_floor
         self.min_frames = min_frames
+        self.normalize_means = bool(normalize_means)
+        self.normalize_vars = bool(normalize_vars)
         self.do_normalize = do_normalize
         self.feature_mean = None if feature_mean is None else [float(v) for v in feature_mean]
         self.feature_std = None if feature_std is None else [float(v) for v in feature_std]
@@ -171,6 +184,11 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         return {key: value for key, value in output.items() if not key.startswith("_")}
 
     def _check_normalization_stats(self) -> None:
+        if self.normalize_vars and not self.normalize_means:
+            raise ValueError(
+                "normalize_vars=True divides each clip's features by their standard deviation around the clip's "
+                "mean: set normalize_means=True as well."
+            )
         for name in ("feature_mean", "feature_std"):
             stats = getattr(self, name)
             if stats is not None and len(stats) != self.feature_size:
@@ -375,12 +393,28 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         power = spectrum.real.square() + spectrum.imag.square()
         mel_filters = torch.from_numpy(self.mel_filters).to(device)
         features = torch.matmul(power, mel_filters).clamp_min_(self.mel_floor).log_()
+        real = torch.arange(features.shape[1], device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        if self.normalize_means:
+            features = self._normalize_utterances_torch(features, real, torch.tensor(lengths, device=device))
         if do_normalize:
             mean = torch.tensor(self.feature_mean, dtype=torch.float32, device=device)
             std = torch.tensor(self.feature_std, dtype=torch.float32, device=device)
             features.sub_(mean).div_(std)
-        real = torch.arange(features.shape[1], device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
         return features.masked_fill_(~real[..., None], self.padding_value), lengths
+
+    def _normalize_utterances_torch(
+        self, features: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """``(batch, frames, bins)`` log-mel minus each clip's per-bin mean over its ``real`` ``(batch, frames)``
+        frames (divided by its standard deviation with ``normalize_vars``); padded frames are left to the caller."""
+        weights = real[..., None].to(features.dtype)
+        counts = lengths.clamp_min(1).to(features.dtype)[:, None, None]
+        mean = (features * weights).sum(1, keepdim=True) / counts
+        features = features - mean
+        if self.normalize_vars:
+            std = ((features.square() * weights).sum(1, keepdim=True) / counts).sqrt().clamp_min(UTTERANCE_MIN_STD)
+            features = features / std
+        return features
 
     def _extract_numpy(self, clips: list[np.ndarray], do_normalize: bool) -> tuple[np.ndarray, list[int]]:
         """Numpy twin of `_extract_torch` (float64 internally): ``(batch, frames, feature_size)`` float32."""
@@ -393,10 +427,14 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
             ]  # (frames, n_fft)
             spectrum = np.fft.rfft(frames * window, axis=-1)
             mel = (spectrum.real**2 + spectrum.imag**2) @ self.mel_filters.astype(np.float64)
-            log_mel = np.log(np.maximum(mel, self.mel_floor))
+            log_mel = np.log(np.maximum(mel, self.mel_floor))[:length]
+            if self.normalize_means:
+                log_mel = log_mel - log_mel.mean(0)
+                if self.normalize_vars:
+                    log_mel = log_mel / np.maximum(np.sqrt(np.square(log_mel).mean(0)), UTTERANCE_MIN_STD)
             if do_normalize:
                 log_mel = (log_mel - np.asarray(self.feature_mean)) / np.asarray(self.feature_std)
-            row[:length] = log_mel[:length]
+            row[:length] = log_mel
         return features, lengths
 
     # ------------------------------------------------------------------ normalisation statistics

@@ -204,3 +204,55 @@ def test_normalize_without_stats_is_refused():
         Mu2SlamFeatureExtractor(do_normalize=True)
     with pytest.raises(ValueError, match="feature_mean has 3 values"):
         Mu2SlamFeatureExtractor(feature_mean=[0.0] * 3, feature_std=[1.0] * 3)
+
+
+@pytest.mark.parametrize("normalize_vars", [False, True])
+def test_per_clip_normalization(clips, normalize_vars):
+    """Each clip's real frames get zero mean (and unit spread) per mel bin, in a padded batch as alone and in the
+    numpy twin; a clip played louder or through a tilted microphone (a per-bin offset of its log-mel) gives the same
+    features."""
+    extractor = Mu2SlamFeatureExtractor(normalize_means=True, normalize_vars=normalize_vars)
+    batch = extractor(clips, sampling_rate=SR, return_tensors="pt")
+    features = batch["input_features"]
+    numpy_twin = extractor(clips, sampling_rate=SR, backend="numpy")["input_features"]
+    torch.testing.assert_close(features, torch.from_numpy(numpy_twin), atol=1e-4, rtol=0)
+    for i, clip in enumerate(clips):
+        alone = extractor(clip, sampling_rate=SR, return_tensors="pt")["input_features"][0]
+        torch.testing.assert_close(features[i, : alone.shape[0]], alone, atol=1e-5, rtol=0)
+        assert torch.all(features[i, alone.shape[0] :] == 0)
+        torch.testing.assert_close(alone.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+        if normalize_vars:
+            torch.testing.assert_close(alone.std(0, unbiased=False), torch.ones(80), atol=1e-3, rtol=0)
+    louder = extractor([clip * 2.5 for clip in clips], sampling_rate=SR, return_tensors="pt")["input_features"]
+    torch.testing.assert_close(louder, features, atol=1e-4, rtol=0)
+    assert not torch.allclose(
+        Mu2SlamFeatureExtractor()([c * 2.5 for c in clips], sampling_rate=SR, return_tensors="pt")["input_features"],
+        Mu2SlamFeatureExtractor()(clips, sampling_rate=SR, return_tensors="pt")["input_features"],
+    )
+
+
+def test_per_clip_normalization_comes_before_corpus_statistics_and_is_saved(tmp_path, clips):
+    extractor = Mu2SlamFeatureExtractor(normalize_means=True, mel_floor=1e-6)
+    extractor.compute_normalization_stats(clips, sampling_rate=SR, batch_size=2)
+    per_clip = Mu2SlamFeatureExtractor(normalize_means=True, mel_floor=1e-6)(
+        clips, sampling_rate=SR, return_tensors="pt"
+    )
+    real = per_clip["input_features"][per_clip["attention_mask"].bool()].double()
+    np.testing.assert_allclose(extractor.feature_mean, real.mean(0).numpy(), atol=1e-5)
+    extractor.save_pretrained(tmp_path)
+    loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert (loaded.normalize_means, loaded.normalize_vars, loaded.mel_floor) == (True, False, 1e-6)
+    np.testing.assert_array_equal(loaded(clips, sampling_rate=SR)["input_features"],
+                                  extractor(clips, sampling_rate=SR)["input_features"])  # fmt: skip
+
+
+def test_mel_floor_lifts_digital_silence(clips):
+    silence_then_tone = np.concatenate([np.zeros(4000, np.float32), clips[3]])
+    for floor in (1e-10, 1e-6):
+        features = Mu2SlamFeatureExtractor(mel_floor=floor)(silence_then_tone, sampling_rate=SR)["input_features"][0]
+        np.testing.assert_allclose(features[:10], np.log(floor), rtol=1e-6)
+
+
+def test_clip_variance_without_clip_mean_is_refused():
+    with pytest.raises(ValueError, match="set normalize_means=True as well"):
+        Mu2SlamFeatureExtractor(normalize_vars=True)

@@ -158,6 +158,18 @@ def test_recipe_old_ctc_weight_key_loads_as_the_ctc_loss_weight(tmp_path, caplog
             r"audio_augmentation: the recipe draws no speech task",
         ),
         ({"model": "m", "silence_padding_s": 0.5}, r"silence_padding_s is a fine-tuning option"),
+        ({"model": "m", "features": {"normalize_vars": True}}, r"set features.normalize_means: true as well"),
+        ({"model": "m", "features": {"mel_floor": 0}}, r"features.mel_floor must be positive"),
+        (
+            {
+                "model": "m",
+                "stage": "finetune",
+                "examples_per_step": {"asr": 1},
+                "silence_padding_s": 0.5,
+                "features": {"normalize_means": True},
+            },
+            r"silence_padding_s adds silence frames to features already normalised",
+        ),
         (
             {"model": "m", "stage": "finetune", "examples_per_step": {"mt": 1}, "silence_padding_s": 0.5},
             r"silence_padding_s: the recipe draws no speech task",
@@ -603,6 +615,27 @@ def test_two_process_cpu_run_completes_and_its_checkpoint_loads(corpus, tmp_path
     assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["num_processes"] == 2
     Mu2SlamForConditionalGeneration.from_pretrained(tmp_path / "checkpoint-3")
     Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_features_recipe_builds_the_extractor_and_a_checkpoint_keeps_its_own(pretrained, corpus, tmp_path):
+    """A preset run builds its feature extractor with the recipe's ``features``; a fine-tuning run that asks for
+    other features than its checkpoint's is refused before anything is written, and per-clip normalisation cannot
+    take silence padding (its frames would need the clip's statistics)."""
+    recipe = tiny_recipe(features={"normalize_means": True, "mel_floor": 1e-6})
+    rows = load_manifest(corpus, "train", "asr")
+    processor, config = build_processor(recipe, load_preset(recipe), list(rows))
+    extractor = processor.feature_extractor
+    assert (extractor.normalize_means, extractor.normalize_vars, extractor.mel_floor) == (True, False, 1e-6)
+    with pytest.raises(ValueError, match="silence_padding_s adds silence frames"):
+        InstanceBuilder(processor, config, stage="finetune", silence_padding_s=0.3)
+    _, init = pretrained
+    with pytest.raises(SystemExit, match=r"RecipeError: features.normalize_means: True, but .* was trained with "):
+        finetune_main([
+            "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "gradual-stage1.yaml"), "--init", str(init),
+            "--data", corpus, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--no_progress",
+            "--no_tensorboard", "--set", "features.normalize_means=true",
+        ])  # fmt: skip
+    assert not any((tmp_path / "run").glob("*.safetensors"))
 
 
 def test_finetune_with_lora_and_noise_overrides_saves_a_merged_model(pretrained, corpus, tmp_path):

@@ -757,9 +757,13 @@ def compare_stages(root: Path, plan: dict, quick: bool, seeds: int = 2) -> list[
     train text, as pre-training builds one), so it needs no pre-trained model and fills the first job's minutes.
     ASR trains on the synthetic and the real speech, as the main job's stage 2.
     """
+    # (a) hears the features pre-training's recipe gives the other configurations: the claim compares training, not
+    # feature extraction
+    features = load_recipe(RECIPES / "pretrain-small.yaml").features.extractor_kwargs()
     preset = {
         "model": str(REPO / "configuration" / "models" / ("tiny" if quick else "small")),
         "init_checkpoint": None,
+        **{f"features.{key}": value for key, value in features.items()},
     }
     pt = starting_from(root / "pt")
     stage1, stages = [], []

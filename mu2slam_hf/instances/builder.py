@@ -34,6 +34,12 @@ from .objectives import (
     build_text_to_text_finetuning,
 )
 
+SILENCE_WITH_CLIP_NORMALIZATION = (
+    "silence_padding_s adds silence frames to features already normalised by their clip's own statistics "
+    "(features.normalize_means), which the silence would have changed: the two cannot be combined. Set "
+    "silence_padding_s: 0, or train a model without per-clip normalisation."
+)
+
 
 class InstanceBuilder:
     """Turns examples into instances with one processor and model config.
@@ -78,6 +84,8 @@ class InstanceBuilder:
             raise ValueError(
                 "silence_padding_s is for fine-tuning: pre-training's targets are codes of the clips' frames."
             )
+        if silence_padding_s and processor.feature_extractor.normalize_means:
+            raise ValueError(SILENCE_WITH_CLIP_NORMALIZATION)
         self.processor = processor
         self.config = config
         self.stage = stage

@@ -69,7 +69,11 @@ def build_processor(
     if recipe.loss_weights:
         overrides["objective_loss_weights"] = {**config.objective_loss_weights, **recipe.loss_weights}
     config = config_with_overrides(config, overrides)
-    feature_extractor = Mu2SlamFeatureExtractor(feature_size=config.num_mel_bins, min_frames=config.min_input_frames)
+    feature_extractor = Mu2SlamFeatureExtractor(
+        feature_size=config.num_mel_bins,
+        min_frames=config.min_input_frames,
+        **recipe.features.extractor_kwargs(),
+    )
     if recipe.speech_codebook.path:
         codebook = Mu2SlamSpeechCodebook.from_pretrained(recipe.speech_codebook.path)
         config = config_with_overrides(config, {"codebook_size": codebook.codebook_size})

@@ -305,6 +305,19 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module, d_model: int) -> tor
     return cls(groups, lr=lr, betas=tuple(opt.betas), eps=opt.eps, fused=True)
 
 
+def refuse_other_features(recipe: Recipe, processor: Mu2SlamProcessor) -> None:
+    """A ``features`` key that differs from the checkpoint's feature extractor: its model learned from other
+    features, and fine-tuning it on these would start from a model that cannot hear them."""
+    extractor = processor.feature_extractor
+    for key, wanted in recipe.features.extractor_kwargs().items():
+        saved = getattr(extractor, key)
+        if wanted != saved:
+            raise RecipeError(
+                f"features.{key}: {wanted}, but {recipe.init_checkpoint} was trained with {key}={saved}: a "
+                "fine-tuning run keeps its checkpoint's features. Remove the key, or pre-train a model with it."
+            )
+
+
 def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_from: Path | None):
     """(model, processor) of a new run, a fine-tuning run, or (architecture only) a resumed run."""
     retrieval = recipe.retrieval
@@ -316,6 +329,7 @@ def prepare_model_and_processor(recipe: Recipe, sources: dict[str, Any], resume_
         model, processor = init_from_checkpoint(
             recipe.init_checkpoint, recipe.model_overrides, recipe.loss_weights, retrieval
         )
+        refuse_other_features(recipe, processor)
         if recipe.tokenizer.replace:
             processor = replace_tokenizer(model, processor, run_tokenizer(recipe, ConcatenatedRows(sources.values())))
             logger.info("tokenizer.replace: %d text ids (%s) instead of the checkpoint's", len(processor.tokenizer),

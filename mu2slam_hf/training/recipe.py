@@ -21,6 +21,7 @@ from ..configuration_mu2slam import Mu2SlamConfig, check_config_field
 from ..data.augmentation import AudioAugmentation
 from ..data.mixing import PAPER_EXAMPLES_PER_STEP, PAPER_LANGUAGE_TEMPERATURE
 from ..data.schema import SPEECH_TASKS, TASKS, TEXT_TASKS
+from ..instances.builder import SILENCE_WITH_CLIP_NORMALIZATION
 from .schedule import DECAYS
 
 STAGES = ("pretrain", "finetune")
@@ -65,6 +66,25 @@ class CodebookRecipe:
     seed: int = 0
     code_dim: int = 16
     normalization_examples: int = 256
+
+
+@dataclass
+class FeaturesRecipe:
+    """The log-mel features' settings (`Mu2SlamFeatureExtractor`): ``normalize_means`` subtracts each clip's mean
+    per mel bin, ``normalize_vars`` also divides by its standard deviation, ``mel_floor`` is the floor on mel energies
+    before the log (digital silence sits at ``log(mel_floor)``; a recording's quietest frames at its noise floor). A run
+    from a preset builds its feature extractor with them (None: the extractor's default); a run from
+    ``init_checkpoint`` keeps its checkpoint's, and a value here that differs from it is refused (the model learned
+    from the other features).
+    """
+
+    normalize_means: bool | None = None
+    normalize_vars: bool | None = None
+    mel_floor: float | None = None
+
+    def extractor_kwargs(self) -> dict[str, Any]:
+        """The settings given, as `Mu2SlamFeatureExtractor` keyword arguments."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
 
 @dataclass
@@ -190,6 +210,7 @@ class Recipe:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     speech_codebook: CodebookRecipe = field(default_factory=CodebookRecipe)
+    features: FeaturesRecipe = field(default_factory=FeaturesRecipe)
     examples_per_step: dict[str, int] = field(default_factory=lambda: dict(PAPER_EXAMPLES_PER_STEP))
     language_temperature: dict[str, float] = field(default_factory=lambda: dict(PAPER_LANGUAGE_TEMPERATURE))
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -298,6 +319,7 @@ class Recipe:
         if self.spec_augment_from_step < 0:
             raise RecipeError(f"spec_augment_from_step must be >= 0, got {self.spec_augment_from_step}.")
         self._validate_speed_perturbation()
+        self._validate_features()
         self._validate_silence_padding()
         self._validate_audio_augmentation()
         self._validate_dataloader()
@@ -340,6 +362,17 @@ class Recipe:
         if factors and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
             raise RecipeError("speed_perturbation: the recipe draws no speech task, so there is no audio to perturb.")
 
+    def _validate_features(self) -> None:
+        if self.features.normalize_vars and not self.features.normalize_means:
+            raise RecipeError(
+                "features.normalize_vars divides each clip's features by their spread around the clip's mean: "
+                "set features.normalize_means: true as well."
+            )
+        if self.features.mel_floor is not None and not self.features.mel_floor > 0:
+            raise RecipeError(
+                f"features.mel_floor must be positive (the log of it is taken), got {self.features.mel_floor}."
+            )
+
     def _validate_silence_padding(self) -> None:
         seconds = self.silence_padding_s
         if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_SILENCE_PADDING_S:
@@ -354,6 +387,8 @@ class Recipe:
             )
         if seconds and not set(self.drawn_tasks()) & set(SPEECH_TASKS):
             raise RecipeError("silence_padding_s: the recipe draws no speech task, so there is no audio to pad.")
+        if seconds and self.features.normalize_means:
+            raise RecipeError(SILENCE_WITH_CLIP_NORMALIZATION)
 
     def _validate_audio_augmentation(self) -> None:
         try:
