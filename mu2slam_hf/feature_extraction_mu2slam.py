@@ -393,9 +393,10 @@ class Mu2SlamFeatureExtractor(SequenceFeatureExtractor):
         power = spectrum.real.square() + spectrum.imag.square()
         mel_filters = torch.from_numpy(self.mel_filters).to(device)
         features = torch.matmul(power, mel_filters).clamp_min_(self.mel_floor).log_()
-        real = torch.arange(features.shape[1], device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        frame_counts = torch.tensor(lengths, device=device)
+        real = torch.arange(features.shape[1], device=device)[None, :] < frame_counts[:, None]
         if self.normalize_means:
-            features = self._normalize_utterances_torch(features, real, torch.tensor(lengths, device=device))
+            features = self._normalize_utterances_torch(features, real, frame_counts)
         if do_normalize:
             mean = torch.tensor(self.feature_mean, dtype=torch.float32, device=device)
             std = torch.tensor(self.feature_std, dtype=torch.float32, device=device)
