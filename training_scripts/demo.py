@@ -4,7 +4,8 @@
     python training_scripts/demo.py --output_dir runs/quick --quick   # a few minutes: tiny model, few steps
 
 1. builds a synthetic multilingual corpus with espeak-ng (8 languages, all five data types) and the real-speech
-   benchmark (Czech and Dutch voice acting from Debian's Fish Fillets NG packages);
+   corpora of Debian's packages (Czech and Dutch voice acting from Fish Fillets NG, read stamp descriptions from
+   Tux Paint, English, Spanish and Italian voice acting from Drascula);
 2. pre-trains the `small` preset with every Mu2SLAM objective (configuration/recipes/pretrain-small.yaml);
 3. gradual fine-tuning: stage 1 on AST + ASR + MT without [MASK], then stage 2 on ASR (the synthetic and the real
    speech) with noisy fine-tuning (decoder-input synonym noise 0.06 + SpecAugment) for the minutes the plan has left;
@@ -42,6 +43,7 @@ import torch
 
 from mu2slam_hf import Mu2SlamForConditionalGeneration, Mu2SlamProcessor
 from mu2slam_hf.data import combine_corpora, load_manifest
+from mu2slam_hf.data.drascula import build_drascula
 from mu2slam_hf.data.fillets import build_fillets, fetch_fillets, level_split
 from mu2slam_hf.data.libreoffice import build_libreoffice
 from mu2slam_hf.data.manifest import read_manifest
@@ -115,8 +117,9 @@ STAGE1_SCHEDULE = {"optimizer.decay": "constant", "optimizer.warmup_fraction": 0
 # (docs/experiments/main-job.md).
 STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 # ASR fine-tuning (stage 2, and direct ASR in --compare) trains on every real voice the job has beside the synthetic
-# speech: the Czech and Dutch voice acting and Tux Paint's read descriptions (their train splits; test stamps and
-# levels are never heard), which more than pays for itself on real dev speech (docs/experiments/main-job.md). Its
+# speech: the Czech and Dutch voice acting, Tux Paint's read descriptions and Drascula's en/es/it dialogue (their
+# train splits; test levels, stamps and lines are never heard), which more than pays for itself on real dev speech
+# (docs/experiments/main-job.md). Its
 # tokenizer, built in pre-training from the synthetic text, gains the few characters only the real transcripts have
 # (`extend_vocabulary`).
 STAGE2_ASR_DATA = Path("data") / "synth+real-asr"
@@ -129,6 +132,7 @@ TRANSLATION_DATA = Path("data") / "translation-into-en"
 REAL_SPEECH_TESTS = {
     "fillets": "Stage 2 ASR (noisy fine-tuning), real speech test (Fish Fillets cs/nl voice acting)",
     "tuxpaint": "Stage 2 ASR (noisy fine-tuning), real read speech test (Tux Paint stamps)",
+    "drascula": "Stage 2 ASR (noisy fine-tuning), real dialogue test (Drascula en/es/it voice acting)",
 }
 TRANSLATION_DEV_EXAMPLES = 64  # per task: the dev set of the decoding choice (beams, repetition controls)
 QUICK_MAX_NEW_TOKENS = 24  # the quick plan's translation outputs: its untrained models never stop by themselves
@@ -139,14 +143,19 @@ def log(message: str) -> None:
 
 
 def build_data(
-    root: Path, quick: bool, help_dir: str | None = None, stamps_dir: str | None = None
-) -> tuple[Path, Path, Path, Path | None]:
+    root: Path,
+    quick: bool,
+    help_dir: str | None = None,
+    stamps_dir: str | None = None,
+    drascula_dir: str | None = None,
+) -> tuple[Path, Path, Path, Path | None, Path | None]:
     """The synthetic and the real-speech corpus, the LibreOffice help's sentence pairs (``help_dir``: an extracted
-    help folder, else Debian's packages) and Tux Paint's real read speech (``stamps_dir``: an extracted stamps
-    package, else Debian's; left out of ``quick`` runs without one); writes the ASR rows of the synthetic and the
-    real-speech corpora to ``root / STAGE2_ASR_DATA`` (the ASR fine-tuning data) and every corpus's AST and MT rows into English to
-    ``root / TRANSLATION_DATA`` (the translation fine-tuning data). Returns the synthetic, Fish Fillets, help and
-    Tux Paint (or None) corpora."""
+    help folder, else Debian's packages), Tux Paint's real read speech (``stamps_dir``: an extracted stamps
+    package, else Debian's) and Drascula's real voice acting (``drascula_dir``: the extracted game packages, else
+    Debian's); Tux Paint and Drascula are left out of ``quick`` runs without their folder. Writes the ASR rows of
+    the synthetic and the real-speech corpora to ``root / STAGE2_ASR_DATA`` (the ASR fine-tuning data) and every
+    corpus's AST and MT rows into English to ``root / TRANSLATION_DATA`` (the translation fine-tuning data).
+    Returns the synthetic, Fish Fillets, help, Tux Paint (or None) and Drascula (or None) corpora."""
     synth, fillets = root / "data" / "synth", root / "data" / "fillets"
     cache = root / "data" / "debian-cache"
     if not (synth / "summary.json").exists():
@@ -164,7 +173,13 @@ def build_data(
         if not (stamps / "summary.json").exists():
             log("building Tux Paint's real read speech (fr, es, ru, en, nl; descriptions in every language)")
             build_tuxpaint(str(stamps), stamps_dir, cache_dir=str(cache), languages=LANGUAGES)
-    real = [fillets] + ([stamps] if stamps else [])
+    voices = None
+    if drascula_dir or not quick:
+        voices = root / "data" / "drascula"
+        if not (voices / "summary.json").exists():
+            log("building Drascula's real voice acting (en, es, it)")
+            build_drascula(str(voices), drascula_dir, cache_dir=str(cache))
+    real = [fillets] + [corpus for corpus in (stamps, voices) if corpus]
     # The real corpora are split by level or stamp, the synthetic one by sentence: most synthetic cs/nl test
     # sentences are spoken in real train levels, and would be heard in stage 2 (and in the LM's text) without this.
     combined = combine_corpora(root / STAGE2_ASR_DATA, [synth, *real], tasks=["asr"])
@@ -179,7 +194,7 @@ def build_data(
     sources = [synth, fillets, help_text] + ([stamps] if stamps else [])
     combined = combine_corpora(root / TRANSLATION_DATA, sources, tasks=["ast", "mt"], target_langs=["en"])
     log(f"translation data: {combined['held_out_text_dropped']} train rows left out, their text is held out")
-    return synth, fillets, help_text, stamps
+    return synth, fillets, help_text, stamps, voices
 
 
 def build_libreoffice_test_set(root: Path, hours: float, help_dir: str | None) -> Path:
@@ -912,6 +927,10 @@ def main(argv: list[str] | None = None) -> None:
         "--tuxpaint_dir", help="an extracted tuxpaint-stamps-default package (default: fetched with apt-get; --quick: "
         "Tux Paint is left out without it)"
     )  # fmt: skip
+    parser.add_argument(
+        "--drascula_dir", help="the extracted drascula, drascula-spanish and drascula-italian packages (default: "
+        "fetched with apt-get; --quick: Drascula is left out without it)"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if argv is None:  # run as a program: may re-execute it with tcmalloc preloaded (a fifth faster CPU steps)
         log(f"memory allocator: {use_fast_allocator(training_on_cpu=not torch.cuda.is_available())}")
@@ -930,7 +949,9 @@ def main(argv: list[str] | None = None) -> None:
     translate_until = time.monotonic() + 60 * plan["translation_until_minute"] if "translation" in plan else None
 
     start = time.perf_counter()
-    synth, fillets, help_text, stamps = build_data(root, args.quick, args.libreoffice_help_dir, args.tuxpaint_dir)
+    synth, fillets, help_text, stamps, voices = build_data(
+        root, args.quick, args.libreoffice_help_dir, args.tuxpaint_dir, args.drascula_dir
+    )
     libreoffice = None
     if args.compare and "libreoffice_speech_hours" in plan:
         libreoffice = build_libreoffice_test_set(root, plan["libreoffice_speech_hours"], args.libreoffice_help_dir)
@@ -953,6 +974,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if stamps:  # read speech of stamps no training clip describes
         tests[REAL_SPEECH_TESTS["tuxpaint"]] = (ft2, stamps, ("asr",))
+    if voices:  # lines no training clip says, in any language
+        tests[REAL_SPEECH_TESTS["drascula"]] = (ft2, voices, ("asr",))
     start = time.perf_counter()
     results = {t: evaluate(m, d, k, count, t) for t, (m, d, k) in tests.items()}
     decoders = decoder_comparison(ft2, {d: results[t] for t, (m, d, _) in tests.items() if m == ft2}, count)

@@ -102,9 +102,9 @@ def is_silent(path: str) -> bool:
     return not array.size or float(np.abs(array).max()) < SILENCE_PEAK
 
 
-def too_fast(text: str, seconds: float) -> bool:
-    """Whether ``text`` has more than :data:`MAX_LETTERS_PER_SECOND` letters and digits a second of ``seconds``."""
-    return sum(char.isalnum() for char in text) > MAX_LETTERS_PER_SECOND * seconds
+def too_fast(text: str, seconds: float, max_letters_per_second: float = MAX_LETTERS_PER_SECOND) -> bool:
+    """Whether ``text`` has more than ``max_letters_per_second`` letters and digits a second of ``seconds``."""
+    return sum(char.isalnum() for char in text) > max_letters_per_second * seconds
 
 
 def build_clip_corpus(
@@ -115,13 +115,15 @@ def build_clip_corpus(
     num_workers: int = 2,
     fractions: dict[str, float] = SPLIT_FRACTIONS,
     start: float | None = None,
+    max_letters_per_second: float = MAX_LETTERS_PER_SECOND,
     **facts: Any,
 ) -> dict[str, Any]:
     """Splits, converts and writes ``clips`` as ASR rows into ``out``; returns the summary (``summary.json``).
 
     Rows: id ``<corpus>-asr-<lang>-<key>``, audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
     ``failures``; silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with
-    ``stats``), as are clips too short for their text (:func:`too_fast`, ``<lang>/too_fast``).
+    ``stats``), as are clips too short for their text (:func:`too_fast` at ``max_letters_per_second``,
+    ``<lang>/too_fast``).
     ``facts`` are added to the summary (source, licence...).
     """
     start = time.time() if start is None else start
@@ -145,7 +147,13 @@ def build_clip_corpus(
             else:
                 failures[rel] = seconds
             continue
-        reason = "silent" if is_silent(target) else "too_fast" if too_fast(clip.text, seconds) else None
+        reason = (
+            "silent"
+            if is_silent(target)
+            else "too_fast"
+            if too_fast(clip.text, seconds, max_letters_per_second)
+            else None
+        )
         if reason:
             os.remove(target)
             stats[f"{clip.lang}/{reason}"] += 1
