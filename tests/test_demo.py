@@ -25,6 +25,8 @@ def test_quick_demo_runs_end_to_end(tmp_path):
             eight_language_help(tmp_path / "help"),
             "--tuxpaint_dir",
             tuxpaint_stamps(tmp_path / "stamps"),
+            "--drascula_dir",
+            drascula_game(tmp_path / "drascula-game"),
         ],
         capture_output=True,
         text=True,
@@ -76,15 +78,17 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert (translation / "eval_fillets_into_en_cascade.json").exists()
     assert "Translation into English" in report and "cascade BLEU" in report and "| libreoffice-text | MT |" in report
     assert "| tuxpaint | AST |" in report and "real read speech test (Tux Paint stamps)" in report
+    assert "real dialogue test (Drascula en/es voice acting)" in report
     # stage 2 ASR heard the real train clips of both corpora (none of their test clips); the report says how long
     asr_ids = {json.loads(line)["id"] for line in (tmp_path / "data" / "synth+real-asr" / "train.jsonl").open()}
-    for corpus in ("fillets", "tuxpaint"):
+    for corpus in ("fillets", "tuxpaint", "drascula"):
         rows = [json.loads(line) for line in (tmp_path / "data" / corpus / "train.jsonl").open()]
         assert {r["id"] for r in rows if r["task"] == "asr"} & asr_ids, corpus
         tests = [json.loads(line) for line in (tmp_path / "data" / corpus / "test.jsonl").open()]
         assert not {r["id"] for r in tests} & asr_ids, corpus
     real = report.split("## Real speech: minutes heard in training and test CER")[1].split("\n## ")[0]
     assert "| **average** |" in real and "| fr |" in real and "| cs |" in real
+    assert "CER drascula (clips)" in real
 
 
 @pytest.mark.slow
@@ -151,6 +155,13 @@ def tuxpaint_stamps(root) -> str:
         for j, lang in enumerate(("fr", "es", "ru")):
             _ogg(animals / f"cat{i}_desc_{lang}.ogg", seconds=0.8, rate=16_000, channels=1, seed=3 * i + j)
     return str(root)
+
+
+def drascula_game(root) -> str:
+    """An extraction root of the Drascula packages with 17 hero lines and one of Igor's in en and es."""
+    from test_data_drascula import fake_game
+
+    return str(fake_game(Path(root)))
 
 
 def load_demo():

@@ -5,7 +5,7 @@
 
 1. builds a synthetic multilingual corpus with espeak-ng (8 languages, all five data types) and the real-speech
    corpora of Debian's packages (Czech and Dutch voice acting from Fish Fillets NG, read stamp descriptions from
-   Tux Paint, English, Spanish and Italian voice acting from Drascula);
+   Tux Paint, English and Spanish voice acting from Drascula);
 2. pre-trains the `small` preset with every Mu2SLAM objective (configuration/recipes/pretrain-small.yaml);
 3. gradual fine-tuning: stage 1 on AST + ASR + MT without [MASK], then stage 2 on ASR (the synthetic and the real
    speech) with noisy fine-tuning (decoder-input synonym noise 0.06 + SpecAugment) for the minutes the plan has left;
@@ -117,7 +117,7 @@ STAGE1_SCHEDULE = {"optimizer.decay": "constant", "optimizer.warmup_fraction": 0
 # (docs/experiments/main-job.md).
 STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 # ASR fine-tuning (stage 2, and direct ASR in --compare) trains on every real voice the job has beside the synthetic
-# speech: the Czech and Dutch voice acting, Tux Paint's read descriptions and Drascula's en/es/it dialogue (their
+# speech: the Czech and Dutch voice acting, Tux Paint's read descriptions and Drascula's en/es dialogue (their
 # train splits; test levels, stamps and lines are never heard), which more than pays for itself on real dev speech
 # (docs/experiments/main-job.md). Its
 # tokenizer, built in pre-training from the synthetic text, gains the few characters only the real transcripts have
@@ -132,7 +132,7 @@ TRANSLATION_DATA = Path("data") / "translation-into-en"
 REAL_SPEECH_TESTS = {
     "fillets": "Stage 2 ASR (noisy fine-tuning), real speech test (Fish Fillets cs/nl voice acting)",
     "tuxpaint": "Stage 2 ASR (noisy fine-tuning), real read speech test (Tux Paint stamps)",
-    "drascula": "Stage 2 ASR (noisy fine-tuning), real dialogue test (Drascula en/es/it voice acting)",
+    "drascula": "Stage 2 ASR (noisy fine-tuning), real dialogue test (Drascula en/es voice acting)",
 }
 TRANSLATION_DEV_EXAMPLES = 64  # per task: the dev set of the decoding choice (beams, repetition controls)
 QUICK_MAX_NEW_TOKENS = 24  # the quick plan's translation outputs: its untrained models never stop by themselves
@@ -177,7 +177,7 @@ def build_data(
     if drascula_dir or not quick:
         voices = root / "data" / "drascula"
         if not (voices / "summary.json").exists():
-            log("building Drascula's real voice acting (en, es, it)")
+            log("building Drascula's real voice acting (en, es)")
             build_drascula(str(voices), drascula_dir, cache_dir=str(cache))
     real = [fillets] + [corpus for corpus in (stamps, voices) if corpus]
     # The real corpora are split by level or stamp, the synthetic one by sentence: most synthetic cs/nl test
@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
         "Tux Paint is left out without it)"
     )  # fmt: skip
     parser.add_argument(
-        "--drascula_dir", help="the extracted drascula, drascula-spanish and drascula-italian packages (default: "
+        "--drascula_dir", help="the extracted drascula and drascula-spanish packages (default: "
         "fetched with apt-get; --quick: Drascula is left out without it)"
     )  # fmt: skip
     args = parser.parse_args(argv)

@@ -8,13 +8,14 @@ each builds with its module in :mod:`mu2slam_hf.data`.
     mu2slam-build-parallel-text   build_parallel_text_main  data/parallel_text.py  WMT newstest, Multi30k, Tatoeba
     mu2slam-build-kde-games       build_kde_games_main      data/kde_games.py      KTuberling/KLettres spoken words
     mu2slam-build-gcompris        build_gcompris_main       data/gcompris.py       GCompris' spoken words
+    mu2slam-build-drascula        build_drascula_main       data/drascula.py       Drascula en/es/it voice acting
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..data import gcompris, kde_games
+from ..data import drascula, gcompris, kde_games
 from ..data.fillets import GAME_DIR, SPEECH_LANGUAGES, build_fillets, default_cache_dir
 from ..data.libreoffice import HELP_ROOT, LANGUAGES, build_libreoffice
 from ..data.manifest import format_summary
@@ -196,4 +197,21 @@ def build_gcompris_main(argv: list[str] | None = None) -> None:
     summary = gcompris.build_gcompris(
         args.out, args.voices_dir, args.text, args.cache_dir, tuple(args.langs.split(",")), args.letters, args.workers
     )
+    print(format_clip_summary(summary))
+
+
+def build_drascula_main(argv: list[str] | None = None) -> None:
+    """``mu2slam-build-drascula``: real voice-acted dialogue (ASR) in English, Spanish and Italian from Drascula."""
+    parser = argparse.ArgumentParser(description=build_drascula_main.__doc__)
+    parser.add_argument("--out", required=True, help="output corpus directory")
+    parser.add_argument(
+        "--root", help=f"where {' '.join(drascula.PACKAGES)} were extracted (dpkg-deb -x); apt if absent"
+    )
+    parser.add_argument(
+        "--cache-dir", help=f"where the packages are extracted (default {default_cache_dir(drascula.CORPUS)})"
+    )
+    parser.add_argument("--langs", default=",".join(drascula.SPEECH_LANGUAGES), help="voices kept")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    summary = drascula.build_drascula(args.out, args.root, args.cache_dir, tuple(args.langs.split(",")), args.workers)
     print(format_clip_summary(summary))

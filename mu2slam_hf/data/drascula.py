@@ -1,9 +1,11 @@
-"""Drascula: The Vampire Strikes Back (Debian ``drascula``, ``drascula-spanish``, ``drascula-italian``; freeware,
-BSD-like): real voice-acted dialogue in English, Spanish and Italian.
+"""Drascula: The Vampire Strikes Back (Debian ``drascula``, ``drascula-spanish``; freeware, BSD-like): real
+voice-acted dialogue in English and Spanish.
 
 Under ``usr/share/scummvm/drascula/<lang>`` each package holds the game's voices as ``<prefix><n>.ALS`` files
 (unsigned 8-bit mono PCM at 11,025 Hz, no header) and ``drascula.dat``, ScummVM's table of the game's lines in
-six languages (:func:`read_line_tables`). The game plays line ``n`` of a character's table from the file of that
+six languages (:func:`read_line_tables`). Debian's ``drascula-italian`` is not used: its voices are the English
+recordings (the same waveforms, a few header bytes apart) under Italian text. The game plays line ``n`` of a
+character's table from the file of that
 character's prefix and number: the hero's lines (``text``) from ``<n>.ALS``, Drascula's (``textd``) from
 ``D<n>.ALS``, Igor's (``texti``) from ``I<n>.ALS``, and so on (:data:`VOICE_TABLES`); one file is the exception
 (:data:`VOICE_EXCEPTIONS`). The other ``.ALS`` files (``S<n>``: sound effects, ``F<n>``) are not speech.
@@ -32,11 +34,11 @@ import soundfile as sf
 from .fillets import default_cache_dir, fetch_debian_packages
 from .real_speech import Clip, build_clip_corpus, check_languages
 
-PACKAGES = ("drascula", "drascula-spanish", "drascula-italian")
+PACKAGES = ("drascula", "drascula-spanish")
 GAME_DIR = os.path.join("usr", "share", "scummvm", "drascula")
 CORPUS = "drascula"
 LICENSE = "Drascula licence (freeware, BSD-like; Debian contrib)"
-SPEECH_LANGUAGES = ("en", "es", "it")
+SPEECH_LANGUAGES = ("en", "es")  # drascula-italian speaks English: its voices are the English package's
 # The order of the languages in drascula.dat (ScummVM's), and how their text is encoded.
 DAT_LANGUAGES = ("en", "es", "de", "fr", "it", "ru")
 DAT_ENCODINGS = {"ru": "cp1251"}  # the others: the DOS code page of the game, cp850
@@ -58,7 +60,7 @@ DAT_HEADER = b"DRASCULA"
 # Byte sizes of the records of the game tables before the texts (char map, item locations, polygons, verb bar,
 # menu positions, frames, candles, pianist, drunk, room pre-updates, room updates, room actions, talk sequences).
 _RECORD_SIZES = (4, 4, 4, 2, 4, 2, 4, 2, 2, 20, 20, 10, 8)
-_TEXT_ALIGNMENT = 4  # the first string of a table block starts after 4 bytes; each later one after its 2-byte length
+_TEXT_ALIGNMENT = 4  # the size of a line's header in a table block
 _VOICE = re.compile(r"^(BJ|VB|D|B|E|I|L|P|T|)(\d+)\.ALS$", re.IGNORECASE)
 VOICE_RATE = 11025
 # Acted dialogue runs faster than careful single words (up to about 19 letters a second in Spanish); a line said in
@@ -149,8 +151,9 @@ class _Reader:
 
 
 def _split_lines(block: bytes, num_lines: int, encoding: str, path: str) -> list[str]:
-    """A table block's NUL-terminated strings: line 0 at its start; line i at line i-1's start (byte 4 for line 1)
-    plus the length stored in the 2 bytes before that start (ScummVM's layout)."""
+    """A table block's lines. Each line is an entry: a 4-byte header whose last 2 bytes are the entry's size, then
+    the NUL-terminated string, padded to 4 bytes; line 0 is an empty entry (read at the block's first byte, 0), and
+    line i starts 4 bytes after entry i does (ScummVM's reading, kept as it is)."""
     starts, position = [0], _TEXT_ALIGNMENT
     for _ in range(1, num_lines):
         if position > len(block):
@@ -249,7 +252,10 @@ def build_drascula(
     check_languages(languages)
     unvoiced = sorted(set(languages) - set(SPEECH_LANGUAGES))
     if unvoiced:
-        raise ValueError(f"Drascula has voices in {','.join(SPEECH_LANGUAGES)} only, not {unvoiced}.")
+        raise ValueError(
+            f"Drascula has voices in {','.join(SPEECH_LANGUAGES)} only, not {unvoiced} (the Italian package's voices "
+            "are the English recordings)."
+        )
     start = time.time()
     game_dir = find_game_dir(root) if root else fetch_drascula(cache_dir)
     stats: Counter = Counter()
