@@ -129,14 +129,23 @@ def test_build_writes_each_voiced_line_once_with_its_text_speaker_and_split(root
     assert by_id["drascula-asr-es-texti.1"]["speaker"] == "drascula-es-igor"
     assert by_id["drascula-asr-en-text.1"]["speaker"] == "drascula-en-hero"
     assert "drascula-asr-en-text.4" not in by_id and "drascula-asr-es-text.4" in by_id  # no English text
-    assert len(rows) == 2 * (6 + MORE_LINES) - 1
+    assert sum(r["task"] == "asr" for r in rows) == 2 * (6 + MORE_LINES) - 1
+    # AST from each clip to its line in the five other languages of drascula.dat, English first
+    ast = by_id["drascula-ast-es-en-text.3"]
+    assert (ast["task"], ast["target_lang"], ast["target_text"]) == ("ast", "en", "I haven't opened it. Should I?")
+    assert ast["audio"] == by_id["drascula-asr-es-text.3"]["audio"]
+    assert by_id["drascula-ast-en-es-text.3"]["target_text"] == "¿Que hago? ¿La arranco?"
+    assert by_id["drascula-ast-en-ru-text.6"]["target_text"] == "ru 6"
+    assert "drascula-ast-es-en-text.4" not in by_id and "drascula-ast-es-de-text.4" in by_id  # no English line
+    clips = [r for r in rows if r["task"] == "asr"]
+    assert sum(r["task"] == "ast" for r in rows) == 5 * len(clips) - 1
     assert all(read_manifest(tmp_path / "out" / f"{split}.jsonl") for split in SPLITS)
     assert summary["dropped"] == {"en/no_text": 2, "en/not_speech": 1, "es/no_text": 1, "es/not_speech": 1}
     # a line (its meaning) is in one split in every language
     split_of = {}
     for split in SPLITS:
         for row in read_manifest(tmp_path / "out" / f"{split}.jsonl"):
-            assert split_of.setdefault(row["id"].split("-", 3)[3], split) == split
+            assert split_of.setdefault(row["id"].rsplit("-", 1)[1], split) == split
     # 16 kHz FLAC of the raw 11,025 Hz voice: duration kept
     row = by_id["drascula-asr-en-text.2"]
     audio, rate = sf.read(tmp_path / "out" / row["audio"]["path"])
@@ -157,4 +166,4 @@ def test_command_line(root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "asr" in printed and "dropped" in printed
     rows = [r for split in SPLITS for r in read_manifest(tmp_path / "cli" / f"{split}.jsonl")]
-    assert {r["source_lang"] for r in rows} == {"es"} and len(rows) == 6 + MORE_LINES
+    assert {r["source_lang"] for r in rows} == {"es"} and sum(r["task"] == "asr" for r in rows) == 6 + MORE_LINES

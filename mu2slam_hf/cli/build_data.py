@@ -8,7 +8,7 @@ each builds with its module in :mod:`mu2slam_hf.data`.
     mu2slam-build-parallel-text   build_parallel_text_main  data/parallel_text.py  WMT newstest, Multi30k, Tatoeba
     mu2slam-build-kde-games       build_kde_games_main      data/kde_games.py      KTuberling/KLettres spoken words
     mu2slam-build-gcompris        build_gcompris_main       data/gcompris.py       GCompris' spoken words
-    mu2slam-build-drascula        build_drascula_main       data/drascula.py       Drascula en/es/it voice acting
+    mu2slam-build-drascula        build_drascula_main       data/drascula.py       Drascula en/es voice acting
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def build_gcompris_main(argv: list[str] | None = None) -> None:
 
 
 def build_drascula_main(argv: list[str] | None = None) -> None:
-    """``mu2slam-build-drascula``: real voice-acted dialogue (ASR) in English, Spanish and Italian from Drascula."""
+    """``mu2slam-build-drascula``: real voice-acted dialogue (ASR, and AST into 5 languages) in English and Spanish."""
     parser = argparse.ArgumentParser(description=build_drascula_main.__doc__)
     parser.add_argument("--out", required=True, help="output corpus directory")
     parser.add_argument(

@@ -12,7 +12,8 @@ character's prefix and number: the hero's lines (``text``) from ``<n>.ALS``, Dra
 Measured on the packages: a line's length and its clip's duration correlate at 0.8-0.99 within every table and
 language, so the files are the lines they are matched to.
 
-:func:`build_drascula` (CLI ``mu2slam-build-drascula``) writes ASR rows through
+:func:`build_drascula` (CLI ``mu2slam-build-drascula``) writes ASR rows, and AST rows from each clip to its line in
+the five other languages of drascula.dat (English first: real es->en and en->xx speech translation), through
 :func:`~mu2slam_hf.data.real_speech.build_clip_corpus`: split by line, the same line (its meaning) in the same
 split in every language, so no test line is trained on in any language. One actor voices a character in a
 language, so speakers cannot be held out: the test split holds out lines, not voices. The game writes most lines
@@ -190,8 +191,8 @@ def voice_line(file_name: str) -> tuple[str, int, str] | None:
 
 
 def read_voices(game_dir: str, languages: tuple[str, ...], stats: Counter) -> list[tuple[Clip, str]]:
-    """``(clip, voice file)`` of every voiced line of ``languages``, the clip's path still to be written (a WAV
-    of the raw voice file, :func:`stage_voices`). Files that are not voices are counted ``<lang>/not_speech``,
+    """``(clip, voice file)`` of every voiced line of ``languages`` with the line's text in the other languages as
+    its translations, the clip's path still to be written (a WAV of the raw voice file, :func:`stage_voices`). Files that are not voices are counted ``<lang>/not_speech``,
     voices of an empty or absent line ``<lang>/no_text``."""
     clips = []
     for lang in languages:
@@ -214,11 +215,22 @@ def read_voices(game_dir: str, languages: tuple[str, ...], stats: Counter) -> li
             if not text:
                 stats[f"{lang}/no_text"] += 1
                 continue
-            item, key = f"{table}:{number}", f"{table}.{number}"
-            clips.append(
-                (Clip("", lang, text, f"drascula-{lang}-{speaker}", item, key, "dialogue"), os.path.join(folder, name))
+            clip = Clip(
+                "", lang, text, f"drascula-{lang}-{speaker}", f"{table}:{number}", f"{table}.{number}", "dialogue"
             )
+            clip.translations = line_translations(tables[table], number, lang)
+            clips.append((clip, os.path.join(folder, name)))
     return clips
+
+
+def line_translations(table: dict[str, list[str]], number: int, lang: str) -> dict[str, str]:
+    """Line ``number`` of a table in every language of drascula.dat but ``lang`` that has it (English first), in
+    sentence case."""
+    return {
+        other: sentence_case(table[other][number], other)
+        for other in DAT_LANGUAGES
+        if other != lang and number < len(table[other]) and table[other][number]
+    }
 
 
 def stage_voices(clips: list[tuple[Clip, str]], folder: str) -> list[Clip]:
@@ -239,7 +251,7 @@ def build_drascula(
     languages: tuple[str, ...] = SPEECH_LANGUAGES,
     num_workers: int = 2,
 ) -> dict:
-    """Builds the Drascula real-speech corpus (ASR rows) into ``out``; returns its summary (``summary.json``).
+    """Builds the Drascula real-speech corpus (ASR and AST rows) into ``out``; returns its summary (``summary.json``).
 
     Args:
         out: output corpus directory (``<split>.jsonl``, ``audio/<lang>/<table>.<n>.flac``, ``summary.json``).

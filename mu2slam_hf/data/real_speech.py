@@ -1,11 +1,12 @@
-"""Shared steps of the builders of short real recordings (words, syllables, letters) with known text.
+"""Shared steps of the builders of real recordings with known text (words, syllables, letters, dialogue lines).
 
-A builder (:mod:`~mu2slam_hf.data.kde_games`, :mod:`~mu2slam_hf.data.gcompris`) lists :class:`Clip` s (one
-recording, its language, its transcript, its speaker and the *item* it names: a word and its meaning across
-languages); :func:`build_clip_corpus` groups the clips into items that share an item key, a normalised text or a
-recording (:func:`~mu2slam_hf.data.manifest.connected_components`), sends each group to one split by a stable
+A builder (:mod:`~mu2slam_hf.data.kde_games`, :mod:`~mu2slam_hf.data.gcompris`, :mod:`~mu2slam_hf.data.drascula`)
+lists :class:`Clip` s (one recording, its language, its transcript, its speaker, the *item* it names: a word or a
+line and its meaning across languages, and optionally the item's text in other languages); :func:`build_clip_corpus`
+groups the clips into items that share an item key, a normalised text (of any language) or a recording (:func:`~mu2slam_hf.data.manifest.connected_components`), sends each group to one split by a stable
 hash (:func:`~mu2slam_hf.data.manifest.hash_split`), converts the audio to 16 kHz mono FLAC
-(:func:`~mu2slam_hf.data.audio.convert_clips`), drops silent clips, and writes ``<split>.jsonl`` (ASR rows) and
+(:func:`~mu2slam_hf.data.audio.convert_clips`), drops silent clips, and writes ``<split>.jsonl`` (ASR rows, and AST
+rows to the translations a clip has) and
 ``summary.json`` (clips and minutes per language and split, what was dropped and why).
 """
 
@@ -15,7 +16,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,9 @@ MAX_LETTERS_PER_SECOND = 15.0
 class Clip:
     """One recording: ``path`` (the source file), ``lang``, ``text`` (its transcript), ``speaker``, ``item`` (what
     it names, shared by the recordings of the same word or meaning, in any language), ``key`` (unique in the
-    corpus, file-name safe: the row id and the audio path come from it) and ``kind`` (``word``, ``syllable``,
-    ``letter``...: counted in the summary)."""
+    corpus, file-name safe: the row id and the audio path come from it), ``kind`` (``word``, ``syllable``,
+    ``letter``...: counted in the summary) and ``translations`` (the item's text in other languages, target language
+    -> text: one AST row each)."""
 
     path: str
     lang: str
@@ -58,6 +60,7 @@ class Clip:
     kind: str = "word"
     split: str = "train"
     digest: str = ""
+    translations: dict[str, str] = field(default_factory=dict)
 
 
 def check_languages(languages: tuple[str, ...]) -> None:
@@ -89,7 +92,11 @@ def drop_duplicate_audio(clips: list[Clip], stats: Counter) -> list[Clip]:
 def assign_splits(clips: list[Clip], corpus: str, fractions: dict[str, float] = SPLIT_FRACTIONS) -> None:
     """Sets ``clip.split``: clips sharing an item, a normalised text (in any language) or a recording form one
     group, whose split is ``hash_split(f"{corpus}:{first item}")``; so no word and no meaning is in two splits."""
-    keys = [[f"item:{c.item}", f"text:{normalize_text(c.text)}", f"audio:{c.digest}"] for c in clips]
+    keys = [
+        [f"item:{c.item}", f"text:{normalize_text(c.text)}", f"audio:{c.digest}"]
+        + [f"text:{normalize_text(text)}" for text in c.translations.values()]
+        for c in clips
+    ]
     for component in connected_components(keys):
         split = hash_split(f"{corpus}:{min(clips[i].item for i in component)}", fractions)
         for i in component:
@@ -120,7 +127,7 @@ def build_clip_corpus(
 ) -> dict[str, Any]:
     """Splits, converts and writes ``clips`` as ASR rows into ``out``; returns the summary (``summary.json``).
 
-    Rows: id ``<corpus>-asr-<lang>-<key>``, audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
+    Rows (:func:`clip_examples`): ASR, and AST to each translation; audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
     ``failures``; silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with
     ``stats``), as are clips too short for their text (:func:`too_fast` at ``max_letters_per_second``,
     ``<lang>/too_fast``).
@@ -159,12 +166,7 @@ def build_clip_corpus(
             stats[f"{clip.lang}/{reason}"] += 1
             continue
         kinds[f"{clip.lang}/{clip.kind}"] += 1
-        splits[clip.split].append(
-            make_example(
-                f"{corpus}-asr-{clip.lang}-{clip.key}", "asr", clip.lang, audio=rel,
-                source_text=clip.text, target_text=clip.text, duration=seconds, speaker=clip.speaker,
-            )
-        )  # fmt: skip
+        splits[clip.split] += clip_examples(corpus, clip, rel, seconds, stats)
     os.makedirs(out, exist_ok=True)
     for split, rows in splits.items():
         write_manifest(os.path.join(out, f"{split}.jsonl"), rows)
@@ -176,6 +178,29 @@ def build_clip_corpus(
     )  # fmt: skip
     write_summary(out, summary)
     return summary
+
+
+def clip_examples(corpus: str, clip: Clip, audio: str, seconds: float, stats: Counter) -> list[dict[str, Any]]:
+    """The clip's ASR row (id ``<corpus>-asr-<lang>-<key>``) and an AST row to each of its translations (id
+    ``<corpus>-ast-<lang>-<target>-<key>``); a translation equal to the transcript once normalised (a name) is left
+    out and counted as ``identical_pair``."""
+    speech = dict(audio=audio, duration=seconds, speaker=clip.speaker, source_text=clip.text)
+    rows = [make_example(f"{corpus}-asr-{clip.lang}-{clip.key}", "asr", clip.lang, target_text=clip.text, **speech)]
+    for target, text in clip.translations.items():
+        if normalize_text(text) == normalize_text(clip.text):
+            stats["identical_pair"] += 1
+            continue
+        rows.append(
+            make_example(
+                f"{corpus}-ast-{clip.lang}-{target}-{clip.key}",
+                "ast",
+                clip.lang,
+                target_text=text,
+                target_lang=target,
+                **speech,
+            )  # fmt: skip
+        )
+    return rows
 
 
 def format_clip_summary(summary: dict[str, Any]) -> str:
