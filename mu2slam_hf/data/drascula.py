@@ -5,8 +5,7 @@ Under ``usr/share/scummvm/drascula/<lang>`` each package holds the game's voices
 (unsigned 8-bit mono PCM at 11,025 Hz, no header) and ``drascula.dat``, ScummVM's table of the game's lines in
 six languages (:func:`read_line_tables`). Debian's ``drascula-italian`` is not used: its voices are the English
 recordings (the same waveforms, a few header bytes apart) under Italian text. The game plays line ``n`` of a
-character's table from the file of that
-character's prefix and number: the hero's lines (``text``) from ``<n>.ALS``, Drascula's (``textd``) from
+character's table from the file of that character's prefix and number: the hero's lines (``text``) from ``<n>.ALS``, Drascula's (``textd``) from
 ``D<n>.ALS``, Igor's (``texti``) from ``I<n>.ALS``, and so on (:data:`VOICE_TABLES`); one file is the exception
 (:data:`VOICE_EXCEPTIONS`). The other ``.ALS`` files (``S<n>``: sound effects, ``F<n>``) are not speech.
 Measured on the packages: a line's length and its clip's duration correlate at 0.8-0.99 within every table and
@@ -155,19 +154,17 @@ def _split_lines(block: bytes, num_lines: int, encoding: str, path: str) -> list
     """A table block's lines. Each line is an entry: a 4-byte header whose last 2 bytes are the entry's size, then
     the NUL-terminated string, padded to 4 bytes; line 0 is an empty entry (read at the block's first byte, 0), and
     line i starts 4 bytes after entry i does (ScummVM's reading, kept as it is)."""
+    corrupt = ValueError(f"{path}: a text table ends before its {num_lines} lines (a corrupt drascula.dat).")
     starts, position = [0], _TEXT_ALIGNMENT
     for _ in range(1, num_lines):
         if position > len(block):
-            break
+            raise corrupt
         position += struct.unpack(">H", block[position - 2 : position])[0]
         starts.append(position)
-    lines = []
-    for begin in starts:
-        end = block.find(b"\0", begin)
-        if end < 0 or len(starts) < num_lines:
-            raise ValueError(f"{path}: a text table ends before its {num_lines} lines (a corrupt drascula.dat).")
-        lines.append(" ".join(block[begin:end].decode(encoding).split()))
-    return lines
+    ends = [block.find(b"\0", begin) for begin in starts]
+    if -1 in ends:
+        raise corrupt
+    return [" ".join(block[begin:end].decode(encoding).split()) for begin, end in zip(starts, ends, strict=True)]
 
 
 def sentence_case(text: str, lang: str) -> str:
@@ -192,8 +189,8 @@ def voice_line(file_name: str) -> tuple[str, int, str] | None:
 
 def read_voices(game_dir: str, languages: tuple[str, ...], stats: Counter) -> list[tuple[Clip, str]]:
     """``(clip, voice file)`` of every voiced line of ``languages`` with the line's text in the other languages as
-    its translations, the clip's path still to be written (a WAV of the raw voice file, :func:`stage_voices`). Files that are not voices are counted ``<lang>/not_speech``,
-    voices of an empty or absent line ``<lang>/no_text``."""
+    its translations, the clip's path still to be written (a WAV of the raw voice file, :func:`stage_voices`). Files
+    that are not voices are counted ``<lang>/not_speech``, voices of an empty or absent line ``<lang>/no_text``."""
     clips = []
     for lang in languages:
         folder = os.path.join(game_dir, lang)
@@ -216,9 +213,9 @@ def read_voices(game_dir: str, languages: tuple[str, ...], stats: Counter) -> li
                 stats[f"{lang}/no_text"] += 1
                 continue
             clip = Clip(
-                "", lang, text, f"drascula-{lang}-{speaker}", f"{table}:{number}", f"{table}.{number}", "dialogue"
-            )
-            clip.translations = line_translations(tables[table], number, lang)
+                "", lang, text, f"drascula-{lang}-{speaker}", f"{table}:{number}", f"{table}.{number}", "dialogue",
+                translations=line_translations(tables[table], number, lang),
+            )  # fmt: skip
             clips.append((clip, os.path.join(folder, name)))
     return clips
 
@@ -237,7 +234,7 @@ def stage_voices(clips: list[tuple[Clip, str]], folder: str) -> list[Clip]:
     """Writes each raw voice file as a 16-bit WAV under ``folder`` (so the shared converter reads it) and sets
     ``clip.path``; returns the clips."""
     for clip, voice in clips:
-        samples = np.frombuffer(open(voice, "rb").read(), dtype=np.uint8).astype(np.float32)
+        samples = np.fromfile(voice, dtype=np.uint8).astype(np.float32)
         clip.path = os.path.join(folder, clip.lang, f"{clip.key}.wav")
         os.makedirs(os.path.dirname(clip.path), exist_ok=True)
         sf.write(clip.path, (samples - 128.0) / 128.0, VOICE_RATE, subtype="PCM_16")

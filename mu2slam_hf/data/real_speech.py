@@ -3,11 +3,12 @@
 A builder (:mod:`~mu2slam_hf.data.kde_games`, :mod:`~mu2slam_hf.data.gcompris`, :mod:`~mu2slam_hf.data.drascula`)
 lists :class:`Clip` s (one recording, its language, its transcript, its speaker, the *item* it names: a word or a
 line and its meaning across languages, and optionally the item's text in other languages); :func:`build_clip_corpus`
-groups the clips into items that share an item key, a normalised text (of any language) or a recording (:func:`~mu2slam_hf.data.manifest.connected_components`), sends each group to one split by a stable
-hash (:func:`~mu2slam_hf.data.manifest.hash_split`), converts the audio to 16 kHz mono FLAC
+groups the clips into items that share an item key, a normalised text (of any language) or a recording
+(:func:`~mu2slam_hf.data.manifest.connected_components`), sends each group to one split by a stable hash
+(:func:`~mu2slam_hf.data.manifest.hash_split`), converts the audio to 16 kHz mono FLAC
 (:func:`~mu2slam_hf.data.audio.convert_clips`), drops silent clips, and writes ``<split>.jsonl`` (ASR rows, and AST
-rows to the translations a clip has) and
-``summary.json`` (clips and minutes per language and split, what was dropped and why).
+rows to the translations a clip has) and ``summary.json`` (clips and minutes per language and split, what was
+dropped and why).
 """
 
 from __future__ import annotations
@@ -125,13 +126,13 @@ def build_clip_corpus(
     max_letters_per_second: float = MAX_LETTERS_PER_SECOND,
     **facts: Any,
 ) -> dict[str, Any]:
-    """Splits, converts and writes ``clips`` as ASR rows into ``out``; returns the summary (``summary.json``).
+    """Splits, converts and writes ``clips`` as ASR (and AST) rows into ``out``; returns the summary
+    (``summary.json``).
 
-    Rows (:func:`clip_examples`): ASR, and AST to each translation; audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in
-    ``failures``; silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with
-    ``stats``), as are clips too short for their text (:func:`too_fast` at ``max_letters_per_second``,
-    ``<lang>/too_fast``).
-    ``facts`` are added to the summary (source, licence...).
+    Rows: :func:`clip_examples`, audio ``audio/<lang>/<key>.flac``. Clips that fail to decode are in ``failures``;
+    silent and empty ones are removed and counted as ``<lang>/silent`` in ``dropped`` (with ``stats``), as are clips
+    too short for their text (:func:`too_fast` at ``max_letters_per_second``, ``<lang>/too_fast``). ``facts`` are
+    added to the summary (source, licence...).
     """
     start = time.time() if start is None else start
     clips = drop_duplicate_audio(clips, stats)
@@ -155,12 +156,10 @@ def build_clip_corpus(
                 failures[rel] = seconds
             continue
         reason = (
-            "silent"
-            if is_silent(target)
-            else "too_fast"
-            if too_fast(clip.text, seconds, max_letters_per_second)
+            "silent" if is_silent(target)
+            else "too_fast" if too_fast(clip.text, seconds, max_letters_per_second)
             else None
-        )
+        )  # fmt: skip
         if reason:
             os.remove(target)
             stats[f"{clip.lang}/{reason}"] += 1
@@ -190,16 +189,8 @@ def clip_examples(corpus: str, clip: Clip, audio: str, seconds: float, stats: Co
         if normalize_text(text) == normalize_text(clip.text):
             stats["identical_pair"] += 1
             continue
-        rows.append(
-            make_example(
-                f"{corpus}-ast-{clip.lang}-{target}-{clip.key}",
-                "ast",
-                clip.lang,
-                target_text=text,
-                target_lang=target,
-                **speech,
-            )  # fmt: skip
-        )
+        ast_id = f"{corpus}-ast-{clip.lang}-{target}-{clip.key}"
+        rows.append(make_example(ast_id, "ast", clip.lang, target_text=text, target_lang=target, **speech))
     return rows
 
 
