@@ -161,6 +161,19 @@ def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_pat
         combine_corpora(first, [second])
 
 
+def test_combine_command_keeps_the_tasks_and_target_languages_asked_for(tmp_path, capsys):
+    from mu2slam_hf.cli.build_data import combine_main
+
+    source = tmp_path / "text"
+    source.mkdir()
+    rows = [make_example(f"m{i}", "mt", lang, source_text=f"{lang} {i}", target_text=f"{target} {i}",
+                         target_lang=target) for i, (lang, target) in enumerate((("de", "en"), ("en", "de"), ("fr", "en")))]  # fmt: skip
+    write_manifest(source / "train.jsonl", rows)
+    combine_main([str(source), "--out", str(tmp_path / "into-en"), "--tasks", "mt", "--target-langs", "en"])
+    assert load_manifest(tmp_path / "into-en", "train")["id"] == ["m0", "m2"]
+    assert "train rows left out (their text is held out): 0" in capsys.readouterr().out
+
+
 def test_combined_train_split_leaves_out_sentences_of_any_sources_dev_or_test(tmp_path):
     """Real speech split by level and synthetic speech split by sentence: the same sentence can be in one corpus's
     test split and the other's train split. The combination must not train on it."""

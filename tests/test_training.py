@@ -638,6 +638,27 @@ def test_features_recipe_builds_the_extractor_and_a_checkpoint_keeps_its_own(pre
     assert not any((tmp_path / "run").glob("*.safetensors"))
 
 
+def test_stage2_mt_recipe_moves_to_subwords_trains_mt_alone_and_chooses_its_decoding(pretrained, corpus, tmp_path):
+    """The shipped MT stage 2 recipe from a character model: a Unigram tokenizer replaces the characters (the
+    output rows follow), only MT rows are drawn, and the decoding is chosen on the dev MT rows."""
+    _, init = pretrained
+    finetune_main([
+        "--recipe", str(REPO_ROOT / "configuration" / "recipes" / "gradual-stage2-mt.yaml"), "--init", str(init),
+        "--data", corpus, "--output_dir", str(tmp_path), "--max_steps", "3", "--no_progress", "--no_tensorboard",
+        "--set", "tokenizer.vocab_size=60", "--set", "tokens_per_step.mt=64", "--set", "dev_examples_per_task=2",
+        "--set", "eval_max_new_tokens=4", "--set", "mixed_precision='no'",
+    ])  # fmt: skip
+    processor = Mu2SlamProcessor.from_pretrained(tmp_path)
+    model = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path)
+    old = Mu2SlamProcessor.from_pretrained(init).tokenizer
+    assert model.config.text_vocab_size == len(processor.tokenizer) != len(old)
+    assert any(len(piece.lstrip("\u2581")) > 1 for piece in processor.tokenizer.tokenize("twenty three"))
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert {key for row in logged for key in row if key.startswith("loss/")} == {"loss/mt"}
+    fit = json.loads((tmp_path / "translation_decoding_fit.json").read_text())
+    assert model.generation_config.translation_decoding == fit["chosen"]
+
+
 def test_finetune_with_lora_and_noise_overrides_saves_a_merged_model(pretrained, corpus, tmp_path):
     _, init = pretrained
     finetune_main([

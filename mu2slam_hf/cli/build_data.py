@@ -9,6 +9,7 @@ each builds with its module in :mod:`mu2slam_hf.data`.
     mu2slam-build-kde-games       build_kde_games_main      data/kde_games.py      KTuberling/KLettres spoken words
     mu2slam-build-gcompris        build_gcompris_main       data/gcompris.py       GCompris' spoken words
     mu2slam-build-drascula        build_drascula_main       data/drascula.py       Drascula en/es voice acting
+    mu2slam-combine               combine_main              data/manifest.py       several corpora as one folder
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 from ..data import drascula, gcompris, kde_games
 from ..data.fillets import GAME_DIR, SPEECH_LANGUAGES, build_fillets, default_cache_dir
 from ..data.libreoffice import HELP_ROOT, LANGUAGES, build_libreoffice
-from ..data.manifest import format_summary
+from ..data.manifest import combine_corpora, format_summary
 from ..data.parallel_text import build_parallel_text
 from ..data.real_speech import format_clip_summary
 from ..data.synthetic import DEFAULT_LANGUAGES, FESTIVAL_VOICES, FULL, SMALL, build_synthetic
@@ -215,3 +216,22 @@ def build_drascula_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     summary = drascula.build_drascula(args.out, args.root, args.cache_dir, tuple(args.langs.split(",")), args.workers)
     print(format_clip_summary(summary))
+
+
+def combine_main(argv: list[str] | None = None) -> None:
+    """``mu2slam-combine``: one corpus folder from several (their rows of some tasks and target languages), train
+    rows whose text is in any source's dev or test split left out; the audio stays where it is."""
+    parser = argparse.ArgumentParser(description=combine_main.__doc__)
+    parser.add_argument("sources", nargs="+", help="corpus folders (train/dev/test.jsonl)")
+    parser.add_argument("--out", required=True, help="output corpus directory (new, or the same combination)")
+    parser.add_argument("--tasks", help="comma-separated tasks kept, e.g. mt or asr,ast (default: all)")
+    parser.add_argument("--target-langs", help="comma-separated target languages kept, e.g. en (default: all)")
+    args = parser.parse_args(argv)
+    summary = combine_corpora(
+        args.out,
+        args.sources,
+        tasks=args.tasks.split(",") if args.tasks else None,
+        target_langs=args.target_langs.split(",") if args.target_langs else None,
+    )
+    print(format_summary(summary))
+    print(f"train rows left out (their text is held out): {summary['held_out_text_dropped']}")
