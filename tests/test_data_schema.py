@@ -161,6 +161,25 @@ def test_combined_corpora_keep_every_row_and_point_at_the_original_audio(tmp_pat
         combine_corpora(first, [second])
 
 
+def test_combined_train_rows_of_a_source_repeat_with_their_own_ids(tmp_path):
+    from mu2slam_hf.data.manifest import combine_corpora
+
+    synth, real = tmp_path / "synth", tmp_path / "real"
+    for folder, lang in ((synth, "en"), (real, "nl")):
+        folder.mkdir()
+        spoken = make_example(f"{lang}1", "asr", lang, audio=f"audio/{lang}1.flac", source_text="a", target_text="a")
+        write_manifest(folder / "train.jsonl", [spoken])
+        write_manifest(folder / "dev.jsonl", [{**spoken, "id": f"{lang}-dev", "source_text": "b", "target_text": "b"}])
+    summary = combine_corpora(tmp_path / "both", [synth, real], train_repeats=[1, 3])
+    assert load_manifest(tmp_path / "both", "train")["id"] == ["en1", "nl1", "nl1#2", "nl1#3"]
+    assert load_manifest(tmp_path / "both", "dev")["id"] == ["en-dev", "nl-dev"]  # held-out splits never repeat
+    assert summary["combined"]["train_repeats"] == [1, 3]
+    with pytest.raises(FileExistsError, match="already holds another corpus"):
+        combine_corpora(tmp_path / "both", [synth, real])  # another weighting is another corpus
+    with pytest.raises(ValueError, match="one whole count of at least 1 per source"):
+        combine_corpora(tmp_path / "other", [synth, real], train_repeats=[2])
+
+
 def test_combine_command_keeps_the_tasks_and_target_languages_asked_for(tmp_path, capsys):
     from mu2slam_hf.cli.build_data import combine_main
 

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Collection, Hashable, Iterable, Iterator
+from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -245,6 +245,11 @@ def held_out_texts(paths: Iterable[str | os.PathLike]) -> set[str]:
     return texts
 
 
+def repeated(rows: list[dict[str, Any]], times: int) -> list[dict[str, Any]]:
+    """``rows``, then ``times - 1`` copies of them with the ids ``<id>#2``, ``<id>#3``, ..."""
+    return rows + [{**row, "id": f"{row['id']}#{copy}"} for copy in range(2, times + 1) for row in rows]
+
+
 def concatenated(sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The rows of every source, one source after the other."""
     return [row for rows in sources for row in rows]
@@ -261,10 +266,15 @@ def combine_corpora(
     tasks: Collection[str] | None = None,
     splits: tuple[str, ...] = ("train", "dev", "test"),
     target_langs: Collection[str] | None = None,
+    train_repeats: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Writes a corpus folder whose manifests are the concatenation of ``sources``' manifests (only ``tasks``'
     rows when given, and only rows whose ``target_lang`` is in ``target_langs`` when given: translation into
     English alone, say), with absolute audio paths so no audio is copied, and returns its summary.
+
+    ``train_repeats`` (one count per source) lists each train row of a source that many times, so a training run
+    draws it that much more often than its share (a small real corpus beside a large synthetic one, say); a row's
+    copies get the ids ``<id>#2``, ``<id>#3``, ...
 
     Training on several corpora at once (synthetic and real speech, say) then takes one ``--data`` folder. A
     split missing from every source is left out; one missing from some sources is taken from the others.
@@ -284,6 +294,13 @@ def combine_corpora(
     origin = {"sources": [os.path.abspath(s) for s in sources], "tasks": sorted(tasks) if tasks else None}
     if target_langs:
         origin["target_langs"] = sorted(target_langs)
+    if train_repeats is not None:
+        if len(train_repeats) != len(sources) or any(not isinstance(n, int) or n < 1 for n in train_repeats):
+            raise ValueError(
+                f"train_repeats takes one whole count of at least 1 per source ({len(sources)}), got {train_repeats}"
+            )
+        if any(n > 1 for n in train_repeats):
+            origin["train_repeats"] = list(train_repeats)
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         previous = None
@@ -296,8 +313,13 @@ def combine_corpora(
             )
     candidates = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
     found = {split: [path for path in paths if os.path.exists(path)] for split, paths in candidates.items()}
+    repeats = (
+        dict(zip(candidates["train"], train_repeats, strict=True)) if "train" in candidates and train_repeats else {}
+    )
     source_rows = {
-        split: (concatenated if split == "train" else interleaved)([read_manifest(path) for path in paths])
+        split: (concatenated if split == "train" else interleaved)(
+            [repeated(read_manifest(path), repeats.get(path, 1)) for path in paths]
+        )
         for split, paths in found.items()
         if paths
     }
