@@ -125,8 +125,8 @@ STAGE2_BATCH = {"seconds_per_step": {"asr": 20.0}, "examples_per_step": {}}
 # (`extend_vocabulary`).
 STAGE2_ASR_DATA = Path("data") / "synth+real-asr"
 # Each real train clip is listed twice in that data, so stage 2 draws real speech twice as often as its share (about
-# 55% of the clips and of the audio instead of 36-40%): at its 6,000 steps dev CER falls and the real test sets gain
-# without a cost on the synthetic one (docs/experiments/main-job.md).
+# 55% of the clips and of the audio instead of 36-40%): at its 6,000 steps dev CER falls, Fish Fillets' test gains
+# and the synthetic one does not lose; Tux Paint and Drascula move within run-to-run noise (docs/experiments/main-job.md).
 REAL_SPEECH_REPEATS = 2
 STAGE2_ASR = {**STAGE2_BATCH, "extend_vocabulary": True}
 # Stage 2 for translation (the paper's stage 2 is per task): AST and MT into English from the stage 1 model, on the

@@ -313,9 +313,7 @@ def combine_corpora(
             )
     candidates = {split: [os.path.join(s, f"{split}.jsonl") for s in origin["sources"]] for split in splits}
     found = {split: [path for path in paths if os.path.exists(path)] for split, paths in candidates.items()}
-    repeats = (
-        dict(zip(candidates["train"], train_repeats, strict=True)) if "train" in candidates and train_repeats else {}
-    )
+    repeats = dict(zip(candidates.get("train", []), train_repeats or [], strict=False))  # train paths only
     source_rows = {
         split: (concatenated if split == "train" else interleaved)(
             [repeated(read_manifest(path), repeats.get(path, 1)) for path in paths]
