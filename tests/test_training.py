@@ -31,6 +31,7 @@ from mu2slam_hf.training import (
     transformer_lr,
 )
 from mu2slam_hf.training.assets import build_processor, load_preset
+from mu2slam_hf.training.checkpointing import TRAINER_STATE_NAME
 from mu2slam_hf.training.dev import (
     dev_chosen_asr_decoding,
     dev_chosen_ctc_weight,
@@ -506,6 +507,7 @@ def test_resume_gives_the_same_next_losses(corpus, tmp_path):
     straight = run(recipe, corpus, tmp_path / "straight")
     interrupted = tmp_path / "interrupted"
     run(recipe, corpus, interrupted, stop_after=6)  # "killed" after step 6: the last checkpoint is step 4
+    saved = json.loads((interrupted / "checkpoint-4" / TRAINER_STATE_NAME).read_text())["train_seconds"]
     resumed = run(recipe, corpus, interrupted, resume=True)
     expected = {e["step"]: e for e in straight.log}
     assert [e["step"] for e in resumed.log] == [5, 6, 7, 8]
@@ -514,6 +516,8 @@ def test_resume_gives_the_same_next_losses(corpus, tmp_path):
             assert entry[key] == pytest.approx(expected[entry["step"]][key], **SAME_RUN_LOSS), (entry["step"], key)
     log = [json.loads(line) for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 9))
+    # The training time (what max_train_minutes limits) goes on from the checkpoint's, not from 0.
+    assert 0 < saved == log[3]["train_seconds"] < log[4]["train_seconds"]
 
 
 def test_a_run_with_worker_processes_trains_and_resumes_as_one_without(corpus, tmp_path):

@@ -152,6 +152,15 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_train_seconds(trainer_state: dict[str, Any]) -> float:
+    """The training seconds a checkpoint's run had spent (what ``max_train_minutes`` counts). Checkpoints written
+    before the count was saved give the count of their last dev evaluation, which is at most that."""
+    if "train_seconds" in trainer_state:
+        return float(trainer_state["train_seconds"])
+    dev = trainer_state.get("dev") or [{}]
+    return float(dev[-1].get("train_seconds", 0.0))
+
+
 def load_checkpoint(accelerator, folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore Accelerate's state from ``folder``; returns (trainer_state, this process's process_state)."""
     folder = Path(folder)

@@ -54,6 +54,7 @@ from .averaging import WeightAverage
 from .bf16_weights import Bf16Weights, use_bf16_weights
 from .checkpointing import (
     TRAINER_STATE_NAME,
+    checkpoint_train_seconds,
     latest_checkpoint,
     load_checkpoint,
     read_json,
@@ -398,6 +399,9 @@ class Mu2SlamTrainer:
         self.run_folder: RunFolder | None = None  # the main process's lock on output_dir while it trains
         self.draws: Iterator[MixtureDraw] | None = None  # the built mixture draws, set up by `setup`
         self.bf16: Bf16Weights | None = None  # the bf16 copy that trains against the model (`bf16_weights`)
+        # Training time without evaluation and saving: the x axis of learning curves against minutes, and what
+        # max_train_minutes limits (a resumed run continues the checkpoint's count).
+        self.train_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------------ setup
 
@@ -456,12 +460,13 @@ class Mu2SlamTrainer:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.average = self._weight_average(resume_from)
         self.dev_history: list[dict[str, float]] = []
-        step = 0
+        step, self.train_seconds = 0, 0.0
         if resume_from is not None:
             trainer_state, process_state = load_checkpoint(accelerator, resume_from)
             self.mixture.load_state_dict(process_state["mixture"])
             self.dev_history = trainer_state.get("dev", [])
             step = int(trainer_state["step"])
+            self.train_seconds = checkpoint_train_seconds(trainer_state)
             accelerator.print(f"Resumed from {resume_from} at step {step}.")
             if self.bf16 is not None:
                 self.bf16.weights_from_master(trainable_only=False)
@@ -649,8 +654,6 @@ class Mu2SlamTrainer:
         end = recipe.max_steps if stop_after is None else min(recipe.max_steps, start + stop_after)
         bar = tqdm(total=recipe.max_steps, initial=start, disable=not (self.progress and accelerator.is_main_process))
         tracker, clock = LossTracker(accelerator.device), time.perf_counter()
-        # Training time without evaluation and saving: the x axis of learning curves against minutes.
-        self.train_seconds = self.dev_history[-1].get("train_seconds", 0.0) if self.dev_history else 0.0
         for step in range(start + 1, end + 1):
             step_start = time.perf_counter()
             self.train_step(step, tracker)
@@ -739,7 +742,12 @@ class Mu2SlamTrainer:
             self.processor.save_pretrained(folder)
 
     def save(self, step: int, dev: list[dict[str, float]]) -> Path | None:
-        trainer_state = {"step": step, "recipe": self.recipe.to_dict(), "dev": dev}
+        trainer_state = {
+            "step": step,
+            "train_seconds": self.train_seconds,
+            "recipe": self.recipe.to_dict(),
+            "dev": dev,
+        }
         return save_checkpoint(
             self.accelerator,
             self.output_dir,
