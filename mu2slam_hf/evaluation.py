@@ -14,8 +14,9 @@ Evaluation JSON (shared with ``mu2slam_hf.hub`` / model cards)::
                   "target_lang": str, "name": "wer"|"cer"|"bleu"|"chrf"|"accuracy"|"nll"|"s2t_r1"|..., "value": float,
                   "num_examples": int}, ...]}
 
-plus, only when asked for, ``"predictions": [{"id", "task", "source_lang", "target_lang", "reference",
-"hypothesis"}, ...]``. ``nll`` (only with ``evaluate_model(..., with_loss=True)``) is the teacher-forced
+plus, where there are BLEU or chrF scores, ``"sacrebleu_signatures": {"bleu": [str], "chrf": [str]}`` (sacreBLEU's
+signatures of the scores, e.g. ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``), and, only when asked
+for, ``"predictions": [{"id", "task", "source_lang", "target_lang", "reference", "hypothesis"}, ...]``. ``nll`` (only with ``evaluate_model(..., with_loss=True)``) is the teacher-forced
 cross-entropy of the reference in nats per target token (eos included), in eval mode: unlike WER or BLEU it
 separates models that do not decode well yet. :func:`results_to_markdown` renders one table per (task, metric) as in the paper's
 appendix: one row per language (ASR, classification) or direction (AST, MT), then an unweighted average row.
@@ -46,7 +47,7 @@ GENERATION_TASKS = ("asr", "ast", "mt")
 TASK_ORDER = ("asr", "ast", "mt", "classification", "lid", "retrieval")
 RETRIEVAL_KS = (1, 5, 10)
 # Keys some evaluations add beside the metrics (kept by `read_results`).
-OPTIONAL_RESULT_KEYS = ("language_confusion", "retrieval_candidates")
+OPTIONAL_RESULT_KEYS = ("language_confusion", "retrieval_candidates", "sacrebleu_signatures")
 # Recall@k of speech -> text and text -> speech retrieval (percentages, like every metric here).
 RETRIEVAL_METRICS = tuple(f"{direction}_r{k}" for direction in ("s2t", "t2s") for k in RETRIEVAL_KS)
 METRIC_ORDER = ("wer", "cer", "bleu", "chrf", "accuracy", "nll", *RETRIEVAL_METRICS)
@@ -137,6 +138,23 @@ def bleu_tokenizer(target_lang: str | None) -> str:
     except (ImportError, RuntimeError):
         return "13a"
     return name
+
+
+@functools.cache
+def bleu_signature(target_lang: str | None) -> str:
+    """sacreBLEU's signature of :func:`corpus_bleu` into ``target_lang`` (e.g.
+    ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``): what a reader needs to compare the score."""
+    metric = sacrebleu.BLEU(tokenize=bleu_tokenizer(target_lang))
+    metric.corpus_score(["a"], [["a"]])  # the signature names the number of references, known after a score
+    return str(metric.get_signature())
+
+
+@functools.cache
+def chrf_signature() -> str:
+    """sacreBLEU's signature of :func:`corpus_chrf`."""
+    metric = sacrebleu.CHRF()
+    metric.corpus_score(["a"], [["a"]])
+    return str(metric.get_signature())
 
 
 def corpus_bleu(references: list[str], hypotheses: list[str], target_lang: str | None = None) -> float:
@@ -232,11 +250,27 @@ def _group_key(key: tuple[str, str, str]) -> tuple[int, str, str]:
     return TASK_ORDER.index(task), src, tgt
 
 
+def sacrebleu_signatures(metrics: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """The sacreBLEU signatures of the BLEU and chrF entries of ``metrics``: ``{"bleu": [...], "chrf": [...]}``
+    (several BLEU signatures where target languages use different tokenizers), only the metrics present."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for entry in metrics:
+        if entry["name"] == "bleu":
+            found["bleu"].add(bleu_signature(entry["target_lang"]))
+        elif entry["name"] == "chrf":
+            found["chrf"].add(chrf_signature())
+    return {name: sorted(found[name]) for name in ("bleu", "chrf") if found[name]}
+
+
 def make_results(
     model: str, data: str, split: str, metrics: list[dict[str, Any]], predictions: list[dict] | None = None
 ) -> dict[str, Any]:
-    """The evaluation JSON dict; ``predictions`` only when given."""
+    """The evaluation JSON dict, with the sacreBLEU signatures of its BLEU and chrF scores when it has any;
+    ``predictions`` only when given."""
     results: dict[str, Any] = {"model": str(model), "data": str(data), "split": str(split), "metrics": metrics}
+    signatures = sacrebleu_signatures(metrics)
+    if signatures:
+        results["sacrebleu_signatures"] = signatures
     if predictions is not None:
         results["predictions"] = predictions
     return results
@@ -285,6 +319,8 @@ def results_to_markdown(results: dict[str, Any]) -> str:
             shown = f"**{label}**" if label == "average" else label
             lines.append(f"| {shown} | {_format(value)} | {count} |")
         lines.append("")
+    if results.get("sacrebleu_signatures"):
+        lines += [signature_line(results["sacrebleu_signatures"]), ""]
     if results.get("retrieval_candidates"):
         lines += [f"Retrieval: each clip against {results['retrieval_candidates']} candidate texts.", ""]
     if results.get("language_confusion"):
@@ -295,6 +331,13 @@ def results_to_markdown(results: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def signature_line(signatures: dict[str, list[str]]) -> str:
+    """Markdown: the sacreBLEU signatures of a results dict's ``sacrebleu_signatures``."""
+    shown = {"bleu": "BLEU", "chrf": "chrF"}
+    parts = [f"{shown[name]} `{signature}`" for name, values in signatures.items() for signature in values]
+    return "sacreBLEU signatures: " + "; ".join(parts) + "."
 
 
 def confusion_to_markdown(confusion: dict[str, dict[str, int]]) -> str:
@@ -865,6 +908,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
             raw = json.load(handle)
         metrics = [metric_entry(*(entry[key] for key in _METRIC_KEYS)) for entry in raw["metrics"]]
         results = make_results(raw["model"], raw["data"], raw["split"], metrics, raw.get("predictions"))
+        results.pop("sacrebleu_signatures", None)  # the file's own, not this sacreBLEU's (older files have none)
         for key in OPTIONAL_RESULT_KEYS:
             if key in raw:
                 results[key] = raw[key]
@@ -881,7 +925,9 @@ __all__ = [
     "accuracy",
     "asr_generate_options",
     "averages",
+    "bleu_signature",
     "bleu_tokenizer",
+    "chrf_signature",
     "evaluate_cascade",
     "char_error_rate",
     "corpus_bleu",
@@ -897,8 +943,10 @@ __all__ = [
     "results_tables",
     "results_to_markdown",
     "row_label",
+    "sacrebleu_signatures",
     "score",
     "score_predictions",
+    "signature_line",
     "word_error_rate",
     "write_results",
 ]

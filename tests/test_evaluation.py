@@ -204,6 +204,29 @@ def test_read_results_returns_what_write_results_wrote(tmp_path):
     assert read_results(json_path) == results
 
 
+def test_translation_results_carry_the_sacrebleu_signatures_of_their_scores(tmp_path):
+    """A reader can only compare BLEU across papers with its signature: the results JSON and Markdown name it."""
+    metrics = [
+        metric_entry("mt", "de", "en", "bleu", 20.0, 2),
+        metric_entry("mt", "de", "en", "chrf", 40.0, 2),
+        metric_entry("ast", "en", "zh", "bleu", 10.0, 2),
+    ]
+    results = make_results("runs/x", "data/y", "test", metrics)
+    bleu, chrf = results["sacrebleu_signatures"]["bleu"], results["sacrebleu_signatures"]["chrf"]
+    version = f"version:{sacrebleu.__version__}"
+    assert {signature.split("|tok:")[1].split("|")[0] for signature in bleu} == {"13a", "zh"}
+    assert all(signature.startswith("nrefs:1|case:mixed") and version in signature for signature in bleu)
+    assert chrf == [f"nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|{version}"]
+    assert f"chrF `{chrf[0]}`" in results_to_markdown(results)
+    # ASR alone has none; a results file keeps the signatures it was written with, not this sacreBLEU's.
+    assert "sacrebleu_signatures" not in make_results("m", "d", "test", [metric_entry("asr", "en", "en", "cer", 1, 1)])
+    json_path, _ = write_results({**results, "sacrebleu_signatures": {"bleu": ["older"]}}, tmp_path / "eval.json")
+    assert read_results(json_path)["sacrebleu_signatures"] == {"bleu": ["older"]}
+    raw = json.loads((tmp_path / "eval.json").read_text())
+    (tmp_path / "eval.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "sacrebleu_signatures"}))
+    assert "sacrebleu_signatures" not in read_results(json_path)
+
+
 def test_read_results_names_the_file_and_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.json' not found\. Run `python training_scripts/evaluate"):
         read_results(tmp_path / "missing.json")

@@ -58,6 +58,8 @@ from mu2slam_hf.evaluation import (
     load_examples,
     results_tables,
     results_to_markdown,
+    sacrebleu_signatures,
+    signature_line,
     write_results,
 )
 from mu2slam_hf.training import load_recipe, train
@@ -412,8 +414,12 @@ def translation_section(translator: Path, tables: dict[str, dict]) -> list[str]:
                      for key in ("bleu xx-en", "chrf xx-en")]  # fmt: skip
             lines.append(f"| {data} | {task.upper()} | " + " | ".join(cells) + " |")
     lines.append("")
+    signatures = sacrebleu_signatures(entry for results in tables.values() for entry in results["metrics"])
+    if signatures:
+        lines += [signature_line(signatures), ""]
     for title, results in tables.items():
-        lines += [f"### {title}", "", results_to_markdown(results).split("\n", 1)[1].replace("\n## ", "\n#### "), ""]
+        table = {key: value for key, value in results.items() if key != "sacrebleu_signatures"}  # shown once above
+        lines += [f"### {title}", "", results_to_markdown(table).split("\n", 1)[1].replace("\n## ", "\n#### "), ""]
     return lines
 
 
