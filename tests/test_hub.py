@@ -45,7 +45,7 @@ from mu2slam_hf import (
     train_char_tokenizer,
 )
 from mu2slam_hf.cli import push_to_hub as push_to_hub_cli
-from mu2slam_hf.evaluation import METRIC_ORDER, RETRIEVAL_METRICS, TASK_ORDER
+from mu2slam_hf.evaluation import METRIC_ORDER, RETRIEVAL_METRICS, TASK_ORDER, make_results, write_results
 from mu2slam_hf.hub import (
     MODEL_CARD_TEMPLATE,
     CardInputs,
@@ -540,6 +540,16 @@ def test_card_from_recipe_real_data_and_base_model(trained, tmp_path):
     card = render_model_card(trained.folder, inputs)
     assert "synthetic-data" not in card.data.tags and "Trained on synthetic data" not in card.text
     assert "fine-tuned from `someone/mu2slam-base`" in card.text
+
+
+def test_card_names_the_sacrebleu_signatures_of_its_translation_scores(trained, tmp_path):
+    bleu = {"task": "mt", "source_lang": "de", "target_lang": "en", "name": "bleu", "value": 20.0, "num_examples": 2}
+    results = make_results(EVAL["model"], EVAL["data"], "test", [*EVAL["metrics"], bleu])
+    write_results(results, tmp_path / "eval.json")
+    card = render_model_card(trained.folder, CardInputs("me/mu2slam-mt", load_results(tmp_path / "eval.json")))
+    assert f"sacreBLEU signatures: BLEU `{results['sacrebleu_signatures']['bleu'][0]}`." in card.text
+    asr_only = render_model_card(trained.folder, CardInputs("me/mu2slam-asr", load_results(trained.results)))
+    assert "sacreBLEU" not in asr_only.text
 
 
 def test_card_describes_the_default_asr_decoding_with_the_ctc_language_model(trained, tmp_path):
