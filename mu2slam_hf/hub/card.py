@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..asr_decoding import AsrDecodingOptions
+from ..evaluation import signature_line
 from ..ngram_lm import LM_FILE_NAME
 from .folder import RETRIEVAL_MODEL_TYPE, weight_files
 from .recipes import Recipe, recipe_strings, recipe_values
@@ -282,6 +283,9 @@ def render_model_card(model_dir: str | os.PathLike, inputs: CardInputs, template
         results=inputs.results,
         results_file=inputs.results_file,
         tables=card_tables(inputs.results),
+        signatures=signature_line(inputs.results["sacrebleu_signatures"])
+        if inputs.results.get("sacrebleu_signatures")
+        else None,
         recipes=[{"name": r.path.name, "text": r.text.strip()} for r in inputs.recipes],
         trainer=trainer_summary(folder),
         datasets=list(dict.fromkeys([*inputs.datasets, *recipe_datasets])),
