@@ -41,6 +41,7 @@ import torch
 from .data.audio import decode_example
 from .data.manifest import load_manifest
 from .data.schema import SPEECH_TEXT_TASKS, target_language
+from .vocabulary import IGNORE_INDEX
 
 METRICS_BY_TASK = {"asr": ("wer", "cer"), "ast": ("bleu", "chrf"), "mt": ("bleu", "chrf")}
 GENERATION_TASKS = ("asr", "ast", "mt")
@@ -516,6 +517,32 @@ def target_nll(
         rows = model(**inputs, labels=labels).row_losses.tolist()
         for example, (nll, tokens, _, _) in zip(batch, rows, strict=True):
             records.append({**_identity(example), "nll": nll, "tokens": int(tokens)})
+    return records
+
+
+@torch.no_grad()
+def source_and_target_lengths(
+    model: Any, processor: Any, examples: Iterable[dict[str, Any]], batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """Each example's source length in encoder positions (its speech positions, or its text positions) and its
+    ``target_text``'s length in tokens (eos not counted): the two sides of a length limit relative to the source.
+
+    Returns one record per example: ``id``, ``task``, ``source_lang``, ``target_lang``, ``speech`` (bool),
+    ``source_positions`` and ``target_tokens``.
+    """
+    from .generation_mu2slam import source_positions
+
+    records = []
+    for batch, inputs in _eval_batches(model, processor, examples, batch_size):
+        encoder_inputs = {key: inputs.get(key) for key in ("input_features", "attention_mask", "input_ids")}
+        encoded = model.model.encoder(**encoder_inputs, src_lang_ids=inputs.get("src_lang_ids"), return_dict=True)
+        labels = processor.encode_targets([example["target_text"] for example in batch])
+        targets = (labels != IGNORE_INDEX).sum(dim=1) - 1
+        positions = source_positions(encoded)
+        for example, position, target in zip(batch, positions.tolist(), targets.tolist(), strict=True):
+            speech = inputs.get("input_features") is not None
+            records.append({**_identity(example), "speech": speech, "source_positions": position,
+                            "target_tokens": target})  # fmt: skip
     return records
 
 

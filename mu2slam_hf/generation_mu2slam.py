@@ -49,7 +49,11 @@ logger = logging.get_logger(__name__)
 TRAINING_ONLY_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask", "mlm_labels", "ctc_labels",
                       "example_weights", "speech_mlm_mask", "language_labels")  # fmt: skip
 # `generate` options of translation decoding that a fine-tuning run chooses on dev (training.translation_decoding).
-TRANSLATION_DECODING_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "repetition_penalty")
+TRANSLATION_DECODING_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "repetition_penalty",
+                             "max_length_ratio")  # fmt: skip
+# Tokens a row may generate beyond `max_length_ratio` times its source positions: room for a short source's
+# longer translation ("Ja." -> "Yes, it is.").
+SOURCE_LENGTH_SLACK = 10
 
 
 class Mu2SlamEncoderDecoderCache(EncoderDecoderCache):
@@ -73,6 +77,59 @@ class Mu2SlamModalityLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         allowed = self.allowed.to(scores.device)[: scores.shape[-1]]
         return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+
+
+class Mu2SlamSourceLengthLogitsProcessor(LogitsProcessor):
+    """Ends each row once it has generated ``limits[row]`` tokens (only eos is left to choose): a length limit
+    relative to its own source, so a translation that stops reading its source cannot run on to the model's
+    `max_new_tokens` while the batch's other rows have long finished.
+
+    ``limits`` is `(B,)`; under beam search the rows are `(B * beams,)`, each utterance's beams in turn."""
+
+    def __init__(self, limits: torch.LongTensor, eos_token_id: int = EOS_ID):
+        self.limits = limits
+        self.eos_token_id = eos_token_id
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_length is None:  # the first step sees the decoder prompt alone
+            self.prompt_length = input_ids.shape[1]
+        limits = self.limits.to(scores.device).repeat_interleave(input_ids.shape[0] // self.limits.shape[0])
+        done = (input_ids.shape[1] - self.prompt_length) >= limits
+        if not bool(done.any()):
+            return scores
+        ended = torch.full_like(scores[done], torch.finfo(scores.dtype).min)
+        ended[:, self.eos_token_id] = 0.0
+        scores = scores.clone()
+        scores[done] = ended
+        return scores
+
+
+def source_positions(encoder_outputs: Mu2SlamEncoderOutput) -> torch.LongTensor:
+    """(B,) the real source positions of each row of ``encoder_outputs``: its speech positions for speech input,
+    its text positions for text input. The unit `max_length_ratio` counts in."""
+    mask = encoder_outputs.attention_mask
+    if encoder_outputs.speech_length:
+        mask = mask[:, : encoder_outputs.speech_length]
+    return mask.sum(dim=1)
+
+
+def source_length_limits(
+    encoder_outputs: Mu2SlamEncoderOutput, max_length_ratio: float | dict[str, float], speech: bool
+) -> torch.LongTensor:
+    """(B,) `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` tokens per row; ``max_length_ratio`` is one
+    ratio, or one per input modality (``{"speech": 0.3, "text": 2.0}``, as translation decoding saves it)."""
+    if isinstance(max_length_ratio, dict):
+        modality = "speech" if speech else "text"
+        if modality not in max_length_ratio:
+            raise ValueError(
+                f"max_length_ratio {max_length_ratio} has no ratio for {modality} input: give one "
+                f"(max_length_ratio={{'{modality}': ...}}) or a single number."
+            )
+        max_length_ratio = max_length_ratio[modality]
+    if max_length_ratio < 0:
+        raise ValueError(f"max_length_ratio must be at least 0, got {max_length_ratio}.")
+    return torch.ceil(source_positions(encoder_outputs) * float(max_length_ratio)).long() + SOURCE_LENGTH_SLACK
 
 
 class Mu2SlamGenerationMixin(GenerationMixin):
@@ -280,6 +337,11 @@ class Mu2SlamGenerationMixin(GenerationMixin):
                 when the model has a language model, else 0. With `0 < ctc_weight < 1` the
                 same terms join the joint CTC/attention score of each candidate token (shallow fusion, ESPnet's
                 decoding with an LM); there they default to 0.
+            max_length_ratio: a length limit per row relative to its source (translation decoding): at most
+                `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` new tokens, the positions being the encoder's
+                speech positions (speech in) or text positions (text in); a dict gives one ratio per input modality
+                (`{"speech": ..., "text": ...}`). A fine-tuning run with `choose_translation_decoding` fits it on
+                dev and saves it with the model's translation decoding. Default: none (`max_new_tokens` alone).
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
                 these inputs, ...); the training-only keys of a collated batch (`labels`, `ctc_labels`, ...) are
                 ignored, so a `Seq2SeqTrainer` batch can be passed as it is.
@@ -309,12 +371,17 @@ class Mu2SlamGenerationMixin(GenerationMixin):
         if ctc_weight or lm_weight or lm_length_bonus:
             fusion = (src_lang_ids, tgt_lang_ids, ctc_weight, kwargs, lm_weight, lm_length_bonus)
             processors.append(self._ctc_prefix_processor(encoder_outputs, *fusion))
+        options = self._with_translation_decoding(kwargs, input_features, src_lang_ids, tgt_lang_ids)
+        max_length_ratio = options.pop("max_length_ratio", None)
+        if max_length_ratio is not None:
+            limits = source_length_limits(encoder_outputs, max_length_ratio, speech=input_features is not None)
+            processors.append(Mu2SlamSourceLengthLogitsProcessor(limits, self.config.eos_token_id))
         generated = super().generate(
             encoder_outputs=encoder_outputs,
             tgt_lang_ids=tgt_lang_ids,
             tgt_modality_ids=torch.full((batch,), modality, dtype=torch.long, device=device),
             logits_processor=processors,
-            **self._with_translation_decoding(kwargs, input_features, src_lang_ids, tgt_lang_ids),
+            **options,
         )
         self._warn_if_cut_at_length_limit(generated, kwargs)
         return generated

@@ -10,6 +10,7 @@ import mu2slam_hf  # noqa: F401  (registers the Auto classes)
 from mu2slam_hf import Mu2SlamConfig, Mu2SlamForConditionalGeneration, Mu2SlamForSequenceClassification
 from mu2slam_hf.modeling_mu2slam import Mu2SlamSeq2SeqLMOutput
 from mu2slam_hf.vocabulary import (
+    EOS_ID,
     MASK_ID,
     NUM_SPECIAL_TOKENS,
     grow_languages,
@@ -849,6 +850,52 @@ def test_speech_enters_the_encoder_on_the_scale_of_the_positions():
 def _repeated_ngrams(row: list[int], n: int) -> int:
     grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
     return len(grams) - len(set(grams))
+
+
+def _generated_lengths(sequences: torch.Tensor, prompt: int = 1) -> list[int]:
+    """New tokens of each row (after the decoder start token) before its eos (all of them where it has none)."""
+    lengths = []
+    for row in sequences[:, prompt:].tolist():
+        lengths.append(row.index(EOS_ID) if EOS_ID in row else len(row))
+    return lengths
+
+
+def test_max_length_ratio_ends_each_row_relative_to_its_own_source(tiny_config, tmp_path):
+    """`max_length_ratio` ends each row at ceil(ratio * its source positions) + SOURCE_LENGTH_SLACK new tokens, in
+    greedy and beam search, for text and speech, and is saved with the translation decoding."""
+    from mu2slam_hf import Mu2SlamForConditionalGeneration
+    from mu2slam_hf.generation_mu2slam import SOURCE_LENGTH_SLACK, source_positions
+
+    model = make_model(tiny_config)
+    ids = torch.randint(NUM_SPECIAL_TOKENS, tiny_config.text_vocab_size, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # the second source is 4 tokens long
+    mt = dict(input_ids=ids, attention_mask=mask, src_lang="de", tgt_lang="en", max_new_tokens=60)
+    free = _generated_lengths(model.generate(**mt))
+    assert min(free) > 30  # a random model runs on to max_new_tokens
+    german = torch.full((2,), tiny_config.language_id("de"))
+    encoded = model.model.encoder(input_ids=ids, attention_mask=mask, src_lang_ids=german, return_dict=True)
+    positions = source_positions(encoded)
+    limits = [int(p) + SOURCE_LENGTH_SLACK for p in positions.tolist()]
+    assert limits[0] > limits[1]
+    for beams in (1, 3):
+        limited = _generated_lengths(model.generate(**mt, num_beams=beams, max_length_ratio=1.0))
+        assert all(length <= limit for length, limit in zip(limited, limits, strict=True)), (beams, limited, limits)
+    assert _generated_lengths(model.generate(**mt, max_length_ratio=1.0)) == limits  # greedy: cut exactly there
+
+    features, speech_mask = random_batch(tiny_config)
+    ast = dict(input_features=features, attention_mask=speech_mask, src_lang="fr", tgt_lang="en", max_new_tokens=40)
+    limited = _generated_lengths(model.generate(**ast, max_length_ratio={"speech": 0.0, "text": 5.0}))
+    assert max(limited) <= SOURCE_LENGTH_SLACK
+    with pytest.raises(ValueError, match="no ratio for speech input"):
+        model.generate(**ast, max_length_ratio={"text": 1.0})
+    with pytest.raises(ValueError, match="at least 0"):
+        model.generate(**mt, max_length_ratio=-1.0)
+
+    model.set_translation_decoding({"num_beams": 1, "max_length_ratio": {"text": 0.0}})
+    model.save_pretrained(tmp_path)
+    loaded = Mu2SlamForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert max(_generated_lengths(loaded.generate(**mt))) <= SOURCE_LENGTH_SLACK
 
 
 def test_saved_translation_decoding_is_the_default_until_the_caller_passes_its_options(tiny_config, tmp_path):

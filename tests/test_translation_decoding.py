@@ -19,8 +19,13 @@ def test_the_dev_best_candidate_is_chosen_and_becomes_what_evaluation_decodes_wi
     dev = _dev()
     fit = choose_translation_decoding(model, processor, [*dev, {**dev[-1], "task": "asr"}], max_new_tokens=12)
     assert fit["dev_examples"] == 4  # the ASR row is not a translation
-    assert len(fit["candidates"]) == len(GREEDY_CANDIDATES) + len(BEAM_CANDIDATES)
-    best = max(fit["candidates"], key=lambda c: (c["chrf"], c["bleu"], -c["seconds"]))
+    assert len(fit["candidates"]) == len(GREEDY_CANDIDATES) + len(BEAM_CANDIDATES) + 1
+    grid_best = max(fit["candidates"][:-1], key=lambda c: (c["chrf"], c["bleu"], -c["seconds"]))
+    limited = fit["candidates"][-1]  # the grid's best with the length limit fitted on the dev references
+    assert set(fit["max_length_ratio"]) == {"speech", "text"} and min(fit["max_length_ratio"].values()) > 0
+    assert limited["options"] == {**grid_best["options"], "max_length_ratio": fit["max_length_ratio"]}
+    keeps_limit = (limited["chrf"], limited["bleu"]) >= (grid_best["chrf"], grid_best["bleu"])
+    best = limited if keeps_limit else grid_best
     assert fit["chosen"] == best["options"]
     assert all("no_repeat_ngram_size" not in c["options"] or c["options"]["no_repeat_ngram_size"] > 0
                for c in fit["candidates"])  # fmt: skip
