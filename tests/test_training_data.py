@@ -16,7 +16,7 @@ from mu2slam_hf.cli.train import finetune_main
 from mu2slam_hf.data import make_example, write_flac, write_manifest
 from mu2slam_hf.data.training_data import DataSourceError, TrainingData
 from mu2slam_hf.data.validation import CorpusError
-from mu2slam_hf.training import Mu2SlamTrainer, recipe_from_dict
+from mu2slam_hf.training import Mu2SlamTrainer, RecipeError, recipe_from_dict
 from mu2slam_hf.training.preflight import UnknownTextError
 
 SR = 16_000
@@ -332,3 +332,29 @@ def test_unreadable_layouts_say_what_was_expected(tmp_path):
         TrainingData(dataset_name=str(tmp_path / "x.csv")).load("train")
     with pytest.raises(DataSourceError, match=r"exactly one of dataset_name"):
         TrainingData()
+
+
+def test_more_text_for_the_ctc_language_model_leaves_held_out_sentences_out(clips, tmp_path):
+    """`ctc_language_model_text` adds a corpus folder's train text to the CTC language model, without the sentences
+    of the run's dev rows or of that folder's dev/test splits; a folder without a train manifest, or the key
+    without `ctc_language_model`, is refused before the output folder is made."""
+    text = tmp_path / "help-text"
+    text.mkdir()
+    train = [make_example(f"t{i}", "text", "en", source_text=sentence)
+             for i, sentence in enumerate(["seven eight", "nine ten", "One two!", "eleven"])]  # fmt: skip
+    write_manifest(text / "train.jsonl", train)  # "One two!" is a dev sentence of the run
+    write_manifest(text / "test.jsonl", [make_example("x", "text", "en", source_text="eleven")])
+    recipe = {"ctc_language_model": 3, "ctc_language_model_text": [str(text)], "examples_per_step": {"asr": 2}}
+    train_on("manifest", clips, tmp_path / "run", **recipe)
+    fit = json.loads((tmp_path / "run" / "ctc_language_model_fit.json").read_text())
+    extra = fit["extra_text"]  # the second LM: the run's transcripts, then "seven eight" and "nine ten"
+    assert extra["sentences"] == {"en": 3 + 2, "fr": 3}
+    assert extra["kept"] == (extra["dev_cer"] < extra["train_text_dev_cer"])
+    assert fit["dev_cer"] == min(extra["dev_cer"], extra["train_text_dev_cer"])
+    assert fit["sentences"] == (extra["sentences"] if extra["kept"] else {"en": 3, "fr": 3})
+
+    with pytest.raises(RecipeError, match=r"hold no train.jsonl"):
+        train_on("manifest", clips, tmp_path / "missing", **{**recipe, "ctc_language_model_text": [str(tmp_path)]})
+    with pytest.raises(RecipeError, match="set ctc_language_model"):
+        train_on("manifest", clips, tmp_path / "no-lm", **{**recipe, "ctc_language_model": None})
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "no-lm").exists()

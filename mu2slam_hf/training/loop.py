@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.augmentation import AudioAugmentation
 from ..data.batching import text_token_lengths
+from ..data.manifest import held_out_texts, row_texts
 from ..data.mixing import TaskMixture, step_budgets
 from ..data.schema import SPEECH_TASKS
 from ..data.streaming import StreamingTaskMixture, first_rows
@@ -62,7 +63,7 @@ from .checkpointing import (
     save_checkpoint,
     write_json,
 )
-from .ctc_language_model import fit_ctc_language_model, preferred_asr_ctc_weight
+from .ctc_language_model import fit_ctc_language_model, language_model_text_rows, preferred_asr_ctc_weight
 from .dev import (
     DevEvaluator,
     decoding_limit,
@@ -412,6 +413,7 @@ class Mu2SlamTrainer:
         """
         recipe, accelerator = self.recipe, self.accelerator
         recipe.check_feature_cache(self.data.streaming)  # before the output folder is touched
+        recipe.check_language_model_text()
         set_seed(recipe.seed)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
@@ -781,13 +783,15 @@ class Mu2SlamTrainer:
         model = self.final_model()
         split = self.data.train_split_name
         train_rows = self.data.stream(split) if self.data.streaming else self.data.load(split)
+        all_dev_rows = eval_rows(self.recipe, self.data, self.config.languages)
+        extra = self.language_model_text(all_dev_rows) if self.recipe.ctc_language_model_text else None
         # More dev clips than the periodic evaluation's: 12 weight/bonus pairs are chosen on them.
-        dev_rows = [row for row in eval_rows(self.recipe, self.data, self.config.languages) if row["task"] == "asr"]
+        dev_rows = [row for row in all_dev_rows if row["task"] == "asr"]
         dev = dev_subset(dev_rows, max(self.recipe.dev_examples_per_task, CTC_LM_DEV_EXAMPLES))
         other = None if chosen_ctc_weight == 1.0 else chosen_ctc_weight
         fit = fit_ctc_language_model(
             model, self.processor, train_rows, dev, self.recipe.ctc_language_model,
-            batch_size=self.recipe.eval_batch_size, other_ctc_weight=other,
+            batch_size=self.recipe.eval_batch_size, other_ctc_weight=other, extra_rows=extra,
             max_new_tokens=decoding_limit(
                 self.processor, dev, self.recipe.eval_max_new_tokens, self.config.max_target_positions - 1
             ),
@@ -795,12 +799,27 @@ class Mu2SlamTrainer:
         weight = fit["ctc_weight_chosen"] = preferred_asr_ctc_weight(fit)
         write_json(self.output_dir / "ctc_language_model_fit.json", fit)
         against = "" if other is None else f"; ctc_weight={other:g} greedy: {fit['dev_cer_other']:.1f}"
+        if "extra_text" in fit:
+            extra_fit = fit["extra_text"]
+            self.accelerator.print(
+                f"CTC language model with ctc_language_model_text: dev CER {extra_fit['dev_cer']:.1f} "
+                f"({'kept' if extra_fit['kept'] else 'not kept: the train text alone scores lower on dev'})"
+            )
         self.accelerator.print(
             f"CTC language model (order {fit['order']}): dev CER {fit['dev_cer_greedy']:.1f} greedy -> "
             f"{fit['dev_cer']:.1f} (lm_weight {fit['lm_weight']:g}, length_bonus {fit['length_bonus']:g}, "
             f"{fit['num_beams']} beams){against}"
         )
         return weight
+
+    def language_model_text(self, dev_rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The train text of the recipe's ``ctc_language_model_text`` folders, without any sentence of the run's dev
+        rows, of its data's dev/test manifests (a manifest folder) or of those folders' dev/test splits."""
+        folders = list(self.recipe.ctc_language_model_text)
+        held_out = {text for row in dev_rows for text in row_texts(row)}
+        sources = folders + ([self.data.dataset_name] if self.data.kind == "manifest" else [])
+        sources = [folder for folder in sources if any(Path(folder, f"{s}.jsonl").is_file() for s in ("dev", "test"))]
+        return language_model_text_rows(folders, held_out | held_out_texts(sources))
 
     def fit_translation_decoding(self) -> None:
         """Choose the model's translation decoding on the dev AST/MT rows (`choose_translation_decoding`; as many

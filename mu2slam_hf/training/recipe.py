@@ -186,7 +186,11 @@ class Recipe:
     whose names start with one of these prefixes train (``[language_id_head]``: a head on a frozen model).
     ``ctc_language_model``: when the dev set picks the CTC head as the ASR decoder, fit a character n-gram language
     model of this order to the train text at the end (weight and length bonus chosen on dev) and save it with the
-    model, as the default of CTC decoding (`training.ctc_language_model`).
+    model, as the default of CTC decoding (`training.ctc_language_model`). ``ctc_language_model_text``: corpus
+    folders whose train split's text rows and ASR transcripts join the run's train text in a second language model
+    (written text of the languages, far more than the transcripts: the LibreOffice help text, say), kept instead of
+    the train text's own where its dev CER is lower; a sentence of the run's dev rows or of those folders' dev/test
+    splits is left out.
     ``choose_translation_decoding``: at the end, decode the dev AST/MT rows with a small grid of beam widths and
     repetition / length controls and save the best (dev chrF) as the model's translation decoding
     (`training.translation_decoding`; written to translation_decoding_fit.json).
@@ -246,6 +250,7 @@ class Recipe:
     language_id_only: bool = False
     trainable_modules: list[str] = field(default_factory=list)
     ctc_language_model: int | None = None
+    ctc_language_model_text: list[str] = field(default_factory=list)
     choose_translation_decoding: bool = False
     retrieval: bool = False
     ema_decay: float | None = None
@@ -416,6 +421,21 @@ class Recipe:
             )
         if self.dataloader.stream_window < 1:
             raise RecipeError(f"dataloader.stream_window must be at least 1 row, got {self.dataloader.stream_window}.")
+
+    def check_language_model_text(self) -> None:
+        """Every ``ctc_language_model_text`` folder holds a train manifest (checked before step 1, not at the end of
+        the run, when the language model is fitted)."""
+        if self.ctc_language_model_text and not self.ctc_language_model:
+            raise RecipeError(
+                "ctc_language_model_text adds text to the CTC language model: set ctc_language_model (its order, "
+                "e.g. 6) too, or leave ctc_language_model_text empty."
+            )
+        missing = [folder for folder in self.ctc_language_model_text if not (Path(folder) / "train.jsonl").is_file()]
+        if missing:
+            raise RecipeError(
+                f"ctc_language_model_text: {missing} hold no train.jsonl; pass built corpus folders (e.g. the output "
+                "folder of mu2slam-build-text)."
+            )
 
     def check_feature_cache(self, streaming: bool) -> None:
         """A run that reads its data in memory keeps each clip's features (``cache_features``); worker processes
