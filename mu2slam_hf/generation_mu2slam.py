@@ -116,17 +116,18 @@ def source_positions(encoder_outputs: Mu2SlamEncoderOutput) -> torch.LongTensor:
 
 def source_length_limits(
     encoder_outputs: Mu2SlamEncoderOutput, max_length_ratio: float | dict[str, float], speech: bool
-) -> torch.LongTensor:
+) -> torch.LongTensor | None:
     """(B,) `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` tokens per row; ``max_length_ratio`` is one
-    ratio, or one per input modality (``{"speech": 0.3, "text": 2.0}``, as translation decoding saves it)."""
+    ratio, or one per input modality (``{"speech": 0.3, "text": 2.0}``, as translation decoding saves it). None
+    (no limit) where the dict has no ratio for this input's modality: a decoding chosen on MT dev rows alone, say,
+    limits text input only."""
     if isinstance(max_length_ratio, dict):
-        modality = "speech" if speech else "text"
-        if modality not in max_length_ratio:
-            raise ValueError(
-                f"max_length_ratio {max_length_ratio} has no ratio for {modality} input: give one "
-                f"(max_length_ratio={{'{modality}': ...}}) or a single number."
-            )
-        max_length_ratio = max_length_ratio[modality]
+        unknown = set(max_length_ratio) - {"speech", "text"}
+        if unknown:
+            raise ValueError(f"max_length_ratio takes a ratio per input modality, 'speech' and 'text'; not {unknown}.")
+        max_length_ratio = max_length_ratio.get("speech" if speech else "text")
+        if max_length_ratio is None:
+            return None
     if max_length_ratio < 0:
         raise ValueError(f"max_length_ratio must be at least 0, got {max_length_ratio}.")
     return torch.ceil(source_positions(encoder_outputs) * float(max_length_ratio)).long() + SOURCE_LENGTH_SLACK
@@ -340,7 +341,7 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             max_length_ratio: a length limit per row relative to its source (translation decoding): at most
                 `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` new tokens, the positions being the encoder's
                 speech positions (speech in) or text positions (text in); a dict gives one ratio per input modality
-                (`{"speech": ..., "text": ...}`). A fine-tuning run with `choose_translation_decoding` fits it on
+                (`{"speech": ..., "text": ...}`; a modality it leaves out has no limit). A fine-tuning run with `choose_translation_decoding` fits it on
                 dev and saves it with the model's translation decoding. Default: none (`max_new_tokens` alone).
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
                 these inputs, ...); the training-only keys of a collated batch (`labels`, `ctc_labels`, ...) are
@@ -373,8 +374,10 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             processors.append(self._ctc_prefix_processor(encoder_outputs, *fusion))
         options = self._with_translation_decoding(kwargs, input_features, src_lang_ids, tgt_lang_ids)
         max_length_ratio = options.pop("max_length_ratio", None)
+        limits = None
         if max_length_ratio is not None:
             limits = source_length_limits(encoder_outputs, max_length_ratio, speech=input_features is not None)
+        if limits is not None:
             processors.append(Mu2SlamSourceLengthLogitsProcessor(limits, self.config.eos_token_id))
         generated = super().generate(
             encoder_outputs=encoder_outputs,

@@ -887,8 +887,10 @@ def test_max_length_ratio_ends_each_row_relative_to_its_own_source(tiny_config, 
     ast = dict(input_features=features, attention_mask=speech_mask, src_lang="fr", tgt_lang="en", max_new_tokens=40)
     limited = _generated_lengths(model.generate(**ast, max_length_ratio={"speech": 0.0, "text": 5.0}))
     assert max(limited) <= SOURCE_LENGTH_SLACK
-    with pytest.raises(ValueError, match="no ratio for speech input"):
-        model.generate(**ast, max_length_ratio={"text": 1.0})
+    text_only = _generated_lengths(model.generate(**ast, max_length_ratio={"text": 0.0}))
+    assert text_only == _generated_lengths(model.generate(**ast, num_beams=1))  # no ratio for speech: no limit
+    with pytest.raises(ValueError, match="'speech' and 'text'"):
+        model.generate(**ast, max_length_ratio={"audio": 1.0})
     with pytest.raises(ValueError, match="at least 0"):
         model.generate(**mt, max_length_ratio=-1.0)
 
