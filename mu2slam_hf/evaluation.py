@@ -539,8 +539,8 @@ def source_and_target_lengths(
         labels = processor.encode_targets([example["target_text"] for example in batch])
         targets = (labels != IGNORE_INDEX).sum(dim=1) - 1
         positions = source_positions(encoded)
+        speech = inputs.get("input_features") is not None
         for example, position, target in zip(batch, positions.tolist(), targets.tolist(), strict=True):
-            speech = inputs.get("input_features") is not None
             records.append({**_identity(example), "speech": speech, "source_positions": position,
                             "target_tokens": target})  # fmt: skip
     return records

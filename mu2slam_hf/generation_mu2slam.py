@@ -92,10 +92,11 @@ class Mu2SlamSourceLengthLogitsProcessor(LogitsProcessor):
         self.prompt_length: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prompt_length is None:  # the first step sees the decoder prompt alone
+        if self.prompt_length is None:  # the first step sees the decoder prompt alone, and every beam's row
             self.prompt_length = input_ids.shape[1]
-        limits = self.limits.to(scores.device).repeat_interleave(input_ids.shape[0] // self.limits.shape[0])
-        done = (input_ids.shape[1] - self.prompt_length) >= limits
+            beams = input_ids.shape[0] // self.limits.shape[0]
+            self.limits = self.limits.to(scores.device).repeat_interleave(beams)
+        done = (input_ids.shape[1] - self.prompt_length) >= self.limits
         if not bool(done.any()):
             return scores
         ended = torch.full_like(scores[done], torch.finfo(scores.dtype).min)
@@ -115,12 +116,14 @@ def source_positions(encoder_outputs: Mu2SlamEncoderOutput) -> torch.LongTensor:
 
 
 def source_length_limits(
-    encoder_outputs: Mu2SlamEncoderOutput, max_length_ratio: float | dict[str, float], speech: bool
+    encoder_outputs: Mu2SlamEncoderOutput, max_length_ratio: float | dict[str, float] | None, speech: bool
 ) -> torch.LongTensor | None:
     """(B,) `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` tokens per row; ``max_length_ratio`` is one
     ratio, or one per input modality (``{"speech": 0.3, "text": 2.0}``, as translation decoding saves it). None
-    (no limit) where the dict has no ratio for this input's modality: a decoding chosen on MT dev rows alone, say,
-    limits text input only."""
+    (no limit) without a ratio, or where the dict has none for this input's modality: a decoding chosen on MT dev
+    rows alone, say, limits text input only."""
+    if max_length_ratio is None:
+        return None
     if isinstance(max_length_ratio, dict):
         unknown = set(max_length_ratio) - {"speech", "text"}
         if unknown:
@@ -341,8 +344,9 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             max_length_ratio: a length limit per row relative to its source (translation decoding): at most
                 `ceil(ratio * source positions) + SOURCE_LENGTH_SLACK` new tokens, the positions being the encoder's
                 speech positions (speech in) or text positions (text in); a dict gives one ratio per input modality
-                (`{"speech": ..., "text": ...}`; a modality it leaves out has no limit). A fine-tuning run with `choose_translation_decoding` fits it on
-                dev and saves it with the model's translation decoding. Default: none (`max_new_tokens` alone).
+                (`{"speech": ..., "text": ...}`; a modality it leaves out has no limit). A fine-tuning run with
+                `choose_translation_decoding` fits it on dev and saves it with the model's translation decoding.
+                Default: none (`max_new_tokens` alone).
             kwargs: anything `GenerationMixin.generate` takes (`num_beams`, `max_new_tokens`, `encoder_outputs` of
                 these inputs, ...); the training-only keys of a collated batch (`labels`, `ctc_labels`, ...) are
                 ignored, so a `Seq2SeqTrainer` batch can be passed as it is.
@@ -373,10 +377,9 @@ class Mu2SlamGenerationMixin(GenerationMixin):
             fusion = (src_lang_ids, tgt_lang_ids, ctc_weight, kwargs, lm_weight, lm_length_bonus)
             processors.append(self._ctc_prefix_processor(encoder_outputs, *fusion))
         options = self._with_translation_decoding(kwargs, input_features, src_lang_ids, tgt_lang_ids)
-        max_length_ratio = options.pop("max_length_ratio", None)
-        limits = None
-        if max_length_ratio is not None:
-            limits = source_length_limits(encoder_outputs, max_length_ratio, speech=input_features is not None)
+        limits = source_length_limits(
+            encoder_outputs, options.pop("max_length_ratio", None), speech=input_features is not None
+        )
         if limits is not None:
             processors.append(Mu2SlamSourceLengthLogitsProcessor(limits, self.config.eos_token_id))
         generated = super().generate(

@@ -102,9 +102,9 @@ def fit_ctc_language_model(
     greedy = dev_cer(first, 0.0, 0.0, 1)
     fits = [(first, _fit_weights(dev_cer, first, texts, greedy, num_beams, wider_beams))]
     if extra_rows is not None:
-        more = {language: [*texts[language], *sentences]
-                for language, sentences in corpus_sentences(extra_rows, languages).items()}  # fmt: skip
-        more = {language: list(dict.fromkeys(more.get(language, texts[language]))) for language in texts}
+        extra_texts = corpus_sentences(extra_rows, languages)
+        more = {language: list(dict.fromkeys([*sentences, *extra_texts.get(language, ())]))
+                for language, sentences in texts.items()}  # fmt: skip
         second = CharNgramLanguageModel.from_texts(more, processor.tokenizer, order)
         fits.append((second, _fit_weights(dev_cer, second, more, greedy, num_beams, wider_beams)))
     language_model, fit = min(fits, key=lambda pair: pair[1]["dev_cer"])  # the first (train text) on a tie
