@@ -195,6 +195,13 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
     recipe = load_recipe(demo.RECIPES / fixed.recipe_file, fixed.resolved_overrides())
     assert recipe.max_steps == plan["stage2"] == 1500
     assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
+    # the hour plan: a later deadline and a higher step cap, the same warmup and SpecAugment start
+    hour = demo.PLANS["hour"]
+    longer = _asr_stage2(demo.main_stages(tmp_path, hour, quick=False, train_until=time.monotonic() + 600))
+    recipe = load_recipe(demo.RECIPES / longer.recipe_file, longer.resolved_overrides())
+    assert recipe.max_steps == hour["stage2_max_steps"] > demo.STAGE2_MAX_STEPS
+    assert recipe.optimizer.warmup_for(recipe.max_steps) == 150 and recipe.spec_augment_from_step == 450
+    assert hour["stage2_until_minute"] < hour["translation_until_minute"]
 
 
 def _asr_stage2(stages):
