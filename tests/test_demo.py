@@ -34,6 +34,8 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = (tmp_path / "report.md").read_text()
+    assert report.split("\n")[2].startswith("Measured by `python training_scripts/demo.py --output_dir")  # the plan
+    assert "--quick" in report.split("\n")[2]
     for section in (
         "synthetic test",
         "real speech test",

@@ -34,6 +34,8 @@ import argparse
 import json
 import multiprocessing
 import os
+import shlex
+import sys
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -507,8 +509,9 @@ def write_report(
     seconds: dict[str, float],
     translation: dict[str, dict] | None = None,
     real: dict[str, tuple[Path, dict]] | None = None,
+    command: str = "python training_scripts/demo.py",
 ) -> Path:
-    lines = ["# Mu2SLAM demo report", "", "Measured by `python training_scripts/demo.py`.", ""]
+    lines = ["# Mu2SLAM demo report", "", f"Measured by `{command}`.", ""]
     lines += [f"Machine: {machine_summary()}.", ""]
     lines += ["## Time per step of the demo", "", "| step | minutes | optimizer steps |", "|---|---|---:|"]
     lines += [f"| {name} | {value / 60:.1f} | {trained_steps(root / FOLDERS[name]) if name in FOLDERS else ''} |"
@@ -1019,7 +1022,8 @@ def main(argv: list[str] | None = None) -> None:
     real = {
         title: (data, results[title]) for title, (_, data, _) in tests.items() if title in REAL_SPEECH_TESTS.values()
     }
-    report = write_report(root, results, decoders, samples, seconds, translation, real)
+    command = shlex.join(["python", "training_scripts/demo.py", *(sys.argv[1:] if argv is None else argv)])
+    report = write_report(root, results, decoders, samples, seconds, translation, real, command)
     log(f"done: {report}")
     print(report.read_text())
     if args.compare:
