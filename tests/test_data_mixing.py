@@ -92,6 +92,13 @@ def test_length_budgets_draw_bucketed_batches_of_text_tokens_and_speech_seconds(
     lengths = text_token_lengths(to_dataset(mt), tokenizer)
     assert lengths[0] == len(tokenizer(texts[0])["input_ids"]) and lengths.max() == 23 * 3 - 1 + 1  # chars + eos
     assert np.array_equal(lengths, text_token_lengths(mt, tokenizer))  # a dataset and a list read alike
+    tokenizer.backend_tokenizer.enable_padding(length=100)  # a saved tokenizer may carry padding and truncation
+    tokenizer.backend_tokenizer.enable_truncation(max_length=10)
+    assert np.array_equal(lengths, text_token_lengths(mt, tokenizer))
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    shuffled = to_dataset(mt).shuffle(seed=1).select(range(0, 300, 7))  # a dataset with an indices mapping
+    assert np.array_equal(text_token_lengths(shuffled, tokenizer), text_token_lengths(list(shuffled), tokenizer))
 
     def mixture():
         return TaskMixture({"mt": to_dataset(mt), "asr": to_dataset(asr)}, {}, {}, seed=3, seconds_per_step={"asr": 20},

@@ -61,6 +61,30 @@ def test_unknown_characters_become_unk(tokenizer):
     assert tokenizer.decode(ids, skip_special_tokens=True).split() == ["the", "dog"]
 
 
+@pytest.mark.parametrize("kind", ["char", "unigram"])
+def test_unknown_spans_match_encoding_every_text(kind):
+    """The scan encodes only texts with a character the tokenizer cannot write alone; every text gets the spans a
+    full encoding gives, with NFKC composition (e + combining acute), compatibility forms and added tokens."""
+    train = train_char_tokenizer if kind == "char" else train_unigram_tokenizer
+    tokenizer = train(SENTENCES * 3, vocab_size=200 if kind == "unigram" else 4096)
+    tokenizer.add_tokens(["☃"])
+    texts = SENTENCES + [
+        "the ☃ dog 😀",
+        "cafe\u0301 e\u0301t\u00e9",
+        "Ｔｈｅ ﬁsh",
+        "x\u00a0y",
+        "",
+        "   ",
+        "北京 is 😀😀",
+    ]
+    expected = []
+    for text in texts:
+        encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+        expected.append([text[b:e] for i, (b, e) in zip(encoding.ids, encoding.offsets, strict=True) if i == UNK_ID])
+    assert tokenizer.unknown_spans(texts) == expected
+    assert any(expected) and not expected[texts.index("the ☃ dog 😀")].count("☃")
+
+
 def test_add_special_tokens_false_leaves_out_eos(tokenizer):
     with_eos, without = tokenizer("the dog")["input_ids"], tokenizer("the dog", add_special_tokens=False)["input_ids"]
     assert with_eos == without + [EOS_ID]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .batching import LengthBucketBatchSampler, dataset_lengths
-from .schema import TASKS, example_language
+from .schema import TASKS, column_values, example_language
 
 PAPER_EXAMPLES_PER_STEP = {"speech": 4, "text": 8, "asr": 1, "ast": 1, "mt": 1}
 PAPER_LANGUAGE_TEMPERATURE = {"text": 3.0, "mt": 2.0}
@@ -48,7 +48,7 @@ def step_budgets(
 def _language_keys(source: Any) -> list[str]:
     """Per-example language keys, read column-wise from a ``datasets.Dataset`` when possible."""
     if hasattr(source, "column_names"):
-        rows = zip(source["task"], source["source_lang"], source["target_lang"], strict=True)
+        rows = zip(*(column_values(source, name) for name in ("task", "source_lang", "target_lang")), strict=True)
         return [example_language({"task": t, "source_lang": s, "target_lang": g}) for t, s, g in rows]
     return [example_language(example) for example in source]
 

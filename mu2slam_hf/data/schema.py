@@ -182,6 +182,17 @@ def to_dataset(examples: Iterable[dict[str, Any]], chunk_size: int = 10_000) -> 
     return chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
 
 
+def column_values(source: Any, name: str) -> list[Any]:
+    """The values of column ``name`` of ``source`` (a ``datasets.Dataset`` or a sequence of dicts), in order.
+
+    A ``datasets.Dataset`` is read as one Arrow column: iterating ``dataset[name]`` formats the rows one by one, about
+    a hundred times slower on a corpus of hundreds of thousands of rows (seconds per column).
+    """
+    if isinstance(source, datasets.Dataset):
+        return source.with_format("arrow")[name].to_pylist()
+    return [example.get(name) for example in source]
+
+
 def example_language(example: dict[str, Any]) -> str:
     """The key temperature sampling groups by: ``"src-tgt"`` for translation pairs, else the source language."""
     src, tgt = example.get("source_lang"), example.get("target_lang")
