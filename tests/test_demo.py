@@ -206,6 +206,38 @@ def test_the_main_jobs_stage_2_trains_until_the_plans_minute_and_compare_runs_fi
     assert hour["stage2_until_minute"] < hour["translation_until_minute"]
 
 
+def test_a_slower_machine_stops_the_timed_stages_earlier_to_end_by_the_finish_minute(tmp_path, monkeypatch):
+    """Once stage 1 has run, the work after stage 2 ASR is estimated from stage 1's time; where the plan's deadlines
+    would end the job after its finish minute, both timed stages stop earlier by the overrun, before they start."""
+    demo = load_demo()
+    plan = demo.PLANS["demo"]
+    assert plan["stage2_until_minute"] < plan["translation_until_minute"] < plan["finish_minute"] <= 29
+    assert demo.PLANS["hour"]["translation_until_minute"] < demo.PLANS["hour"]["finish_minute"] <= 59
+    started, seconds = {}, {}
+
+    def fake_training(stage, data, threads):
+        started[stage.name] = stage.resolved_overrides().get("max_train_minutes")
+        return seconds.get(stage.name, 1.0)
+
+    monkeypatch.setattr(demo, "_train_stage", fake_training)
+    for stage1_minutes, shift in ((1.8, 23.0 - (28.5 - demo.TAIL_PER_STAGE1 * 1.8)), (1.0, 0.0)):
+        seconds["stage 1"] = 60 * stage1_minutes
+        start = time.monotonic()
+        stages = demo.main_stages(tmp_path, plan, False, start + 60 * 23.0, start + 60 * 23.5)
+        finish = demo.FinishLine(start, plan["finish_minute"])
+        demo.run_stages(stages, tmp_path, jobs=1, finish=finish)
+        assert finish.shift_seconds == pytest.approx(60 * shift)
+        assert started["stage 2 ASR noisy"] == pytest.approx(23.0 - shift, abs=0.01)
+        assert started["stage 2 translation"] == pytest.approx(23.5 - shift, abs=0.01)
+        summary = finish.summary(plan["stage2_until_minute"])
+        assert f"until minute {23.0 - shift:.1f} of the job" in summary and ("earlier" in summary) == (shift > 0)
+    # --compare trains stage 2 ASR for fixed steps: nothing to move
+    stages = demo.main_stages(tmp_path, plan, False, None, time.monotonic() + 60)
+    untimed = demo.FinishLine(time.monotonic(), plan["finish_minute"])
+    untimed.stage_done("stage 1", 600.0, stages)
+    assert untimed.shift_seconds == 0.0 and untimed.summary(23.0) == ""
+
+
 def _asr_stage2(stages):
     (stage,) = [stage for stage in stages if stage.name == "stage 2 ASR noisy"]
     return stage

@@ -81,8 +81,8 @@ LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "ru", "cs")
 # tuned to one machine (the step times of the CPUs measured are in docs/results.md).
 PLANS = {
     # the main job: stage 2 ASR until minute 23.0, then stage 2 translation until minute 23.5 (at least a minute); the
-    # evaluation, the decoding choices and the setup fill the rest of the 30 minutes, on the slower CPU draws too
-    # (docs/results.md)
+    # evaluation and the decoding choices follow, and the job ends by minute 28.5, the setup before it included in
+    # its 30 minutes: on a slower CPU the two deadlines move earlier (FinishLine; docs/results.md)
     "demo": {
         "pretrain": 100,
         "stage1": 210,
@@ -90,6 +90,7 @@ PLANS = {
         "stage2_until_minute": 23.0,
         "translation": 2000,
         "translation_until_minute": 23.5,
+        "finish_minute": 28.5,
     },
     # --plan long --compare: 3x the demo's pre-training, every configuration with 2 seeds, within 2 hours on 2 cores
     # (an AST step costs about twice an ASR step: AST's stage 2 is shorter)
@@ -103,13 +104,15 @@ PLANS = {
         "translation_until_minute": 60.0,
     },  # --quick (tests)
 }
-# the main job with an hour: stage 2 ASR until minute 45.0 (at most 18,000 steps), translation until 52.0. On the
-# 2-core CPUs real speech CER keeps falling through 17,000 stage 2 steps (docs/results.md): what more minutes buy.
+# the main job with an hour: stage 2 ASR until minute 45.0 (at most 18,000 steps), translation until 52.0, the end by
+# 58.5. On the 2-core CPUs real speech CER keeps falling through 17,000 stage 2 steps (docs/results.md): what more
+# minutes buy.
 PLANS["hour"] = {
     **PLANS["demo"],
     "stage2_until_minute": 45.0,
     "stage2_max_steps": 18000,
     "translation_until_minute": 52.0,
+    "finish_minute": 58.5,
 }
 # `--compare` with a plan that has `libreoffice_speech_hours` also scores the compared AST models on the LibreOffice
 # help corpus (real sentences the models never saw, spoken by espeak-ng; its builder speaks a tenth of these hours in
@@ -507,13 +510,14 @@ def write_report(
     translation: dict[str, dict] | None = None,
     real: dict[str, tuple[Path, dict]] | None = None,
     command: str = "python training_scripts/demo.py",
+    time_plan: str = "",
 ) -> Path:
     lines = ["# Mu2SLAM demo report", "", f"Measured by `{command}`.", ""]
     lines += [f"Machine: {machine_summary()}.", ""]
     lines += ["## Time per step of the demo", "", "| step | minutes | optimizer steps |", "|---|---|---:|"]
     lines += [f"| {name} | {value / 60:.1f} | {trained_steps(root / FOLDERS[name]) if name in FOLDERS else ''} |"
               for name, value in seconds.items()]  # fmt: skip
-    lines += [f"| total | {sum(seconds.values()) / 60:.1f} | |"]
+    lines += [f"| total | {sum(seconds.values()) / 60:.1f} | |"] + (["", time_plan] if time_plan else [])
     lines += ["", "## Loss curves", "", "![losses](losses.png)", ""]
     for title, result in results.items():
         tables = results_to_markdown(result).split("\n", 1)[1]  # drop its own title line
@@ -630,6 +634,52 @@ class Stage:
         return {**self.overrides, "max_train_minutes": max(1.0, (self.train_until - time.monotonic()) / 60)}
 
 
+# The work after stage 2 ASR's training (its LM fit and dev evaluation, the translation stage with its minimum minute
+# and decoding choice, the evaluation and the report) in multiples of stage 1's wall time on the same machine: both
+# are model loading, training steps and decoding, so they scale alike from one CPU to another (docs/results.md).
+TAIL_PER_STAGE1 = 4.5
+
+
+@dataclass
+class FinishLine:
+    """The minute a plan's job ends by (``finish_minute`` after its start; the set-up before it not counted).
+
+    The timed stages train until their plan minutes, which suit the faster CPUs. Once stage 1 has run, the work
+    left after stage 2 ASR's training is estimated as ``TAIL_PER_STAGE1`` times stage 1's seconds, and every timed
+    stage's deadline moves earlier by the minutes the job would otherwise run past its finish: a slower machine
+    trains fewer stage 2 steps instead of overrunning."""
+
+    start: float  # time.monotonic() at the job's start
+    minute: float
+    tail_seconds: float | None = None  # the estimate, once stage 1 has run
+    shift_seconds: float = 0.0  # how much earlier the timed stages stop than their plan minutes
+
+    def stage_done(self, name: str, seconds: float, stages: list[Stage]) -> None:
+        timed = [stage for stage in stages if stage.train_until is not None]
+        asr = [stage for stage in timed if stage.name == "stage 2 ASR noisy"]
+        if name != "stage 1" or not asr:
+            return
+        self.tail_seconds = TAIL_PER_STAGE1 * seconds
+        self.shift_seconds = max(0.0, asr[0].train_until - (self.start + 60 * self.minute - self.tail_seconds))
+        for stage in timed:
+            stage.train_until -= self.shift_seconds
+        if self.shift_seconds:
+            log(f"stage 1 took {seconds / 60:.1f} min: the work after stage 2 ASR is estimated at "
+                f"{self.tail_seconds / 60:.1f} min, so the timed stages stop {self.shift_seconds / 60:.1f} min "
+                f"earlier than planned, to end by minute {self.minute:g}")  # fmt: skip
+
+    def summary(self, stage2_until_minute: float) -> str:
+        """One sentence for the report: when stage 2 ASR stopped and why."""
+        if self.tail_seconds is None:
+            return ""
+        until = stage2_until_minute - self.shift_seconds / 60
+        moved = f", {self.shift_seconds / 60:.1f} earlier than the plan's {stage2_until_minute:g}" if (
+            self.shift_seconds) else ""  # fmt: skip
+        return (f"Time plan: stage 2 ASR trained until minute {until:.1f} of the job{moved}; the work after it was "
+                f"estimated at {self.tail_seconds / 60:.1f} minutes ({TAIL_PER_STAGE1:g} x stage 1's), to end by "
+                f"minute {self.minute:g}.")  # fmt: skip
+
+
 def _train_stage(stage: Stage, data: str, threads: int | None) -> float:
     """Train one stage (in a worker process when ``--jobs`` > 1) on its own data or ``data``; return its wall-clock
     seconds."""
@@ -644,17 +694,22 @@ def _train_stage(stage: Stage, data: str, threads: int | None) -> float:
     return time.perf_counter() - start
 
 
-def run_stages(stages: list[Stage], data: Path, jobs: int) -> dict[str, float]:
-    """Run the stages in dependency order, ``jobs`` at a time, each with ``cores // jobs`` threads.
+def run_stages(stages: list[Stage], data: Path, jobs: int, finish: FinishLine | None = None) -> dict[str, float]:
+    """Run the stages in dependency order, ``jobs`` at a time, each with ``cores // jobs`` threads; ``finish`` moves
+    the timed stages' deadlines once stage 1 has run.
 
     Returns each stage's wall-clock seconds. With ``jobs`` 1 the stages run here, one after the other, with progress
     bars; otherwise in worker processes, with a progress line per minute (several 1-thread runs use 2 CPU cores
     better than one 2-thread run of these small matrices: 1.27x the steps per second, measured on the small preset).
     """
-    if jobs == 1:
-        return {stage.name: _train_stage(stage, str(data), None) for stage in stages}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     seconds: dict[str, float] = {}
+    if jobs == 1:
+        for stage in stages:
+            seconds[stage.name] = _train_stage(stage, str(data), None)
+            if finish:
+                finish.stage_done(stage.name, seconds[stage.name], stages)
+        return seconds
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     pending, running = list(stages), {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
@@ -666,6 +721,8 @@ def run_stages(stages: list[Stage], data: Path, jobs: int) -> dict[str, float]:
                 stage = running.pop(future)
                 seconds[stage.name] = future.result()
                 log(f"{stage.name}: done in {seconds[stage.name] / 60:.1f} min")
+                if finish:
+                    finish.stage_done(stage.name, seconds[stage.name], stages)
             if not done:
                 log(", ".join(_progress(stage) for stage in running.values()))
     return seconds
@@ -968,9 +1025,11 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, float] = {}
     # --compare gives every stage 2 the same number of steps; the main job alone spends its minutes.
     until_minute = None if args.compare else plan.get("stage2_until_minute")
-    train_until = None if until_minute is None else time.monotonic() + 60 * until_minute
+    job_start = time.monotonic()
+    train_until = None if until_minute is None else job_start + 60 * until_minute
     # translation is not compared: it keeps its minutes with --compare too
-    translate_until = time.monotonic() + 60 * plan["translation_until_minute"] if "translation" in plan else None
+    translate_until = job_start + 60 * plan["translation_until_minute"] if "translation" in plan else None
+    finish = FinishLine(job_start, plan["finish_minute"]) if train_until and "finish_minute" in plan else None
 
     start = time.perf_counter()
     synth, fillets, help_text, stamps, voices = build_data(
@@ -984,7 +1043,7 @@ def main(argv: list[str] | None = None) -> None:
         compare_stages(root, plan, args.quick, args.seeds) if args.compare else []
     )
     start = time.perf_counter()
-    trained = run_stages(stages, synth, args.jobs)
+    trained = run_stages(stages, synth, args.jobs, finish)
     seconds.update((name, value) for name, value in trained.items() if name in FOLDERS)
     training_wall = time.perf_counter() - start
 
@@ -1020,7 +1079,8 @@ def main(argv: list[str] | None = None) -> None:
         title: (data, results[title]) for title, (_, data, _) in tests.items() if title in REAL_SPEECH_TESTS.values()
     }
     command = shlex.join(["python", "training_scripts/demo.py", *(sys.argv[1:] if argv is None else argv)])
-    report = write_report(root, results, decoders, samples, seconds, translation, real, command)
+    time_plan = finish.summary(plan["stage2_until_minute"]) if finish else ""
+    report = write_report(root, results, decoders, samples, seconds, translation, real, command, time_plan)
     log(f"done: {report}")
     print(report.read_text())
     if args.compare:
