@@ -106,6 +106,18 @@ def test_filter_valid_skips_bad_text_and_language():
         list(filter_valid(examples, on_error="raise"))
 
 
+def test_columns_of_a_dataset_are_read_in_its_row_order_as_of_a_list():
+    from mu2slam_hf.data.schema import column_rows, column_values
+
+    rows = [make_example(f"m-{i}", "mt", "de", source_text=f"satz {i}", target_text=f"line {i}", target_lang="en")
+            for i in range(25)]  # fmt: skip
+    dataset = to_dataset(rows).shuffle(seed=3).select(range(2, 20, 3))  # an indices mapping over the table
+    expected = [{"source_text": row["source_text"], "target_lang": row["target_lang"]} for row in dataset]
+    assert list(column_rows(dataset, ["source_text", "target_lang"], batch_size=4)) == expected
+    assert column_values(dataset, "id") == [row["id"] for row in dataset] == column_values(list(dataset), "id")
+    assert column_rows(rows, ["id"]) is rows  # a list is read as it is
+
+
 def test_manifest_round_trip_resolves_relative_paths(tmp_path):
     examples = [
         make_example("s", "asr", "nl", audio="audio/nl/s.flac", source_text="hoi", target_text="hoi", duration=1.5),

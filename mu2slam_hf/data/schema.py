@@ -193,6 +193,20 @@ def column_values(source: Any, name: str) -> list[Any]:
     return [example.get(name) for example in source]
 
 
+def column_rows(source: Any, names: list[str], batch_size: int = 10_000) -> Iterable[dict[str, Any]]:
+    """The rows of ``source`` for code that reads only the columns ``names``: a ``datasets.Dataset`` yields dicts of
+    those columns, read ``batch_size`` rows at a time as Arrow (see :func:`column_values`); other sources are
+    returned as they are."""
+    if not isinstance(source, datasets.Dataset):
+        return source
+    return _arrow_rows(source.select_columns(names).with_format("arrow"), batch_size)
+
+
+def _arrow_rows(source: datasets.Dataset, batch_size: int) -> Iterator[dict[str, Any]]:
+    for table in source.iter(batch_size=batch_size):
+        yield from table.to_pylist()
+
+
 def example_language(example: dict[str, Any]) -> str:
     """The key temperature sampling groups by: ``"src-tgt"`` for translation pairs, else the source language."""
     src, tgt = example.get("source_lang"), example.get("target_lang")

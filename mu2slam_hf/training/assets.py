@@ -15,6 +15,7 @@ import torch
 
 from ..configuration_mu2slam import Mu2SlamConfig, Mu2SlamRetrievalConfig
 from ..data.audio import decode_example
+from ..data.schema import column_rows
 from ..feature_extraction_mu2slam import Mu2SlamFeatureExtractor
 from ..lora import merge_lora
 from ..modeling_mu2slam import Mu2SlamForConditionalGeneration, Mu2SlamPreTrainedModel
@@ -186,8 +187,7 @@ def data_languages(sources: Sequence[Any]) -> list[str]:
     """Every source and target language code of the examples, in order of first appearance."""
     codes: dict[str, None] = {}
     for rows in sources:
-        columns = rows.select_columns(["source_lang", "target_lang"]) if hasattr(rows, "select_columns") else rows
-        for row in columns:
+        for row in column_rows(rows, ["source_lang", "target_lang"]):
             codes.update(dict.fromkeys(code for code in (row["source_lang"], row.get("target_lang")) if code))
     return list(codes)
 
@@ -217,4 +217,4 @@ def extend_vocabulary(
 
 
 def _text_rows(rows: Any) -> Any:
-    return rows.select_columns(["source_text", "target_text"]) if hasattr(rows, "select_columns") else rows
+    return column_rows(rows, ["source_text", "target_text"])

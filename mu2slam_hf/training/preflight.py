@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_mu2slam import Mu2SlamConfig
+from ..data.schema import column_rows
 from ..data.training_data import TrainingData
 from ..data.validation import CorpusError, row_problems
 from ..processing_mu2slam import Mu2SlamProcessor
@@ -114,9 +115,7 @@ def _texts_and_languages(sources: Iterable[Iterable[dict[str, Any]]]) -> tuple[l
 
 def _text_columns(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     """The rows without their audio (a `datasets.Dataset` reads only the text and language columns)."""
-    if hasattr(rows, "select_columns"):
-        return rows.select_columns([key for pair in TEXT_FIELDS for key in pair])
-    return rows
+    return column_rows(rows, [key for pair in TEXT_FIELDS for key in pair])
 
 
 __all__ = [
