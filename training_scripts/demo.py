@@ -669,15 +669,15 @@ class FinishLine:
                 f"earlier than planned, to end by minute {self.minute:g}")  # fmt: skip
 
     def summary(self, stage2_until_minute: float) -> str:
-        """One sentence for the report: when stage 2 ASR stopped and why."""
+        """One sentence for the report: stage 2 ASR's deadline (its step cap may stop it first), and why."""
         if self.tail_seconds is None:
             return ""
         until = stage2_until_minute - self.shift_seconds / 60
         moved = f", {self.shift_seconds / 60:.1f} earlier than the plan's {stage2_until_minute:g}" if (
             self.shift_seconds) else ""  # fmt: skip
-        return (f"Time plan: stage 2 ASR trained until minute {until:.1f} of the job{moved}; the work after it was "
-                f"estimated at {self.tail_seconds / 60:.1f} minutes ({TAIL_PER_STAGE1:g} x stage 1's), to end by "
-                f"minute {self.minute:g}.")  # fmt: skip
+        return (f"Time plan: stage 2 ASR trained until minute {until:.1f} of the job at the latest{moved}; the work "
+                f"after it was estimated at {self.tail_seconds / 60:.1f} minutes ({TAIL_PER_STAGE1:g} x stage 1's), to "
+                f"end by minute {self.minute:g}.")  # fmt: skip
 
 
 def _train_stage(stage: Stage, data: str, threads: int | None) -> float:
