@@ -179,6 +179,7 @@ def measure_ours(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "device": str(trainer.accelerator.device),
         "mixed_precision": trainer.accelerator.mixed_precision,
+        "bf16_weights": trainer.bf16 is not None,
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "seconds_per_step": chosen,
         "seconds_per_step_sdpa_kernel": sdpa_kernel,
