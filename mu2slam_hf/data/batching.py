@@ -56,27 +56,32 @@ def text_token_lengths(source: Any, tokenizer: Any) -> np.ndarray:
     def column(name: str) -> list[str]:
         return [text or "" for text in column_values(source, name)]
 
-    return np.maximum(_token_counts(column("source_text"), tokenizer), _token_counts(column("target_text"), tokenizer))
+    count = _token_counter(tokenizer)
+    return np.maximum(count(column("source_text")), count(column("target_text")))
 
 
 TOKEN_COUNT_CHUNK = 8192  # texts encoded at once: an encoding holds ids, offsets and strings per token
 
 
-def _token_counts(texts: list[str], tokenizer: Any) -> np.ndarray:
-    """Tokens (special ones included) of each text. A fast tokenizer's backend counts them without building the
-    offsets and Python lists of a ``tokenizer(texts)`` call (the same counts, in less time)."""
+def _token_counter(tokenizer: Any) -> Callable[[list[str]], np.ndarray]:
+    """A function giving the tokens (special ones included) of each text. A fast tokenizer's backend counts them
+    without building the offsets and Python lists of a ``tokenizer(texts)`` call (the same counts, in less time)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return np.array([len(ids) for ids in tokenizer(texts)["input_ids"]], dtype=np.int64)
+        return lambda texts: np.array([len(ids) for ids in tokenizer(texts)["input_ids"]], dtype=np.int64)
     # a copy without the padding or truncation the saved tokenizer may carry (a call sets its own on the shared one)
     backend = type(backend).from_str(backend.to_str())
     backend.no_padding()
     backend.no_truncation()
-    counts = np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), TOKEN_COUNT_CHUNK):
-        encodings = backend.encode_batch_fast(texts[start : start + TOKEN_COUNT_CHUNK], add_special_tokens=True)
-        counts[start : start + len(encodings)] = [len(encoding.ids) for encoding in encodings]
-    return counts
+
+    def count(texts: list[str]) -> np.ndarray:
+        counts = np.empty(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), TOKEN_COUNT_CHUNK):
+            encodings = backend.encode_batch_fast(texts[start : start + TOKEN_COUNT_CHUNK], add_special_tokens=True)
+            counts[start : start + len(encodings)] = [len(encoding.ids) for encoding in encodings]
+        return counts
+
+    return count
 
 
 def _cut(order: Iterable[int], lengths: Sequence[int], max_tokens: int, max_batch_size: int | None) -> list[list[int]]:

@@ -46,11 +46,9 @@ def step_budgets(
 
 
 def _language_keys(source: Any) -> list[str]:
-    """Per-example language keys, read column-wise from a ``datasets.Dataset`` when possible."""
-    if hasattr(source, "column_names"):
-        rows = zip(*(column_values(source, name) for name in ("task", "source_lang", "target_lang")), strict=True)
-        return [example_language({"task": t, "source_lang": s, "target_lang": g}) for t, s, g in rows]
-    return [example_language(example) for example in source]
+    """Per-example language keys, read column-wise (see :func:`~mu2slam_hf.data.schema.column_values`)."""
+    rows = zip(*(column_values(source, name) for name in ("task", "source_lang", "target_lang")), strict=True)
+    return [example_language({"task": t, "source_lang": s, "target_lang": g}) for t, s, g in rows]
 
 
 class TaskMixture:
